@@ -1,0 +1,115 @@
+//! Per-thread credentials for requests that create inodes.
+//!
+//! The mount uses `default_permissions`, so the kernel checks every access with
+//! the caller's full credentials (uid, gid, supplementary groups) against the
+//! attributes we report, exactly as the underlying filesystem would. What the
+//! kernel cannot do for us is give a new inode the right owner: for that the
+//! worker thread switches its filesystem uid/gid to the caller's for the one
+//! `openat`/`mkdirat`/`mknodat`/`symlinkat` call, so the backing filesystem
+//! assigns owner, group (including setgid-directory inheritance) itself.
+//!
+//! `setfsuid` drops the filesystem capabilities from the thread's effective
+//! set. The kernel has already allowed the operation, and the thread does not
+//! carry the caller's supplementary groups, so we raise `CAP_DAC_OVERRIDE`,
+//! `CAP_DAC_READ_SEARCH` and `CAP_FSETID` again for the duration; switching
+//! fsuid back to 0 restores the rest. All of these are per-thread system calls
+//! (the glibc wrappers for setresuid/setgroups would change every thread).
+
+use crate::errno::{Errno, SysResult};
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+const CAP_DAC_OVERRIDE: u32 = 1;
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_FSETID: u32 = 4;
+
+fn capget() -> SysResult<[CapData; 2]> {
+    let mut hdr = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut hdr as *mut CapHeader,
+            data.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(Errno::last());
+    }
+    Ok(data)
+}
+
+fn capset(data: &[CapData; 2]) -> SysResult<()> {
+    let mut hdr = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
+    if r != 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// While alive, the current thread acts on the filesystem as `uid:gid`.
+pub struct AsCaller {
+    switched: bool,
+}
+
+impl AsCaller {
+    /// Switch this thread's filesystem identity. When the daemon does not run
+    /// as root (or the caller is root) this does nothing.
+    pub fn new(uid: u32, gid: u32) -> AsCaller {
+        let me = unsafe { libc::geteuid() };
+        if me != 0 || (uid == 0 && gid == 0) {
+            return AsCaller { switched: false };
+        }
+        unsafe {
+            libc::syscall(libc::SYS_setfsgid, gid);
+            libc::syscall(libc::SYS_setfsuid, uid);
+        }
+        if let Ok(mut caps) = capget() {
+            let want = (1 << CAP_DAC_OVERRIDE) | (1 << CAP_DAC_READ_SEARCH) | (1 << CAP_FSETID);
+            caps[0].effective |= want & caps[0].permitted;
+            if let Err(e) = capset(&caps) {
+                log::warn!("capset failed: {e}");
+            }
+        }
+        AsCaller { switched: true }
+    }
+}
+
+impl Drop for AsCaller {
+    fn drop(&mut self) {
+        if self.switched {
+            unsafe {
+                libc::syscall(libc::SYS_setfsuid, 0);
+                libc::syscall(libc::SYS_setfsgid, 0);
+            }
+            // fsuid back to 0 restores the filesystem capabilities from the
+            // permitted set; make sure in case a kernel does not.
+            if let Ok(mut caps) = capget() {
+                if caps[0].effective != caps[0].permitted {
+                    caps[0].effective = caps[0].permitted;
+                    let _ = capset(&caps);
+                }
+            }
+        }
+    }
+}

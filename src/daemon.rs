@@ -1,0 +1,565 @@
+//! `snapfs mount`: set up a protected directory and serve it.
+//!
+//! The order matters and is the whole point of this module:
+//! 1. block SIGTERM/SIGINT/SIGHUP (every thread inherits the mask; one thread
+//!    waits for them and unmounts);
+//! 2. refuse a directory that already has a snapfs mount, and claim the
+//!    control socket (a second daemon for the same mount point fails here);
+//! 3. open the backing directory *before* mounting; from then on everything,
+//!    the repository and sled included, is reached through that descriptor
+//!    (`/proc/self/fd/N/...`), never through the mount;
+//! 4. lock the repository, open the tracker, mount (the FUSE handshake is done
+//!    when this returns), then tell the parent we are ready;
+//! 5. serve until unmounted; the tracker is flushed and marked clean last.
+//!
+//! Without `--foreground` the command re-executes itself with `--foreground
+//! --ready-fd 3` in a new session and waits for one line on that pipe:
+//! `READY` or `ERROR <message>`.
+
+use std::ffi::CString;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::control::{self, Reply, Request, StatusReport};
+use crate::fuse::{KernelOptions, SnapFuse};
+use crate::live::{self, LiveFs};
+use crate::repo::{Repo, DEFAULT_BLOCK_SIZE};
+use crate::tracker::{LastSession, Tracker};
+use crate::{scan, sys, util};
+
+#[derive(Debug, Clone)]
+pub struct MountArgs {
+    pub dir: PathBuf,
+    pub backing: Option<PathBuf>,
+    pub repo: Option<PathBuf>,
+    pub foreground: bool,
+    pub threads: usize,
+    pub writeback: bool,
+    pub flush_ms: u64,
+    pub ready_fd: Option<RawFd>,
+}
+
+/// Absolute, symlink-free path; lexical when the path cannot be resolved
+/// (a dead FUSE mount answers ENOTCONN to stat).
+pub fn canonical(p: &Path) -> PathBuf {
+    match p.canonicalize() {
+        Ok(c) => c,
+        Err(_) => std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()),
+    }
+}
+
+/// One line of `/proc/self/mountinfo`.
+#[derive(Debug, Clone)]
+pub struct MountEntry {
+    pub mountpoint: PathBuf,
+    pub fstype: String,
+    pub source: String,
+}
+
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn mounts() -> Vec<MountEntry> {
+    let Ok(s) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    s.lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mp = pre.split(' ').nth(4)?;
+            let mut post = post.split(' ');
+            let fstype = post.next()?.to_string();
+            let source = post.next().unwrap_or("").to_string();
+            Some(MountEntry {
+                mountpoint: PathBuf::from(unescape(mp)),
+                fstype,
+                source: unescape(&source),
+            })
+        })
+        .collect()
+}
+
+/// The snapfs mount at `dir`, if any.
+pub fn snapfs_mount_at(dir: &Path) -> Option<MountEntry> {
+    mounts().into_iter().rev().find(|m| {
+        m.mountpoint == dir && m.fstype.starts_with("fuse") && m.source.starts_with("snapfs:")
+    })
+}
+
+fn cpath(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| anyhow!("path contains a NUL byte"))
+}
+
+/// Unmount `dir`; with `lazy`, detach even if busy.
+pub fn umount(dir: &Path, lazy: bool) -> std::io::Result<()> {
+    let c = CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    if unsafe { libc::umount2(c.as_ptr(), flags) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub fn mount(args: MountArgs) -> Result<()> {
+    if args.foreground {
+        run(args)
+    } else {
+        spawn_background(&args)
+    }
+}
+
+fn check_dir(dir: &Path) -> Result<PathBuf> {
+    let meta = std::fs::metadata(dir)
+        .with_context(|| format!("{}: cannot use as a mount point", dir.display()))?;
+    if !meta.is_dir() {
+        bail!("{}: not a directory", dir.display());
+    }
+    let dir = canonical(dir);
+    if snapfs_mount_at(&dir).is_some() {
+        bail!("{} is already protected by a snapfs mount", dir.display());
+    }
+    Ok(dir)
+}
+
+fn spawn_background(args: &MountArgs) -> Result<()> {
+    let dir = check_dir(&args.dir)?;
+    let mut fds = [0 as RawFd; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!("pipe: {}", std::io::Error::last_os_error());
+    }
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let exe = std::env::current_exe().context("cannot find the snapfs executable")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("mount")
+        .arg("--foreground")
+        .arg("--ready-fd")
+        .arg("3");
+    if let Some(b) = &args.backing {
+        cmd.arg("--backing").arg(canonical(b));
+    }
+    if let Some(r) = &args.repo {
+        cmd.arg("--repo").arg(canonical(r));
+    }
+    cmd.arg("--threads").arg(args.threads.to_string());
+    cmd.arg("--flush-ms").arg(args.flush_ms.to_string());
+    if args.writeback {
+        cmd.arg("--writeback");
+    }
+    cmd.arg(&dir);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let wfd = w.as_raw_fd();
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::dup2(wfd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("cannot start the snapfs daemon")?;
+    drop(w);
+    let mut line = String::new();
+    BufReader::new(std::fs::File::from(r)).read_line(&mut line)?;
+    let line = line.trim_end();
+    if line == "READY" {
+        println!(
+            "snapfs: {} is protected (daemon pid {})",
+            dir.display(),
+            child.id()
+        );
+        return Ok(());
+    }
+    if let Some(msg) = line.strip_prefix("ERROR ") {
+        let _ = child.wait();
+        bail!("{msg}");
+    }
+    let status = child.wait()?;
+    bail!("the snapfs daemon exited before the mount was ready ({status}); run with --foreground to see why")
+}
+
+/// Everything the control socket and the signal thread need.
+struct Shared {
+    dir: PathBuf,
+    backing: PathBuf,
+    repo_display: String,
+    repo_id: String,
+    block_size: u64,
+    live: Arc<LiveFs>,
+    tracker: Arc<Tracker>,
+    mounted_since: String,
+    last: LastSession,
+    scan: Mutex<Option<scan::ScanStats>>,
+}
+
+impl Shared {
+    fn status(&self, files: bool) -> StatusReport {
+        StatusReport {
+            mounted: true,
+            mountpoint: self.dir.display().to_string(),
+            backing: self.backing.display().to_string(),
+            repository: self.repo_display.clone(),
+            repository_id: self.repo_id.clone(),
+            block_size: self.block_size,
+            pid: Some(std::process::id()),
+            mounted_since: Some(self.mounted_since.clone()),
+            last_session: last_name(&self.last).into(),
+            dirty: self.tracker.summary(),
+            files: if files {
+                Some(self.tracker.entries_list())
+            } else {
+                None
+            },
+            inodes: Some(self.live.inode_count()),
+            scan: self.scan.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
+    }
+
+    /// Unmount ourselves; busy mounts are detached lazily when `lazy`.
+    fn unmount(&self, lazy: bool) -> std::io::Result<()> {
+        // Make the tracking state durable first: after a lazy unmount the
+        // session may linger until the last open file is closed.
+        if let Err(e) = self.tracker.flush() {
+            log::error!("flushing tracking state: {e}");
+        }
+        umount(&self.dir, lazy)
+    }
+}
+
+pub fn last_name(l: &LastSession) -> &'static str {
+    match l {
+        LastSession::First => "first",
+        LastSession::Clean { .. } => "clean",
+        LastSession::Unclean { .. } => "unclean",
+    }
+}
+
+fn block_signals() -> libc::sigset_t {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Report the outcome to the parent waiting on `ready_fd`.
+fn notify(ready_fd: Option<RawFd>, msg: &str) {
+    if let Some(fd) = ready_fd {
+        let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+        let _ = writeln!(f, "{msg}");
+    }
+}
+
+fn run(args: MountArgs) -> Result<()> {
+    let ready_fd = args.ready_fd;
+    match setup_and_serve(args) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            notify(ready_fd, &format!("ERROR {e:#}"));
+            Err(e)
+        }
+    }
+}
+
+fn setup_and_serve(args: MountArgs) -> Result<()> {
+    let sigset = block_signals();
+    let dir = check_dir(&args.dir)?;
+    let listener = control::listen(&dir).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EADDRINUSE) {
+            anyhow!(
+                "{} is already protected by a running snapfs daemon",
+                dir.display()
+            )
+        } else {
+            anyhow!("control socket: {e}")
+        }
+    })?;
+    let backing = match &args.backing {
+        Some(b) => {
+            let b = canonical(b);
+            if !b.is_dir() {
+                bail!(
+                    "{}: backing directory does not exist or is not a directory",
+                    b.display()
+                );
+            }
+            b
+        }
+        None => dir.clone(),
+    };
+    // Opened before mounting: afterwards `dir` shows the mount, and this is
+    // the only way to the real files.
+    let bpath = cpath(&backing)?;
+    let braw = unsafe {
+        libc::open(
+            bpath.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if braw < 0 {
+        bail!("{}: {}", backing.display(), std::io::Error::last_os_error());
+    }
+    let backing_fd = unsafe { OwnedFd::from_raw_fd(braw) };
+    let root_st =
+        sys::fstat(backing_fd.as_fd()).map_err(|e| anyhow!("{}: {e}", backing.display()))?;
+
+    let (mut repo, repo_display) = match &args.repo {
+        None => {
+            let p = PathBuf::from(format!(
+                "/proc/self/fd/{}/{}",
+                backing_fd.as_raw_fd(),
+                live::REPO_NAME
+            ));
+            let shown = backing.join(live::REPO_NAME).display().to_string();
+            let repo = if p.join("config").exists() || p.exists() {
+                Repo::open(&p)?
+            } else {
+                Repo::init(&p, DEFAULT_BLOCK_SIZE)?
+            };
+            (repo, shown)
+        }
+        Some(r) => {
+            let r = canonical(r);
+            if r.starts_with(&dir) {
+                bail!(
+                    "repository {} is inside the mount point {}; use the default ({}/{}) or a place outside",
+                    r.display(),
+                    dir.display(),
+                    dir.display(),
+                    live::REPO_NAME
+                );
+            }
+            let repo = Repo::open(&r).map_err(|e| match e {
+                crate::repo::RepoError::NotARepo(p) => {
+                    anyhow!(
+                        "{}: not a snapfs repository; create it with `snapfs init {}`",
+                        p.display(),
+                        p.display()
+                    )
+                }
+                e => e.into(),
+            })?;
+            (repo, r.display().to_string())
+        }
+    };
+    repo.lock()?;
+    if ready_fd_is_background(&args) {
+        redirect_output_to(&repo.log_path())?;
+    }
+    log::info!(
+        "protecting {} (backing {}, repository {})",
+        dir.display(),
+        backing.display(),
+        repo_display
+    );
+
+    let bs = repo.block_size();
+    let (tracker, last) = Tracker::open(
+        &repo.state_path(),
+        bs,
+        root_st.st_ino,
+        &dir.display().to_string(),
+    )?;
+    let tracker = Arc::new(tracker);
+    let live_opts = live::Options {
+        writeback: args.writeback,
+        ..Default::default()
+    };
+    let live = Arc::new(LiveFs::new(backing_fd.as_fd(), tracker.clone(), live_opts)?);
+    sys::raise_nofile_limit();
+    unsafe { libc::umask(0) };
+
+    let shared = Arc::new(Shared {
+        dir: dir.clone(),
+        backing: backing.clone(),
+        repo_display,
+        repo_id: repo.config.id.clone(),
+        block_size: bs,
+        live: live.clone(),
+        tracker: tracker.clone(),
+        mounted_since: util::rfc3339(util::unix_now()),
+        last: last.clone(),
+        scan: Mutex::new(None),
+    });
+
+    let t_close = tracker.clone();
+    let on_destroy = Box::new(move || match t_close.close() {
+        Ok(()) => log::info!("tracking state flushed and marked clean"),
+        Err(e) => log::error!("could not save tracking state: {e}"),
+    });
+    let fs = SnapFuse::new(
+        live.clone(),
+        KernelOptions {
+            writeback: args.writeback,
+            ..Default::default()
+        },
+        on_destroy,
+    );
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(format!("snapfs:{}", backing.display())),
+        fuser::MountOption::Subtype("snapfs".into()),
+        fuser::MountOption::DefaultPermissions,
+    ];
+    config.acl = fuser::SessionACL::All;
+    config.n_threads = Some(args.threads.max(1));
+    let session = fuser::Session::new(fs, &dir, &config)
+        .with_context(|| format!("mounting {}", dir.display()))?;
+    log::info!(
+        "mounted {} (last session: {})",
+        dir.display(),
+        last_name(&last)
+    );
+
+    // Periodic durable points.
+    {
+        let tracker = tracker.clone();
+        let every = Duration::from_millis(args.flush_ms.max(10));
+        std::thread::Builder::new()
+            .name("flush".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                if let Err(e) = tracker.flush() {
+                    log::error!("TRACKING STATE NOT SAVED: {e}");
+                }
+            })?;
+    }
+    // Changes made while we were not watching.
+    if let Some(threshold) = last.scan_threshold() {
+        let shared = shared.clone();
+        let fd = backing_fd.try_clone()?;
+        std::thread::Builder::new()
+            .name("scan".into())
+            .spawn(
+                move || match scan::scan(fd.as_fd(), &shared.tracker, threshold) {
+                    Ok(stats) => {
+                        log::info!(
+                            "scan: {} entries in {} directories, {} changed while unwatched, {} ms",
+                            stats.entries,
+                            stats.dirs,
+                            stats.changed,
+                            stats.millis
+                        );
+                        *shared.scan.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
+                        shared.tracker.scan_done();
+                        if let Err(e) = shared.tracker.flush() {
+                            log::error!("TRACKING STATE NOT SAVED: {e}");
+                        }
+                    }
+                    Err(e) => log::error!(
+                        "scan of the backing directory failed: {e}; the next mount scans again"
+                    ),
+                },
+            )?;
+    }
+    // Control socket.
+    {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                control::serve(listener, move |req| match req {
+                    Request::Status { files } => Reply {
+                        status: Some(shared.status(files)),
+                        ..Reply::ok()
+                    },
+                    Request::Flush => match shared.tracker.flush() {
+                        Ok(()) => Reply::ok(),
+                        Err(e) => Reply::err(e.to_string()),
+                    },
+                    Request::Unmount { lazy } => match shared.unmount(lazy) {
+                        Ok(()) => Reply::ok(),
+                        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Reply::err(format!(
+                            "{} is busy (files are open); use --lazy to detach it anyway",
+                            shared.dir.display()
+                        )),
+                        Err(e) => Reply::err(format!("unmount failed: {e}")),
+                    },
+                })
+            })?;
+    }
+    // Signals: unmount cleanly.
+    {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || loop {
+                let mut sig: libc::c_int = 0;
+                if unsafe { libc::sigwait(&sigset, &mut sig) } != 0 {
+                    continue;
+                }
+                log::info!("signal {sig}: unmounting");
+                match shared.unmount(false) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        log::warn!("mount busy; detaching lazily");
+                        if let Err(e) = shared.unmount(true) {
+                            log::error!("unmount failed: {e}");
+                        }
+                    }
+                    Err(e) => log::error!("unmount failed: {e}"),
+                }
+            })?;
+    }
+
+    notify(args.ready_fd, "READY");
+    let t0 = Instant::now();
+    let r = session.run();
+    log::info!("session ended after {:?}", t0.elapsed());
+    // `destroy` ran inside run(); make sure the state is clean even if not.
+    if let Err(e) = tracker.close() {
+        log::error!("could not save tracking state: {e}");
+    }
+    r.context("FUSE session")?;
+    Ok(())
+}
+
+fn ready_fd_is_background(args: &MountArgs) -> bool {
+    args.ready_fd.is_some()
+}
+
+fn redirect_output_to(path: &Path) -> Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("log {}", path.display()))?;
+    unsafe {
+        libc::dup2(f.as_raw_fd(), 1);
+        libc::dup2(f.as_raw_fd(), 2);
+    }
+    Ok(())
+}

@@ -1,0 +1,534 @@
+//! The FUSE adapter: each callback calls one method of [`LiveFs`] and replies.
+//!
+//! No filesystem logic lives here; errors arrive as [`crate::errno::Errno`]
+//! already decided by the layer below.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{
+    AccessFlags, CopyFileRangeFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use crate::live::{Ctx, LiveFs, OpenReply, SetAttr, TimeSpec};
+
+/// Kernel-side settings for a live mount.
+#[derive(Debug, Clone)]
+pub struct KernelOptions {
+    pub max_write: u32,
+    pub writeback: bool,
+}
+
+impl Default for KernelOptions {
+    fn default() -> Self {
+        KernelOptions {
+            max_write: 1 << 20,
+            writeback: false,
+        }
+    }
+}
+
+pub struct SnapFuse {
+    live: Arc<LiveFs>,
+    kernel: KernelOptions,
+    on_destroy: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl SnapFuse {
+    pub fn new(
+        live: Arc<LiveFs>,
+        kernel: KernelOptions,
+        on_destroy: Box<dyn FnOnce() + Send + Sync>,
+    ) -> SnapFuse {
+        SnapFuse {
+            live,
+            kernel,
+            on_destroy: Some(on_destroy),
+        }
+    }
+
+    fn ttl(&self) -> Duration {
+        self.live.options().entry_ttl
+    }
+}
+
+fn ctx(req: &Request) -> Ctx {
+    Ctx {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+fn time(t: Option<TimeOrNow>) -> Option<TimeSpec> {
+    t.map(|t| match t {
+        TimeOrNow::Now => TimeSpec::Now,
+        TimeOrNow::SpecificTime(s) => TimeSpec::At(s),
+    })
+}
+
+fn fopen(o: &OpenReply) -> FopenFlags {
+    if o.direct_io {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else {
+        FopenFlags::empty()
+    }
+}
+
+impl Filesystem for SnapFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if let Err(max) = config.set_max_write(self.kernel.max_write) {
+            let _ = config.set_max_write(max);
+        }
+        let _ = config.set_max_background(64);
+        let wanted = [
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
+        ];
+        for f in wanted {
+            let _ = config.add_capabilities(f);
+        }
+        if self.kernel.writeback {
+            if let Err(e) = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE) {
+                log::warn!("kernel lacks writeback cache ({e:?}); continuing without");
+            }
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Some(f) = self.on_destroy.take() {
+            f();
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.live.lookup(parent.0, name) {
+            Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.live.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.live.getattr(ino.0, fh.map(|f| f.0)) {
+            Ok(a) => reply.attr(&self.live.options().attr_ttl, &a),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let a = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: time(atime),
+            mtime: time(mtime),
+            fh: fh.map(|f| f.0),
+        };
+        match self.live.setattr(ino.0, &a) {
+            Ok(a) => reply.attr(&self.live.options().attr_ttl, &a),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.live.readlink(ino.0) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        match self.live.mknod(&ctx(req), parent.0, name, mode, rdev) {
+            Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        match self.live.mkdir(&ctx(req), parent.0, name, mode) {
+            Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.live.unlink(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.live.rmdir(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        match self
+            .live
+            .symlink(&ctx(req), parent.0, link_name, target.as_os_str())
+        {
+            Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self
+            .live
+            .rename(parent.0, name, newparent.0, newname, flags.bits())
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        match self.live.link(ino.0, newparent.0, newname) {
+            Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.live.open(ino.0, flags.0) {
+            Ok(o) => reply.opened(FileHandle(o.fh), fopen(&o)),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.live.read_with(fh.0, offset, size, |r| match r {
+            Ok(d) => reply.data(d),
+            Err(e) => reply.error(e.into()),
+        })
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.live.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.live.release(fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.live.fsync(fh.0, datasync) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.live.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let r = self
+            .live
+            .readdir(fh.0, offset as i64, |ino, next, kind, name| {
+                reply.add(INodeNo(ino), next as u64, kind, name)
+            });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.live.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.live.fsyncdir(fh.0, datasync) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.live.statfs() {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        match self.live.setxattr(ino.0, name, value, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.live.getxattr(ino.0, name, size) {
+            Ok(d) if size == 0 => reply.size(u32::from_ne_bytes(d[..4].try_into().unwrap())),
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.live.listxattr(ino.0, size) {
+            Ok(d) if size == 0 => reply.size(u32::from_ne_bytes(d[..4].try_into().unwrap())),
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.live.removexattr(ino.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // default_permissions: the kernel has checked already.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.live.create(&ctx(req), parent.0, name, mode, flags) {
+            Ok((e, o)) => reply.created(
+                &self.ttl(),
+                &e.attr,
+                Generation(0),
+                FileHandle(o.fh),
+                fopen(&o),
+            ),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match self.live.fallocate(fh.0, offset, length, mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.live.lseek(fh.0, offset, whence) {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        match self.live.copy_file_range(
+            fh_in.0,
+            offset_in,
+            fh_out.0,
+            offset_out,
+            len,
+            flags.bits() as u32,
+        ) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! snapfs: protect a directory with a FUSE layer that sees every write.
+//!
+//! Layers, bottom up:
+//! - [`repo`]: the repository on disk (config, lock, tracking state);
+//! - [`tracker`]: the dirty set (blocks and metadata changed since the epoch
+//!   began), persisted in sled, with [`scan`] for changes made unwatched;
+//! - [`live`]: the POSIX passthrough over the backing directory, a plain API
+//!   that tests drive without a mount;
+//! - [`fuse`]: the thin FUSE adapter over [`live`];
+//! - [`daemon`] and [`control`]: mounting, signals, the control socket.
+//!
+//! Errors become errno values in one place, [`errno`].
+
+pub mod blockset;
+pub mod control;
+pub mod creds;
+pub mod daemon;
+pub mod errno;
+pub mod fuse;
+pub mod live;
+pub mod repo;
+pub mod scan;
+pub mod sys;
+pub mod tracker;
+pub mod util;

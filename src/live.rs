@@ -1,0 +1,1121 @@
+//! The live view: a POSIX passthrough over the backing directory that tells
+//! the [`Tracker`] about every change before making it.
+//!
+//! # Inodes
+//! Each inode the kernel knows is an [`Inode`] holding an `O_PATH` descriptor
+//! of the backing inode, keyed by the backing `(st_dev, st_ino)` so hard links
+//! share one node. The node id is the backing inode number (root is 1), so
+//! `stat` through the mount shows the same numbers as the backing filesystem
+//! and they stay the same across mounts. Inodes of another device (a mount
+//! inside the backing tree) or a number that collides get ids from a counter
+//! starting at [`EXTRA_NODES`]. While we hold the `O_PATH` descriptor the
+//! backing filesystem cannot reuse the number, so a node id never names two
+//! inodes at once. The kernel's lookup count is kept per node; when `forget`
+//! brings it to zero the node and its descriptor go away.
+//!
+//! # Locks
+//! Order: tracker state, then the inode table, then an inode's `link`. The
+//! tracker calls back into [`LiveFs::link_of`] while holding its lock, so
+//! nothing here may call the tracker while holding the table lock.
+//!
+//! # Permissions
+//! The mount uses `default_permissions`: the kernel checks access with the
+//! caller's full credentials. New inodes are created with the caller's fsuid
+//! and fsgid (see [`crate::creds`]) so the backing filesystem decides owner
+//! and group. Everything else runs with the daemon's (root) credentials.
+//!
+//! # Paths
+//! Nothing here uses a path into the mount. Inodes are reached by `*at` calls
+//! on descriptors, or by `/proc/self/fd/N` for calls that have no `*at` form.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use fuser::{FileAttr, FileType};
+
+use crate::creds::AsCaller;
+use crate::errno::{cvt, Errno, SysResult};
+use crate::sys::{self, cstr, Stat};
+use crate::tracker::{Ancestry, Kind, Tracker};
+
+/// Node id of the root.
+pub const ROOT: u64 = 1;
+/// Name of the repository inside the backing root; never visible in the mount.
+pub const REPO_NAME: &str = ".snapfs";
+/// First node id handed out for inodes whose backing number cannot be used.
+/// Bit 63 stays free for the snapshot views.
+pub const EXTRA_NODES: u64 = 1 << 56;
+/// Name of the snapshot folder at the root of the mount.
+pub const SNAPSHOTS_NAME: &str = ".snapshots";
+
+/// Who is asking.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+impl Ctx {
+    pub fn root() -> Ctx {
+        Ctx {
+            uid: 0,
+            gid: 0,
+            pid: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Kernel writeback cache is on: open flags must be adjusted.
+    pub writeback: bool,
+    pub attr_ttl: Duration,
+    pub entry_ttl: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            writeback: false,
+            attr_ttl: Duration::from_secs(1),
+            entry_ttl: Duration::from_secs(1),
+        }
+    }
+}
+
+pub struct Inode {
+    pub nodeid: u64,
+    pub fd: OwnedFd,
+    pub dev: u64,
+    pub ino: u64,
+    pub mode: u32,
+    nlookup: AtomicU64,
+    /// Where it was last seen: (backing inode of the parent, name).
+    link: Mutex<(u64, OsString)>,
+}
+
+impl Inode {
+    pub fn kind(&self) -> Kind {
+        Kind::from_mode(self.mode)
+    }
+    fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+    fn is_symlink(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFLNK
+    }
+    fn set_link(&self, parent: u64, name: &OsStr) {
+        let mut l = self.link.lock().unwrap_or_else(|e| e.into_inner());
+        if l.0 != parent || l.1 != name {
+            *l = (parent, name.to_os_string());
+        }
+    }
+}
+
+/// An open file.
+pub struct Handle {
+    pub fd: OwnedFd,
+    pub ino: u64,
+}
+
+/// An open directory and where its stream stands.
+pub struct DirHandle {
+    fd: OwnedFd,
+    ino: u64,
+    /// Offset the descriptor is positioned at (`-1`: unknown).
+    pos: Mutex<i64>,
+}
+
+#[derive(Default)]
+struct Table {
+    by_node: HashMap<u64, Arc<Inode>>,
+    by_key: HashMap<(u64, u64), u64>,
+}
+
+/// Attribute changes requested by `setattr`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSpec>,
+    pub mtime: Option<TimeSpec>,
+    pub fh: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum TimeSpec {
+    Now,
+    At(SystemTime),
+}
+
+/// A reply to lookup-like calls.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub nodeid: u64,
+    pub attr: FileAttr,
+}
+
+/// What `open`/`create` tell the kernel about a handle.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenReply {
+    pub fh: u64,
+    pub direct_io: bool,
+}
+
+pub struct LiveFs {
+    table: RwLock<Table>,
+    next_node: AtomicU64,
+    files: RwLock<HashMap<u64, Arc<Handle>>>,
+    dirs: RwLock<HashMap<u64, Arc<DirHandle>>>,
+    next_fh: AtomicU64,
+    tracker: Arc<Tracker>,
+    root_dev: u64,
+    root_ino: u64,
+    opts: Options,
+}
+
+thread_local! {
+    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn dtype_to_filetype(d: u8) -> FileType {
+    match d {
+        libc::DT_DIR => FileType::Directory,
+        libc::DT_LNK => FileType::Symlink,
+        libc::DT_FIFO => FileType::NamedPipe,
+        libc::DT_SOCK => FileType::Socket,
+        libc::DT_CHR => FileType::CharDevice,
+        libc::DT_BLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+/// Build the attributes the kernel sees from a backing stat.
+pub fn attr_from_stat(st: &Stat) -> FileAttr {
+    FileAttr {
+        ino: fuser::INodeNo(st.st_ino),
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: sys::time_from(st.st_atime, st.st_atime_nsec),
+        mtime: sys::time_from(st.st_mtime, st.st_mtime_nsec),
+        ctime: sys::time_from(st.st_ctime, st.st_ctime_nsec),
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: file_type(st.st_mode),
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        blksize: st.st_blksize as u32,
+        flags: 0,
+    }
+}
+
+/// Attributes as the kernel must see them for node `nodeid`.
+pub fn attr_for(st: &Stat, nodeid: u64) -> FileAttr {
+    let mut a = attr_from_stat(st);
+    a.ino = fuser::INodeNo(nodeid);
+    a
+}
+
+fn timespec(t: Option<TimeSpec>) -> libc::timespec {
+    match t {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(TimeSpec::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(TimeSpec::At(t)) => match t.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => libc::timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: d.subsec_nanos() as i64,
+            },
+            Err(e) => {
+                let d = e.duration();
+                let mut sec = -(d.as_secs() as i64);
+                let mut nsec = d.subsec_nanos() as i64;
+                if nsec > 0 {
+                    sec -= 1;
+                    nsec = 1_000_000_000 - nsec;
+                }
+                libc::timespec {
+                    tv_sec: sec,
+                    tv_nsec: nsec,
+                }
+            }
+        },
+    }
+}
+
+impl Ancestry for LiveFs {
+    fn link_of(&self, ino: u64) -> Option<(u64, OsString)> {
+        self.link_of(ino)
+    }
+}
+
+impl LiveFs {
+    /// A passthrough over the directory `root` (any descriptor of it; an
+    /// `O_PATH` one is made from it).
+    pub fn new(root: BorrowedFd<'_>, tracker: Arc<Tracker>, opts: Options) -> SysResult<LiveFs> {
+        let fd = sys::open_path(root, c".")?;
+        let st = sys::fstat(fd.as_fd())?;
+        if !sys::is_dir(&st) {
+            return Err(Errno::ENOTDIR);
+        }
+        let root_inode = Inode {
+            nodeid: ROOT,
+            fd,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            mode: st.st_mode,
+            nlookup: AtomicU64::new(1 << 40),
+            link: Mutex::new((0, OsString::new())),
+        };
+        let mut t = Table::default();
+        t.by_key.insert((st.st_dev, st.st_ino), ROOT);
+        t.by_node.insert(ROOT, Arc::new(root_inode));
+        Ok(LiveFs {
+            table: RwLock::new(t),
+            next_node: AtomicU64::new(EXTRA_NODES),
+            files: RwLock::new(HashMap::new()),
+            dirs: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            tracker,
+            root_dev: st.st_dev,
+            root_ino: st.st_ino,
+            opts,
+        })
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    pub fn tracker(&self) -> &Arc<Tracker> {
+        &self.tracker
+    }
+
+    pub fn root_ino(&self) -> u64 {
+        self.root_ino
+    }
+
+    /// Number of inodes the kernel currently holds references to.
+    pub fn inode_count(&self) -> usize {
+        self.table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_node
+            .len()
+    }
+
+    fn link_of(&self, ino: u64) -> Option<(u64, OsString)> {
+        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let node = t.by_key.get(&(self.root_dev, ino))?;
+        let i = t.by_node.get(node)?;
+        let l = i.link.lock().unwrap_or_else(|e| e.into_inner());
+        Some(l.clone())
+    }
+
+    pub fn inode(&self, nodeid: u64) -> SysResult<Arc<Inode>> {
+        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        t.by_node.get(&nodeid).cloned().ok_or(Errno::ENOENT)
+    }
+
+    fn file(&self, fh: u64) -> SysResult<Arc<Handle>> {
+        self.files
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh)
+            .cloned()
+            .ok_or(Errno::EBADF)
+    }
+
+    fn dir(&self, fh: u64) -> SysResult<Arc<DirHandle>> {
+        self.dirs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh)
+            .cloned()
+            .ok_or(Errno::EBADF)
+    }
+
+    /// Names at the root that belong to snapfs itself.
+    fn is_reserved(&self, parent: &Inode, name: &OsStr) -> bool {
+        parent.nodeid == ROOT && (name == REPO_NAME || name == SNAPSHOTS_NAME)
+    }
+
+    /// Register a backing inode the kernel is about to learn of (lookup count +1).
+    fn remember(&self, fd: OwnedFd, st: &Stat, parent_ino: u64, name: &OsStr) -> u64 {
+        let key = (st.st_dev, st.st_ino);
+        {
+            let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(&node) = t.by_key.get(&key) {
+                if let Some(i) = t.by_node.get(&node) {
+                    i.nlookup.fetch_add(1, Ordering::SeqCst);
+                    i.set_link(parent_ino, name);
+                    return node;
+                }
+            }
+        }
+        let mut t = self.table.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(&node) = t.by_key.get(&key) {
+            if let Some(i) = t.by_node.get(&node) {
+                i.nlookup.fetch_add(1, Ordering::SeqCst);
+                i.set_link(parent_ino, name);
+                return node;
+            }
+        }
+        let node = if st.st_dev == self.root_dev
+            && st.st_ino != ROOT
+            && !t.by_node.contains_key(&st.st_ino)
+        {
+            st.st_ino
+        } else {
+            self.next_node.fetch_add(1, Ordering::SeqCst)
+        };
+        let inode = Inode {
+            nodeid: node,
+            fd,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            mode: st.st_mode,
+            nlookup: AtomicU64::new(1),
+            link: Mutex::new((parent_ino, name.to_os_string())),
+        };
+        t.by_key.insert(key, node);
+        t.by_node.insert(node, Arc::new(inode));
+        node
+    }
+
+    /// The kernel dropped `n` references to `nodeid`.
+    pub fn forget(&self, nodeid: u64, n: u64) {
+        if nodeid == ROOT {
+            return;
+        }
+        let mut t = self.table.write().unwrap_or_else(|e| e.into_inner());
+        let Some(i) = t.by_node.get(&nodeid) else {
+            return;
+        };
+        let prev = i
+            .nlookup
+            .fetch_sub(n.min(i.nlookup.load(Ordering::SeqCst)), Ordering::SeqCst);
+        if prev <= n {
+            let key = (i.dev, i.ino);
+            t.by_node.remove(&nodeid);
+            if t.by_key.get(&key) == Some(&nodeid) {
+                t.by_key.remove(&key);
+            }
+        }
+    }
+
+    fn entry_for(&self, parent: &Inode, name: &OsStr) -> SysResult<Entry> {
+        let c = cstr(name)?;
+        let fd = sys::open_path(parent.fd.as_fd(), &c)?;
+        let st = sys::fstat(fd.as_fd())?;
+        let nodeid = self.remember(fd, &st, parent.ino, name);
+        Ok(Entry {
+            nodeid,
+            attr: attr_for(&st, nodeid),
+        })
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> SysResult<Entry> {
+        let p = self.inode(parent)?;
+        if self.is_reserved(&p, name) {
+            return Err(Errno::ENOENT);
+        }
+        self.entry_for(&p, name)
+    }
+
+    pub fn getattr(&self, nodeid: u64, fh: Option<u64>) -> SysResult<FileAttr> {
+        let st = match fh.and_then(|fh| self.file(fh).ok()) {
+            Some(h) => sys::fstat(h.fd.as_fd())?,
+            None => sys::fstat(self.inode(nodeid)?.fd.as_fd())?,
+        };
+        // The root shows its backing number; the kernel knows it as node 1.
+        Ok(if nodeid == ROOT {
+            attr_from_stat(&st)
+        } else {
+            attr_for(&st, nodeid)
+        })
+    }
+
+    fn proc_path(fd: &OwnedFd) -> std::ffi::CString {
+        sys::proc_fd_path(fd.as_raw_fd())
+    }
+
+    pub fn setattr(&self, nodeid: u64, a: &SetAttr) -> SysResult<FileAttr> {
+        let i = self.inode(nodeid)?;
+        let handle = a.fh.and_then(|fh| self.file(fh).ok());
+        let kind = i.kind();
+        if a.mode.is_some()
+            || a.uid.is_some()
+            || a.gid.is_some()
+            || a.atime.is_some()
+            || a.mtime.is_some()
+        {
+            self.tracker.meta(self, i.ino, kind);
+        }
+        if a.uid.is_some() || a.gid.is_some() {
+            let uid = a.uid.unwrap_or(u32::MAX);
+            let gid = a.gid.unwrap_or(u32::MAX);
+            cvt(unsafe {
+                libc::fchownat(
+                    i.fd.as_raw_fd(),
+                    c"".as_ptr(),
+                    uid,
+                    gid,
+                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                )
+            })?;
+        }
+        if let Some(mode) = a.mode {
+            let mode = mode & 0o7777;
+            match &handle {
+                Some(h) => cvt(unsafe { libc::fchmod(h.fd.as_raw_fd(), mode) })?,
+                None if i.is_symlink() => return Err(Errno::EOPNOTSUPP),
+                None => cvt(unsafe { libc::chmod(Self::proc_path(&i.fd).as_ptr(), mode) })?,
+            };
+        }
+        if let Some(size) = a.size {
+            let reopened;
+            let fd = match &handle {
+                Some(h) => h.fd.as_fd(),
+                None => {
+                    if i.is_dir() {
+                        return Err(Errno::EISDIR);
+                    }
+                    reopened = sys::reopen(i.fd.as_fd(), libc::O_WRONLY)?;
+                    reopened.as_fd()
+                }
+            };
+            let old = sys::fstat(fd)?.st_size as u64;
+            self.tracker.set_size(self, i.ino, old, size);
+            cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), size as i64) })?;
+        }
+        if a.atime.is_some() || a.mtime.is_some() {
+            let times = [timespec(a.atime), timespec(a.mtime)];
+            cvt(unsafe {
+                libc::utimensat(
+                    i.fd.as_raw_fd(),
+                    c"".as_ptr(),
+                    times.as_ptr(),
+                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                )
+            })?;
+        }
+        self.getattr(nodeid, a.fh)
+    }
+
+    pub fn readlink(&self, nodeid: u64) -> SysResult<Vec<u8>> {
+        let i = self.inode(nodeid)?;
+        sys::readlinkat(i.fd.as_fd())
+    }
+
+    /// Create a node with `make` running as the caller, then register it.
+    fn make_node(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &OsStr,
+        make: impl FnOnce(BorrowedFd<'_>, &std::ffi::CStr) -> SysResult<()>,
+    ) -> SysResult<Entry> {
+        let p = self.inode(parent)?;
+        if self.is_reserved(&p, name) {
+            return Err(Errno::EPERM);
+        }
+        let c = cstr(name)?;
+        self.tracker.entries(self, p.ino);
+        {
+            let _as = AsCaller::new(ctx.uid, ctx.gid);
+            make(p.fd.as_fd(), &c)?;
+        }
+        let e = self.entry_for(&p, name)?;
+        self.tracker.created(
+            self,
+            p.ino,
+            name,
+            e.attr.ino.0,
+            Kind::from_mode(mode_of(&e.attr)),
+        );
+        Ok(e)
+    }
+
+    pub fn mkdir(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32) -> SysResult<Entry> {
+        self.make_node(ctx, parent, name, |dir, c| {
+            cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode) }).map(|_| ())
+        })
+    }
+
+    pub fn mknod(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+    ) -> SysResult<Entry> {
+        self.make_node(ctx, parent, name, |dir, c| {
+            cvt(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), mode, rdev as libc::dev_t) })
+                .map(|_| ())
+        })
+    }
+
+    pub fn symlink(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+    ) -> SysResult<Entry> {
+        let t = cstr(target)?;
+        self.make_node(ctx, parent, name, |dir, c| {
+            cvt(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) }).map(|_| ())
+        })
+    }
+
+    pub fn link(&self, nodeid: u64, newparent: u64, newname: &OsStr) -> SysResult<Entry> {
+        let i = self.inode(nodeid)?;
+        let p = self.inode(newparent)?;
+        if self.is_reserved(&p, newname) {
+            return Err(Errno::EPERM);
+        }
+        let c = cstr(newname)?;
+        self.tracker.entries(self, p.ino);
+        self.tracker.meta(self, i.ino, i.kind());
+        cvt(unsafe {
+            libc::linkat(
+                i.fd.as_raw_fd(),
+                c"".as_ptr(),
+                p.fd.as_raw_fd(),
+                c.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
+        })?;
+        let fd = sys::open_path(p.fd.as_fd(), &c)?;
+        let st = sys::fstat(fd.as_fd())?;
+        // Keep the name the inode was known by; add a lookup reference.
+        let node = {
+            let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+            t.by_key.get(&(st.st_dev, st.st_ino)).copied()
+        };
+        let nodeid = match node {
+            Some(n) if n == nodeid => {
+                i.nlookup.fetch_add(1, Ordering::SeqCst);
+                n
+            }
+            _ => self.remember(fd, &st, p.ino, newname),
+        };
+        Ok(Entry {
+            nodeid,
+            attr: attr_for(&st, nodeid),
+        })
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> SysResult<()> {
+        self.remove(parent, name, 0)
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> SysResult<()> {
+        self.remove(parent, name, libc::AT_REMOVEDIR)
+    }
+
+    fn remove(&self, parent: u64, name: &OsStr, flags: i32) -> SysResult<()> {
+        let p = self.inode(parent)?;
+        if self.is_reserved(&p, name) {
+            return Err(Errno::ENOENT);
+        }
+        let c = cstr(name)?;
+        let st = sys::fstatat(p.fd.as_fd(), &c)?;
+        let last = sys::is_dir(&st) || st.st_nlink <= 1;
+        self.tracker.entries(self, p.ino);
+        if !last {
+            self.tracker
+                .meta(self, st.st_ino, Kind::from_mode(st.st_mode));
+        }
+        cvt(unsafe { libc::unlinkat(p.fd.as_raw_fd(), c.as_ptr(), flags) })?;
+        if last {
+            self.tracker.gone(st.st_ino);
+        }
+        Ok(())
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> SysResult<()> {
+        let p = self.inode(parent)?;
+        let np = self.inode(newparent)?;
+        if self.is_reserved(&p, name) || self.is_reserved(&np, newname) {
+            return Err(Errno::EPERM);
+        }
+        let c = cstr(name)?;
+        let nc = cstr(newname)?;
+        let src = sys::fstatat(p.fd.as_fd(), &c)?;
+        let dst = sys::fstatat(np.fd.as_fd(), &nc).ok();
+        self.tracker.entries(self, p.ino);
+        self.tracker.entries(self, np.ino);
+        self.tracker
+            .meta(self, src.st_ino, Kind::from_mode(src.st_mode));
+        if let Some(d) = &dst {
+            self.tracker
+                .meta(self, d.st_ino, Kind::from_mode(d.st_mode));
+        }
+        cvt(unsafe {
+            libc::renameat2(
+                p.fd.as_raw_fd(),
+                c.as_ptr(),
+                np.fd.as_raw_fd(),
+                nc.as_ptr(),
+                flags,
+            )
+        })?;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if let Some(d) = &dst {
+            if d.st_ino == src.st_ino {
+                // rename between two links of one inode: nothing moved
+                return Ok(());
+            }
+            if exchange {
+                self.tracker
+                    .moved(self, d.st_ino, Kind::from_mode(d.st_mode), p.ino, name);
+                self.relink(d.st_dev, d.st_ino, p.ino, name);
+            } else if sys::is_dir(d) || d.st_nlink <= 1 {
+                self.tracker.gone(d.st_ino);
+            }
+        }
+        self.tracker.moved(
+            self,
+            src.st_ino,
+            Kind::from_mode(src.st_mode),
+            np.ino,
+            newname,
+        );
+        self.relink(src.st_dev, src.st_ino, np.ino, newname);
+        Ok(())
+    }
+
+    fn relink(&self, dev: u64, ino: u64, parent: u64, name: &OsStr) {
+        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = t.by_key.get(&(dev, ino)).and_then(|n| t.by_node.get(n)) {
+            i.set_link(parent, name);
+        }
+    }
+
+    /// Adjust the flags the kernel asked for into the flags we open the backing file with.
+    fn backing_flags(&self, flags: i32) -> (i32, bool) {
+        let mut f = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW);
+        // The kernel computes append offsets itself; we write where it says so
+        // the tracker records the right blocks.
+        f &= !libc::O_APPEND;
+        let direct = f & libc::O_DIRECT != 0;
+        f &= !libc::O_DIRECT;
+        if self.opts.writeback && f & libc::O_ACCMODE == libc::O_WRONLY {
+            // The kernel reads pages to fill partial writes.
+            f = (f & !libc::O_ACCMODE) | libc::O_RDWR;
+        }
+        (f, direct)
+    }
+
+    fn add_file(&self, fd: OwnedFd, ino: u64) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::SeqCst);
+        self.files
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fh, Arc::new(Handle { fd, ino }));
+        fh
+    }
+
+    pub fn open(&self, nodeid: u64, flags: i32) -> SysResult<OpenReply> {
+        let i = self.inode(nodeid)?;
+        let (f, direct) = self.backing_flags(flags);
+        if f & libc::O_TRUNC != 0 && f & libc::O_ACCMODE != libc::O_RDONLY {
+            let old = sys::fstat(i.fd.as_fd())?.st_size as u64;
+            if old > 0 {
+                self.tracker.set_size(self, i.ino, old, 0);
+            } else {
+                self.tracker.meta(self, i.ino, i.kind());
+            }
+        }
+        let fd = sys::reopen(i.fd.as_fd(), f)?;
+        Ok(OpenReply {
+            fh: self.add_file(fd, i.ino),
+            direct_io: direct,
+        })
+    }
+
+    pub fn create(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> SysResult<(Entry, OpenReply)> {
+        let p = self.inode(parent)?;
+        if self.is_reserved(&p, name) {
+            return Err(Errno::EPERM);
+        }
+        let c = cstr(name)?;
+        let (f, direct) = self.backing_flags(flags);
+        self.tracker.entries(self, p.ino);
+        let fd = {
+            let _as = AsCaller::new(ctx.uid, ctx.gid);
+            sys::openat(
+                p.fd.as_fd(),
+                &c,
+                f | libc::O_CREAT | libc::O_NOFOLLOW | (flags & libc::O_EXCL),
+                mode,
+            )?
+        };
+        let st = sys::fstat(fd.as_fd())?;
+        let path_fd = sys::reopen(fd.as_fd(), libc::O_PATH)?;
+        let nodeid = self.remember(path_fd, &st, p.ino, name);
+        self.tracker
+            .created(self, p.ino, name, st.st_ino, Kind::from_mode(st.st_mode));
+        let fh = self.add_file(fd, st.st_ino);
+        Ok((
+            Entry {
+                nodeid,
+                attr: attr_for(&st, nodeid),
+            },
+            OpenReply {
+                fh,
+                direct_io: direct,
+            },
+        ))
+    }
+
+    /// Read up to `size` bytes at `off` and hand them to `f` (no copy).
+    pub fn read_with<R>(
+        &self,
+        fh: u64,
+        off: u64,
+        size: u32,
+        f: impl FnOnce(SysResult<&[u8]>) -> R,
+    ) -> R {
+        let h = match self.file(fh) {
+            Ok(h) => h,
+            Err(e) => return f(Err(e)),
+        };
+        READ_BUF.with(|b| {
+            let mut buf = b.borrow_mut();
+            if buf.len() < size as usize {
+                buf.resize(size as usize, 0);
+            }
+            match sys::pread_full(h.fd.as_fd(), &mut buf[..size as usize], off) {
+                Ok(n) => f(Ok(&buf[..n])),
+                Err(e) => f(Err(e)),
+            }
+        })
+    }
+
+    pub fn read(&self, fh: u64, off: u64, size: u32) -> SysResult<Vec<u8>> {
+        self.read_with(fh, off, size, |r| r.map(|d| d.to_vec()))
+    }
+
+    pub fn write(&self, fh: u64, off: u64, data: &[u8]) -> SysResult<u32> {
+        let h = self.file(fh)?;
+        let old = sys::fstat(h.fd.as_fd())?.st_size as u64;
+        self.tracker.write(self, h.ino, off, data.len() as u64, old);
+        let mut done = 0;
+        while done < data.len() {
+            match sys::pwrite(h.fd.as_fd(), &data[done..], off + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(Errno::EINTR) => continue,
+                Err(e) if done == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(done as u32)
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.files
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh);
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> SysResult<()> {
+        let h = self.file(fh)?;
+        let r = if datasync {
+            unsafe { libc::fdatasync(h.fd.as_raw_fd()) }
+        } else {
+            unsafe { libc::fsync(h.fd.as_raw_fd()) }
+        };
+        cvt(r).map(|_| ())
+    }
+
+    pub fn opendir(&self, nodeid: u64) -> SysResult<u64> {
+        let i = self.inode(nodeid)?;
+        let fd = sys::reopen(i.fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        let fh = self.next_fh.fetch_add(1, Ordering::SeqCst);
+        let d = DirHandle {
+            fd,
+            ino: nodeid,
+            pos: Mutex::new(0),
+        };
+        self.dirs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fh, Arc::new(d));
+        Ok(fh)
+    }
+
+    /// List entries from `offset`; `add(ino, next_offset, type, name)` returns
+    /// true when the reply is full.
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: i64,
+        mut add: impl FnMut(u64, i64, FileType, &OsStr) -> bool,
+    ) -> SysResult<()> {
+        let d = self.dir(fh)?;
+        let mut pos = d.pos.lock().unwrap_or_else(|e| e.into_inner());
+        if *pos != offset {
+            sys::lseek(d.fd.as_fd(), offset, libc::SEEK_SET)?;
+            *pos = offset;
+        }
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let batch = sys::getdents(d.fd.as_fd(), &mut buf)?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let n = batch.len();
+            for (k, e) in batch.into_iter().enumerate() {
+                if d.ino == ROOT && (e.name == REPO_NAME || e.name == SNAPSHOTS_NAME) {
+                    *pos = e.next_off;
+                    continue;
+                }
+                if add(e.ino, e.next_off, dtype_to_filetype(e.dtype), &e.name) {
+                    // Reply full: the descriptor went past entries we did not
+                    // return; reposition on the next call.
+                    if k + 1 < n {
+                        *pos = -1;
+                    } else {
+                        *pos = e.next_off;
+                    }
+                    return Ok(());
+                }
+                *pos = e.next_off;
+            }
+        }
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh);
+    }
+
+    pub fn fsyncdir(&self, fh: u64, datasync: bool) -> SysResult<()> {
+        let d = self.dir(fh)?;
+        let r = if datasync {
+            unsafe { libc::fdatasync(d.fd.as_raw_fd()) }
+        } else {
+            unsafe { libc::fsync(d.fd.as_raw_fd()) }
+        };
+        cvt(r).map(|_| ())
+    }
+
+    pub fn statfs(&self) -> SysResult<libc::statvfs> {
+        let i = self.inode(ROOT)?;
+        let mut s = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        cvt(unsafe { libc::fstatvfs(i.fd.as_raw_fd(), s.as_mut_ptr()) })?;
+        Ok(unsafe { s.assume_init() })
+    }
+
+    /// Path for the xattr calls that have no `*at` form. Symlinks cannot be
+    /// reached through `/proc/self/fd` without following them.
+    fn xattr_path(&self, i: &Inode) -> SysResult<std::ffi::CString> {
+        if i.is_symlink() {
+            return Err(Errno::EPERM);
+        }
+        Ok(Self::proc_path(&i.fd))
+    }
+
+    pub fn setxattr(&self, nodeid: u64, name: &OsStr, value: &[u8], flags: i32) -> SysResult<()> {
+        let i = self.inode(nodeid)?;
+        let p = self.xattr_path(&i)?;
+        let n = cstr(name)?;
+        self.tracker.meta(self, i.ino, i.kind());
+        cvt(unsafe {
+            libc::setxattr(
+                p.as_ptr(),
+                n.as_ptr(),
+                value.as_ptr() as *const libc::c_void,
+                value.len(),
+                flags,
+            )
+        })
+        .map(|_| ())
+    }
+
+    /// `size == 0` asks for the size only.
+    pub fn getxattr(&self, nodeid: u64, name: &OsStr, size: u32) -> SysResult<Vec<u8>> {
+        let i = self.inode(nodeid)?;
+        if i.is_symlink() {
+            return Err(Errno::ENODATA);
+        }
+        let p = self.xattr_path(&i)?;
+        let n = cstr(name)?;
+        let mut buf = vec![0u8; size as usize];
+        let r = cvt(unsafe {
+            libc::getxattr(
+                p.as_ptr(),
+                n.as_ptr(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+            )
+        })?;
+        if size == 0 {
+            return Ok((r as u32).to_ne_bytes().to_vec());
+        }
+        buf.truncate(r as usize);
+        Ok(buf)
+    }
+
+    pub fn listxattr(&self, nodeid: u64, size: u32) -> SysResult<Vec<u8>> {
+        let i = self.inode(nodeid)?;
+        if i.is_symlink() {
+            return Ok(if size == 0 {
+                0u32.to_ne_bytes().to_vec()
+            } else {
+                Vec::new()
+            });
+        }
+        let p = self.xattr_path(&i)?;
+        let mut buf = vec![0u8; size as usize];
+        let r = cvt(unsafe {
+            libc::listxattr(p.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len())
+        })?;
+        if size == 0 {
+            return Ok((r as u32).to_ne_bytes().to_vec());
+        }
+        buf.truncate(r as usize);
+        Ok(buf)
+    }
+
+    pub fn removexattr(&self, nodeid: u64, name: &OsStr) -> SysResult<()> {
+        let i = self.inode(nodeid)?;
+        let p = self.xattr_path(&i)?;
+        let n = cstr(name)?;
+        self.tracker.meta(self, i.ino, i.kind());
+        cvt(unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) }).map(|_| ())
+    }
+
+    pub fn fallocate(&self, fh: u64, off: u64, len: u64, mode: i32) -> SysResult<()> {
+        let h = self.file(fh)?;
+        let size = sys::fstat(h.fd.as_fd())?.st_size as u64;
+        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let end = off.saturating_add(len);
+        if mode & libc::FALLOC_FL_COLLAPSE_RANGE != 0 {
+            self.tracker
+                .shift(self, h.ino, off, size.saturating_sub(len));
+        } else if mode & libc::FALLOC_FL_INSERT_RANGE != 0 {
+            self.tracker.shift(self, h.ino, off, size + len);
+        } else {
+            self.tracker.touch_range(self, h.ino, off, len, size);
+            if !keep && end > size {
+                self.tracker.set_size(self, h.ino, size, end);
+            }
+        }
+        cvt(unsafe { libc::fallocate(h.fd.as_raw_fd(), mode, off as i64, len as i64) })?;
+        if let Ok(st) = sys::fstat(h.fd.as_fd()) {
+            self.tracker.observe_size(h.ino, st.st_size as u64);
+        }
+        Ok(())
+    }
+
+    pub fn lseek(&self, fh: u64, off: i64, whence: i32) -> SysResult<i64> {
+        let h = self.file(fh)?;
+        sys::lseek(h.fd.as_fd(), off, whence)
+    }
+
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+        flags: u32,
+    ) -> SysResult<u32> {
+        let hi = self.file(fh_in)?;
+        let ho = self.file(fh_out)?;
+        let in_size = sys::fstat(hi.fd.as_fd())?.st_size as u64;
+        let len = len
+            .min(in_size.saturating_sub(off_in))
+            .min(u32::MAX as u64 & !0xfff);
+        if len == 0 {
+            return Ok(0);
+        }
+        let old = sys::fstat(ho.fd.as_fd())?.st_size as u64;
+        self.tracker.write(self, ho.ino, off_out, len, old);
+        let mut oi = off_in as i64;
+        let mut oo = off_out as i64;
+        let r = cvt(unsafe {
+            libc::copy_file_range(
+                hi.fd.as_raw_fd(),
+                &mut oi,
+                ho.fd.as_raw_fd(),
+                &mut oo,
+                len as usize,
+                flags,
+            )
+        })?;
+        if let Ok(st) = sys::fstat(ho.fd.as_fd()) {
+            self.tracker.observe_size(ho.ino, st.st_size as u64);
+        }
+        Ok(r as u32)
+    }
+}
+
+fn mode_of(a: &FileAttr) -> u32 {
+    match a.kind {
+        FileType::Directory => libc::S_IFDIR,
+        FileType::Symlink => libc::S_IFLNK,
+        FileType::NamedPipe => libc::S_IFIFO,
+        FileType::Socket => libc::S_IFSOCK,
+        FileType::CharDevice => libc::S_IFCHR,
+        FileType::BlockDevice => libc::S_IFBLK,
+        FileType::RegularFile => libc::S_IFREG,
+    }
+}
+
+/// Name bytes for logs.
+pub fn show(name: &OsStr) -> String {
+    String::from_utf8_lossy(name.as_bytes()).into_owned()
+}

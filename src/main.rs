@@ -1,0 +1,314 @@
+//! The `snapfs` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use snapfs::control::{self, Request, StatusReport};
+use snapfs::daemon::{self, MountArgs};
+use snapfs::repo::{self, Repo};
+use snapfs::tracker::Tracker;
+use snapfs::util;
+
+#[derive(Parser)]
+#[command(
+    name = "snapfs",
+    version,
+    about = "Protect a directory in place; incremental block-level snapshots"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a repository.
+    Init {
+        /// Block size, fixed for the repository's life (e.g. 64K, 1M).
+        #[arg(long, default_value = "64K")]
+        block_size: String,
+        repo: PathBuf,
+    },
+    /// Protect DIR: mount snapfs over it (in place) or show --backing RAW at DIR.
+    Mount {
+        /// Show this directory at DIR instead of protecting DIR in place.
+        #[arg(long, value_name = "RAW")]
+        backing: Option<PathBuf>,
+        /// Repository to use (default: DIR/.snapfs inside the backing directory).
+        #[arg(long)]
+        repo: Option<PathBuf>,
+        /// Stay attached to the terminal (for systemd).
+        #[arg(long)]
+        foreground: bool,
+        /// FUSE worker threads.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        /// Use the kernel's writeback cache (faster small writes).
+        #[arg(long)]
+        writeback: bool,
+        /// Milliseconds between durable points of the tracking state.
+        #[arg(long, default_value_t = 1000)]
+        flush_ms: u64,
+        #[arg(long, hide = true)]
+        ready_fd: Option<i32>,
+        dir: PathBuf,
+    },
+    /// Unmount a protected directory, leaving the tracking state durable.
+    Umount {
+        /// Detach even if files are still open.
+        #[arg(long)]
+        lazy: bool,
+        dir: PathBuf,
+    },
+    /// Show the mount, the repository and the dirty set.
+    Status {
+        #[arg(long)]
+        json: bool,
+        /// List dirty files with their dirty block ranges.
+        #[arg(long)]
+        files: bool,
+        /// Repository, when DIR is not mounted and the repository is not DIR/.snapfs.
+        #[arg(long)]
+        repo: Option<PathBuf>,
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,fuser::session=error"),
+    )
+    .format_timestamp_millis()
+    .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("snapfs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Init { block_size, repo } => {
+            let bs = util::parse_size(&block_size)
+                .with_context(|| format!("cannot read block size {block_size:?}"))?;
+            let r = Repo::init(&repo, bs)?;
+            println!(
+                "created repository {} (id {}, block size {})",
+                repo.display(),
+                r.config.id,
+                util::human_bytes(bs)
+            );
+            Ok(())
+        }
+        Cmd::Mount {
+            backing,
+            repo,
+            foreground,
+            threads,
+            writeback,
+            flush_ms,
+            ready_fd,
+            dir,
+        } => daemon::mount(MountArgs {
+            dir,
+            backing,
+            repo,
+            foreground,
+            threads,
+            writeback,
+            flush_ms,
+            ready_fd,
+        }),
+        Cmd::Umount { lazy, dir } => umount(&dir, lazy),
+        Cmd::Status {
+            json,
+            files,
+            repo,
+            dir,
+        } => {
+            let report = status(&dir, files, repo.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_status(&report);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn umount(dir: &Path, lazy: bool) -> Result<()> {
+    let dir = daemon::canonical(dir);
+    match control::call(&dir, &Request::Unmount { lazy }, Duration::from_secs(30)) {
+        Ok(r) if r.ok => {
+            // Wait for the daemon to save its state and exit.
+            if let Some(pid) = r.pid {
+                let t0 = Instant::now();
+                while unsafe { libc::kill(pid as i32, 0) } == 0 {
+                    if t0.elapsed() > Duration::from_secs(60) {
+                        bail!("unmounted, but daemon {pid} has not exited after 60 s");
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            println!("snapfs: unmounted {}", dir.display());
+            Ok(())
+        }
+        Ok(r) => bail!("{}", r.error.unwrap_or_else(|| "unmount failed".into())),
+        Err(_) => {
+            if daemon::snapfs_mount_at(&dir).is_none() {
+                bail!("{} is not a snapfs mount", dir.display());
+            }
+            // The daemon is gone (killed): remove the dead mount.
+            match daemon::umount(&dir, lazy) {
+                Ok(()) => {}
+                Err(_) => daemon::umount(&dir, true)
+                    .with_context(|| format!("unmounting {}", dir.display()))?,
+            }
+            println!(
+                "snapfs: removed the mount at {} (its daemon was not running)",
+                dir.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn status(dir: &Path, files: bool, repo: Option<&Path>) -> Result<StatusReport> {
+    let dir = daemon::canonical(dir);
+    if let Ok(r) = control::call(&dir, &Request::Status { files }, Duration::from_secs(30)) {
+        if let Some(s) = r.status {
+            return Ok(s);
+        }
+        bail!(
+            "{}",
+            r.error.unwrap_or_else(|| "daemon gave no status".into())
+        );
+    }
+    if daemon::snapfs_mount_at(&dir).is_some() {
+        bail!(
+            "{} is a snapfs mount whose daemon is not running (killed?); run `snapfs umount {}` and mount again",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let repo_path = repo
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.join(snapfs::live::REPO_NAME));
+    let r = Repo::open(&repo_path).map_err(|e| match e {
+        repo::RepoError::NotARepo(_) => anyhow::anyhow!(
+            "{} is not mounted and has no repository at {} (give --repo)",
+            dir.display(),
+            repo_path.display()
+        ),
+        e => e.into(),
+    })?;
+    let (t, last, _) = Tracker::load(&r.state_path(), r.block_size())
+        .with_context(|| format!("reading tracking state in {}", repo_path.display()))?;
+    Ok(StatusReport {
+        mounted: false,
+        mountpoint: dir.display().to_string(),
+        backing: dir.display().to_string(),
+        repository: repo_path.display().to_string(),
+        repository_id: r.config.id.clone(),
+        block_size: r.block_size(),
+        pid: None,
+        mounted_since: None,
+        last_session: daemon::last_name(&last).into(),
+        dirty: t.summary(),
+        files: if files { Some(t.entries_list()) } else { None },
+        inodes: None,
+        scan: None,
+    })
+}
+
+fn ranges_text(r: &[(u64, u64)]) -> String {
+    let parts: Vec<String> = r
+        .iter()
+        .map(|&(s, e)| {
+            if e == s + 1 {
+                s.to_string()
+            } else {
+                format!("{}-{}", s, e - 1)
+            }
+        })
+        .collect();
+    if parts.len() > 12 {
+        format!("{} … ({} runs)", parts[..12].join(","), parts.len())
+    } else {
+        parts.join(",")
+    }
+}
+
+fn print_status(s: &StatusReport) {
+    println!("snapfs: {}", s.mountpoint);
+    if s.mounted {
+        println!(
+            "  mounted:     yes (daemon pid {}, since {})",
+            s.pid.map(|p| p.to_string()).unwrap_or_default(),
+            s.mounted_since.clone().unwrap_or_default()
+        );
+    } else {
+        println!("  mounted:     no");
+    }
+    if s.backing != s.mountpoint {
+        println!("  backing:     {}", s.backing);
+    }
+    println!(
+        "  repository:  {} (id {}, block size {})",
+        s.repository,
+        &s.repository_id[..s.repository_id.len().min(12)],
+        util::human_bytes(s.block_size)
+    );
+    println!("  last session ended: {}", s.last_session);
+    let d = &s.dirty;
+    println!(
+        "  dirty since {}: {} files, {} directories, {} other; {} blocks, {}",
+        d.since,
+        d.files,
+        d.dirs,
+        d.others,
+        d.blocks,
+        util::human_bytes(d.bytes)
+    );
+    if d.scan_pending {
+        println!("  scan for changes made while unmounted: running");
+    } else if let Some(sc) = &s.scan {
+        println!(
+            "  scan for changes made while unmounted: {} entries, {} changed, {} ms",
+            sc.entries, sc.changed, sc.millis
+        );
+    }
+    if let Some(files) = &s.files {
+        for f in files {
+            let path = if f.path.is_empty() {
+                ".".to_string()
+            } else {
+                f.path.clone()
+            };
+            let mut line = format!(
+                "  {:<40} {:<6} {}",
+                path,
+                format!("{:?}", f.kind).to_lowercase(),
+                f.changes.join(",")
+            );
+            if !f.ranges.is_empty() {
+                line.push_str(&format!(
+                    "  blocks {} ({} of {})",
+                    ranges_text(&f.ranges),
+                    util::human_bytes(f.bytes),
+                    util::human_bytes(f.size)
+                ));
+            }
+            println!("{line}");
+        }
+    }
+}

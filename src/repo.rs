@@ -1,0 +1,241 @@
+//! The repository: where tracking state and (later) snapshots live.
+//!
+//! Today a repository is a directory holding
+//!
+//! ```text
+//! config   JSON: magic, format version, repository id, block size, creation time
+//! lock     flock()ed by the daemon that uses the repository; holds its pid
+//! state/   sled database with the dirty-set tracking state (rebuildable)
+//! log      the daemon's log when it runs in the background
+//! ```
+//!
+//! The config is written once, at `init`, with the durable-write sequence
+//! (temporary name, fsync, rename, fsync of the directory).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::util;
+
+pub const MAGIC: &str = "snapfs-repository";
+/// The repository format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+pub const DEFAULT_BLOCK_SIZE: u64 = 64 * 1024;
+pub const MIN_BLOCK_SIZE: u64 = 4 * 1024;
+pub const MAX_BLOCK_SIZE: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, Error)]
+pub enum RepoError {
+    #[error("{0}: not a snapfs repository (no valid config file)")]
+    NotARepo(PathBuf),
+    #[error("{path}: repository format {found} is newer than this snapfs understands ({FORMAT_VERSION}); upgrade snapfs")]
+    NewerFormat { path: PathBuf, found: u32 },
+    #[error("{0}: already exists and is not empty; not creating a repository there")]
+    NotEmpty(PathBuf),
+    #[error("block size {0} is invalid: it must be a power of two between 4 KiB and 16 MiB")]
+    BadBlockSize(u64),
+    #[error("repository {path} is in use by another snapfs daemon{}", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Locked { path: PathBuf, pid: Option<u32> },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
+    move |source| RepoError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Config {
+    pub magic: String,
+    pub format: u32,
+    pub id: String,
+    pub block_size: u64,
+    pub created: String,
+}
+
+/// An opened repository.
+#[derive(Debug)]
+pub struct Repo {
+    pub path: PathBuf,
+    pub config: Config,
+    lock: Option<File>,
+}
+
+pub fn check_block_size(bs: u64) -> Result<(), RepoError> {
+    if !bs.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) {
+        return Err(RepoError::BadBlockSize(bs));
+    }
+    Ok(())
+}
+
+/// Write `data` to `dir/name` durably: temporary name, fsync, rename, fsync dir.
+pub fn write_durably(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(name))?;
+    File::open(dir)?.sync_all()
+}
+
+impl Repo {
+    /// Create a repository at `path` (which must not exist or be empty).
+    pub fn init(path: &Path, block_size: u64) -> Result<Repo, RepoError> {
+        check_block_size(block_size)?;
+        match fs::read_dir(path) {
+            Ok(mut rd) => {
+                if rd.next().is_some() {
+                    return Err(RepoError::NotEmpty(path.to_path_buf()));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                fs::create_dir_all(path).map_err(io_err(path))?;
+            }
+            Err(e) => return Err(io_err(path)(e)),
+        }
+        let config = Config {
+            magic: MAGIC.into(),
+            format: FORMAT_VERSION,
+            id: util::random_id(),
+            block_size,
+            created: util::rfc3339(util::unix_now()),
+        };
+        let json = serde_json::to_vec_pretty(&config).expect("config serializes");
+        write_durably(path, "config", &json).map_err(io_err(path))?;
+        Ok(Repo {
+            path: path.to_path_buf(),
+            config,
+            lock: None,
+        })
+    }
+
+    /// Open an existing repository, checking that it is one and that we can read its format.
+    pub fn open(path: &Path) -> Result<Repo, RepoError> {
+        let cfg_path = path.join("config");
+        let data = match fs::read(&cfg_path) {
+            Ok(d) => d,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
+                return Err(RepoError::NotARepo(path.to_path_buf()))
+            }
+            Err(e) => return Err(io_err(&cfg_path)(e)),
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(&data).map_err(|_| RepoError::NotARepo(path.to_path_buf()))?;
+        if value.get("magic").and_then(|m| m.as_str()) != Some(MAGIC) {
+            return Err(RepoError::NotARepo(path.to_path_buf()));
+        }
+        let found = value.get("format").and_then(|f| f.as_u64()).unwrap_or(0) as u32;
+        if found > FORMAT_VERSION {
+            return Err(RepoError::NewerFormat {
+                path: path.to_path_buf(),
+                found,
+            });
+        }
+        let config: Config =
+            serde_json::from_value(value).map_err(|_| RepoError::NotARepo(path.to_path_buf()))?;
+        check_block_size(config.block_size)?;
+        Ok(Repo {
+            path: path.to_path_buf(),
+            config,
+            lock: None,
+        })
+    }
+
+    /// Take the repository's exclusive lock for a daemon, recording our pid.
+    pub fn lock(&mut self) -> Result<(), RepoError> {
+        let p = self.path.join("lock");
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&p)
+            .map_err(io_err(&p))?;
+        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r != 0 {
+            let mut s = String::new();
+            let _ = f.read_to_string(&mut s);
+            return Err(RepoError::Locked {
+                path: self.path.clone(),
+                pid: s.trim().parse().ok(),
+            });
+        }
+        f.set_len(0).map_err(io_err(&p))?;
+        f.rewind().map_err(io_err(&p))?;
+        write!(f, "{}", std::process::id()).map_err(io_err(&p))?;
+        self.lock = Some(f);
+        Ok(())
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.path.join("state")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.path.join("log")
+    }
+
+    pub fn block_size(&self) -> u64 {
+        self.config.block_size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_open_and_errors() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("r");
+        let r = Repo::init(&p, 65536).unwrap();
+        let o = Repo::open(&p).unwrap();
+        assert_eq!(r.config, o.config);
+        assert!(matches!(Repo::init(&p, 65536), Err(RepoError::NotEmpty(_))));
+        assert!(matches!(Repo::open(t.path()), Err(RepoError::NotARepo(_))));
+        assert!(matches!(
+            Repo::init(&t.path().join("x"), 1000),
+            Err(RepoError::BadBlockSize(1000))
+        ));
+        // a newer format is refused with a clear message
+        let mut c = o.config.clone();
+        c.format = FORMAT_VERSION + 1;
+        fs::write(p.join("config"), serde_json::to_vec(&c).unwrap()).unwrap();
+        let e = Repo::open(&p).unwrap_err();
+        assert!(matches!(e, RepoError::NewerFormat { .. }));
+        assert!(e.to_string().contains("newer"));
+    }
+
+    #[test]
+    fn lock_is_exclusive() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("r");
+        Repo::init(&p, 65536).unwrap();
+        let mut a = Repo::open(&p).unwrap();
+        a.lock().unwrap();
+        let mut b = Repo::open(&p).unwrap();
+        let e = b.lock().unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("pid {}", std::process::id())),
+            "{e}"
+        );
+    }
+}

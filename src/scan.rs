@@ -1,0 +1,109 @@
+//! The mount-time scan: find what changed while nobody was watching.
+//!
+//! Walks the backing tree through descriptors (never through the mount) and
+//! marks for full comparison every inode whose ctime is at or after the
+//! threshold the tracker gives (the last durable point minus a margin): files
+//! written after the last flush before a SIGKILL, and everything changed in
+//! the backing directory while it was not mounted. A directory whose ctime is
+//! new had names added or removed, so its entries are marked too.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::errno::SysResult;
+use crate::live::{REPO_NAME, SNAPSHOTS_NAME};
+use crate::sys;
+use crate::tracker::{Ancestry, Kind, Tracker};
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct ScanStats {
+    pub dirs: u64,
+    pub entries: u64,
+    pub changed: u64,
+    pub errors: u64,
+    pub millis: u64,
+}
+
+/// Links of the directories seen so far, for the tracker's ancestor records.
+struct Links(RefCell<HashMap<u64, (u64, OsString)>>);
+
+impl Ancestry for Links {
+    fn link_of(&self, ino: u64) -> Option<(u64, OsString)> {
+        self.0.borrow().get(&ino).cloned()
+    }
+}
+
+/// Scan the tree under `root` and mark everything with `ctime >= threshold_ns`.
+pub fn scan(root: BorrowedFd<'_>, tracker: &Tracker, threshold_ns: i128) -> SysResult<ScanStats> {
+    let t0 = Instant::now();
+    let mut stats = ScanStats::default();
+    let root_fd = sys::open_path(root, c".")?;
+    let root_st = sys::fstat(root_fd.as_fd())?;
+    let dev = root_st.st_dev;
+    let links = Links(RefCell::new(HashMap::new()));
+    if sys::ctime_ns(&root_st) >= threshold_ns {
+        tracker.entries(&links, root_st.st_ino);
+        stats.changed += 1;
+    }
+    let mut stack: Vec<(OwnedFd, u64)> = vec![(root_fd, root_st.st_ino)];
+    while let Some((dir, dir_ino)) = stack.pop() {
+        stats.dirs += 1;
+        let entries = match sys::list_dir(dir.as_fd()) {
+            Ok(e) => e,
+            Err(e) => {
+                log::warn!("scan: cannot list directory inode {dir_ino}: {e}; marking it for a full comparison");
+                tracker.full(&links, dir_ino, Kind::Dir, 0);
+                stats.errors += 1;
+                continue;
+            }
+        };
+        for e in entries {
+            if dir_ino == root_st.st_ino && (e.name == REPO_NAME || e.name == SNAPSHOTS_NAME) {
+                continue;
+            }
+            stats.entries += 1;
+            let Ok(c) = sys::cstr(&e.name) else { continue };
+            let st = match sys::fstatat(dir.as_fd(), &c) {
+                Ok(st) => st,
+                Err(_) => {
+                    // Vanished while we looked: the directory changed.
+                    tracker.entries(&links, dir_ino);
+                    continue;
+                }
+            };
+            links
+                .0
+                .borrow_mut()
+                .insert(st.st_ino, (dir_ino, e.name.clone()));
+            let kind = Kind::from_mode(st.st_mode);
+            if sys::ctime_ns(&st) >= threshold_ns {
+                stats.changed += 1;
+                if kind == Kind::Dir {
+                    tracker.entries(&links, st.st_ino);
+                } else {
+                    tracker.full(&links, st.st_ino, kind, st.st_size as u64);
+                }
+            }
+            if kind == Kind::Dir && st.st_dev == dev {
+                match sys::open_path(dir.as_fd(), &c) {
+                    Ok(fd) => stack.push((fd, st.st_ino)),
+                    Err(err) => {
+                        log::warn!("scan: cannot open directory {:?}: {err}", e.name);
+                        stats.errors += 1;
+                        tracker.full(&links, st.st_ino, Kind::Dir, 0);
+                    }
+                }
+            } else if kind != Kind::Dir {
+                // Only directories are needed as ancestors.
+                links.0.borrow_mut().remove(&st.st_ino);
+            }
+        }
+    }
+    stats.millis = t0.elapsed().as_millis() as u64;
+    Ok(stats)
+}

@@ -1,0 +1,261 @@
+//! Thin, safe wrappers over the `*at` system calls the passthrough needs.
+//!
+//! Everything here works relative to file descriptors of the backing tree,
+//! never through a path that could enter snapfs's own mount (invariant 7).
+//! Paths of the form `/proc/self/fd/N` name an inode we already hold a
+//! descriptor for; they resolve beneath the mount.
+
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::errno::{cvt, Errno, SysResult};
+
+pub fn cstr(name: &OsStr) -> SysResult<CString> {
+    CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+/// `/proc/self/fd/N` for a descriptor we hold.
+pub fn proc_fd_path(fd: RawFd) -> CString {
+    CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL in a number")
+}
+
+pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> SysResult<OwnedFd> {
+    let fd = cvt(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode,
+        )
+    })?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Open a path-only descriptor of `name` in `dir` without following a symlink.
+pub fn open_path(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<OwnedFd> {
+    openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+}
+
+/// Re-open an inode we hold an `O_PATH` descriptor of, with real access flags.
+pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> SysResult<OwnedFd> {
+    let p = proc_fd_path(fd.as_raw_fd());
+    let r = cvt(unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+pub type Stat = libc::stat;
+
+pub fn fstat(fd: BorrowedFd<'_>) -> SysResult<Stat> {
+    let mut st = MaybeUninit::<Stat>::uninit();
+    let empty = c"";
+    cvt(unsafe {
+        libc::fstatat(
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(unsafe { st.assume_init() })
+}
+
+pub fn fstatat(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<Stat> {
+    let mut st = MaybeUninit::<Stat>::uninit();
+    cvt(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(unsafe { st.assume_init() })
+}
+
+pub fn file_type(st: &Stat) -> u32 {
+    st.st_mode & libc::S_IFMT
+}
+
+pub fn is_dir(st: &Stat) -> bool {
+    file_type(st) == libc::S_IFDIR
+}
+
+pub fn is_reg(st: &Stat) -> bool {
+    file_type(st) == libc::S_IFREG
+}
+
+pub fn time_from(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::new((-sec) as u64, 0) + Duration::new(0, nsec as u32)
+    }
+}
+
+/// ctime of a stat as nanoseconds since the epoch.
+pub fn ctime_ns(st: &Stat) -> i128 {
+    st.st_ctime as i128 * 1_000_000_000 + st.st_ctime_nsec as i128
+}
+
+pub fn now_ns() -> i128 {
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(e) => -(e.duration().as_nanos() as i128),
+    }
+}
+
+pub fn readlinkat(fd: BorrowedFd<'_>) -> SysResult<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    let n = cvt(unsafe {
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr() as *mut libc::c_char,
+            buf.len(),
+        )
+    })?;
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// Read the target of `/proc/self/fd/N` (where that inode lives now).
+pub fn fd_path(fd: RawFd) -> Option<OsString> {
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .ok()
+        .map(|p| p.into_os_string())
+}
+
+pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> SysResult<usize> {
+    let n = cvt(unsafe {
+        libc::pread(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+            off as i64,
+        )
+    })?;
+    Ok(n as usize)
+}
+
+/// Read until `buf` is full or end of file.
+pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> SysResult<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match pread(fd, &mut buf[done..], off + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], off: u64) -> SysResult<usize> {
+    let n = cvt(unsafe {
+        libc::pwrite(
+            fd.as_raw_fd(),
+            buf.as_ptr() as *const libc::c_void,
+            buf.len(),
+            off as i64,
+        )
+    })?;
+    Ok(n as usize)
+}
+
+/// One entry of a directory as `getdents64` returns it.
+pub struct DirEntry {
+    pub ino: u64,
+    /// Offset of the *next* entry, to resume after this one.
+    pub next_off: i64,
+    pub dtype: u8,
+    pub name: OsString,
+}
+
+/// Read a batch of entries from a directory descriptor at its current position.
+pub fn getdents(fd: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<Vec<DirEntry>> {
+    let n = cvt(unsafe {
+        libc::syscall(
+            libc::SYS_getdents64,
+            fd.as_raw_fd(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    } as i64)?;
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    let n = n as usize;
+    while pos < n {
+        // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+        let ino = u64::from_ne_bytes(buf[pos..pos + 8].try_into().unwrap());
+        let off = i64::from_ne_bytes(buf[pos + 8..pos + 16].try_into().unwrap());
+        let reclen = u16::from_ne_bytes(buf[pos + 16..pos + 18].try_into().unwrap()) as usize;
+        let dtype = buf[pos + 18];
+        let name_bytes = &buf[pos + 19..pos + reclen];
+        let len = name_bytes
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(name_bytes.len());
+        out.push(DirEntry {
+            ino,
+            next_off: off,
+            dtype,
+            name: OsString::from_vec(name_bytes[..len].to_vec()),
+        });
+        pos += reclen;
+    }
+    Ok(out)
+}
+
+pub fn lseek(fd: BorrowedFd<'_>, off: i64, whence: i32) -> SysResult<i64> {
+    cvt(unsafe { libc::lseek(fd.as_raw_fd(), off, whence) })
+}
+
+/// Every entry of a directory (without `.` and `..`), read from `dir` (an O_PATH
+/// or real descriptor).
+pub fn list_dir(dir: BorrowedFd<'_>) -> SysResult<Vec<DirEntry>> {
+    let d = reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut all = Vec::new();
+    loop {
+        let batch = getdents(std::os::fd::AsFd::as_fd(&d), &mut buf)?;
+        if batch.is_empty() {
+            break;
+        }
+        all.extend(
+            batch
+                .into_iter()
+                .filter(|e| e.name != "." && e.name != ".."),
+        );
+    }
+    Ok(all)
+}
+
+/// Raise this process's open file limit to its hard maximum: a passthrough
+/// holds one descriptor per inode the kernel remembers.
+pub fn raise_nofile_limit() {
+    unsafe {
+        let mut rl = MaybeUninit::<libc::rlimit>::uninit();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, rl.as_mut_ptr()) == 0 {
+            let mut rl = rl.assume_init();
+            let mut target = rl.rlim_max;
+            if let Ok(s) = std::fs::read_to_string("/proc/sys/fs/nr_open") {
+                if let Ok(n) = s.trim().parse::<u64>() {
+                    target = target.max(n.min(1 << 20));
+                }
+            }
+            rl.rlim_cur = target;
+            rl.rlim_max = rl.rlim_max.max(target);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                let mut rl2 = MaybeUninit::<libc::rlimit>::uninit();
+                libc::getrlimit(libc::RLIMIT_NOFILE, rl2.as_mut_ptr());
+                let mut rl2 = rl2.assume_init();
+                rl2.rlim_cur = rl2.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &rl2);
+            }
+        }
+    }
+}
