@@ -48,11 +48,7 @@ impl BlockSet {
                 let lo = bit % 64;
                 // how many bits in this word
                 let n = (64 - lo).min(chunk_end - i);
-                let mask = if n == 64 {
-                    u64::MAX
-                } else {
-                    ((1u64 << n) - 1) << lo
-                };
+                let mask = if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << lo };
                 if words[w] & mask != mask {
                     words[w] |= mask;
                     changed = true;
@@ -73,9 +69,7 @@ impl BlockSet {
     pub fn contains(&self, block: u64) -> bool {
         let c = block / CHUNK_BLOCKS;
         let bit = block % CHUNK_BLOCKS;
-        self.chunks
-            .get(&c)
-            .is_some_and(|w| w[(bit / 64) as usize] >> (bit % 64) & 1 == 1)
+        self.chunks.get(&c).is_some_and(|w| w[(bit / 64) as usize] >> (bit % 64) & 1 == 1)
     }
 
     /// Remove every block at or after `start` (the file got shorter).
@@ -114,18 +108,12 @@ impl BlockSet {
 
     /// Number of blocks in the set.
     pub fn count(&self) -> u64 {
-        self.chunks
-            .values()
-            .map(|w| w.iter().map(|x| x.count_ones() as u64).sum::<u64>())
-            .sum()
+        self.chunks.values().map(|w| w.iter().map(|x| x.count_ones() as u64).sum::<u64>()).sum()
     }
 
     /// Number of blocks in the set below `limit`.
     pub fn count_below(&self, limit: u64) -> u64 {
-        self.ranges()
-            .iter()
-            .map(|&(s, e)| e.min(limit).saturating_sub(s))
-            .sum()
+        self.ranges().iter().map(|&(s, e)| e.min(limit).saturating_sub(s)).sum()
     }
 
     /// The set as sorted, non-overlapping `start..end` runs.
@@ -152,9 +140,7 @@ impl BlockSet {
 
     /// The stored form of one chunk, or `None` if it holds no block.
     pub fn chunk_bytes(&self, c: u64) -> Option<Vec<u8>> {
-        self.chunks
-            .get(&c)
-            .map(|w| w.iter().flat_map(|x| x.to_le_bytes()).collect())
+        self.chunks.get(&c).map(|w| w.iter().flat_map(|x| x.to_le_bytes()).collect())
     }
 
     /// Load one chunk from its stored form.

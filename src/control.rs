@@ -69,20 +69,10 @@ pub struct Reply {
 
 impl Reply {
     pub fn ok() -> Reply {
-        Reply {
-            ok: true,
-            error: None,
-            status: None,
-            pid: Some(std::process::id()),
-        }
+        Reply { ok: true, error: None, status: None, pid: Some(std::process::id()) }
     }
     pub fn err(msg: impl Into<String>) -> Reply {
-        Reply {
-            ok: false,
-            error: Some(msg.into()),
-            status: None,
-            pid: Some(std::process::id()),
-        }
+        Reply { ok: false, error: Some(msg.into()), status: None, pid: Some(std::process::id()) }
     }
 }
 
@@ -100,8 +90,7 @@ fn abstract_addr(name: &str) -> (libc::sockaddr_un, libc::socklen_t) {
     for (i, b) in bytes.iter().enumerate().take(addr.sun_path.len() - 1) {
         addr.sun_path[i + 1] = *b as libc::c_char;
     }
-    let len =
-        std::mem::size_of::<libc::sa_family_t>() + 1 + bytes.len().min(addr.sun_path.len() - 1);
+    let len = std::mem::size_of::<libc::sa_family_t>() + 1 + bytes.len().min(addr.sun_path.len() - 1);
     (addr, len as libc::socklen_t)
 }
 
@@ -117,13 +106,7 @@ fn unix_socket() -> std::io::Result<OwnedFd> {
 pub fn listen(mountpoint: &Path) -> std::io::Result<UnixListener> {
     let fd = unix_socket()?;
     let (addr, len) = abstract_addr(&socket_name(mountpoint));
-    let r = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &addr as *const _ as *const libc::sockaddr,
-            len,
-        )
-    };
+    let r = unsafe { libc::bind(fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len) };
     if r != 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -137,13 +120,7 @@ pub fn listen(mountpoint: &Path) -> std::io::Result<UnixListener> {
 pub fn connect(mountpoint: &Path) -> std::io::Result<UnixStream> {
     let fd = unix_socket()?;
     let (addr, len) = abstract_addr(&socket_name(mountpoint));
-    let r = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            &addr as *const _ as *const libc::sockaddr,
-            len,
-        )
-    };
+    let r = unsafe { libc::connect(fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len) };
     if r != 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -161,10 +138,7 @@ pub fn call(mountpoint: &Path, req: &Request, timeout: Duration) -> std::io::Res
     let mut out = String::new();
     r.read_line(&mut out)?;
     if out.is_empty() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "daemon closed the control connection",
-        ));
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "daemon closed the control connection"));
     }
     serde_json::from_str(&out).map_err(std::io::Error::other)
 }
@@ -190,12 +164,19 @@ pub fn peer_uid(s: &UnixStream) -> Option<u32> {
 }
 
 /// Serve requests until the listener is shut down; `handle` answers each.
-pub fn serve(listener: UnixListener, handle: impl Fn(Request) -> Reply + Send + Sync + 'static) {
+/// `in_flight` is held from reading a request until its reply is sent, so
+/// the daemon can wait for the reply to an `unmount` before it exits.
+pub fn serve(
+    listener: UnixListener,
+    in_flight: std::sync::Arc<std::sync::Mutex<()>>,
+    handle: impl Fn(Request) -> Reply + Send + Sync + 'static,
+) {
     let me = unsafe { libc::geteuid() };
     for conn in listener.incoming() {
         let Ok(mut s) = conn else { continue };
         let allowed = matches!(peer_uid(&s), Some(u) if u == 0 || u == me);
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _busy = in_flight.lock().unwrap_or_else(|e| e.into_inner());
         let mut line = String::new();
         {
             let mut r = BufReader::new(&s);

@@ -37,18 +37,9 @@ const CAP_DAC_READ_SEARCH: u32 = 2;
 const CAP_FSETID: u32 = 4;
 
 fn capget() -> SysResult<[CapData; 2]> {
-    let mut hdr = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
+    let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
     let mut data = [CapData::default(); 2];
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_capget,
-            &mut hdr as *mut CapHeader,
-            data.as_mut_ptr(),
-        )
-    };
+    let r = unsafe { libc::syscall(libc::SYS_capget, &mut hdr as *mut CapHeader, data.as_mut_ptr()) };
     if r != 0 {
         return Err(Errno::last());
     }
@@ -56,10 +47,7 @@ fn capget() -> SysResult<[CapData; 2]> {
 }
 
 fn capset(data: &[CapData; 2]) -> SysResult<()> {
-    let mut hdr = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
+    let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
     let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
     if r != 0 {
         return Err(Errno::last());
@@ -109,6 +97,40 @@ impl Drop for AsCaller {
                     caps[0].effective = caps[0].permitted;
                     let _ = capset(&caps);
                 }
+            }
+        }
+    }
+}
+
+/// While alive, the current thread lacks `CAP_FSETID`, so the backing
+/// filesystem clears setuid/setgid bits on a write or truncate as it would
+/// for an unprivileged caller (the kernel asks us to, with
+/// `FUSE_HANDLE_KILLPRIV_V2`, instead of checking xattrs on every write).
+pub struct WithoutFsetid {
+    dropped: bool,
+}
+
+impl WithoutFsetid {
+    pub fn new(drop_it: bool) -> WithoutFsetid {
+        if !drop_it {
+            return WithoutFsetid { dropped: false };
+        }
+        match capget() {
+            Ok(mut caps) if caps[0].effective & (1 << CAP_FSETID) != 0 => {
+                caps[0].effective &= !(1 << CAP_FSETID);
+                WithoutFsetid { dropped: capset(&caps).is_ok() }
+            }
+            _ => WithoutFsetid { dropped: false },
+        }
+    }
+}
+
+impl Drop for WithoutFsetid {
+    fn drop(&mut self) {
+        if self.dropped {
+            if let Ok(mut caps) = capget() {
+                caps[0].effective |= (1 << CAP_FSETID) & caps[0].permitted;
+                let _ = capset(&caps);
             }
         }
     }

@@ -38,11 +38,7 @@ impl Errno {
 
     /// The calling thread's current `errno`.
     pub fn last() -> Errno {
-        Errno(
-            io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO),
-        )
+        Errno(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
     }
 
     pub fn raw(self) -> i32 {
@@ -52,12 +48,7 @@ impl Errno {
 
 impl fmt::Debug for Errno {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Errno({}: {})",
-            self.0,
-            io::Error::from_raw_os_error(self.0)
-        )
+        write!(f, "Errno({}: {})", self.0, io::Error::from_raw_os_error(self.0))
     }
 }
 

@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{
-    AccessFlags, CopyFileRangeFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, CopyFileRangeFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::live::{Ctx, LiveFs, OpenReply, SetAttr, TimeSpec};
@@ -22,14 +21,12 @@ use crate::live::{Ctx, LiveFs, OpenReply, SetAttr, TimeSpec};
 pub struct KernelOptions {
     pub max_write: u32,
     pub writeback: bool,
+    pub readdirplus: bool,
 }
 
 impl Default for KernelOptions {
     fn default() -> Self {
-        KernelOptions {
-            max_write: 1 << 20,
-            writeback: false,
-        }
+        KernelOptions { max_write: 1 << 20, writeback: false, readdirplus: true }
     }
 }
 
@@ -40,16 +37,8 @@ pub struct SnapFuse {
 }
 
 impl SnapFuse {
-    pub fn new(
-        live: Arc<LiveFs>,
-        kernel: KernelOptions,
-        on_destroy: Box<dyn FnOnce() + Send + Sync>,
-    ) -> SnapFuse {
-        SnapFuse {
-            live,
-            kernel,
-            on_destroy: Some(on_destroy),
-        }
+    pub fn new(live: Arc<LiveFs>, kernel: KernelOptions, on_destroy: Box<dyn FnOnce() + Send + Sync>) -> SnapFuse {
+        SnapFuse { live, kernel, on_destroy: Some(on_destroy) }
     }
 
     fn ttl(&self) -> Duration {
@@ -58,11 +47,7 @@ impl SnapFuse {
 }
 
 fn ctx(req: &Request) -> Ctx {
-    Ctx {
-        uid: req.uid(),
-        gid: req.gid(),
-        pid: req.pid(),
-    }
+    Ctx { uid: req.uid(), gid: req.gid(), pid: req.pid() }
 }
 
 fn time(t: Option<TimeOrNow>) -> Option<TimeSpec> {
@@ -73,11 +58,14 @@ fn time(t: Option<TimeOrNow>) -> Option<TimeSpec> {
 }
 
 fn fopen(o: &OpenReply) -> FopenFlags {
+    let mut f = FopenFlags::empty();
     if o.direct_io {
-        FopenFlags::FOPEN_DIRECT_IO
-    } else {
-        FopenFlags::empty()
+        f |= FopenFlags::FOPEN_DIRECT_IO;
     }
+    if o.keep_cache {
+        f |= FopenFlags::FOPEN_KEEP_CACHE;
+    }
+    f
 }
 
 impl Filesystem for SnapFuse {
@@ -86,12 +74,24 @@ impl Filesystem for SnapFuse {
             let _ = config.set_max_write(max);
         }
         let _ = config.set_max_background(64);
-        let wanted = [
+        // HANDLE_KILLPRIV_V2: we clear setuid/setgid on write and truncate
+        // (see `LiveFs::write`), so the kernel need not ask for
+        // security.capability before every write. POSIX_ACL: the kernel
+        // caches ACLs and checks them, as the backing filesystem would.
+        let mut wanted = vec![
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_ATOMIC_O_TRUNC,
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
+            InitFlags::FUSE_POSIX_ACL,
         ];
+        if self.kernel.readdirplus {
+            wanted.push(InitFlags::FUSE_DO_READDIRPLUS);
+            wanted.push(InitFlags::FUSE_READDIRPLUS_AUTO);
+        }
         for f in wanted {
-            let _ = config.add_capabilities(f);
+            if let Err(e) = config.add_capabilities(f) {
+                log::info!("kernel does not offer {e:?}");
+            }
         }
         if self.kernel.writeback {
             if let Err(e) = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE) {
@@ -143,16 +143,8 @@ impl Filesystem for SnapFuse {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let a = SetAttr {
-            mode,
-            uid,
-            gid,
-            size,
-            atime: time(atime),
-            mtime: time(mtime),
-            fh: fh.map(|f| f.0),
-        };
-        match self.live.setattr(ino.0, &a) {
+        let a = SetAttr { mode, uid, gid, size, atime: time(atime), mtime: time(mtime), fh: fh.map(|f| f.0) };
+        match self.live.setattr(&ctx(_req), ino.0, &a) {
             Ok(a) => reply.attr(&self.live.options().attr_ttl, &a),
             Err(e) => reply.error(e.into()),
         }
@@ -181,15 +173,7 @@ impl Filesystem for SnapFuse {
         }
     }
 
-    fn mkdir(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        _umask: u32,
-        reply: ReplyEntry,
-    ) {
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
         match self.live.mkdir(&ctx(req), parent.0, name, mode) {
             Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
             Err(e) => reply.error(e.into()),
@@ -210,18 +194,8 @@ impl Filesystem for SnapFuse {
         }
     }
 
-    fn symlink(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        link_name: &OsStr,
-        target: &Path,
-        reply: ReplyEntry,
-    ) {
-        match self
-            .live
-            .symlink(&ctx(req), parent.0, link_name, target.as_os_str())
-        {
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        match self.live.symlink(&ctx(req), parent.0, link_name, target.as_os_str()) {
             Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
             Err(e) => reply.error(e.into()),
         }
@@ -237,23 +211,13 @@ impl Filesystem for SnapFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self
-            .live
-            .rename(parent.0, name, newparent.0, newname, flags.bits())
-        {
+        match self.live.rename(parent.0, name, newparent.0, newname, flags.bits()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e.into()),
         }
     }
 
-    fn link(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        newparent: INodeNo,
-        newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         match self.live.link(ino.0, newparent.0, newname) {
             Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
             Err(e) => reply.error(e.into()),
@@ -261,7 +225,7 @@ impl Filesystem for SnapFuse {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.live.open(ino.0, flags.0) {
+        match self.live.open(&ctx(_req), ino.0, flags.0) {
             Ok(o) => reply.opened(FileHandle(o.fh), fopen(&o)),
             Err(e) => reply.error(e.into()),
         }
@@ -296,20 +260,13 @@ impl Filesystem for SnapFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.live.write(fh.0, offset, data) {
+        match self.live.write(fh.0, offset, data, _write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e.into()),
         }
     }
 
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
         reply.ok();
     }
 
@@ -327,14 +284,7 @@ impl Filesystem for SnapFuse {
         reply.ok();
     }
 
-    fn fsync(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        datasync: bool,
-        reply: ReplyEmpty,
-    ) {
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         match self.live.fsync(fh.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e.into()),
@@ -348,45 +298,33 @@ impl Filesystem for SnapFuse {
         }
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let r = self
             .live
-            .readdir(fh.0, offset as i64, |ino, next, kind, name| {
-                reply.add(INodeNo(ino), next as u64, kind, name)
-            });
+            .readdir(fh.0, offset as i64, |ino, next, kind, name| reply.add(INodeNo(ino), next as u64, kind, name));
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e.into()),
         }
     }
 
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
+    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let ttl = self.ttl();
+        let r = self.live.readdirplus(fh.0, offset as i64, |next, name, attr| {
+            reply.add(attr.ino, next as u64, name, &ttl, attr, Generation(0))
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
         self.live.releasedir(fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        datasync: bool,
-        reply: ReplyEmpty,
-    ) {
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         match self.live.fsyncdir(fh.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e.into()),
@@ -464,13 +402,7 @@ impl Filesystem for SnapFuse {
         reply: ReplyCreate,
     ) {
         match self.live.create(&ctx(req), parent.0, name, mode, flags) {
-            Ok((e, o)) => reply.created(
-                &self.ttl(),
-                &e.attr,
-                Generation(0),
-                FileHandle(o.fh),
-                fopen(&o),
-            ),
+            Ok((e, o)) => reply.created(&self.ttl(), &e.attr, Generation(0), FileHandle(o.fh), fopen(&o)),
             Err(e) => reply.error(e.into()),
         }
     }
@@ -491,15 +423,7 @@ impl Filesystem for SnapFuse {
         }
     }
 
-    fn lseek(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: i64,
-        whence: i32,
-        reply: ReplyLseek,
-    ) {
+    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
         match self.live.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(e.into()),
@@ -519,14 +443,7 @@ impl Filesystem for SnapFuse {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        match self.live.copy_file_range(
-            fh_in.0,
-            offset_in,
-            fh_out.0,
-            offset_out,
-            len,
-            flags.bits() as u32,
-        ) {
+        match self.live.copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len, flags.bits() as u32) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e.into()),
         }

@@ -33,13 +33,13 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{FileAttr, FileType};
 
-use crate::creds::AsCaller;
+use crate::creds::{AsCaller, WithoutFsetid};
 use crate::errno::{cvt, Errno, SysResult};
 use crate::sys::{self, cstr, Stat};
 use crate::tracker::{Ancestry, Kind, Tracker};
@@ -64,11 +64,7 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn root() -> Ctx {
-        Ctx {
-            uid: 0,
-            gid: 0,
-            pid: 0,
-        }
+        Ctx { uid: 0, gid: 0, pid: 0 }
     }
 }
 
@@ -82,11 +78,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            writeback: false,
-            attr_ttl: Duration::from_secs(1),
-            entry_ttl: Duration::from_secs(1),
-        }
+        Options { writeback: false, attr_ttl: Duration::from_secs(1), entry_ttl: Duration::from_secs(1) }
     }
 }
 
@@ -97,6 +89,10 @@ pub struct Inode {
     pub ino: u64,
     pub mode: u32,
     nlookup: AtomicU64,
+    /// Known to have no `security.capability` xattr. The kernel asks for it
+    /// before every write (FUSE has no SB_NOSEC); only a setxattr, which
+    /// goes through us, can add one.
+    no_caps: AtomicBool,
     /// Where it was last seen: (backing inode of the parent, name).
     link: Mutex<(u64, OsString)>,
 }
@@ -128,6 +124,8 @@ pub struct Handle {
 /// An open directory and where its stream stands.
 pub struct DirHandle {
     fd: OwnedFd,
+    nodeid: u64,
+    /// Backing inode number of the directory.
     ino: u64,
     /// Offset the descriptor is positioned at (`-1`: unknown).
     pos: Mutex<i64>,
@@ -169,6 +167,9 @@ pub struct Entry {
 pub struct OpenReply {
     pub fh: u64,
     pub direct_io: bool,
+    /// The kernel may keep the file's cached pages: every change to the file
+    /// goes through this mount, so they cannot be stale.
+    pub keep_cache: bool,
 }
 
 pub struct LiveFs {
@@ -241,19 +242,10 @@ pub fn attr_for(st: &Stat, nodeid: u64) -> FileAttr {
 
 fn timespec(t: Option<TimeSpec>) -> libc::timespec {
     match t {
-        None => libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        Some(TimeSpec::Now) => libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_NOW,
-        },
+        None => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+        Some(TimeSpec::Now) => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
         Some(TimeSpec::At(t)) => match t.duration_since(SystemTime::UNIX_EPOCH) {
-            Ok(d) => libc::timespec {
-                tv_sec: d.as_secs() as i64,
-                tv_nsec: d.subsec_nanos() as i64,
-            },
+            Ok(d) => libc::timespec { tv_sec: d.as_secs() as i64, tv_nsec: d.subsec_nanos() as i64 },
             Err(e) => {
                 let d = e.duration();
                 let mut sec = -(d.as_secs() as i64);
@@ -262,10 +254,7 @@ fn timespec(t: Option<TimeSpec>) -> libc::timespec {
                     sec -= 1;
                     nsec = 1_000_000_000 - nsec;
                 }
-                libc::timespec {
-                    tv_sec: sec,
-                    tv_nsec: nsec,
-                }
+                libc::timespec { tv_sec: sec, tv_nsec: nsec }
             }
         },
     }
@@ -293,6 +282,7 @@ impl LiveFs {
             ino: st.st_ino,
             mode: st.st_mode,
             nlookup: AtomicU64::new(1 << 40),
+            no_caps: AtomicBool::new(false),
             link: Mutex::new((0, OsString::new())),
         };
         let mut t = Table::default();
@@ -325,11 +315,7 @@ impl LiveFs {
 
     /// Number of inodes the kernel currently holds references to.
     pub fn inode_count(&self) -> usize {
-        self.table
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .by_node
-            .len()
+        self.table.read().unwrap_or_else(|e| e.into_inner()).by_node.len()
     }
 
     fn link_of(&self, ino: u64) -> Option<(u64, OsString)> {
@@ -346,21 +332,11 @@ impl LiveFs {
     }
 
     fn file(&self, fh: u64) -> SysResult<Arc<Handle>> {
-        self.files
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fh)
-            .cloned()
-            .ok_or(Errno::EBADF)
+        self.files.read().unwrap_or_else(|e| e.into_inner()).get(&fh).cloned().ok_or(Errno::EBADF)
     }
 
     fn dir(&self, fh: u64) -> SysResult<Arc<DirHandle>> {
-        self.dirs
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fh)
-            .cloned()
-            .ok_or(Errno::EBADF)
+        self.dirs.read().unwrap_or_else(|e| e.into_inner()).get(&fh).cloned().ok_or(Errno::EBADF)
     }
 
     /// Names at the root that belong to snapfs itself.
@@ -389,10 +365,7 @@ impl LiveFs {
                 return node;
             }
         }
-        let node = if st.st_dev == self.root_dev
-            && st.st_ino != ROOT
-            && !t.by_node.contains_key(&st.st_ino)
-        {
+        let node = if st.st_dev == self.root_dev && st.st_ino != ROOT && !t.by_node.contains_key(&st.st_ino) {
             st.st_ino
         } else {
             self.next_node.fetch_add(1, Ordering::SeqCst)
@@ -404,6 +377,7 @@ impl LiveFs {
             ino: st.st_ino,
             mode: st.st_mode,
             nlookup: AtomicU64::new(1),
+            no_caps: AtomicBool::new(false),
             link: Mutex::new((parent_ino, name.to_os_string())),
         };
         t.by_key.insert(key, node);
@@ -420,9 +394,7 @@ impl LiveFs {
         let Some(i) = t.by_node.get(&nodeid) else {
             return;
         };
-        let prev = i
-            .nlookup
-            .fetch_sub(n.min(i.nlookup.load(Ordering::SeqCst)), Ordering::SeqCst);
+        let prev = i.nlookup.fetch_sub(n.min(i.nlookup.load(Ordering::SeqCst)), Ordering::SeqCst);
         if prev <= n {
             let key = (i.dev, i.ino);
             t.by_node.remove(&nodeid);
@@ -437,10 +409,7 @@ impl LiveFs {
         let fd = sys::open_path(parent.fd.as_fd(), &c)?;
         let st = sys::fstat(fd.as_fd())?;
         let nodeid = self.remember(fd, &st, parent.ino, name);
-        Ok(Entry {
-            nodeid,
-            attr: attr_for(&st, nodeid),
-        })
+        Ok(Entry { nodeid, attr: attr_for(&st, nodeid) })
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> SysResult<Entry> {
@@ -457,27 +426,20 @@ impl LiveFs {
             None => sys::fstat(self.inode(nodeid)?.fd.as_fd())?,
         };
         // The root shows its backing number; the kernel knows it as node 1.
-        Ok(if nodeid == ROOT {
-            attr_from_stat(&st)
-        } else {
-            attr_for(&st, nodeid)
-        })
+        Ok(if nodeid == ROOT { attr_from_stat(&st) } else { attr_for(&st, nodeid) })
     }
 
     fn proc_path(fd: &OwnedFd) -> std::ffi::CString {
         sys::proc_fd_path(fd.as_raw_fd())
     }
 
-    pub fn setattr(&self, nodeid: u64, a: &SetAttr) -> SysResult<FileAttr> {
+    pub fn setattr(&self, ctx: &Ctx, nodeid: u64, a: &SetAttr) -> SysResult<FileAttr> {
         let i = self.inode(nodeid)?;
         let handle = a.fh.and_then(|fh| self.file(fh).ok());
         let kind = i.kind();
-        if a.mode.is_some()
-            || a.uid.is_some()
-            || a.gid.is_some()
-            || a.atime.is_some()
-            || a.mtime.is_some()
-        {
+        // An unlinked file (still open) is in no snapshot: nothing to track.
+        let track = linked(&sys::fstat(i.fd.as_fd())?);
+        if track && (a.mode.is_some() || a.uid.is_some() || a.gid.is_some() || a.atime.is_some() || a.mtime.is_some()) {
             self.tracker.meta(self, i.ino, kind);
         }
         if a.uid.is_some() || a.gid.is_some() {
@@ -514,7 +476,10 @@ impl LiveFs {
                 }
             };
             let old = sys::fstat(fd)?.st_size as u64;
-            self.tracker.set_size(self, i.ino, old, size);
+            if track {
+                self.tracker.set_size(self, i.ino, old, size);
+            }
+            let _kill = WithoutFsetid::new(ctx.uid != 0);
             cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), size as i64) })?;
         }
         if a.atime.is_some() || a.mtime.is_some() {
@@ -555,13 +520,7 @@ impl LiveFs {
             make(p.fd.as_fd(), &c)?;
         }
         let e = self.entry_for(&p, name)?;
-        self.tracker.created(
-            self,
-            p.ino,
-            name,
-            e.attr.ino.0,
-            Kind::from_mode(mode_of(&e.attr)),
-        );
+        self.tracker.created(self, p.ino, name, e.attr.ino.0, Kind::from_mode(mode_of(&e.attr)));
         Ok(e)
     }
 
@@ -571,27 +530,13 @@ impl LiveFs {
         })
     }
 
-    pub fn mknod(
-        &self,
-        ctx: &Ctx,
-        parent: u64,
-        name: &OsStr,
-        mode: u32,
-        rdev: u32,
-    ) -> SysResult<Entry> {
+    pub fn mknod(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, rdev: u32) -> SysResult<Entry> {
         self.make_node(ctx, parent, name, |dir, c| {
-            cvt(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), mode, rdev as libc::dev_t) })
-                .map(|_| ())
+            cvt(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), mode, rdev as libc::dev_t) }).map(|_| ())
         })
     }
 
-    pub fn symlink(
-        &self,
-        ctx: &Ctx,
-        parent: u64,
-        name: &OsStr,
-        target: &OsStr,
-    ) -> SysResult<Entry> {
+    pub fn symlink(&self, ctx: &Ctx, parent: u64, name: &OsStr, target: &OsStr) -> SysResult<Entry> {
         let t = cstr(target)?;
         self.make_node(ctx, parent, name, |dir, c| {
             cvt(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) }).map(|_| ())
@@ -608,13 +553,7 @@ impl LiveFs {
         self.tracker.entries(self, p.ino);
         self.tracker.meta(self, i.ino, i.kind());
         cvt(unsafe {
-            libc::linkat(
-                i.fd.as_raw_fd(),
-                c"".as_ptr(),
-                p.fd.as_raw_fd(),
-                c.as_ptr(),
-                libc::AT_EMPTY_PATH,
-            )
+            libc::linkat(i.fd.as_raw_fd(), c"".as_ptr(), p.fd.as_raw_fd(), c.as_ptr(), libc::AT_EMPTY_PATH)
         })?;
         let fd = sys::open_path(p.fd.as_fd(), &c)?;
         let st = sys::fstat(fd.as_fd())?;
@@ -630,10 +569,7 @@ impl LiveFs {
             }
             _ => self.remember(fd, &st, p.ino, newname),
         };
-        Ok(Entry {
-            nodeid,
-            attr: attr_for(&st, nodeid),
-        })
+        Ok(Entry { nodeid, attr: attr_for(&st, nodeid) })
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> SysResult<()> {
@@ -654,8 +590,7 @@ impl LiveFs {
         let last = sys::is_dir(&st) || st.st_nlink <= 1;
         self.tracker.entries(self, p.ino);
         if !last {
-            self.tracker
-                .meta(self, st.st_ino, Kind::from_mode(st.st_mode));
+            self.tracker.meta(self, st.st_ino, Kind::from_mode(st.st_mode));
         }
         cvt(unsafe { libc::unlinkat(p.fd.as_raw_fd(), c.as_ptr(), flags) })?;
         if last {
@@ -664,14 +599,7 @@ impl LiveFs {
         Ok(())
     }
 
-    pub fn rename(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        newparent: u64,
-        newname: &OsStr,
-        flags: u32,
-    ) -> SysResult<()> {
+    pub fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> SysResult<()> {
         let p = self.inode(parent)?;
         let np = self.inode(newparent)?;
         if self.is_reserved(&p, name) || self.is_reserved(&np, newname) {
@@ -683,21 +611,11 @@ impl LiveFs {
         let dst = sys::fstatat(np.fd.as_fd(), &nc).ok();
         self.tracker.entries(self, p.ino);
         self.tracker.entries(self, np.ino);
-        self.tracker
-            .meta(self, src.st_ino, Kind::from_mode(src.st_mode));
+        self.tracker.meta(self, src.st_ino, Kind::from_mode(src.st_mode));
         if let Some(d) = &dst {
-            self.tracker
-                .meta(self, d.st_ino, Kind::from_mode(d.st_mode));
+            self.tracker.meta(self, d.st_ino, Kind::from_mode(d.st_mode));
         }
-        cvt(unsafe {
-            libc::renameat2(
-                p.fd.as_raw_fd(),
-                c.as_ptr(),
-                np.fd.as_raw_fd(),
-                nc.as_ptr(),
-                flags,
-            )
-        })?;
+        cvt(unsafe { libc::renameat2(p.fd.as_raw_fd(), c.as_ptr(), np.fd.as_raw_fd(), nc.as_ptr(), flags) })?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         if let Some(d) = &dst {
             if d.st_ino == src.st_ino {
@@ -705,20 +623,13 @@ impl LiveFs {
                 return Ok(());
             }
             if exchange {
-                self.tracker
-                    .moved(self, d.st_ino, Kind::from_mode(d.st_mode), p.ino, name);
+                self.tracker.moved(self, d.st_ino, Kind::from_mode(d.st_mode), p.ino, name);
                 self.relink(d.st_dev, d.st_ino, p.ino, name);
             } else if sys::is_dir(d) || d.st_nlink <= 1 {
                 self.tracker.gone(d.st_ino);
             }
         }
-        self.tracker.moved(
-            self,
-            src.st_ino,
-            Kind::from_mode(src.st_mode),
-            np.ino,
-            newname,
-        );
+        self.tracker.moved(self, src.st_ino, Kind::from_mode(src.st_mode), np.ino, newname);
         self.relink(src.st_dev, src.st_ino, np.ino, newname);
         Ok(())
     }
@@ -747,17 +658,15 @@ impl LiveFs {
 
     fn add_file(&self, fd: OwnedFd, ino: u64) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::SeqCst);
-        self.files
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(fh, Arc::new(Handle { fd, ino }));
+        self.files.write().unwrap_or_else(|e| e.into_inner()).insert(fh, Arc::new(Handle { fd, ino }));
         fh
     }
 
-    pub fn open(&self, nodeid: u64, flags: i32) -> SysResult<OpenReply> {
+    pub fn open(&self, ctx: &Ctx, nodeid: u64, flags: i32) -> SysResult<OpenReply> {
         let i = self.inode(nodeid)?;
         let (f, direct) = self.backing_flags(flags);
-        if f & libc::O_TRUNC != 0 && f & libc::O_ACCMODE != libc::O_RDONLY {
+        let trunc = f & libc::O_TRUNC != 0 && f & libc::O_ACCMODE != libc::O_RDONLY;
+        if trunc {
             let old = sys::fstat(i.fd.as_fd())?.st_size as u64;
             if old > 0 {
                 self.tracker.set_size(self, i.ino, old, 0);
@@ -765,21 +674,14 @@ impl LiveFs {
                 self.tracker.meta(self, i.ino, i.kind());
             }
         }
-        let fd = sys::reopen(i.fd.as_fd(), f)?;
-        Ok(OpenReply {
-            fh: self.add_file(fd, i.ino),
-            direct_io: direct,
-        })
+        let fd = {
+            let _kill = WithoutFsetid::new(trunc && ctx.uid != 0);
+            sys::reopen(i.fd.as_fd(), f)?
+        };
+        Ok(OpenReply { fh: self.add_file(fd, i.ino), direct_io: direct, keep_cache: !direct })
     }
 
-    pub fn create(
-        &self,
-        ctx: &Ctx,
-        parent: u64,
-        name: &OsStr,
-        mode: u32,
-        flags: i32,
-    ) -> SysResult<(Entry, OpenReply)> {
+    pub fn create(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, flags: i32) -> SysResult<(Entry, OpenReply)> {
         let p = self.inode(parent)?;
         if self.is_reserved(&p, name) {
             return Err(Errno::EPERM);
@@ -789,39 +691,18 @@ impl LiveFs {
         self.tracker.entries(self, p.ino);
         let fd = {
             let _as = AsCaller::new(ctx.uid, ctx.gid);
-            sys::openat(
-                p.fd.as_fd(),
-                &c,
-                f | libc::O_CREAT | libc::O_NOFOLLOW | (flags & libc::O_EXCL),
-                mode,
-            )?
+            sys::openat(p.fd.as_fd(), &c, f | libc::O_CREAT | libc::O_NOFOLLOW | (flags & libc::O_EXCL), mode)?
         };
         let st = sys::fstat(fd.as_fd())?;
         let path_fd = sys::reopen(fd.as_fd(), libc::O_PATH)?;
         let nodeid = self.remember(path_fd, &st, p.ino, name);
-        self.tracker
-            .created(self, p.ino, name, st.st_ino, Kind::from_mode(st.st_mode));
+        self.tracker.created(self, p.ino, name, st.st_ino, Kind::from_mode(st.st_mode));
         let fh = self.add_file(fd, st.st_ino);
-        Ok((
-            Entry {
-                nodeid,
-                attr: attr_for(&st, nodeid),
-            },
-            OpenReply {
-                fh,
-                direct_io: direct,
-            },
-        ))
+        Ok((Entry { nodeid, attr: attr_for(&st, nodeid) }, OpenReply { fh, direct_io: direct, keep_cache: !direct }))
     }
 
     /// Read up to `size` bytes at `off` and hand them to `f` (no copy).
-    pub fn read_with<R>(
-        &self,
-        fh: u64,
-        off: u64,
-        size: u32,
-        f: impl FnOnce(SysResult<&[u8]>) -> R,
-    ) -> R {
+    pub fn read_with<R>(&self, fh: u64, off: u64, size: u32, f: impl FnOnce(SysResult<&[u8]>) -> R) -> R {
         let h = match self.file(fh) {
             Ok(h) => h,
             Err(e) => return f(Err(e)),
@@ -842,10 +723,15 @@ impl LiveFs {
         self.read_with(fh, off, size, |r| r.map(|d| d.to_vec()))
     }
 
-    pub fn write(&self, fh: u64, off: u64, data: &[u8]) -> SysResult<u32> {
+    /// Write `data` at `off`. `kill_suidgid`: the writer lacks `CAP_FSETID`,
+    /// so setuid/setgid bits must go (the backing filesystem does it).
+    pub fn write(&self, fh: u64, off: u64, data: &[u8], kill_suidgid: bool) -> SysResult<u32> {
         let h = self.file(fh)?;
-        let old = sys::fstat(h.fd.as_fd())?.st_size as u64;
-        self.tracker.write(self, h.ino, off, data.len() as u64, old);
+        let st = sys::fstat(h.fd.as_fd())?;
+        if linked(&st) {
+            self.tracker.write(self, h.ino, off, data.len() as u64, st.st_size as u64);
+        }
+        let _kill = WithoutFsetid::new(kill_suidgid);
         let mut done = 0;
         while done < data.len() {
             match sys::pwrite(h.fd.as_fd(), &data[done..], off + done as u64) {
@@ -860,10 +746,7 @@ impl LiveFs {
     }
 
     pub fn release(&self, fh: u64) {
-        self.files
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh);
+        self.files.write().unwrap_or_else(|e| e.into_inner()).remove(&fh);
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> SysResult<()> {
@@ -880,15 +763,8 @@ impl LiveFs {
         let i = self.inode(nodeid)?;
         let fd = sys::reopen(i.fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
         let fh = self.next_fh.fetch_add(1, Ordering::SeqCst);
-        let d = DirHandle {
-            fd,
-            ino: nodeid,
-            pos: Mutex::new(0),
-        };
-        self.dirs
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(fh, Arc::new(d));
+        let d = DirHandle { fd, nodeid, ino: i.ino, pos: Mutex::new(0) };
+        self.dirs.write().unwrap_or_else(|e| e.into_inner()).insert(fh, Arc::new(d));
         Ok(fh)
     }
 
@@ -912,20 +788,74 @@ impl LiveFs {
             if batch.is_empty() {
                 return Ok(());
             }
-            let n = batch.len();
-            for (k, e) in batch.into_iter().enumerate() {
-                if d.ino == ROOT && (e.name == REPO_NAME || e.name == SNAPSHOTS_NAME) {
+            for e in batch {
+                if d.nodeid == ROOT && (e.name == REPO_NAME || e.name == SNAPSHOTS_NAME) {
                     *pos = e.next_off;
                     continue;
                 }
                 if add(e.ino, e.next_off, dtype_to_filetype(e.dtype), &e.name) {
-                    // Reply full: the descriptor went past entries we did not
-                    // return; reposition on the next call.
-                    if k + 1 < n {
-                        *pos = -1;
-                    } else {
-                        *pos = e.next_off;
+                    // Reply full: this entry comes again in the next call,
+                    // and the descriptor is past it; reposition then.
+                    *pos = -1;
+                    return Ok(());
+                }
+                *pos = e.next_off;
+            }
+        }
+    }
+
+    /// Like [`LiveFs::readdir`], with each entry's attributes. Every entry but
+    /// `.` and `..` counts as a lookup (the kernel will forget it), but only
+    /// once `add` accepted it.
+    pub fn readdirplus(
+        &self,
+        fh: u64,
+        offset: i64,
+        mut add: impl FnMut(i64, &OsStr, &FileAttr) -> bool,
+    ) -> SysResult<()> {
+        let d = self.dir(fh)?;
+        let mut pos = d.pos.lock().unwrap_or_else(|e| e.into_inner());
+        if *pos != offset {
+            sys::lseek(d.fd.as_fd(), offset, libc::SEEK_SET)?;
+            *pos = offset;
+        }
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let batch = sys::getdents(d.fd.as_fd(), &mut buf)?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for e in batch {
+                let hidden = d.nodeid == ROOT && (e.name == REPO_NAME || e.name == SNAPSHOTS_NAME);
+                let dots = e.name == "." || e.name == "..";
+                let full = if hidden {
+                    false
+                } else if dots {
+                    // The kernel does not count lookups of dot entries.
+                    let c = cstr(&e.name)?;
+                    match sys::fstatat(d.fd.as_fd(), &c) {
+                        Ok(st) => add(e.next_off, &e.name, &attr_for(&st, st.st_ino)),
+                        Err(_) => false,
                     }
+                } else {
+                    let c = cstr(&e.name)?;
+                    let found = sys::open_path(d.fd.as_fd(), &c).and_then(|fd| Ok((sys::fstat(fd.as_fd())?, fd)));
+                    match found {
+                        Ok((st, fd)) => {
+                            let node = self.remember(fd, &st, d.ino, &e.name);
+                            let full = add(e.next_off, &e.name, &attr_for(&st, node));
+                            if full {
+                                self.forget(node, 1);
+                            }
+                            full
+                        }
+                        // vanished since getdents: leave it out
+                        Err(_) => false,
+                    }
+                };
+                if full {
+                    // this entry comes again in the next call; reposition then
+                    *pos = -1;
                     return Ok(());
                 }
                 *pos = e.next_off;
@@ -934,10 +864,7 @@ impl LiveFs {
     }
 
     pub fn releasedir(&self, fh: u64) {
-        self.dirs
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh);
+        self.dirs.write().unwrap_or_else(|e| e.into_inner()).remove(&fh);
     }
 
     pub fn fsyncdir(&self, fh: u64, datasync: bool) -> SysResult<()> {
@@ -971,14 +898,9 @@ impl LiveFs {
         let p = self.xattr_path(&i)?;
         let n = cstr(name)?;
         self.tracker.meta(self, i.ino, i.kind());
+        i.no_caps.store(false, Ordering::SeqCst);
         cvt(unsafe {
-            libc::setxattr(
-                p.as_ptr(),
-                n.as_ptr(),
-                value.as_ptr() as *const libc::c_void,
-                value.len(),
-                flags,
-            )
+            libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr() as *const libc::c_void, value.len(), flags)
         })
         .map(|_| ())
     }
@@ -989,17 +911,19 @@ impl LiveFs {
         if i.is_symlink() {
             return Err(Errno::ENODATA);
         }
+        let caps = name == "security.capability";
+        if caps && i.no_caps.load(Ordering::SeqCst) {
+            return Err(Errno::ENODATA);
+        }
         let p = self.xattr_path(&i)?;
         let n = cstr(name)?;
         let mut buf = vec![0u8; size as usize];
-        let r = cvt(unsafe {
-            libc::getxattr(
-                p.as_ptr(),
-                n.as_ptr(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-            )
-        })?;
+        let r =
+            cvt(unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr() as *mut libc::c_void, buf.len()) });
+        if caps && r == Err(Errno::ENODATA) {
+            i.no_caps.store(true, Ordering::SeqCst);
+        }
+        let r = r?;
         if size == 0 {
             return Ok((r as u32).to_ne_bytes().to_vec());
         }
@@ -1010,17 +934,11 @@ impl LiveFs {
     pub fn listxattr(&self, nodeid: u64, size: u32) -> SysResult<Vec<u8>> {
         let i = self.inode(nodeid)?;
         if i.is_symlink() {
-            return Ok(if size == 0 {
-                0u32.to_ne_bytes().to_vec()
-            } else {
-                Vec::new()
-            });
+            return Ok(if size == 0 { 0u32.to_ne_bytes().to_vec() } else { Vec::new() });
         }
         let p = self.xattr_path(&i)?;
         let mut buf = vec![0u8; size as usize];
-        let r = cvt(unsafe {
-            libc::listxattr(p.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len())
-        })?;
+        let r = cvt(unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len()) })?;
         if size == 0 {
             return Ok((r as u32).to_ne_bytes().to_vec());
         }
@@ -1038,12 +956,14 @@ impl LiveFs {
 
     pub fn fallocate(&self, fh: u64, off: u64, len: u64, mode: i32) -> SysResult<()> {
         let h = self.file(fh)?;
-        let size = sys::fstat(h.fd.as_fd())?.st_size as u64;
+        let st = sys::fstat(h.fd.as_fd())?;
+        let size = st.st_size as u64;
         let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let end = off.saturating_add(len);
-        if mode & libc::FALLOC_FL_COLLAPSE_RANGE != 0 {
-            self.tracker
-                .shift(self, h.ino, off, size.saturating_sub(len));
+        if !linked(&st) {
+            // not in any snapshot
+        } else if mode & libc::FALLOC_FL_COLLAPSE_RANGE != 0 {
+            self.tracker.shift(self, h.ino, off, size.saturating_sub(len));
         } else if mode & libc::FALLOC_FL_INSERT_RANGE != 0 {
             self.tracker.shift(self, h.ino, off, size + len);
         } else {
@@ -1076,31 +996,30 @@ impl LiveFs {
         let hi = self.file(fh_in)?;
         let ho = self.file(fh_out)?;
         let in_size = sys::fstat(hi.fd.as_fd())?.st_size as u64;
-        let len = len
-            .min(in_size.saturating_sub(off_in))
-            .min(u32::MAX as u64 & !0xfff);
+        let len = len.min(in_size.saturating_sub(off_in)).min(u32::MAX as u64 & !0xfff);
         if len == 0 {
             return Ok(0);
         }
-        let old = sys::fstat(ho.fd.as_fd())?.st_size as u64;
-        self.tracker.write(self, ho.ino, off_out, len, old);
+        let st = sys::fstat(ho.fd.as_fd())?;
+        if linked(&st) {
+            self.tracker.write(self, ho.ino, off_out, len, st.st_size as u64);
+        }
         let mut oi = off_in as i64;
         let mut oo = off_out as i64;
         let r = cvt(unsafe {
-            libc::copy_file_range(
-                hi.fd.as_raw_fd(),
-                &mut oi,
-                ho.fd.as_raw_fd(),
-                &mut oo,
-                len as usize,
-                flags,
-            )
+            libc::copy_file_range(hi.fd.as_raw_fd(), &mut oi, ho.fd.as_raw_fd(), &mut oo, len as usize, flags)
         })?;
         if let Ok(st) = sys::fstat(ho.fd.as_fd()) {
             self.tracker.observe_size(ho.ino, st.st_size as u64);
         }
         Ok(r as u32)
     }
+}
+
+/// Whether an inode is reachable by a name (an unlinked file that is still
+/// open belongs to no snapshot).
+fn linked(st: &Stat) -> bool {
+    st.st_nlink > 0 || sys::is_dir(st)
 }
 
 fn mode_of(a: &FileAttr) -> u32 {

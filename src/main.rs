@@ -14,11 +14,7 @@ use snapfs::tracker::Tracker;
 use snapfs::util;
 
 #[derive(Parser)]
-#[command(
-    name = "snapfs",
-    version,
-    about = "Protect a directory in place; incremental block-level snapshots"
-)]
+#[command(name = "snapfs", version, about = "Protect a directory in place; incremental block-level snapshots")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -47,9 +43,10 @@ enum Cmd {
         /// FUSE worker threads.
         #[arg(long, default_value_t = 4)]
         threads: usize,
-        /// Use the kernel's writeback cache (faster small writes).
+        /// Do not use the kernel's writeback cache (every write goes to the
+        /// daemon at once; slower small writes).
         #[arg(long)]
-        writeback: bool,
+        no_writeback: bool,
         /// Milliseconds between durable points of the tracking state.
         #[arg(long, default_value_t = 1000)]
         flush_ms: u64,
@@ -79,11 +76,9 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("info,fuser::session=error"),
-    )
-    .format_timestamp_millis()
-    .init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,fuser::session=error"))
+        .format_timestamp_millis()
+        .init();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -97,8 +92,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Init { block_size, repo } => {
-            let bs = util::parse_size(&block_size)
-                .with_context(|| format!("cannot read block size {block_size:?}"))?;
+            let bs = util::parse_size(&block_size).with_context(|| format!("cannot read block size {block_size:?}"))?;
             let r = Repo::init(&repo, bs)?;
             println!(
                 "created repository {} (id {}, block size {})",
@@ -108,32 +102,12 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Mount {
-            backing,
-            repo,
-            foreground,
-            threads,
-            writeback,
-            flush_ms,
-            ready_fd,
-            dir,
-        } => daemon::mount(MountArgs {
-            dir,
-            backing,
-            repo,
-            foreground,
-            threads,
-            writeback,
-            flush_ms,
-            ready_fd,
-        }),
+        Cmd::Mount { backing, repo, foreground, threads, no_writeback, flush_ms, ready_fd, dir } => {
+            let writeback = !no_writeback;
+            daemon::mount(MountArgs { dir, backing, repo, foreground, threads, writeback, flush_ms, ready_fd })
+        }
         Cmd::Umount { lazy, dir } => umount(&dir, lazy),
-        Cmd::Status {
-            json,
-            files,
-            repo,
-            dir,
-        } => {
+        Cmd::Status { json, files, repo, dir } => {
             let report = status(&dir, files, repo.as_deref())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -152,7 +126,7 @@ fn umount(dir: &Path, lazy: bool) -> Result<()> {
             // Wait for the daemon to save its state and exit.
             if let Some(pid) = r.pid {
                 let t0 = Instant::now();
-                while unsafe { libc::kill(pid as i32, 0) } == 0 {
+                while process_alive(pid) {
                     if t0.elapsed() > Duration::from_secs(60) {
                         bail!("unmounted, but daemon {pid} has not exited after 60 s");
                     }
@@ -170,28 +144,36 @@ fn umount(dir: &Path, lazy: bool) -> Result<()> {
             // The daemon is gone (killed): remove the dead mount.
             match daemon::umount(&dir, lazy) {
                 Ok(()) => {}
-                Err(_) => daemon::umount(&dir, true)
-                    .with_context(|| format!("unmounting {}", dir.display()))?,
+                Err(_) => daemon::umount(&dir, true).with_context(|| format!("unmounting {}", dir.display()))?,
             }
-            println!(
-                "snapfs: removed the mount at {} (its daemon was not running)",
-                dir.display()
-            );
+            println!("snapfs: removed the mount at {} (its daemon was not running)", dir.display());
             Ok(())
         }
     }
 }
 
+/// Whether `pid` is still running (a zombie waiting for its parent is not).
+fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let state = s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X") | None)
+        }
+        Err(_) => false,
+    }
+}
+
 fn status(dir: &Path, files: bool, repo: Option<&Path>) -> Result<StatusReport> {
     let dir = daemon::canonical(dir);
+    if daemon::snapfs_mount_at(&dir).is_some() {
+        // Writes still in the kernel's page cache reach the daemon first.
+        daemon::syncfs(&dir);
+    }
     if let Ok(r) = control::call(&dir, &Request::Status { files }, Duration::from_secs(30)) {
         if let Some(s) = r.status {
             return Ok(s);
         }
-        bail!(
-            "{}",
-            r.error.unwrap_or_else(|| "daemon gave no status".into())
-        );
+        bail!("{}", r.error.unwrap_or_else(|| "daemon gave no status".into()));
     }
     if daemon::snapfs_mount_at(&dir).is_some() {
         bail!(
@@ -200,9 +182,7 @@ fn status(dir: &Path, files: bool, repo: Option<&Path>) -> Result<StatusReport> 
             dir.display()
         );
     }
-    let repo_path = repo
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| dir.join(snapfs::live::REPO_NAME));
+    let repo_path = repo.map(Path::to_path_buf).unwrap_or_else(|| dir.join(snapfs::live::REPO_NAME));
     let r = Repo::open(&repo_path).map_err(|e| match e {
         repo::RepoError::NotARepo(_) => anyhow::anyhow!(
             "{} is not mounted and has no repository at {} (give --repo)",
@@ -231,16 +211,8 @@ fn status(dir: &Path, files: bool, repo: Option<&Path>) -> Result<StatusReport> 
 }
 
 fn ranges_text(r: &[(u64, u64)]) -> String {
-    let parts: Vec<String> = r
-        .iter()
-        .map(|&(s, e)| {
-            if e == s + 1 {
-                s.to_string()
-            } else {
-                format!("{}-{}", s, e - 1)
-            }
-        })
-        .collect();
+    let parts: Vec<String> =
+        r.iter().map(|&(s, e)| if e == s + 1 { s.to_string() } else { format!("{}-{}", s, e - 1) }).collect();
     if parts.len() > 12 {
         format!("{} … ({} runs)", parts[..12].join(","), parts.len())
     } else {
@@ -289,17 +261,9 @@ fn print_status(s: &StatusReport) {
     }
     if let Some(files) = &s.files {
         for f in files {
-            let path = if f.path.is_empty() {
-                ".".to_string()
-            } else {
-                f.path.clone()
-            };
-            let mut line = format!(
-                "  {:<40} {:<6} {}",
-                path,
-                format!("{:?}", f.kind).to_lowercase(),
-                f.changes.join(",")
-            );
+            let path = if f.path.is_empty() { ".".to_string() } else { f.path.clone() };
+            let mut line =
+                format!("  {:<40} {:<6} {}", path, format!("{:?}", f.kind).to_lowercase(), f.changes.join(","));
             if !f.ranges.is_empty() {
                 line.push_str(&format!(
                     "  blocks {} ({} of {})",

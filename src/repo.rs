@@ -33,7 +33,9 @@ pub const MAX_BLOCK_SIZE: u64 = 16 * 1024 * 1024;
 pub enum RepoError {
     #[error("{0}: not a snapfs repository (no valid config file)")]
     NotARepo(PathBuf),
-    #[error("{path}: repository format {found} is newer than this snapfs understands ({FORMAT_VERSION}); upgrade snapfs")]
+    #[error(
+        "{path}: repository format {found} is newer than this snapfs understands ({FORMAT_VERSION}); upgrade snapfs"
+    )]
     NewerFormat { path: PathBuf, found: u32 },
     #[error("{0}: already exists and is not empty; not creating a repository there")]
     NotEmpty(PathBuf),
@@ -50,10 +52,7 @@ pub enum RepoError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
-    move |source| RepoError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| RepoError::Io { path: path.to_path_buf(), source }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -116,11 +115,7 @@ impl Repo {
         };
         let json = serde_json::to_vec_pretty(&config).expect("config serializes");
         write_durably(path, "config", &json).map_err(io_err(path))?;
-        Ok(Repo {
-            path: path.to_path_buf(),
-            config,
-            lock: None,
-        })
+        Ok(Repo { path: path.to_path_buf(), config, lock: None })
     }
 
     /// Open an existing repository, checking that it is one and that we can read its format.
@@ -128,10 +123,7 @@ impl Repo {
         let cfg_path = path.join("config");
         let data = match fs::read(&cfg_path) {
             Ok(d) => d,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::NotFound
-                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
-            {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => {
                 return Err(RepoError::NotARepo(path.to_path_buf()))
             }
             Err(e) => return Err(io_err(&cfg_path)(e)),
@@ -143,39 +135,23 @@ impl Repo {
         }
         let found = value.get("format").and_then(|f| f.as_u64()).unwrap_or(0) as u32;
         if found > FORMAT_VERSION {
-            return Err(RepoError::NewerFormat {
-                path: path.to_path_buf(),
-                found,
-            });
+            return Err(RepoError::NewerFormat { path: path.to_path_buf(), found });
         }
-        let config: Config =
-            serde_json::from_value(value).map_err(|_| RepoError::NotARepo(path.to_path_buf()))?;
+        let config: Config = serde_json::from_value(value).map_err(|_| RepoError::NotARepo(path.to_path_buf()))?;
         check_block_size(config.block_size)?;
-        Ok(Repo {
-            path: path.to_path_buf(),
-            config,
-            lock: None,
-        })
+        Ok(Repo { path: path.to_path_buf(), config, lock: None })
     }
 
     /// Take the repository's exclusive lock for a daemon, recording our pid.
     pub fn lock(&mut self) -> Result<(), RepoError> {
         let p = self.path.join("lock");
-        let mut f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&p)
-            .map_err(io_err(&p))?;
+        let mut f =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&p).map_err(io_err(&p))?;
         let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if r != 0 {
             let mut s = String::new();
             let _ = f.read_to_string(&mut s);
-            return Err(RepoError::Locked {
-                path: self.path.clone(),
-                pid: s.trim().parse().ok(),
-            });
+            return Err(RepoError::Locked { path: self.path.clone(), pid: s.trim().parse().ok() });
         }
         f.set_len(0).map_err(io_err(&p))?;
         f.rewind().map_err(io_err(&p))?;
@@ -210,10 +186,7 @@ mod tests {
         assert_eq!(r.config, o.config);
         assert!(matches!(Repo::init(&p, 65536), Err(RepoError::NotEmpty(_))));
         assert!(matches!(Repo::open(t.path()), Err(RepoError::NotARepo(_))));
-        assert!(matches!(
-            Repo::init(&t.path().join("x"), 1000),
-            Err(RepoError::BadBlockSize(1000))
-        ));
+        assert!(matches!(Repo::init(&t.path().join("x"), 1000), Err(RepoError::BadBlockSize(1000))));
         // a newer format is refused with a clear message
         let mut c = o.config.clone();
         c.format = FORMAT_VERSION + 1;
@@ -232,10 +205,6 @@ mod tests {
         a.lock().unwrap();
         let mut b = Repo::open(&p).unwrap();
         let e = b.lock().unwrap_err();
-        assert!(
-            e.to_string()
-                .contains(&format!("pid {}", std::process::id())),
-            "{e}"
-        );
+        assert!(e.to_string().contains(&format!("pid {}", std::process::id())), "{e}");
     }
 }

@@ -76,10 +76,7 @@ pub fn scan(root: BorrowedFd<'_>, tracker: &Tracker, threshold_ns: i128) -> SysR
                     continue;
                 }
             };
-            links
-                .0
-                .borrow_mut()
-                .insert(st.st_ino, (dir_ino, e.name.clone()));
+            links.0.borrow_mut().insert(st.st_ino, (dir_ino, e.name.clone()));
             let kind = Kind::from_mode(st.st_mode);
             if sys::ctime_ns(&st) >= threshold_ns {
                 stats.changed += 1;

@@ -23,14 +23,7 @@ pub fn proc_fd_path(fd: RawFd) -> CString {
 }
 
 pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> SysResult<OwnedFd> {
-    let fd = cvt(unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            flags | libc::O_CLOEXEC,
-            mode,
-        )
-    })?;
+    let fd = cvt(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -52,26 +45,14 @@ pub fn fstat(fd: BorrowedFd<'_>) -> SysResult<Stat> {
     let mut st = MaybeUninit::<Stat>::uninit();
     let empty = c"";
     cvt(unsafe {
-        libc::fstatat(
-            fd.as_raw_fd(),
-            empty.as_ptr(),
-            st.as_mut_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-        )
+        libc::fstatat(fd.as_raw_fd(), empty.as_ptr(), st.as_mut_ptr(), libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
     })?;
     Ok(unsafe { st.assume_init() })
 }
 
 pub fn fstatat(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<Stat> {
     let mut st = MaybeUninit::<Stat>::uninit();
-    cvt(unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            st.as_mut_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })?;
+    cvt(unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) })?;
     Ok(unsafe { st.assume_init() })
 }
 
@@ -110,12 +91,7 @@ pub fn now_ns() -> i128 {
 pub fn readlinkat(fd: BorrowedFd<'_>) -> SysResult<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
     let n = cvt(unsafe {
-        libc::readlinkat(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            buf.as_mut_ptr() as *mut libc::c_char,
-            buf.len(),
-        )
+        libc::readlinkat(fd.as_raw_fd(), c"".as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len())
     })?;
     buf.truncate(n as usize);
     Ok(buf)
@@ -123,20 +99,11 @@ pub fn readlinkat(fd: BorrowedFd<'_>) -> SysResult<Vec<u8>> {
 
 /// Read the target of `/proc/self/fd/N` (where that inode lives now).
 pub fn fd_path(fd: RawFd) -> Option<OsString> {
-    std::fs::read_link(format!("/proc/self/fd/{fd}"))
-        .ok()
-        .map(|p| p.into_os_string())
+    std::fs::read_link(format!("/proc/self/fd/{fd}")).ok().map(|p| p.into_os_string())
 }
 
 pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> SysResult<usize> {
-    let n = cvt(unsafe {
-        libc::pread(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr() as *mut libc::c_void,
-            buf.len(),
-            off as i64,
-        )
-    })?;
+    let n = cvt(unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), off as i64) })?;
     Ok(n as usize)
 }
 
@@ -155,14 +122,7 @@ pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> SysResult<usi
 }
 
 pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], off: u64) -> SysResult<usize> {
-    let n = cvt(unsafe {
-        libc::pwrite(
-            fd.as_raw_fd(),
-            buf.as_ptr() as *const libc::c_void,
-            buf.len(),
-            off as i64,
-        )
-    })?;
+    let n = cvt(unsafe { libc::pwrite(fd.as_raw_fd(), buf.as_ptr() as *const libc::c_void, buf.len(), off as i64) })?;
     Ok(n as usize)
 }
 
@@ -177,14 +137,7 @@ pub struct DirEntry {
 
 /// Read a batch of entries from a directory descriptor at its current position.
 pub fn getdents(fd: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<Vec<DirEntry>> {
-    let n = cvt(unsafe {
-        libc::syscall(
-            libc::SYS_getdents64,
-            fd.as_raw_fd(),
-            buf.as_mut_ptr(),
-            buf.len(),
-        )
-    } as i64)?;
+    let n = cvt(unsafe { libc::syscall(libc::SYS_getdents64, fd.as_raw_fd(), buf.as_mut_ptr(), buf.len()) } as i64)?;
     let mut out = Vec::new();
     let mut pos = 0usize;
     let n = n as usize;
@@ -195,16 +148,8 @@ pub fn getdents(fd: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<Vec<DirEntry>> 
         let reclen = u16::from_ne_bytes(buf[pos + 16..pos + 18].try_into().unwrap()) as usize;
         let dtype = buf[pos + 18];
         let name_bytes = &buf[pos + 19..pos + reclen];
-        let len = name_bytes
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(name_bytes.len());
-        out.push(DirEntry {
-            ino,
-            next_off: off,
-            dtype,
-            name: OsString::from_vec(name_bytes[..len].to_vec()),
-        });
+        let len = name_bytes.iter().position(|&b| b == 0).unwrap_or(name_bytes.len());
+        out.push(DirEntry { ino, next_off: off, dtype, name: OsString::from_vec(name_bytes[..len].to_vec()) });
         pos += reclen;
     }
     Ok(out)
@@ -225,11 +170,7 @@ pub fn list_dir(dir: BorrowedFd<'_>) -> SysResult<Vec<DirEntry>> {
         if batch.is_empty() {
             break;
         }
-        all.extend(
-            batch
-                .into_iter()
-                .filter(|e| e.name != "." && e.name != ".."),
-        );
+        all.extend(batch.into_iter().filter(|e| e.name != "." && e.name != ".."));
     }
     Ok(all)
 }

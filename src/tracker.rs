@@ -29,7 +29,7 @@
 //! every inode whose ctime is not older than `durable_at` minus a margin: the
 //! changes lost by a SIGKILL after the last flush, and every change made to the
 //! backing directory while nothing was mounted. ctime cannot be set by users;
-//! the margin covers the coarse kernel clock. Nothing here is needed to rebuild
+//! the margin (1 s) covers the coarse kernel clock and small clock steps. Nothing here is needed to rebuild
 //! a repository: if the state is lost, the next snapshot compares everything.
 
 use std::collections::{HashMap, HashSet};
@@ -50,7 +50,7 @@ pub const ENTRIES: u8 = 8;
 pub const DESCENDANT: u8 = 16;
 
 /// How far before the last durable point the mount-time scan looks (ns).
-pub const SCAN_MARGIN_NS: i128 = 2_000_000_000;
+pub const SCAN_MARGIN_NS: i128 = 1_000_000_000;
 
 #[derive(Debug, Error)]
 pub enum TrackerError {
@@ -59,11 +59,7 @@ pub enum TrackerError {
     #[error("tracking database holds a damaged record for inode {0}")]
     Corrupt(u64),
     #[error("the repository tracks another directory (root inode {stored}, this one is {found}, last at {path}); use a repository of its own for this directory")]
-    OtherRoot {
-        stored: u64,
-        found: u64,
-        path: String,
-    },
+    OtherRoot { stored: u64, found: u64, path: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,15 +109,7 @@ pub struct Record {
 
 impl Record {
     fn new(kind: Kind, parent: u64, name: OsString) -> Record {
-        Record {
-            kind,
-            flags: 0,
-            parent,
-            name,
-            size: 0,
-            grown_from: None,
-            blocks: BlockSet::new(),
-        }
+        Record { kind, flags: 0, parent, name, size: 0, grown_from: None, blocks: BlockSet::new() }
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -176,13 +164,7 @@ impl Record {
             .blocks
             .ranges()
             .into_iter()
-            .filter_map(|(s, e)| {
-                if s < tail {
-                    Some((s, e.min(tail)))
-                } else {
-                    None
-                }
-            })
+            .filter_map(|(s, e)| if s < tail { Some((s, e.min(tail))) } else { None })
             .collect();
         if tail < n {
             match out.last_mut() {
@@ -200,7 +182,7 @@ impl Record {
         let mut bytes = blocks * bs;
         let n = self.size.div_ceil(bs);
         if let Some(&(_, e)) = ranges.last() {
-            if e == n && self.size % bs != 0 {
+            if e == n && !self.size.is_multiple_of(bs) {
                 bytes -= bs - self.size % bs;
             }
         }
@@ -289,14 +271,15 @@ fn chunk_key(ino: u64, c: u64) -> [u8; 16] {
 }
 
 fn get_i128(t: &sled::Tree, k: &str) -> Result<Option<i128>, sled::Error> {
-    Ok(t.get(k)?
-        .and_then(|v| v.as_ref().try_into().ok().map(i128::from_le_bytes)))
+    Ok(t.get(k)?.and_then(|v| v.as_ref().try_into().ok().map(i128::from_le_bytes)))
 }
 
 fn get_u64(t: &sled::Tree, k: &str) -> Result<Option<u64>, sled::Error> {
-    Ok(t.get(k)?
-        .and_then(|v| v.as_ref().try_into().ok().map(u64::from_le_bytes)))
+    Ok(t.get(k)?.and_then(|v| v.as_ref().try_into().ok().map(u64::from_le_bytes)))
 }
+
+/// The root inode and path a persisted state belongs to.
+pub type StoredRoot = (u64, String);
 
 /// What opening the persisted state found out about the last session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,26 +306,14 @@ impl LastSession {
 impl Tracker {
     /// A tracker that keeps its state in memory only.
     pub fn in_memory(bs: u64, root: u64) -> Tracker {
-        let st = State {
-            root,
-            epoch_start_ns: sys::now_ns(),
-            ..Default::default()
-        };
-        Tracker {
-            bs,
-            state: Mutex::new(st),
-            db: None,
-            flushing: Mutex::new(()),
-        }
+        let st = State { root, epoch_start_ns: sys::now_ns(), ..Default::default() };
+        Tracker { bs, state: Mutex::new(st), db: None, flushing: Mutex::new(()) }
     }
 
     /// Read the persisted state at `path` without changing it (for `status`
     /// of an unmounted directory). Returns the last session and the root the
     /// state belongs to.
-    pub fn load(
-        path: &std::path::Path,
-        bs: u64,
-    ) -> Result<(Tracker, LastSession, Option<(u64, String)>), TrackerError> {
+    pub fn load(path: &std::path::Path, bs: u64) -> Result<(Tracker, LastSession, Option<StoredRoot>), TrackerError> {
         let db = sled::Config::new().path(path).flush_every_ms(None).open()?;
         let inodes = db.open_tree("inodes")?;
         let blocks = db.open_tree("blocks")?;
@@ -350,10 +321,7 @@ impl Tracker {
         let mut st = State::default();
         let stored_root = match get_u64(&meta, "root_ino")? {
             Some(r) => {
-                let path = meta
-                    .get("root_path")?
-                    .map(|v| String::from_utf8_lossy(&v).into_owned())
-                    .unwrap_or_default();
+                let path = meta.get("root_path")?.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
                 Some((r, path))
             }
             None => None,
@@ -370,19 +338,13 @@ impl Tracker {
                 if meta.get("clean")?.is_some_and(|v| v.as_ref() == [1]) {
                     LastSession::Clean { at_ns: durable }
                 } else {
-                    LastSession::Unclean {
-                        durable_ns: durable,
-                    }
+                    LastSession::Unclean { durable_ns: durable }
                 }
             }
         };
         for kv in inodes.iter() {
             let (k, v) = kv?;
-            let ino = u64::from_be_bytes(
-                k.as_ref()
-                    .try_into()
-                    .map_err(|_| TrackerError::Corrupt(0))?,
-            );
+            let ino = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| TrackerError::Corrupt(0))?);
             let rec = Record::decode(&v).ok_or(TrackerError::Corrupt(ino))?;
             st.records.insert(ino, rec);
         }
@@ -397,17 +359,8 @@ impl Tracker {
                 r.blocks.set_chunk(c, &v);
             }
         }
-        let t = Tracker {
-            bs,
-            state: Mutex::new(st),
-            db: Some(Db {
-                db,
-                inodes,
-                blocks,
-                meta,
-            }),
-            flushing: Mutex::new(()),
-        };
+        let t =
+            Tracker { bs, state: Mutex::new(st), db: Some(Db { db, inodes, blocks, meta }), flushing: Mutex::new(()) };
         Ok((t, last, stored_root))
     }
 
@@ -423,11 +376,7 @@ impl Tracker {
         let (t, last, stored) = Self::load(path, bs)?;
         if let Some((stored, path)) = stored {
             if stored != root {
-                return Err(TrackerError::OtherRoot {
-                    stored,
-                    found: root,
-                    path,
-                });
+                return Err(TrackerError::OtherRoot { stored, found: root, path });
             }
         }
         let db = t.db.as_ref().expect("loaded from disk");
@@ -435,11 +384,9 @@ impl Tracker {
             let mut st = t.lock();
             st.root = root;
             st.scan_pending = last.scan_threshold().is_some();
-            db.meta
-                .insert("epoch_start", &st.epoch_start_ns.to_le_bytes())?;
+            db.meta.insert("epoch_start", &st.epoch_start_ns.to_le_bytes())?;
             if last == LastSession::First {
-                db.meta
-                    .insert("durable_at", &st.epoch_start_ns.to_le_bytes())?;
+                db.meta.insert("durable_at", &st.epoch_start_ns.to_le_bytes())?;
             }
         }
         db.meta.insert("root_ino", &root.to_le_bytes())?;
@@ -460,11 +407,8 @@ impl Tracker {
     /// Get or create the record of `ino`, keeping the ancestor invariant.
     fn touch<'a>(st: &'a mut State, anc: &dyn Ancestry, ino: u64, kind: Kind) -> &'a mut Record {
         if !st.records.contains_key(&ino) {
-            let (parent, name) = if ino == st.root {
-                (0, OsString::new())
-            } else {
-                anc.link_of(ino).unwrap_or((0, OsString::new()))
-            };
+            let (parent, name) =
+                if ino == st.root { (0, OsString::new()) } else { anc.link_of(ino).unwrap_or((0, OsString::new())) };
             st.records.insert(ino, Record::new(kind, parent, name));
             if parent != 0 {
                 Self::mark_ancestors(st, anc, parent);
@@ -485,11 +429,8 @@ impl Tracker {
                 }
                 return;
             }
-            let (parent, name) = if dir == st.root {
-                (0, OsString::new())
-            } else {
-                anc.link_of(dir).unwrap_or((0, OsString::new()))
-            };
+            let (parent, name) =
+                if dir == st.root { (0, OsString::new()) } else { anc.link_of(dir).unwrap_or((0, OsString::new())) };
             let mut r = Record::new(Kind::Dir, parent, name);
             r.flags = DESCENDANT;
             st.records.insert(dir, r);
@@ -506,11 +447,7 @@ impl Tracker {
     }
 
     fn add_blocks(st: &mut State, ino: u64, start: u64, end: u64) {
-        let State {
-            records,
-            changed_chunks,
-            ..
-        } = st;
+        let State { records, changed_chunks, .. } = st;
         if let Some(r) = records.get_mut(&ino) {
             r.blocks.insert_range(start, end, &mut |c| {
                 changed_chunks.insert((ino, c));
@@ -557,16 +494,12 @@ impl Tracker {
                 }
             }
             let keep = new_size.div_ceil(bs);
-            let State {
-                records,
-                changed_chunks,
-                ..
-            } = &mut *st;
+            let State { records, changed_chunks, .. } = &mut *st;
             let r = records.get_mut(&ino).unwrap();
             r.blocks.remove_from(keep, &mut |c| {
                 changed_chunks.insert((ino, c));
             });
-            if new_size % bs != 0 {
+            if !new_size.is_multiple_of(bs) {
                 let b = new_size / bs;
                 Self::add_blocks(&mut st, ino, b, b + 1);
             }
@@ -745,10 +678,7 @@ impl Tracker {
                 } else if r.flags & FULL != 0 {
                     changes.push("full");
                 }
-                if r.kind == Kind::File
-                    && (!r.blocks.is_empty() || r.grown_from.is_some())
-                    && r.flags & FULL == 0
-                {
+                if r.kind == Kind::File && (!r.blocks.is_empty() || r.grown_from.is_some()) && r.flags & FULL == 0 {
                     changes.push("data");
                 }
                 if r.flags & ENTRIES != 0 && r.flags & CREATED == 0 {
@@ -784,28 +714,18 @@ impl Tracker {
             let mut st = self.lock();
             let removed: Vec<u64> = st.removed.drain().collect();
             let changed: Vec<u64> = st.changed.drain().collect();
-            let recs: Vec<(u64, Vec<u8>)> = changed
-                .iter()
-                .filter_map(|ino| st.records.get(ino).map(|r| (*ino, r.encode())))
-                .collect();
+            let recs: Vec<(u64, Vec<u8>)> =
+                changed.iter().filter_map(|ino| st.records.get(ino).map(|r| (*ino, r.encode()))).collect();
             let cc: Vec<(u64, u64)> = st.changed_chunks.drain().collect();
             let chunks: Vec<(u64, u64, Option<Vec<u8>>)> = cc
                 .into_iter()
-                .filter_map(|(ino, c)| {
-                    st.records
-                        .get(&ino)
-                        .map(|r| (ino, c, r.blocks.chunk_bytes(c)))
-                })
+                .filter_map(|(ino, c)| st.records.get(&ino).map(|r| (ino, c, r.blocks.chunk_bytes(c))))
                 .collect();
             (removed, recs, chunks, st.scan_pending)
         };
         for ino in &removed {
             db.inodes.remove(ino.to_be_bytes())?;
-            let keys: Vec<sled::IVec> = db
-                .blocks
-                .scan_prefix(ino.to_be_bytes())
-                .keys()
-                .collect::<Result<_, _>>()?;
+            let keys: Vec<sled::IVec> = db.blocks.scan_prefix(ino.to_be_bytes()).keys().collect::<Result<_, _>>()?;
             for k in keys {
                 db.blocks.remove(k)?;
             }
@@ -945,23 +865,14 @@ mod tests {
         assert!(matches!(last, LastSession::Clean { .. }));
         let r = t.record(3).unwrap();
         assert_eq!(r.dirty_ranges(BS), vec![(7, 8), (100, 5001)]);
-        assert_eq!(
-            t.entries_list()
-                .iter()
-                .map(|e| e.path.as_str())
-                .collect::<Vec<_>>(),
-            vec!["a/f", "g"]
-        );
+        assert_eq!(t.entries_list().iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), vec!["a/f", "g"]);
         // Not closed: the next open sees an unclean session.
         drop(t);
         let (_t, last) = Tracker::open(&p, BS, 1, "/x").unwrap();
         assert!(matches!(last, LastSession::Unclean { .. }));
         drop(_t);
         // Another directory's root is refused.
-        assert!(matches!(
-            Tracker::open(&p, BS, 99, "/y"),
-            Err(TrackerError::OtherRoot { .. })
-        ));
+        assert!(matches!(Tracker::open(&p, BS, 99, "/y"), Err(TrackerError::OtherRoot { .. })));
     }
 
     #[test]

@@ -1,0 +1,217 @@
+//! Shared helpers for tests that mount for real.
+//!
+//! [`Mounted`] runs `snapfs mount --foreground` as a child of the test and
+//! always cleans up in `Drop`: unmount, wait for the daemon, and as a last
+//! resort kill the child (our own pid, never by name) and detach the mount
+//! lazily. Every test binary also runs under nextest's timeout.
+
+#![allow(dead_code)]
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_snapfs"))
+}
+
+/// Run `snapfs ARGS` and return its output.
+pub fn snapfs(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).env("RUST_LOG", "warn").output().expect("run snapfs")
+}
+
+pub fn is_mounted(dir: &Path) -> bool {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let Ok(s) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    s.lines().any(|l| {
+        let mut f = l.split(' ');
+        let mp = f.nth(4).unwrap_or("");
+        mp == dir.to_str().unwrap_or("") && l.contains(" - fuse") && l.contains("snapfs:")
+    })
+}
+
+fn umount2(dir: &Path, flags: i32) -> bool {
+    let c = CString::new(dir.as_os_str().as_bytes()).unwrap();
+    unsafe { libc::umount2(c.as_ptr(), flags) == 0 }
+}
+
+/// A live snapfs mount owned by the test.
+pub struct Mounted {
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+#[derive(Default, Clone)]
+pub struct MountOpts {
+    pub backing: Option<PathBuf>,
+    pub repo: Option<PathBuf>,
+    pub extra: Vec<String>,
+}
+
+impl Mounted {
+    pub fn new(dir: &Path) -> Mounted {
+        Self::with(dir, MountOpts::default())
+    }
+
+    pub fn with(dir: &Path, o: MountOpts) -> Mounted {
+        let dir = dir.canonicalize().expect("mount point exists");
+        let log = dir.parent().unwrap().join(format!("{}.log", dir.file_name().unwrap().to_string_lossy()));
+        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg("mount").arg("--foreground").arg("--flush-ms").arg("200");
+        if let Some(b) = &o.backing {
+            cmd.arg("--backing").arg(b);
+        }
+        if let Some(r) = &o.repo {
+            cmd.arg("--repo").arg(r);
+        }
+        cmd.args(&o.extra);
+        cmd.arg(&dir);
+        cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(logf.try_clone().unwrap()).stderr(logf);
+        let child = cmd.spawn().expect("spawn snapfs");
+        let mut m = Mounted { dir: dir.clone(), child: Some(child), log };
+        let t0 = Instant::now();
+        loop {
+            if is_mounted(&dir) {
+                // the control socket is bound before mounting; the mount is ready
+                break;
+            }
+            if let Some(st) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                let log = std::fs::read_to_string(&m.log).unwrap_or_default();
+                m.child = None;
+                panic!("snapfs exited ({st}) before mounting:\n{log}");
+            }
+            if t0.elapsed() > Duration::from_secs(20) {
+                panic!("mount of {} not ready after 20 s", dir.display());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        m
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    /// Unmount with `snapfs umount` and wait for the daemon to exit cleanly.
+    pub fn umount(mut self) {
+        let out = snapfs(&["umount", self.dir.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "umount failed: {}\ndaemon log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_text()
+        );
+        self.wait_exit(Duration::from_secs(20));
+    }
+
+    /// Wait for the daemon to exit; returns its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let t0 = Instant::now();
+        let child = self.child.as_mut()?;
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(st);
+            }
+            if t0.elapsed() > limit {
+                panic!("daemon still running after {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL the daemon (the process we started) and remove the dead mount.
+    pub fn kill(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !umount2(&self.dir, 0) {
+            umount2(&self.dir, libc::MNT_DETACH);
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if self.child.is_none() && !is_mounted(&self.dir) {
+            return;
+        }
+        if is_mounted(&self.dir) && !umount2(&self.dir, 0) {
+            umount2(&self.dir, libc::MNT_DETACH);
+        }
+        if let Some(mut c) = self.child.take() {
+            let t0 = Instant::now();
+            loop {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                if t0.elapsed() > Duration::from_secs(10) {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// `snapfs status --json --files DIR` parsed.
+pub fn status(dir: &Path) -> serde_json::Value {
+    let out = snapfs(&["status", "--json", "--files", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("status json")
+}
+
+/// Dirty block ranges of `path` (relative to the mount root) in a status.
+pub fn ranges(st: &serde_json::Value, path: &str) -> Option<Vec<(u64, u64)>> {
+    st["files"].as_array()?.iter().find(|f| f["path"] == path).map(|f| {
+        f["ranges"].as_array().unwrap().iter().map(|r| (r[0].as_u64().unwrap(), r[1].as_u64().unwrap())).collect()
+    })
+}
+
+pub fn changes(st: &serde_json::Value, path: &str) -> Option<Vec<String>> {
+    st["files"]
+        .as_array()?
+        .iter()
+        .find(|f| f["path"] == path)
+        .map(|f| f["changes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect())
+}
+
+pub fn dirty_paths(st: &serde_json::Value) -> Vec<String> {
+    st["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap().to_string()).collect()
+}
+
+/// Wait until the mount-time scan has finished.
+pub fn wait_scan(dir: &Path) -> serde_json::Value {
+    let t0 = Instant::now();
+    loop {
+        let st = status(dir);
+        if st["dirty"]["scan_pending"] == false {
+            return st;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "scan did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn write_at(p: &Path, off: u64, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(p).unwrap();
+    f.write_all_at(data, off).unwrap();
+}

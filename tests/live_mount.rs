@@ -1,0 +1,363 @@
+//! The protected mount: life cycle, refusals, permissions, POSIX passthrough.
+
+mod common;
+
+use std::ffi::CString;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn tmp_dir() -> (tempfile::TempDir, std::path::PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("d");
+    fs::create_dir(&d).unwrap();
+    // let other users reach the mount point
+    fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    (t, d)
+}
+
+fn c(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+#[test]
+fn in_place_mount_passes_through_and_hides_the_repository() {
+    let (_t, d) = tmp_dir();
+    fs::write(d.join("before"), b"old").unwrap();
+    let m = Mounted::new(&d);
+    assert_eq!(fs::read(m.path("before")).unwrap(), b"old");
+    fs::write(m.path("after"), b"new").unwrap();
+    let names: Vec<_> = fs::read_dir(&m.dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(!names.iter().any(|n| n == ".snapfs"), "{names:?}");
+    assert_eq!(fs::metadata(m.path(".snapfs")).unwrap_err().raw_os_error(), Some(libc::ENOENT));
+    assert_eq!(fs::create_dir(m.path(".snapfs")).unwrap_err().raw_os_error(), Some(libc::EPERM));
+    assert_eq!(fs::write(m.path(".snapfs"), b"x").unwrap_err().raw_os_error(), Some(libc::EPERM));
+    m.umount();
+    assert!(!is_mounted(&d));
+    // the write went to the real file, the repository lives beside it
+    assert_eq!(fs::read(d.join("after")).unwrap(), b"new");
+    assert!(d.join(".snapfs/config").exists());
+}
+
+#[test]
+fn backing_mode_shows_raw_at_dir() {
+    let (t, d) = tmp_dir();
+    let raw = t.path().join("raw");
+    fs::create_dir(&raw).unwrap();
+    fs::write(raw.join("f"), b"raw data").unwrap();
+    let m = Mounted::with(&d, MountOpts { backing: Some(raw.clone()), ..Default::default() });
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"raw data");
+    fs::write(m.path("g"), b"via mount").unwrap();
+    m.umount();
+    assert_eq!(fs::read(raw.join("g")).unwrap(), b"via mount");
+    assert!(raw.join(".snapfs/config").exists());
+    assert!(!d.join("g").exists());
+}
+
+#[test]
+fn background_mount_returns_ready_and_umount_cleans_up() {
+    let (_t, d) = tmp_dir();
+    let out = snapfs(&["mount", d.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // usable at once
+    let ok = is_mounted(&d) && fs::write(d.join("x"), b"1").is_ok();
+    let second = snapfs(&["mount", d.to_str().unwrap()]);
+    let un = snapfs(&["umount", d.to_str().unwrap()]);
+    if is_mounted(&d) {
+        // never leave a mount behind, even when the assertions fail
+        let _ = unsafe { libc::umount2(c(&d).as_ptr(), libc::MNT_DETACH) };
+    }
+    assert!(ok, "mount not usable when `snapfs mount` returned");
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("already protected"), "{err}");
+    assert!(un.status.success(), "{}", String::from_utf8_lossy(&un.stderr));
+    assert!(!is_mounted(&d));
+    // `snapfs umount` returns after the daemon saved its state
+    let st = status(&d);
+    assert_eq!(st["last_session"], "clean");
+}
+
+#[test]
+fn refusals_are_clear() {
+    let (t, d) = tmp_dir();
+    let out = snapfs(&["mount", t.path().join("missing").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing"));
+    // a --repo that is not a repository
+    let notrepo = t.path().join("notrepo");
+    fs::create_dir(&notrepo).unwrap();
+    let out = snapfs(&["mount", "--repo", notrepo.to_str().unwrap(), d.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a snapfs repository"), "{err}");
+    assert!(!is_mounted(&d));
+    // a repository of a newer format
+    let newer = t.path().join("newer");
+    assert!(snapfs(&["init", newer.to_str().unwrap()]).status.success());
+    let cfg = fs::read_to_string(newer.join("config")).unwrap().replace("\"format\": 1", "\"format\": 99");
+    fs::write(newer.join("config"), cfg).unwrap();
+    let out = snapfs(&["mount", "--repo", newer.to_str().unwrap(), d.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("newer"), "{}", String::from_utf8_lossy(&out.stderr));
+    // a repository inside the mount point
+    let out = snapfs(&["mount", "--repo", d.join("r").to_str().unwrap(), d.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(!is_mounted(&d));
+    // init with a bad block size
+    let out = snapfs(&["init", "--block-size", "1000", t.path().join("bad").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("power of two"));
+}
+
+#[test]
+fn external_repository_with_its_block_size() {
+    let (t, d) = tmp_dir();
+    let r = t.path().join("repo");
+    assert!(snapfs(&["init", "--block-size", "4K", r.to_str().unwrap()]).status.success());
+    fs::write(d.join("f"), vec![1u8; 64 * 1024]).unwrap();
+    let m = Mounted::with(&d, MountOpts { repo: Some(r.clone()), ..Default::default() });
+    write_at(&m.path("f"), 5000, b"x");
+    let st = status(&m.dir);
+    assert_eq!(st["block_size"], 4096);
+    assert_eq!(ranges(&st, "f").unwrap(), vec![(1, 2)]);
+    // a second daemon on the same repository is refused
+    let (_t2, d2) = tmp_dir();
+    let out = snapfs(&["mount", "--repo", r.to_str().unwrap(), d2.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!is_mounted(&d2));
+    m.umount();
+    assert!(!d.join(".snapfs").exists());
+}
+
+#[test]
+fn plain_umount_and_signals_unmount_cleanly() {
+    for how in ["umount", "TERM", "INT"] {
+        let (_t, d) = tmp_dir();
+        let mut m = Mounted::new(&d);
+        write_at(&m.path("f"), 0, b"data");
+        match how {
+            "umount" => assert!(Command::new("umount").arg(&m.dir).status().unwrap().success()),
+            "TERM" => unsafe { assert_eq!(libc::kill(m.pid() as i32, libc::SIGTERM), 0) },
+            _ => unsafe { assert_eq!(libc::kill(m.pid() as i32, libc::SIGINT), 0) },
+        };
+        let st = m.wait_exit(Duration::from_secs(20)).unwrap();
+        assert!(st.success(), "{how}: daemon exit {st}\n{}", m.log_text());
+        assert!(!is_mounted(&d), "{how}");
+        let s = status(&d);
+        assert_eq!(s["last_session"], "clean", "{how}");
+        assert!(dirty_paths(&s).contains(&"f".to_string()), "{how}");
+    }
+}
+
+/// Run a shell `script` in a child process as uid/gid (with `groups`), returning its exit code.
+fn as_user(uid: u32, gid: u32, groups: &[u32], script: &str) -> i32 {
+    let groups = groups.to_vec();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(script);
+    unsafe {
+        cmd.pre_exec(move || {
+            // groups first: afterwards we are no longer allowed to
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.status().unwrap().code().unwrap_or(-1)
+}
+
+#[test]
+fn other_users_and_permissions_behave_as_below() {
+    let (_t, d) = tmp_dir();
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(d.join("public"), b"p").unwrap();
+    fs::set_permissions(d.join("public"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(d.join("secret"), b"s").unwrap();
+    fs::set_permissions(d.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::create_dir(d.join("open")).unwrap();
+    fs::set_permissions(d.join("open"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::create_dir(d.join("group")).unwrap();
+    std::os::unix::fs::chown(d.join("group"), Some(0), Some(4242)).unwrap();
+    fs::set_permissions(d.join("group"), fs::Permissions::from_mode(0o2770)).unwrap();
+    let m = Mounted::new(&d);
+    let dir = m.dir.to_str().unwrap().to_string();
+    let nobody = 65534;
+    assert_eq!(as_user(nobody, nobody, &[], &format!("cat {dir}/public >/dev/null")), 0);
+    assert_ne!(as_user(nobody, nobody, &[], &format!("cat {dir}/secret 2>/dev/null")), 0);
+    assert_ne!(as_user(nobody, nobody, &[], &format!("touch {dir}/rootdir-file 2>/dev/null")), 0);
+    assert_eq!(as_user(nobody, nobody, &[], &format!("echo hi > {dir}/open/mine && mkdir {dir}/open/sub")), 0);
+    let meta = fs::metadata(m.path("open/mine")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (nobody, nobody));
+    // supplementary group membership lets a user create in a group directory,
+    // and the setgid directory gives the new file its group
+    assert_eq!(as_user(nobody, nobody, &[4242], &format!("touch {dir}/group/g")), 0);
+    let meta = fs::metadata(m.path("group/g")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (nobody, 4242));
+    assert_ne!(as_user(nobody, nobody, &[], &format!("touch {dir}/group/h 2>/dev/null")), 0);
+    // sticky directory: others cannot remove what they do not own
+    fs::write(m.path("open/roots"), b"r").unwrap();
+    assert_ne!(as_user(nobody, nobody, &[], &format!("rm -f {dir}/open/roots 2>/dev/null")), 0);
+    // chmod of someone else's file is refused
+    assert_ne!(as_user(nobody, nobody, &[], &format!("chmod 777 {dir}/public 2>/dev/null")), 0);
+    m.umount();
+}
+
+#[test]
+fn posix_operations_pass_through() {
+    let (_t, d) = tmp_dir();
+    let m = Mounted::new(&d);
+    // symlink and readlink
+    std::os::unix::fs::symlink("target/name", m.path("ln")).unwrap();
+    assert_eq!(fs::read_link(m.path("ln")).unwrap().to_str().unwrap(), "target/name");
+    // fifo, socket and device nodes
+    let r = unsafe { libc::mkfifo(c(&m.path("fifo")).as_ptr(), 0o644) };
+    assert_eq!(r, 0);
+    assert!(fs::symlink_metadata(m.path("fifo")).unwrap().file_type().is_fifo_like());
+    let r = unsafe { libc::mknod(c(&m.path("null")).as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
+    assert_eq!(r, 0);
+    assert_eq!(fs::symlink_metadata(m.path("null")).unwrap().rdev(), libc::makedev(1, 3));
+    let sock = std::os::unix::net::UnixListener::bind(m.path("sock"));
+    assert!(sock.is_ok(), "{sock:?}");
+    drop(sock);
+    // hard links
+    fs::write(m.path("a"), b"aaa").unwrap();
+    fs::hard_link(m.path("a"), m.path("b")).unwrap();
+    let (ma, mb) = (fs::metadata(m.path("a")).unwrap(), fs::metadata(m.path("b")).unwrap());
+    assert_eq!((ma.ino(), ma.nlink()), (mb.ino(), 2));
+    // rename with NOREPLACE and EXCHANGE
+    fs::write(m.path("x"), b"x").unwrap();
+    fs::write(m.path("y"), b"y").unwrap();
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            c(&m.path("x")).as_ptr(),
+            libc::AT_FDCWD,
+            c(&m.path("y")).as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    assert_eq!((r, std::io::Error::last_os_error().raw_os_error()), (-1, Some(libc::EEXIST)));
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            c(&m.path("x")).as_ptr(),
+            libc::AT_FDCWD,
+            c(&m.path("y")).as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    assert_eq!(r, 0);
+    assert_eq!(fs::read(m.path("x")).unwrap(), b"y");
+    // O_EXCL, O_TRUNC, O_APPEND
+    assert!(fs::OpenOptions::new().write(true).create_new(true).open(m.path("x")).is_err());
+    fs::write(m.path("t"), b"long content").unwrap();
+    fs::OpenOptions::new().write(true).truncate(true).open(m.path("t")).unwrap();
+    assert_eq!(fs::metadata(m.path("t")).unwrap().len(), 0);
+    for part in [b"ab".as_slice(), b"cd"] {
+        fs::OpenOptions::new().append(true).open(m.path("t")).unwrap().write_all(part).unwrap();
+    }
+    assert_eq!(fs::read(m.path("t")).unwrap(), b"abcd");
+    // utimensat with UTIME_OMIT keeps the other time
+    let times =
+        [libc::timespec { tv_sec: 1_000_000, tv_nsec: 5 }, libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT }];
+    let before = fs::metadata(m.path("t")).unwrap();
+    assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, c(&m.path("t")).as_ptr(), times.as_ptr(), 0) }, 0);
+    let after = fs::metadata(m.path("t")).unwrap();
+    assert_eq!((after.atime(), after.atime_nsec()), (1_000_000, 5));
+    assert_eq!((after.mtime(), after.mtime_nsec()), (before.mtime(), before.mtime_nsec()));
+    // xattrs
+    let p = c(&m.path("t"));
+    assert_eq!(unsafe { libc::setxattr(p.as_ptr(), c"user.color".as_ptr(), b"blue".as_ptr() as *const _, 4, 0,) }, 0);
+    let mut buf = [0u8; 64];
+    let n = unsafe { libc::getxattr(p.as_ptr(), c"user.color".as_ptr(), buf.as_mut_ptr() as *mut _, buf.len()) };
+    assert_eq!(&buf[..n as usize], b"blue");
+    let n = unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr() as *mut _, buf.len()) };
+    assert!(buf[..n as usize].windows(10).any(|w| w == b"user.color"));
+    assert_eq!(unsafe { libc::removexattr(p.as_ptr(), c"user.color".as_ptr()) }, 0);
+    let n = unsafe { libc::getxattr(p.as_ptr(), c"user.color".as_ptr(), buf.as_mut_ptr() as *mut _, buf.len()) };
+    assert_eq!((n, std::io::Error::last_os_error().raw_os_error()), (-1, Some(libc::ENODATA)));
+    // directories: mkdir, readdir of many entries, rmdir of non-empty fails
+    fs::create_dir(m.path("many")).unwrap();
+    for i in 0..1000 {
+        fs::write(m.path(&format!("many/file-with-a-longish-name-{i:04}")), b"").unwrap();
+    }
+    assert_eq!(fs::read_dir(m.path("many")).unwrap().count(), 1000);
+    assert_eq!(fs::remove_dir(m.path("many")).unwrap_err().raw_os_error(), Some(libc::ENOTEMPTY));
+    // statfs answers
+    let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c(&m.dir).as_ptr(), &mut sv) }, 0);
+    assert!(sv.f_namemax >= 255);
+    // fsync and fdatasync
+    let f = fs::OpenOptions::new().write(true).open(m.path("t")).unwrap();
+    f.sync_all().unwrap();
+    f.sync_data().unwrap();
+    drop(f);
+    m.umount();
+}
+
+trait FifoLike {
+    fn is_fifo_like(&self) -> bool;
+}
+impl FifoLike for fs::FileType {
+    fn is_fifo_like(&self) -> bool {
+        use std::os::unix::fs::FileTypeExt;
+        self.is_fifo()
+    }
+}
+
+#[test]
+fn file_locks_conflict_between_open_files() {
+    let (_t, d) = tmp_dir();
+    let m = Mounted::new(&d);
+    fs::write(m.path("lock"), b"0123456789").unwrap();
+    let a = fs::OpenOptions::new().read(true).write(true).open(m.path("lock")).unwrap();
+    let b = fs::OpenOptions::new().read(true).write(true).open(m.path("lock")).unwrap();
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = 0;
+    fl.l_len = 5;
+    assert_eq!(unsafe { libc::fcntl(a.as_raw_fd(), libc::F_OFD_SETLK, &fl) }, 0);
+    assert_eq!(unsafe { libc::fcntl(b.as_raw_fd(), libc::F_OFD_SETLK, &fl) }, -1);
+    // flock too
+    assert_eq!(unsafe { libc::flock(a.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    assert_eq!(unsafe { libc::flock(b.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, -1);
+    drop((a, b));
+    m.umount();
+}
+
+#[test]
+fn concurrent_writers_see_consistent_data() {
+    let (_t, d) = tmp_dir();
+    let m = Mounted::new(&d);
+    let dir = m.dir.clone();
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let dir = dir.clone();
+            std::thread::spawn(move || {
+                let p = dir.join(format!("w{t}"));
+                let data: Vec<u8> = (0..256 * 1024).map(|i| (i * 7 + t) as u8).collect();
+                fs::write(&p, &data).unwrap();
+                let mut back = Vec::new();
+                fs::File::open(&p).unwrap().read_to_end(&mut back).unwrap();
+                assert_eq!(back, data);
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let st = status(&m.dir);
+    assert_eq!(st["dirty"]["files"], 4);
+    m.umount();
+}
