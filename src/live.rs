@@ -82,9 +82,20 @@ impl Default for Options {
     }
 }
 
+/// How we reach a backing inode.
+enum Anchor {
+    /// A descriptor held for the node's life: the root, inodes without a
+    /// usable file handle (another filesystem inside the tree), and inodes
+    /// whose last link we removed (holding them stops the backing
+    /// filesystem from reusing the number while the kernel knows the node).
+    Pinned(Arc<OwnedFd>),
+    /// A file handle; descriptors come from the bounded cache.
+    Handle(sys::FileHandle),
+}
+
 pub struct Inode {
     pub nodeid: u64,
-    pub fd: OwnedFd,
+    anchor: Mutex<Anchor>,
     pub dev: u64,
     pub ino: u64,
     pub mode: u32,
@@ -174,6 +185,14 @@ pub struct OpenReply {
 
 pub struct LiveFs {
     table: RwLock<Table>,
+    /// `O_PATH` descriptors of handle-anchored inodes, most recently used
+    /// kept. A passthrough cannot hold one descriptor per inode the kernel
+    /// remembers: the open-file limit is far below the size of big trees.
+    fds: Mutex<lru::LruCache<u64, Arc<OwnedFd>>>,
+    /// Descriptor of the backing root, for `open_by_handle_at`.
+    mount_fd: Arc<OwnedFd>,
+    /// Mount id of the backing root: handles from other mounts are not used.
+    mount_id: i32,
     next_node: AtomicU64,
     files: RwLock<HashMap<u64, Arc<Handle>>>,
     dirs: RwLock<HashMap<u64, Arc<DirHandle>>>,
@@ -275,9 +294,11 @@ impl LiveFs {
         if !sys::is_dir(&st) {
             return Err(Errno::ENOTDIR);
         }
+        let fd = Arc::new(fd);
+        let mount_id = sys::handle_of(fd.as_fd()).map(|(_, m)| m).unwrap_or(-1);
         let root_inode = Inode {
             nodeid: ROOT,
-            fd,
+            anchor: Mutex::new(Anchor::Pinned(fd.clone())),
             dev: st.st_dev,
             ino: st.st_ino,
             mode: st.st_mode,
@@ -288,8 +309,14 @@ impl LiveFs {
         let mut t = Table::default();
         t.by_key.insert((st.st_dev, st.st_ino), ROOT);
         t.by_node.insert(ROOT, Arc::new(root_inode));
+        let cap = (sys::nofile_limit() / 4).clamp(256, 16384) as usize;
+        // open_by_handle_at wants a real descriptor, not an O_PATH one
+        let mount_fd = Arc::new(sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?);
         Ok(LiveFs {
             table: RwLock::new(t),
+            fds: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(cap).unwrap())),
+            mount_fd,
+            mount_id,
             next_node: AtomicU64::new(EXTRA_NODES),
             files: RwLock::new(HashMap::new()),
             dirs: RwLock::new(HashMap::new()),
@@ -344,6 +371,19 @@ impl LiveFs {
         parent.nodeid == ROOT && (name == REPO_NAME || name == SNAPSHOTS_NAME)
     }
 
+    /// How to reach the inode `fd` refers to from now on; the descriptor
+    /// goes to the cache when a handle will do.
+    fn anchor_for(&self, fd: OwnedFd, st: &Stat) -> (Anchor, Option<Arc<OwnedFd>>) {
+        if st.st_dev == self.root_dev {
+            if let Ok((h, mount_id)) = sys::handle_of(fd.as_fd()) {
+                if mount_id == self.mount_id {
+                    return (Anchor::Handle(h), Some(Arc::new(fd)));
+                }
+            }
+        }
+        (Anchor::Pinned(Arc::new(fd)), None)
+    }
+
     /// Register a backing inode the kernel is about to learn of (lookup count +1).
     fn remember(&self, fd: OwnedFd, st: &Stat, parent_ino: u64, name: &OsStr) -> u64 {
         let key = (st.st_dev, st.st_ino);
@@ -353,10 +393,13 @@ impl LiveFs {
                 if let Some(i) = t.by_node.get(&node) {
                     i.nlookup.fetch_add(1, Ordering::SeqCst);
                     i.set_link(parent_ino, name);
+                    drop(t);
+                    self.cache_fd(node, fd);
                     return node;
                 }
             }
         }
+        let (anchor, cached) = self.anchor_for(fd, st);
         let mut t = self.table.write().unwrap_or_else(|e| e.into_inner());
         if let Some(&node) = t.by_key.get(&key) {
             if let Some(i) = t.by_node.get(&node) {
@@ -372,7 +415,7 @@ impl LiveFs {
         };
         let inode = Inode {
             nodeid: node,
-            fd,
+            anchor: Mutex::new(anchor),
             dev: st.st_dev,
             ino: st.st_ino,
             mode: st.st_mode,
@@ -382,7 +425,50 @@ impl LiveFs {
         };
         t.by_key.insert(key, node);
         t.by_node.insert(node, Arc::new(inode));
+        drop(t);
+        if let Some(fd) = cached {
+            self.fds.lock().unwrap_or_else(|e| e.into_inner()).put(node, fd);
+        }
         node
+    }
+
+    /// Keep a fresh descriptor of a handle-anchored node for its next use.
+    fn cache_fd(&self, node: u64, fd: OwnedFd) {
+        if let Ok(i) = self.inode(node) {
+            if matches!(*i.anchor.lock().unwrap_or_else(|e| e.into_inner()), Anchor::Handle(_)) {
+                self.fds.lock().unwrap_or_else(|e| e.into_inner()).put(node, Arc::new(fd));
+            }
+        }
+    }
+
+    /// An `O_PATH` descriptor of the inode.
+    pub fn fd(&self, i: &Inode) -> SysResult<Arc<OwnedFd>> {
+        let handle = match &*i.anchor.lock().unwrap_or_else(|e| e.into_inner()) {
+            Anchor::Pinned(fd) => return Ok(fd.clone()),
+            Anchor::Handle(h) => h.clone(),
+        };
+        if let Some(fd) = self.fds.lock().unwrap_or_else(|e| e.into_inner()).get(&i.nodeid) {
+            return Ok(fd.clone());
+        }
+        let fd = Arc::new(sys::open_by_handle(self.mount_fd.as_fd(), &handle, libc::O_PATH)?);
+        self.fds.lock().unwrap_or_else(|e| e.into_inner()).put(i.nodeid, fd.clone());
+        Ok(fd)
+    }
+
+    /// Hold the inode `(dev, ino)` open until the kernel forgets it: its last
+    /// link is about to go.
+    fn pin(&self, dev: u64, ino: u64) {
+        let i = {
+            let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+            match t.by_key.get(&(dev, ino)).and_then(|n| t.by_node.get(n)) {
+                Some(i) => i.clone(),
+                None => return,
+            }
+        };
+        if let Ok(fd) = self.fd(&i) {
+            *i.anchor.lock().unwrap_or_else(|e| e.into_inner()) = Anchor::Pinned(fd);
+            self.fds.lock().unwrap_or_else(|e| e.into_inner()).pop(&i.nodeid);
+        }
     }
 
     /// The kernel dropped `n` references to `nodeid`.
@@ -401,12 +487,14 @@ impl LiveFs {
             if t.by_key.get(&key) == Some(&nodeid) {
                 t.by_key.remove(&key);
             }
+            drop(t);
+            self.fds.lock().unwrap_or_else(|e| e.into_inner()).pop(&nodeid);
         }
     }
 
     fn entry_for(&self, parent: &Inode, name: &OsStr) -> SysResult<Entry> {
         let c = cstr(name)?;
-        let fd = sys::open_path(parent.fd.as_fd(), &c)?;
+        let fd = sys::open_path(self.fd(&parent)?.as_fd(), &c)?;
         let st = sys::fstat(fd.as_fd())?;
         let nodeid = self.remember(fd, &st, parent.ino, name);
         Ok(Entry { nodeid, attr: attr_for(&st, nodeid) })
@@ -423,13 +511,13 @@ impl LiveFs {
     pub fn getattr(&self, nodeid: u64, fh: Option<u64>) -> SysResult<FileAttr> {
         let st = match fh.and_then(|fh| self.file(fh).ok()) {
             Some(h) => sys::fstat(h.fd.as_fd())?,
-            None => sys::fstat(self.inode(nodeid)?.fd.as_fd())?,
+            None => sys::fstat(self.fd(&*self.inode(nodeid)?)?.as_fd())?,
         };
         // The root shows its backing number; the kernel knows it as node 1.
         Ok(if nodeid == ROOT { attr_from_stat(&st) } else { attr_for(&st, nodeid) })
     }
 
-    fn proc_path(fd: &OwnedFd) -> std::ffi::CString {
+    fn proc_path(fd: &Arc<OwnedFd>) -> std::ffi::CString {
         sys::proc_fd_path(fd.as_raw_fd())
     }
 
@@ -438,7 +526,7 @@ impl LiveFs {
         let handle = a.fh.and_then(|fh| self.file(fh).ok());
         let kind = i.kind();
         // An unlinked file (still open) is in no snapshot: nothing to track.
-        let track = linked(&sys::fstat(i.fd.as_fd())?);
+        let track = linked(&sys::fstat(self.fd(&i)?.as_fd())?);
         if track && (a.mode.is_some() || a.uid.is_some() || a.gid.is_some() || a.atime.is_some() || a.mtime.is_some()) {
             self.tracker.meta(self, i.ino, kind);
         }
@@ -447,7 +535,7 @@ impl LiveFs {
             let gid = a.gid.unwrap_or(u32::MAX);
             cvt(unsafe {
                 libc::fchownat(
-                    i.fd.as_raw_fd(),
+                    self.fd(&i)?.as_raw_fd(),
                     c"".as_ptr(),
                     uid,
                     gid,
@@ -460,7 +548,7 @@ impl LiveFs {
             match &handle {
                 Some(h) => cvt(unsafe { libc::fchmod(h.fd.as_raw_fd(), mode) })?,
                 None if i.is_symlink() => return Err(Errno::EOPNOTSUPP),
-                None => cvt(unsafe { libc::chmod(Self::proc_path(&i.fd).as_ptr(), mode) })?,
+                None => cvt(unsafe { libc::chmod(Self::proc_path(&self.fd(&i)?).as_ptr(), mode) })?,
             };
         }
         if let Some(size) = a.size {
@@ -471,7 +559,7 @@ impl LiveFs {
                     if i.is_dir() {
                         return Err(Errno::EISDIR);
                     }
-                    reopened = sys::reopen(i.fd.as_fd(), libc::O_WRONLY)?;
+                    reopened = sys::reopen(self.fd(&i)?.as_fd(), libc::O_WRONLY)?;
                     reopened.as_fd()
                 }
             };
@@ -486,7 +574,7 @@ impl LiveFs {
             let times = [timespec(a.atime), timespec(a.mtime)];
             cvt(unsafe {
                 libc::utimensat(
-                    i.fd.as_raw_fd(),
+                    self.fd(&i)?.as_raw_fd(),
                     c"".as_ptr(),
                     times.as_ptr(),
                     libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
@@ -498,7 +586,7 @@ impl LiveFs {
 
     pub fn readlink(&self, nodeid: u64) -> SysResult<Vec<u8>> {
         let i = self.inode(nodeid)?;
-        sys::readlinkat(i.fd.as_fd())
+        sys::readlinkat(self.fd(&i)?.as_fd())
     }
 
     /// Create a node with `make` running as the caller, then register it.
@@ -517,7 +605,7 @@ impl LiveFs {
         self.tracker.entries(self, p.ino);
         {
             let _as = AsCaller::new(ctx.uid, ctx.gid);
-            make(p.fd.as_fd(), &c)?;
+            make(self.fd(&p)?.as_fd(), &c)?;
         }
         let e = self.entry_for(&p, name)?;
         self.tracker.created(self, p.ino, name, e.attr.ino.0, Kind::from_mode(mode_of(&e.attr)));
@@ -553,9 +641,15 @@ impl LiveFs {
         self.tracker.entries(self, p.ino);
         self.tracker.meta(self, i.ino, i.kind());
         cvt(unsafe {
-            libc::linkat(i.fd.as_raw_fd(), c"".as_ptr(), p.fd.as_raw_fd(), c.as_ptr(), libc::AT_EMPTY_PATH)
+            libc::linkat(
+                self.fd(&i)?.as_raw_fd(),
+                c"".as_ptr(),
+                self.fd(&p)?.as_raw_fd(),
+                c.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
         })?;
-        let fd = sys::open_path(p.fd.as_fd(), &c)?;
+        let fd = sys::open_path(self.fd(&p)?.as_fd(), &c)?;
         let st = sys::fstat(fd.as_fd())?;
         // Keep the name the inode was known by; add a lookup reference.
         let node = {
@@ -586,13 +680,15 @@ impl LiveFs {
             return Err(Errno::ENOENT);
         }
         let c = cstr(name)?;
-        let st = sys::fstatat(p.fd.as_fd(), &c)?;
+        let st = sys::fstatat(self.fd(&p)?.as_fd(), &c)?;
         let last = sys::is_dir(&st) || st.st_nlink <= 1;
         self.tracker.entries(self, p.ino);
-        if !last {
+        if last {
+            self.pin(st.st_dev, st.st_ino);
+        } else {
             self.tracker.meta(self, st.st_ino, Kind::from_mode(st.st_mode));
         }
-        cvt(unsafe { libc::unlinkat(p.fd.as_raw_fd(), c.as_ptr(), flags) })?;
+        cvt(unsafe { libc::unlinkat(self.fd(&p)?.as_raw_fd(), c.as_ptr(), flags) })?;
         if last {
             self.tracker.gone(st.st_ino);
         }
@@ -607,15 +703,21 @@ impl LiveFs {
         }
         let c = cstr(name)?;
         let nc = cstr(newname)?;
-        let src = sys::fstatat(p.fd.as_fd(), &c)?;
-        let dst = sys::fstatat(np.fd.as_fd(), &nc).ok();
+        let src = sys::fstatat(self.fd(&p)?.as_fd(), &c)?;
+        let dst = sys::fstatat(self.fd(&np)?.as_fd(), &nc).ok();
         self.tracker.entries(self, p.ino);
         self.tracker.entries(self, np.ino);
         self.tracker.meta(self, src.st_ino, Kind::from_mode(src.st_mode));
         if let Some(d) = &dst {
             self.tracker.meta(self, d.st_ino, Kind::from_mode(d.st_mode));
+            let replaced = flags & libc::RENAME_EXCHANGE == 0 && (sys::is_dir(d) || d.st_nlink <= 1);
+            if replaced && d.st_ino != src.st_ino {
+                self.pin(d.st_dev, d.st_ino);
+            }
         }
-        cvt(unsafe { libc::renameat2(p.fd.as_raw_fd(), c.as_ptr(), np.fd.as_raw_fd(), nc.as_ptr(), flags) })?;
+        cvt(unsafe {
+            libc::renameat2(self.fd(&p)?.as_raw_fd(), c.as_ptr(), self.fd(&np)?.as_raw_fd(), nc.as_ptr(), flags)
+        })?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         if let Some(d) = &dst {
             if d.st_ino == src.st_ino {
@@ -667,7 +769,7 @@ impl LiveFs {
         let (f, direct) = self.backing_flags(flags);
         let trunc = f & libc::O_TRUNC != 0 && f & libc::O_ACCMODE != libc::O_RDONLY;
         if trunc {
-            let old = sys::fstat(i.fd.as_fd())?.st_size as u64;
+            let old = sys::fstat(self.fd(&i)?.as_fd())?.st_size as u64;
             if old > 0 {
                 self.tracker.set_size(self, i.ino, old, 0);
             } else {
@@ -676,7 +778,7 @@ impl LiveFs {
         }
         let fd = {
             let _kill = WithoutFsetid::new(trunc && ctx.uid != 0);
-            sys::reopen(i.fd.as_fd(), f)?
+            sys::reopen(self.fd(&i)?.as_fd(), f)?
         };
         Ok(OpenReply { fh: self.add_file(fd, i.ino), direct_io: direct, keep_cache: !direct })
     }
@@ -691,7 +793,7 @@ impl LiveFs {
         self.tracker.entries(self, p.ino);
         let fd = {
             let _as = AsCaller::new(ctx.uid, ctx.gid);
-            sys::openat(p.fd.as_fd(), &c, f | libc::O_CREAT | libc::O_NOFOLLOW | (flags & libc::O_EXCL), mode)?
+            sys::openat(self.fd(&p)?.as_fd(), &c, f | libc::O_CREAT | libc::O_NOFOLLOW | (flags & libc::O_EXCL), mode)?
         };
         let st = sys::fstat(fd.as_fd())?;
         let path_fd = sys::reopen(fd.as_fd(), libc::O_PATH)?;
@@ -761,7 +863,7 @@ impl LiveFs {
 
     pub fn opendir(&self, nodeid: u64) -> SysResult<u64> {
         let i = self.inode(nodeid)?;
-        let fd = sys::reopen(i.fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        let fd = sys::reopen(self.fd(&i)?.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
         let fh = self.next_fh.fetch_add(1, Ordering::SeqCst);
         let d = DirHandle { fd, nodeid, ino: i.ino, pos: Mutex::new(0) };
         self.dirs.write().unwrap_or_else(|e| e.into_inner()).insert(fh, Arc::new(d));
@@ -880,7 +982,7 @@ impl LiveFs {
     pub fn statfs(&self) -> SysResult<libc::statvfs> {
         let i = self.inode(ROOT)?;
         let mut s = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-        cvt(unsafe { libc::fstatvfs(i.fd.as_raw_fd(), s.as_mut_ptr()) })?;
+        cvt(unsafe { libc::fstatvfs(self.fd(&i)?.as_raw_fd(), s.as_mut_ptr()) })?;
         Ok(unsafe { s.assume_init() })
     }
 
@@ -890,7 +992,7 @@ impl LiveFs {
         if i.is_symlink() {
             return Err(Errno::EPERM);
         }
-        Ok(Self::proc_path(&i.fd))
+        Ok(Self::proc_path(&self.fd(i)?))
     }
 
     pub fn setxattr(&self, nodeid: u64, name: &OsStr, value: &[u8], flags: i32) -> SysResult<()> {

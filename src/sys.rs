@@ -200,3 +200,58 @@ pub fn raise_nofile_limit() {
         }
     }
 }
+
+/// A file handle (`struct file_handle`): names an inode without holding it
+/// open, valid for the life of the inode on that filesystem.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FileHandle(Vec<u8>);
+
+const MAX_HANDLE_SZ: usize = 128;
+
+/// The handle of the inode `fd` refers to, and the id of its mount.
+pub fn handle_of(fd: BorrowedFd<'_>) -> SysResult<(FileHandle, i32)> {
+    // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[]; }
+    let mut buf = vec![0u8; 8 + MAX_HANDLE_SZ];
+    buf[..4].copy_from_slice(&(MAX_HANDLE_SZ as u32).to_ne_bytes());
+    let mut mount_id: libc::c_int = 0;
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr(),
+            &mut mount_id as *mut libc::c_int,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if r != 0 {
+        return Err(Errno::last());
+    }
+    let n = u32::from_ne_bytes(buf[..4].try_into().unwrap()) as usize;
+    buf.truncate(8 + n.min(MAX_HANDLE_SZ));
+    Ok((FileHandle(buf), mount_id))
+}
+
+/// Open the inode a handle names (needs `CAP_DAC_READ_SEARCH`); `mount_fd`
+/// is any descriptor on the same filesystem.
+pub fn open_by_handle(mount_fd: BorrowedFd<'_>, h: &FileHandle, flags: i32) -> SysResult<OwnedFd> {
+    let mut buf = h.0.clone();
+    let r = unsafe {
+        libc::syscall(libc::SYS_open_by_handle_at, mount_fd.as_raw_fd(), buf.as_mut_ptr(), flags | libc::O_CLOEXEC)
+    };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// The soft limit on open descriptors.
+pub fn nofile_limit() -> u64 {
+    let mut rl = MaybeUninit::<libc::rlimit>::uninit();
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, rl.as_mut_ptr()) == 0 {
+            return rl.assume_init().rlim_cur;
+        }
+    }
+    1024
+}

@@ -361,3 +361,37 @@ fn concurrent_writers_see_consistent_data() {
     assert_eq!(st["dirty"]["files"], 4);
     m.umount();
 }
+
+#[test]
+fn many_inodes_do_not_exhaust_descriptors() {
+    // More inodes than this machine's open-file limit (20,000) allows a
+    // passthrough to hold descriptors for.
+    let (_t, d) = tmp_dir();
+    let n = 25_000;
+    for k in 0..25 {
+        let sub = d.join(format!("s{k}"));
+        fs::create_dir(&sub).unwrap();
+        for i in 0..n / 25 {
+            fs::write(sub.join(format!("f{i}")), format!("{k}/{i}")).unwrap();
+        }
+    }
+    let m = Mounted::new(&d);
+    let mut seen = 0;
+    for k in 0..25 {
+        for e in fs::read_dir(m.path(&format!("s{k}"))).unwrap() {
+            let e = e.unwrap();
+            assert!(e.metadata().unwrap().is_file());
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, n);
+    // every file is still reachable and right
+    assert_eq!(fs::read_to_string(m.path("s0/f0")).unwrap(), "0/0");
+    assert_eq!(fs::read_to_string(m.path("s24/f999")).unwrap(), "24/999");
+    fs::write(m.path("s3/f7"), b"changed").unwrap();
+    let fds = fs::read_dir(format!("/proc/{}/fd", m.pid())).unwrap().count();
+    assert!(fds < 10_000, "daemon holds {fds} descriptors");
+    let st = status(&m.dir);
+    assert_eq!(st["dirty"]["files"], 1);
+    m.umount();
+}
