@@ -494,7 +494,7 @@ impl LiveFs {
 
     fn entry_for(&self, parent: &Inode, name: &OsStr) -> SysResult<Entry> {
         let c = cstr(name)?;
-        let fd = sys::open_path(self.fd(&parent)?.as_fd(), &c)?;
+        let fd = sys::open_path(self.fd(parent)?.as_fd(), &c)?;
         let st = sys::fstat(fd.as_fd())?;
         let nodeid = self.remember(fd, &st, parent.ino, name);
         Ok(Entry { nodeid, attr: attr_for(&st, nodeid) })
