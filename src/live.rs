@@ -78,7 +78,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { writeback: false, attr_ttl: Duration::from_secs(1), entry_ttl: Duration::from_secs(1) }
+        Options { writeback: false, attr_ttl: Duration::from_secs(10), entry_ttl: Duration::from_secs(10) }
     }
 }
 
@@ -798,6 +798,10 @@ impl LiveFs {
         let st = sys::fstat(fd.as_fd())?;
         let path_fd = sys::reopen(fd.as_fd(), libc::O_PATH)?;
         let nodeid = self.remember(path_fd, &st, p.ino, name);
+        if let Ok(i) = self.inode(nodeid) {
+            // a new file carries no security.capability
+            i.no_caps.store(true, Ordering::SeqCst);
+        }
         self.tracker.created(self, p.ino, name, st.st_ino, Kind::from_mode(st.st_mode));
         let fh = self.add_file(fd, st.st_ino);
         Ok((Entry { nodeid, attr: attr_for(&st, nodeid) }, OpenReply { fh, direct_io: direct, keep_cache: !direct }))
