@@ -341,10 +341,12 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
         None => {
             let p = PathBuf::from(format!("/proc/self/fd/{}/{}", backing_fd.as_raw_fd(), live::REPO_NAME));
             let shown = backing.join(live::REPO_NAME).display().to_string();
-            let repo = if p.join("config").exists() || p.exists() {
-                Repo::open(&p)?
+            // Name the place as the user knows it, not by our descriptor.
+            let shown_err = |e: crate::repo::RepoError| anyhow!(e.to_string().replace(&*p.to_string_lossy(), &shown));
+            let repo = if p.exists() {
+                Repo::open(&p).map_err(shown_err)?
             } else {
-                Repo::init(&p, DEFAULT_BLOCK_SIZE)?
+                Repo::init(&p, DEFAULT_BLOCK_SIZE).map_err(shown_err)?
             };
             (repo, shown)
         }

@@ -395,3 +395,46 @@ fn many_inodes_do_not_exhaust_descriptors() {
     assert_eq!(st["dirty"]["files"], 1);
     m.umount();
 }
+
+#[test]
+fn link_count_limit_is_the_backing_filesystems() {
+    // pjdfstest's link_count_max is skipped on FUSE (glibc cannot know
+    // LINK_MAX for it); check the same thing here: links up to the backing
+    // limit succeed, the next one fails with EMLINK.
+    let (_t, d) = tmp_dir();
+    let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statfs(c(&d).as_ptr(), &mut sfs) }, 0);
+    if sfs.f_type != 0xEF53 {
+        eprintln!("backing filesystem is not ext4; skipping");
+        return;
+    }
+    let m = Mounted::new(&d);
+    fs::write(m.path("f"), b"x").unwrap();
+    fs::create_dir(m.path("links")).unwrap();
+    let mut n = 1u32;
+    loop {
+        match fs::hard_link(m.path("f"), m.path(&format!("links/{n}"))) {
+            Ok(()) => n += 1,
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EMLINK), "after {n} links: {e}");
+                break;
+            }
+        }
+        assert!(n <= 70_000, "no limit reached");
+    }
+    assert_eq!(n, 65_000, "ext4 allows 65,000 links");
+    assert_eq!(fs::metadata(m.path("f")).unwrap().nlink(), 65_000);
+    m.umount();
+}
+
+#[test]
+fn a_directory_holding_something_else_at_dot_snapfs_is_refused() {
+    let (_t, d) = tmp_dir();
+    fs::create_dir(d.join(".snapfs")).unwrap();
+    fs::write(d.join(".snapfs/unrelated"), b"x").unwrap();
+    let out = snapfs(&["mount", d.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}/.snapfs: not a snapfs repository", d.display())), "{err}");
+    assert!(!is_mounted(&d));
+}
