@@ -30,6 +30,20 @@ pub enum Request {
         #[serde(default)]
         lazy: bool,
     },
+    /// Take a snapshot (the client has flushed the kernel's cache first).
+    Snapshot {
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        full: bool,
+    },
+    /// Progress of a snapshot being taken.
+    Progress,
+    List,
+    Diff {
+        a: String,
+        b: String,
+    },
 }
 
 /// What `snapfs status` shows.
@@ -65,14 +79,31 @@ pub struct Reply {
     pub status: Option<StatusReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<crate::snapshot::SnapshotInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<Vec<crate::snapshot::SnapshotInfo>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<crate::snapshot::DiffReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<crate::snapshot::SnapshotStats>,
 }
 
 impl Reply {
     pub fn ok() -> Reply {
-        Reply { ok: true, error: None, status: None, pid: Some(std::process::id()) }
+        Reply {
+            ok: true,
+            error: None,
+            status: None,
+            pid: Some(std::process::id()),
+            snapshot: None,
+            snapshots: None,
+            diff: None,
+            progress: None,
+        }
     }
     pub fn err(msg: impl Into<String>) -> Reply {
-        Reply { ok: false, error: Some(msg.into()), status: None, pid: Some(std::process::id()) }
+        Reply { ok: false, error: Some(msg.into()), ..Reply::ok() }
     }
 }
 
@@ -163,37 +194,47 @@ pub fn peer_uid(s: &UnixStream) -> Option<u32> {
     }
 }
 
-/// Serve requests until the listener is shut down; `handle` answers each.
-/// `in_flight` is held from reading a request until its reply is sent, so
-/// the daemon can wait for the reply to an `unmount` before it exits.
+/// Serve requests until the listener is shut down; `handle` answers each,
+/// one thread per connection (a snapshot may take long; status and progress
+/// must still answer). `in_flight` is held (shared) from reading a request
+/// until its reply is sent, so the daemon can wait for the reply to an
+/// `unmount` before it exits.
 pub fn serve(
     listener: UnixListener,
-    in_flight: std::sync::Arc<std::sync::Mutex<()>>,
+    in_flight: std::sync::Arc<std::sync::RwLock<()>>,
     handle: impl Fn(Request) -> Reply + Send + Sync + 'static,
 ) {
     let me = unsafe { libc::geteuid() };
+    let handle = std::sync::Arc::new(handle);
     for conn in listener.incoming() {
         let Ok(mut s) = conn else { continue };
-        let allowed = matches!(peer_uid(&s), Some(u) if u == 0 || u == me);
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        let _busy = in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        let mut line = String::new();
-        {
-            let mut r = BufReader::new(&s);
-            if r.read_line(&mut line).is_err() {
-                continue;
+        let handle = handle.clone();
+        let in_flight = in_flight.clone();
+        let spawned = std::thread::Builder::new().name("control-conn".into()).spawn(move || {
+            let allowed = matches!(peer_uid(&s), Some(u) if u == 0 || u == me);
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut line = String::new();
+            {
+                let mut r = BufReader::new(&s);
+                if r.read_line(&mut line).is_err() {
+                    return;
+                }
             }
+            let _busy = in_flight.read().unwrap_or_else(|e| e.into_inner());
+            let reply = if !allowed {
+                Reply::err("permission denied: only root and the daemon's user may control it")
+            } else {
+                match serde_json::from_str::<Request>(&line) {
+                    Ok(req) => handle(req),
+                    Err(e) => Reply::err(format!("bad request: {e}")),
+                }
+            };
+            let mut out = serde_json::to_string(&reply).unwrap_or_else(|_| "{\"ok\":false}".into());
+            out.push('\n');
+            let _ = s.write_all(out.as_bytes());
+        });
+        if let Err(e) = spawned {
+            log::error!("control connection: {e}");
         }
-        let reply = if !allowed {
-            Reply::err("permission denied: only root and the daemon's user may control it")
-        } else {
-            match serde_json::from_str::<Request>(&line) {
-                Ok(req) => handle(req),
-                Err(e) => Reply::err(format!("bad request: {e}")),
-            }
-        };
-        let mut out = serde_json::to_string(&reply).unwrap_or_else(|_| "{\"ok\":false}".into());
-        out.push('\n');
-        let _ = s.write_all(out.as_bytes());
     }
 }

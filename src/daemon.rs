@@ -31,7 +31,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::control::{self, Reply, Request, StatusReport};
 use crate::fuse::{KernelOptions, SnapFuse};
 use crate::live::{self, LiveFs};
+use crate::objects::{ObjKind, ObjectId};
+use crate::objstore::Objects;
 use crate::repo::{Repo, DEFAULT_BLOCK_SIZE};
+use crate::snapshot::{self, DiffReport, SnapError, SnapshotInfo, SnapshotRecord};
 use crate::tracker::{LastSession, Tracker};
 use crate::{scan, sys, util};
 
@@ -236,6 +239,13 @@ struct Shared {
     mounted_since: String,
     last: LastSession,
     scan: Mutex<Option<scan::ScanStats>>,
+    /// The scan failed: the tracker may have missed changes, so the next
+    /// snapshot compares everything.
+    scan_failed: std::sync::atomic::AtomicBool,
+    objects: Arc<Objects>,
+    /// One snapshot at a time.
+    snapshotting: Mutex<()>,
+    progress: Mutex<Option<Arc<snapshot::Progress>>>,
 }
 
 impl Shared {
@@ -257,6 +267,127 @@ impl Shared {
         }
     }
 
+    /// Take a snapshot: pause writers, seal the epoch, store what changed,
+    /// commit the record, and give the sealed changes up only then.
+    fn snapshot(&self, name: Option<String>, full: bool) -> Result<SnapshotInfo> {
+        let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
+        let store = self.objects.store().clone();
+        let all = snapshot::list(&*store)?;
+        let name = match name {
+            Some(n) => {
+                if !snapshot::valid_name(&n) {
+                    return Err(SnapError::BadName(n).into());
+                }
+                if all.iter().any(|s| s.record.name == n) {
+                    return Err(SnapError::Duplicate(n).into());
+                }
+                n
+            }
+            None => {
+                let base = snapshot::default_name(util::unix_now());
+                let mut n = base.clone();
+                let mut k = 1;
+                while all.iter().any(|s| s.record.name == n) {
+                    n = format!("{base}-{k}");
+                    k += 1;
+                }
+                n
+            }
+        };
+        // The scan for changes made while unmounted must be complete.
+        while self.tracker.scan_pending() && !self.scan_failed.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let latest = all.last();
+        let incremental = !full
+            && !self.scan_failed.load(std::sync::atomic::Ordering::SeqCst)
+            && latest.is_some()
+            && self.tracker.base_snapshot().as_deref() == latest.map(|s| s.id.as_str());
+        let prev_top = match latest {
+            Some(l) => Some(l.root_tree()?),
+            None => None,
+        };
+        let links_prev = match latest.and_then(|l| ObjectId::from_hex(&l.record.links)) {
+            Some(id) => snapshot::decode_links(&self.objects.get(&id, ObjKind::Meta)?).unwrap_or_default(),
+            None => Default::default(),
+        };
+        let progress = Arc::new(snapshot::Progress::default());
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress.clone());
+        let t0 = Instant::now();
+        self.objects.take_stats();
+        let writers = self.live.pause_writers();
+        let sealed = self.tracker.seal();
+        let paused = t0.elapsed();
+        let result = (|| -> Result<SnapshotInfo> {
+            let mut b = snapshot::Builder::new(
+                &self.objects,
+                self.block_size,
+                if incremental { Some(&sealed) } else { None },
+                links_prev,
+            );
+            b.set_progress(progress.clone());
+            let top = b.build(self.live.root_fd(), prev_top)?;
+            let (links, _) = self.objects.put(ObjKind::Meta, &snapshot::encode_links(b.links()))?;
+            self.objects.flush()?;
+            let added = self.objects.take_stats();
+            let mut stats = b.stats.clone();
+            stats.added_bytes = added.stored_bytes;
+            stats.added_raw_bytes = added.raw_bytes;
+            stats.added_objects = added.objects;
+            stats.duration_ms = snapshot::elapsed_ms(t0);
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let record = SnapshotRecord {
+                format: snapshot::RECORD_FORMAT,
+                name: name.clone(),
+                time: util::rfc3339(now.as_secs() as i64),
+                time_sec: now.as_secs() as i64,
+                time_nsec: now.subsec_nanos(),
+                tree: top.hex(),
+                links: links.hex(),
+                parent: if incremental { latest.map(|l| l.id.clone()) } else { None },
+                full: !incremental,
+                source: self.dir.display().to_string(),
+                host: hostname(),
+                block_size: self.block_size,
+                stats,
+            };
+            Ok(snapshot::commit(&*store, &record)?)
+        })();
+        let out = match result {
+            Ok(info) => {
+                self.tracker.commit(&info.id)?;
+                Ok(info)
+            }
+            Err(e) => {
+                self.objects.discard_pending();
+                self.tracker.unseal();
+                Err(e)
+            }
+        };
+        drop(writers);
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        match &out {
+            Ok(i) => log::info!(
+                "snapshot {} ({}) taken in {} ms, writers paused {} ms before sealing: {} read, {} added",
+                i.record.name,
+                &i.id[..12],
+                i.record.stats.duration_ms,
+                paused.as_millis(),
+                util::human_bytes(i.record.stats.read_bytes),
+                util::human_bytes(i.record.stats.added_bytes)
+            ),
+            Err(e) => log::error!("SNAPSHOT FAILED: {e:#}"),
+        }
+        out
+    }
+
+    fn diff(&self, a: &str, b: &str) -> Result<DiffReport> {
+        let all = snapshot::list(&**self.objects.store())?;
+        let sa = snapshot::find(&all, a)?;
+        let sb = snapshot::find(&all, b)?;
+        diff_report(&self.objects, sa, sb)
+    }
+
     /// Unmount ourselves; busy mounts are detached lazily when `lazy`.
     fn unmount(&self, lazy: bool) -> std::io::Result<()> {
         // Make the tracking state durable first: after a lazy unmount the
@@ -266,6 +397,25 @@ impl Shared {
         }
         umount(&self.dir, lazy)
     }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// Compare two snapshots.
+pub fn diff_report(objects: &Objects, a: &SnapshotInfo, b: &SnapshotInfo) -> Result<DiffReport> {
+    let entries = snapshot::diff(objects, a.root_tree()?, b.root_tree()?, a.record.block_size)?;
+    let count = |c: &str| entries.iter().filter(|e| e.change == c).count() as u64;
+    Ok(DiffReport {
+        from: a.record.name.clone(),
+        to: b.record.name.clone(),
+        added: count("added"),
+        removed: count("removed"),
+        modified: count("modified"),
+        changed_bytes: entries.iter().map(|e| e.bytes).sum(),
+        entries,
+    })
 }
 
 pub fn last_name(l: &LastSession) -> &'static str {
@@ -377,7 +527,9 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
     log::info!("protecting {} (backing {}, repository {})", dir.display(), backing.display(), repo_display);
 
     let bs = repo.block_size();
-    let (tracker, last) = Tracker::open(&repo.state_path(), bs, root_st.st_ino, &dir.display().to_string())?;
+    let db = repo.open_state()?;
+    let (tracker, last) = Tracker::open(&db, bs, root_st.st_ino, &dir.display().to_string())?;
+    let objects = Arc::new(Objects::open(repo.store(), Some(&db))?);
     let tracker = Arc::new(tracker);
     let live_opts = live::Options { writeback: args.writeback, ..Default::default() };
     let live = Arc::new(LiveFs::new(backing_fd.as_fd(), tracker.clone(), live_opts)?);
@@ -395,6 +547,10 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
         mounted_since: util::rfc3339(util::unix_now()),
         last: last.clone(),
         scan: Mutex::new(None),
+        scan_failed: std::sync::atomic::AtomicBool::new(false),
+        objects: objects.clone(),
+        snapshotting: Mutex::new(()),
+        progress: Mutex::new(None),
     });
 
     let t_close = tracker.clone();
@@ -446,12 +602,15 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
                         log::error!("TRACKING STATE NOT SAVED: {e}");
                     }
                 }
-                Err(e) => log::error!("scan of the backing directory failed: {e}; the next mount scans again"),
+                Err(e) => {
+                    log::error!("scan of the backing directory failed: {e}; the next snapshot compares everything");
+                    shared.scan_failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
             }
         })?;
     }
     // Control socket.
-    let in_flight = Arc::new(Mutex::new(()));
+    let in_flight = Arc::new(std::sync::RwLock::new(()));
     {
         let shared = shared.clone();
         let in_flight = in_flight.clone();
@@ -469,6 +628,22 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
                         shared.dir.display()
                     )),
                     Err(e) => Reply::err(format!("unmount failed: {e}")),
+                },
+                Request::Snapshot { name, full } => match shared.snapshot(name, full) {
+                    Ok(info) => Reply { snapshot: Some(info), ..Reply::ok() },
+                    Err(e) => Reply::err(format!("snapshot failed: {e:#}")),
+                },
+                Request::Progress => {
+                    let p = shared.progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    Reply { progress: p.map(|p| p.get()), ..Reply::ok() }
+                }
+                Request::List => match snapshot::list(&**shared.objects.store()) {
+                    Ok(l) => Reply { snapshots: Some(l), ..Reply::ok() },
+                    Err(e) => Reply::err(e.to_string()),
+                },
+                Request::Diff { a, b } => match shared.diff(&a, &b) {
+                    Ok(d) => Reply { diff: Some(d), ..Reply::ok() },
+                    Err(e) => Reply::err(format!("{e:#}")),
                 },
             })
         })?;
@@ -504,7 +679,7 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
         log::error!("could not save tracking state: {e}");
     }
     // Let the control thread send its reply to an `unmount` request.
-    drop(in_flight.lock().unwrap_or_else(|e| e.into_inner()));
+    drop(in_flight.write().unwrap_or_else(|e| e.into_inner()));
     r.context("FUSE session")?;
     Ok(())
 }

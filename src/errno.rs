@@ -34,6 +34,8 @@ impl Errno {
     pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
     pub const ENOTSUP: Errno = Errno(libc::ENOTSUP);
     pub const EINTR: Errno = Errno(libc::EINTR);
+    pub const EAGAIN: Errno = Errno(libc::EAGAIN);
+    pub const ENXIO: Errno = Errno(libc::ENXIO);
     pub const ENOTEMPTY: Errno = Errno(libc::ENOTEMPTY);
 
     /// The calling thread's current `errno`.

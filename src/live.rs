@@ -129,6 +129,7 @@ impl Inode {
 /// An open file.
 pub struct Handle {
     pub fd: OwnedFd,
+    /// Backing inode number (the tracker's key).
     pub ino: u64,
 }
 
@@ -184,6 +185,10 @@ pub struct OpenReply {
 }
 
 pub struct LiveFs {
+    /// Every change to the tree holds this shared; a snapshot takes it
+    /// exclusively for the instant it seals the epoch (and, for now, while
+    /// it reads: see doc/DESIGN.md).
+    gate: RwLock<()>,
     table: RwLock<Table>,
     /// `O_PATH` descriptors of handle-anchored inodes, most recently used
     /// kept. A passthrough cannot hold one descriptor per inode the kernel
@@ -313,6 +318,7 @@ impl LiveFs {
         // open_by_handle_at wants a real descriptor, not an O_PATH one
         let mount_fd = Arc::new(sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?);
         Ok(LiveFs {
+            gate: RwLock::new(()),
             table: RwLock::new(t),
             fds: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(cap).unwrap())),
             mount_fd,
@@ -326,6 +332,20 @@ impl LiveFs {
             root_ino: st.st_ino,
             opts,
         })
+    }
+
+    fn writer(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hold all changes off (a snapshot's point in time).
+    pub fn pause_writers(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.gate.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A directory descriptor of the backing root (never the mount).
+    pub fn root_fd(&self) -> BorrowedFd<'_> {
+        self.mount_fd.as_fd()
     }
 
     pub fn options(&self) -> &Options {
@@ -522,6 +542,7 @@ impl LiveFs {
     }
 
     pub fn setattr(&self, ctx: &Ctx, nodeid: u64, a: &SetAttr) -> SysResult<FileAttr> {
+        let _writers = self.writer();
         let i = self.inode(nodeid)?;
         let handle = a.fh.and_then(|fh| self.file(fh).ok());
         let kind = i.kind();
@@ -597,6 +618,7 @@ impl LiveFs {
         name: &OsStr,
         make: impl FnOnce(BorrowedFd<'_>, &std::ffi::CStr) -> SysResult<()>,
     ) -> SysResult<Entry> {
+        let _writers = self.writer();
         let p = self.inode(parent)?;
         if self.is_reserved(&p, name) {
             return Err(Errno::EPERM);
@@ -632,6 +654,7 @@ impl LiveFs {
     }
 
     pub fn link(&self, nodeid: u64, newparent: u64, newname: &OsStr) -> SysResult<Entry> {
+        let _writers = self.writer();
         let i = self.inode(nodeid)?;
         let p = self.inode(newparent)?;
         if self.is_reserved(&p, newname) {
@@ -675,6 +698,7 @@ impl LiveFs {
     }
 
     fn remove(&self, parent: u64, name: &OsStr, flags: i32) -> SysResult<()> {
+        let _writers = self.writer();
         let p = self.inode(parent)?;
         if self.is_reserved(&p, name) {
             return Err(Errno::ENOENT);
@@ -696,6 +720,7 @@ impl LiveFs {
     }
 
     pub fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> SysResult<()> {
+        let _writers = self.writer();
         let p = self.inode(parent)?;
         let np = self.inode(newparent)?;
         if self.is_reserved(&p, name) || self.is_reserved(&np, newname) {
@@ -768,6 +793,7 @@ impl LiveFs {
         let i = self.inode(nodeid)?;
         let (f, direct) = self.backing_flags(flags);
         let trunc = f & libc::O_TRUNC != 0 && f & libc::O_ACCMODE != libc::O_RDONLY;
+        let _writers = trunc.then(|| self.writer());
         if trunc {
             let old = sys::fstat(self.fd(&i)?.as_fd())?.st_size as u64;
             if old > 0 {
@@ -784,6 +810,7 @@ impl LiveFs {
     }
 
     pub fn create(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, flags: i32) -> SysResult<(Entry, OpenReply)> {
+        let _writers = self.writer();
         let p = self.inode(parent)?;
         if self.is_reserved(&p, name) {
             return Err(Errno::EPERM);
@@ -832,6 +859,7 @@ impl LiveFs {
     /// Write `data` at `off`. `kill_suidgid`: the writer lacks `CAP_FSETID`,
     /// so setuid/setgid bits must go (the backing filesystem does it).
     pub fn write(&self, fh: u64, off: u64, data: &[u8], kill_suidgid: bool) -> SysResult<u32> {
+        let _writers = self.writer();
         let h = self.file(fh)?;
         let st = sys::fstat(h.fd.as_fd())?;
         if linked(&st) {
@@ -1000,6 +1028,7 @@ impl LiveFs {
     }
 
     pub fn setxattr(&self, nodeid: u64, name: &OsStr, value: &[u8], flags: i32) -> SysResult<()> {
+        let _writers = self.writer();
         let i = self.inode(nodeid)?;
         let p = self.xattr_path(&i)?;
         let n = cstr(name)?;
@@ -1053,6 +1082,7 @@ impl LiveFs {
     }
 
     pub fn removexattr(&self, nodeid: u64, name: &OsStr) -> SysResult<()> {
+        let _writers = self.writer();
         let i = self.inode(nodeid)?;
         let p = self.xattr_path(&i)?;
         let n = cstr(name)?;
@@ -1061,6 +1091,7 @@ impl LiveFs {
     }
 
     pub fn fallocate(&self, fh: u64, off: u64, len: u64, mode: i32) -> SysResult<()> {
+        let _writers = self.writer();
         let h = self.file(fh)?;
         let st = sys::fstat(h.fd.as_fd())?;
         let size = st.st_size as u64;
@@ -1099,6 +1130,7 @@ impl LiveFs {
         len: u64,
         flags: u32,
     ) -> SysResult<u32> {
+        let _writers = self.writer();
         let hi = self.file(fh_in)?;
         let ho = self.file(fh_out)?;
         let in_size = sys::fstat(hi.fd.as_fd())?.st_size as u64;

@@ -61,6 +61,36 @@ enum Cmd {
         lazy: bool,
         dir: PathBuf,
     },
+    /// Snapshot a mounted directory (the first is full, later ones incremental).
+    Snapshot {
+        /// Name (default: the time, e.g. 2026-11-24T10.15.00Z).
+        #[arg(long)]
+        name: Option<String>,
+        /// Re-read and re-hash every file instead of trusting the tracker.
+        #[arg(long)]
+        full: bool,
+        #[arg(long)]
+        json: bool,
+        dir: PathBuf,
+    },
+    /// List the snapshots of a directory or a repository.
+    List {
+        #[arg(long)]
+        repo: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        dir: Option<PathBuf>,
+    },
+    /// What changed between two snapshots (names or ids).
+    Diff {
+        #[arg(long)]
+        repo: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// DIR A B, or with --repo just A B.
+        #[arg(num_args = 2..=3)]
+        args: Vec<String>,
+    },
     /// Show the mount, the repository and the dirty set.
     Status {
         #[arg(long)]
@@ -107,6 +137,30 @@ fn run(cli: Cli) -> Result<()> {
             daemon::mount(MountArgs { dir, backing, repo, foreground, threads, writeback, flush_ms, ready_fd })
         }
         Cmd::Umount { lazy, dir } => umount(&dir, lazy),
+        Cmd::Snapshot { name, full, json, dir } => take_snapshot(&dir, name, full, json),
+        Cmd::List { repo, json, dir } => {
+            let all = list(dir.as_deref(), repo.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                print_list(&all);
+            }
+            Ok(())
+        }
+        Cmd::Diff { repo, json, args } => {
+            let (dir, a, b) = match (repo.is_some(), args.as_slice()) {
+                (true, [a, b]) => (None, a, b),
+                (false, [d, a, b]) => (Some(PathBuf::from(d)), a, b),
+                _ => bail!("give DIR A B, or --repo REPO A B"),
+            };
+            let d = diff(dir.as_deref(), repo.as_deref(), a, b)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+            } else {
+                print_diff(&d);
+            }
+            Ok(())
+        }
         Cmd::Status { json, files, repo, dir } => {
             let report = status(&dir, files, repo.as_deref())?;
             if json {
@@ -152,6 +206,156 @@ fn umount(dir: &Path, lazy: bool) -> Result<()> {
     }
 }
 
+fn take_snapshot(dir: &Path, name: Option<String>, full: bool, json: bool) -> Result<()> {
+    let dir = daemon::canonical(dir);
+    if daemon::snapfs_mount_at(&dir).is_none() {
+        bail!("{} is not a snapfs mount; mount it first (`snapfs mount {}`)", dir.display(), dir.display());
+    }
+    // Every write acknowledged so far reaches the daemon before it seals.
+    daemon::syncfs(&dir);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = if json {
+        None
+    } else {
+        let (dir, done) = (dir.clone(), done.clone());
+        Some(std::thread::spawn(move || show_progress(&dir, &done)))
+    };
+    let r = control::call(&dir, &Request::Snapshot { name, full }, Duration::from_secs(7 * 86400));
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Some(w) = watcher {
+        let _ = w.join();
+    }
+    let r = r.with_context(|| format!("asking the daemon of {}", dir.display()))?;
+    let Some(info) = r.snapshot else { bail!("{}", r.error.unwrap_or_else(|| "snapshot failed".into())) };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        let st = &info.record.stats;
+        println!(
+            "snapshot {} ({}) {}: {} files, {}; read {}, added {} in {} ms",
+            info.record.name,
+            &info.id[..12],
+            if info.record.full { "full" } else { "incremental" },
+            st.files,
+            util::human_bytes(st.logical_bytes),
+            util::human_bytes(st.read_bytes),
+            util::human_bytes(st.added_bytes),
+            st.duration_ms
+        );
+    }
+    Ok(())
+}
+
+/// A progress line on stderr while a long snapshot runs.
+fn show_progress(dir: &Path, done: &std::sync::atomic::AtomicBool) {
+    use std::io::Write;
+    let t0 = Instant::now();
+    let mut shown = false;
+    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
+        if t0.elapsed() < Duration::from_secs(2) {
+            continue;
+        }
+        if let Ok(r) = control::call(dir, &Request::Progress, Duration::from_secs(5)) {
+            if let Some(p) = r.progress {
+                eprint!(
+                    "\r  {} files read, {} directories, {} read, {:.0} s   ",
+                    p.files_read,
+                    p.dirs_walked,
+                    util::human_bytes(p.read_bytes),
+                    t0.elapsed().as_secs_f64()
+                );
+                let _ = std::io::stderr().flush();
+                shown = true;
+            }
+        }
+    }
+    if shown {
+        eprintln!();
+    }
+}
+
+/// The repository of an unmounted directory or given with --repo.
+fn offline_repo(dir: Option<&Path>, repo: Option<&Path>) -> Result<Repo> {
+    let p = match (repo, dir) {
+        (Some(r), _) => r.to_path_buf(),
+        (None, Some(d)) => daemon::canonical(d).join(snapfs::live::REPO_NAME),
+        (None, None) => bail!("give DIR or --repo REPO"),
+    };
+    Ok(Repo::open(&p)?)
+}
+
+fn list(dir: Option<&Path>, repo: Option<&Path>) -> Result<Vec<snapfs::snapshot::SnapshotInfo>> {
+    if let (Some(d), None) = (dir, repo) {
+        let d = daemon::canonical(d);
+        if daemon::snapfs_mount_at(&d).is_some() {
+            let r = control::call(&d, &Request::List, Duration::from_secs(60))
+                .with_context(|| format!("asking the daemon of {}", d.display()))?;
+            return r.snapshots.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_default()));
+        }
+    }
+    let r = offline_repo(dir, repo)?;
+    Ok(snapfs::snapshot::list(&*r.store())?)
+}
+
+fn diff(dir: Option<&Path>, repo: Option<&Path>, a: &str, b: &str) -> Result<snapfs::snapshot::DiffReport> {
+    if let (Some(d), None) = (dir, repo) {
+        let d = daemon::canonical(d);
+        if daemon::snapfs_mount_at(&d).is_some() {
+            let r = control::call(&d, &Request::Diff { a: a.into(), b: b.into() }, Duration::from_secs(3600))
+                .with_context(|| format!("asking the daemon of {}", d.display()))?;
+            return r.diff.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_default()));
+        }
+    }
+    let r = offline_repo(dir, repo)?;
+    // sled may be held by a daemon: an index in memory from the packs will do
+    let objects = snapfs::objstore::Objects::open(r.store(), None)?;
+    let all = snapfs::snapshot::list(&*r.store())?;
+    let sa = snapfs::snapshot::find(&all, a)?;
+    let sb = snapfs::snapshot::find(&all, b)?;
+    daemon::diff_report(&objects, sa, sb)
+}
+
+fn print_list(all: &[snapfs::snapshot::SnapshotInfo]) {
+    if all.is_empty() {
+        println!("no snapshots");
+        return;
+    }
+    println!("{:<28} {:<12} {:<20} {:>12} {:>12} {:>8}", "NAME", "ID", "TIME", "ADDED", "SIZE", "FILES");
+    for s in all {
+        let r = &s.record;
+        println!(
+            "{:<28} {:<12} {:<20} {:>12} {:>12} {:>8}",
+            r.name,
+            &s.id[..12],
+            r.time,
+            util::human_bytes(r.stats.added_bytes),
+            util::human_bytes(r.stats.logical_bytes),
+            r.stats.files
+        );
+    }
+}
+
+fn print_diff(d: &snapfs::snapshot::DiffReport) {
+    for e in &d.entries {
+        let sign = match e.change.as_str() {
+            "added" => "+",
+            "removed" => "-",
+            _ => "M",
+        };
+        println!("{sign} {:<7} {} ({})", e.kind, e.path, util::human_bytes(e.bytes));
+    }
+    println!(
+        "{} -> {}: {} added, {} removed, {} modified, {} changed",
+        d.from,
+        d.to,
+        d.added,
+        d.removed,
+        d.modified,
+        util::human_bytes(d.changed_bytes)
+    );
+}
+
 /// Whether `pid` is still running (a zombie waiting for its parent is not).
 fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -191,7 +395,8 @@ fn status(dir: &Path, files: bool, repo: Option<&Path>) -> Result<StatusReport> 
         ),
         e => e.into(),
     })?;
-    let (t, last, _) = Tracker::load(&r.state_path(), r.block_size())
+    let db = r.open_state()?;
+    let (t, last, _) = Tracker::load(&db, r.block_size())
         .with_context(|| format!("reading tracking state in {}", repo_path.display()))?;
     Ok(StatusReport {
         mounted: false,

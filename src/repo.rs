@@ -43,6 +43,12 @@ pub enum RepoError {
     BadBlockSize(u64),
     #[error("repository {path} is in use by another snapfs daemon{}", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
     Locked { path: PathBuf, pid: Option<u32> },
+    #[error("state database {path}: {source}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -162,6 +168,17 @@ impl Repo {
 
     pub fn state_path(&self) -> PathBuf {
         self.path.join("state")
+    }
+
+    /// Open the local state database (tracking state, index): sled at `state/`.
+    pub fn open_state(&self) -> Result<sled::Db, RepoError> {
+        let path = self.state_path();
+        sled::Config::new().path(&path).flush_every_ms(None).open().map_err(|source| RepoError::State { path, source })
+    }
+
+    /// The repository's file storage.
+    pub fn store(&self) -> std::sync::Arc<dyn crate::store::Store> {
+        std::sync::Arc::new(crate::store::LocalStore::new(&self.path))
     }
 
     pub fn log_path(&self) -> PathBuf {

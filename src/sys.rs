@@ -255,3 +255,163 @@ pub fn nofile_limit() -> u64 {
     }
     1024
 }
+
+// Linux 6.13+: the *xattrat system calls (x86_64 and aarch64 share numbers).
+const SYS_GETXATTRAT: libc::c_long = 464;
+const SYS_LISTXATTRAT: libc::c_long = 465;
+
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+fn listxattr_at(dir: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> SysResult<usize> {
+    let r = unsafe {
+        libc::syscall(
+            SYS_LISTXATTRAT,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+fn getxattr_at(dir: BorrowedFd<'_>, name: &CStr, key: &CStr, buf: &mut [u8]) -> SysResult<usize> {
+    let mut args = XattrArgs { value: buf.as_mut_ptr() as u64, size: buf.len() as u32, flags: 0 };
+    let r = unsafe {
+        libc::syscall(
+            SYS_GETXATTRAT,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+            key.as_ptr(),
+            &mut args as *mut XattrArgs,
+            std::mem::size_of::<XattrArgs>(),
+        )
+    };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// Call `f` with a growing buffer until the value fits.
+fn with_buf(mut f: impl FnMut(&mut [u8]) -> SysResult<usize>) -> SysResult<Vec<u8>> {
+    let mut size = 256;
+    loop {
+        let mut buf = vec![0u8; size];
+        match f(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(Errno::ERANGE) if size < (1 << 20) => size *= 8,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// All extended attributes of `dir/name` (not following a symlink), sorted.
+/// Uses listxattrat/getxattrat; on older kernels symlinks get none and other
+/// inodes are read through `/proc/self/fd`.
+pub fn xattrs_at(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<Vec<(Vec<u8>, Vec<u8>)>> {
+    let list = match with_buf(|b| listxattr_at(dir, name, b)) {
+        Ok(l) => l,
+        Err(Errno::ENOSYS) => return xattrs_via_proc(dir, name),
+        Err(Errno::EOPNOTSUPP) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for key in list.split(|b| *b == 0).filter(|k| !k.is_empty()) {
+        let ck = CString::new(key).map_err(|_| Errno::EINVAL)?;
+        match with_buf(|b| getxattr_at(dir, name, &ck, b)) {
+            Ok(v) => out.push((key.to_vec(), v)),
+            Err(Errno::ENODATA) => {} // removed meanwhile
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn xattrs_via_proc(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<Vec<(Vec<u8>, Vec<u8>)>> {
+    let st = fstatat(dir, name)?;
+    if file_type(&st) == libc::S_IFLNK {
+        return Ok(Vec::new());
+    }
+    let fd = open_path(dir, name)?;
+    let p = proc_fd_path(fd.as_raw_fd());
+    let list = match with_buf(|b| {
+        let r = unsafe { libc::listxattr(p.as_ptr(), b.as_mut_ptr() as *mut libc::c_char, b.len()) };
+        if r < 0 {
+            Err(Errno::last())
+        } else {
+            Ok(r as usize)
+        }
+    }) {
+        Ok(l) => l,
+        Err(Errno::EOPNOTSUPP) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for key in list.split(|b| *b == 0).filter(|k| !k.is_empty()) {
+        let ck = CString::new(key).map_err(|_| Errno::EINVAL)?;
+        let v = with_buf(|b| {
+            let r = unsafe { libc::getxattr(p.as_ptr(), ck.as_ptr(), b.as_mut_ptr() as *mut libc::c_void, b.len()) };
+            if r < 0 {
+                Err(Errno::last())
+            } else {
+                Ok(r as usize)
+            }
+        });
+        match v {
+            Ok(v) => out.push((key.to_vec(), v)),
+            Err(Errno::ENODATA) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// readlink of `dir/name`.
+pub fn readlink_at(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    let n = cvt(unsafe {
+        libc::readlinkat(dir.as_raw_fd(), name.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len())
+    })?;
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn xattrs_of_a_name_in_a_directory() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("f");
+        std::fs::write(&f, b"x").unwrap();
+        let c = CString::new(f.to_str().unwrap()).unwrap();
+        let r = unsafe { libc::setxattr(c.as_ptr(), c"user.k".as_ptr(), b"val".as_ptr() as *const libc::c_void, 3, 0) };
+        assert_eq!(r, 0);
+        std::os::unix::fs::symlink("f", t.path().join("l")).unwrap();
+        let d = std::fs::File::open(t.path()).unwrap();
+        let x = xattrs_at(d.as_fd(), c"f").unwrap();
+        assert_eq!(x, vec![(b"user.k".to_vec(), b"val".to_vec())]);
+        assert!(xattrs_at(d.as_fd(), c"l").unwrap().is_empty());
+        assert_eq!(readlink_at(d.as_fd(), c"l").unwrap(), b"f");
+    }
+}

@@ -35,7 +35,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -145,6 +145,18 @@ impl Record {
         })
     }
 
+    /// The union of an older record and a newer one for the same inode.
+    pub fn merge(old: &Record, new: &Record) -> Record {
+        let mut m = new.clone();
+        m.flags |= old.flags;
+        m.blocks.union_with(&old.blocks);
+        m.grown_from = match (old.grown_from, new.grown_from) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        m
+    }
+
     /// Whether this record says anything beyond "a descendant changed".
     pub fn is_dirty(&self) -> bool {
         self.flags & !DESCENDANT != 0 || !self.blocks.is_empty() || self.grown_from.is_some()
@@ -208,6 +220,11 @@ impl Ancestry for NoAncestry {
 #[derive(Default)]
 struct State {
     records: HashMap<u64, Record>,
+    /// The dirty set of the epoch a snapshot in progress has sealed. Until
+    /// the snapshot commits, sled keeps the union of this and `records`.
+    sealed: Option<Arc<HashMap<u64, Record>>>,
+    /// The committed snapshot this state is the delta from.
+    base_snapshot: Option<String>,
     changed: HashSet<u64>,
     changed_chunks: HashSet<(u64, u64)>,
     removed: HashSet<u64>,
@@ -313,8 +330,8 @@ impl Tracker {
     /// Read the persisted state at `path` without changing it (for `status`
     /// of an unmounted directory). Returns the last session and the root the
     /// state belongs to.
-    pub fn load(path: &std::path::Path, bs: u64) -> Result<(Tracker, LastSession, Option<StoredRoot>), TrackerError> {
-        let db = sled::Config::new().path(path).flush_every_ms(None).open()?;
+    pub fn load(db: &sled::Db, bs: u64) -> Result<(Tracker, LastSession, Option<StoredRoot>), TrackerError> {
+        let db = db.clone();
         let inodes = db.open_tree("inodes")?;
         let blocks = db.open_tree("blocks")?;
         let meta = db.open_tree("meta")?;
@@ -327,6 +344,7 @@ impl Tracker {
             None => None,
         };
         st.root = stored_root.as_ref().map(|r| r.0).unwrap_or(0);
+        st.base_snapshot = meta.get("base_snapshot")?.map(|v| String::from_utf8_lossy(&v).into_owned());
         let last = match get_i128(&meta, "epoch_start")? {
             None => {
                 st.epoch_start_ns = sys::now_ns();
@@ -367,13 +385,8 @@ impl Tracker {
     /// Open the persisted state at `path` for a directory whose root has
     /// backing inode `root`, and mark the session as running (unclean until
     /// [`Tracker::close`]).
-    pub fn open(
-        path: &std::path::Path,
-        bs: u64,
-        root: u64,
-        root_path: &str,
-    ) -> Result<(Tracker, LastSession), TrackerError> {
-        let (t, last, stored) = Self::load(path, bs)?;
+    pub fn open(db: &sled::Db, bs: u64, root: u64, root_path: &str) -> Result<(Tracker, LastSession), TrackerError> {
+        let (t, last, stored) = Self::load(db, bs)?;
         if let Some((stored, path)) = stored {
             if stored != root {
                 return Err(TrackerError::OtherRoot { stored, found: root, path });
@@ -705,6 +718,17 @@ impl Tracker {
         out
     }
 
+    /// What sled must hold for `ino`: the union of the sealed and the current record.
+    fn persisted_view(st: &State, ino: u64) -> Option<Record> {
+        let sealed = st.sealed.as_ref().and_then(|s| s.get(&ino));
+        match (sealed, st.records.get(&ino)) {
+            (Some(a), Some(b)) => Some(Record::merge(a, b)),
+            (Some(a), None) => Some(a.clone()),
+            (None, Some(b)) => Some(b.clone()),
+            (None, None) => None,
+        }
+    }
+
     /// Write what changed since the last flush to sled and make it durable.
     pub fn flush(&self) -> Result<(), TrackerError> {
         let Some(db) = &self.db else { return Ok(()) };
@@ -712,17 +736,25 @@ impl Tracker {
         let t = sys::now_ns();
         let (removed, recs, chunks, scan_pending) = {
             let mut st = self.lock();
-            let removed: Vec<u64> = st.removed.drain().collect();
-            let changed: Vec<u64> = st.changed.drain().collect();
-            let recs: Vec<(u64, Vec<u8>)> =
-                changed.iter().filter_map(|ino| st.records.get(ino).map(|r| (*ino, r.encode()))).collect();
+            let mut inos: HashSet<u64> = st.removed.drain().collect();
+            inos.extend(st.changed.drain());
+            let mut removed = Vec::new();
+            let mut recs = Vec::new();
+            for ino in inos {
+                match Self::persisted_view(&st, ino) {
+                    Some(r) => recs.push((ino, r.encode())),
+                    None => removed.push(ino),
+                }
+            }
             let cc: Vec<(u64, u64)> = st.changed_chunks.drain().collect();
             let chunks: Vec<(u64, u64, Option<Vec<u8>>)> = cc
                 .into_iter()
-                .filter_map(|(ino, c)| st.records.get(&ino).map(|r| (ino, c, r.blocks.chunk_bytes(c))))
+                .filter_map(|(ino, c)| Self::persisted_view(&st, ino).map(|r| (ino, c, r.blocks.chunk_bytes(c))))
                 .collect();
             (removed, recs, chunks, st.scan_pending)
         };
+        // Removals first: an inode number can be removed and reused within
+        // one interval; what follows writes its new state.
         for ino in &removed {
             db.inodes.remove(ino.to_be_bytes())?;
             let keys: Vec<sled::IVec> = db.blocks.scan_prefix(ino.to_be_bytes()).keys().collect::<Result<_, _>>()?;
@@ -747,6 +779,77 @@ impl Tracker {
         Ok(())
     }
 
+    /// The committed snapshot this dirty set is relative to.
+    pub fn base_snapshot(&self) -> Option<String> {
+        self.lock().base_snapshot.clone()
+    }
+
+    /// Start a snapshot: the current dirty set becomes the sealed one and a new
+    /// epoch begins. The caller holds writers off for this instant.
+    pub fn seal(&self) -> Arc<HashMap<u64, Record>> {
+        let mut st = self.lock();
+        assert!(st.sealed.is_none(), "a snapshot is already in progress");
+        let sealed = Arc::new(std::mem::take(&mut st.records));
+        st.sealed = Some(sealed.clone());
+        st.epoch_start_ns = sys::now_ns();
+        sealed
+    }
+
+    /// The snapshot of the sealed epoch failed: its changes belong to the
+    /// current epoch again.
+    pub fn unseal(&self) {
+        let mut st = self.lock();
+        let Some(sealed) = st.sealed.take() else { return };
+        for (ino, old) in sealed.iter() {
+            let merged = match st.records.get(ino) {
+                Some(new) => Record::merge(old, new),
+                None => old.clone(),
+            };
+            st.records.insert(*ino, merged);
+        }
+    }
+
+    /// The snapshot of the sealed epoch is committed as `snapshot`: forget the
+    /// sealed changes and remember which snapshot the state is relative to.
+    pub fn commit(&self, snapshot: &str) -> Result<(), TrackerError> {
+        {
+            let mut st = self.lock();
+            let Some(sealed) = st.sealed.take() else { return Ok(()) };
+            for (ino, r) in sealed.iter() {
+                st.changed.insert(*ino);
+                for c in r.blocks.chunk_indices() {
+                    st.changed_chunks.insert((*ino, c));
+                }
+            }
+            st.base_snapshot = Some(snapshot.to_string());
+            let start = st.epoch_start_ns;
+            if let Some(db) = &self.db {
+                db.meta.insert("base_snapshot", snapshot.as_bytes())?;
+                db.meta.insert("epoch_start", &start.to_le_bytes())?;
+            }
+        }
+        self.flush()
+    }
+
+    /// Forget everything: the next snapshot compares every file in full
+    /// (used when the state does not belong to the repository's last snapshot).
+    pub fn reset_to(&self, snapshot: Option<&str>) -> Result<(), TrackerError> {
+        {
+            let mut st = self.lock();
+            let inos: Vec<u64> = st.records.keys().copied().collect();
+            st.records.clear();
+            st.removed.extend(inos);
+            st.base_snapshot = snapshot.map(str::to_string);
+            if let Some(db) = &self.db {
+                match snapshot {
+                    Some(s) => db.meta.insert("base_snapshot", s.as_bytes())?,
+                    None => db.meta.remove("base_snapshot")?,
+                };
+            }
+        }
+        self.flush()
+    }
+
     /// Flush and record a clean end of the session.
     pub fn close(&self) -> Result<(), TrackerError> {
         self.flush()?;
@@ -766,6 +869,10 @@ mod tests {
     use super::*;
 
     const BS: u64 = 65536;
+
+    fn db_at(p: &std::path::Path) -> sled::Db {
+        sled::Config::new().path(p).flush_every_ms(None).open().unwrap()
+    }
 
     struct Tree(HashMap<u64, (u64, OsString)>);
     impl Ancestry for Tree {
@@ -854,25 +961,57 @@ mod tests {
         let p = dir.path().join("state");
         let a = tree();
         {
-            let (t, last) = Tracker::open(&p, BS, 1, "/x").unwrap();
+            let (t, last) = Tracker::open(&db_at(&p), BS, 1, "/x").unwrap();
             assert_eq!(last, LastSession::First);
             t.write(&a, 3, 7 * BS + 1, 1, 100 * BS);
             t.write(&a, 3, 5000 * BS, 1, 100 * BS);
             t.meta(&a, 4, Kind::File);
             t.close().unwrap();
         }
-        let (t, last) = Tracker::open(&p, BS, 1, "/x").unwrap();
+        let (t, last) = Tracker::open(&db_at(&p), BS, 1, "/x").unwrap();
         assert!(matches!(last, LastSession::Clean { .. }));
         let r = t.record(3).unwrap();
         assert_eq!(r.dirty_ranges(BS), vec![(7, 8), (100, 5001)]);
         assert_eq!(t.entries_list().iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), vec!["a/f", "g"]);
         // Not closed: the next open sees an unclean session.
         drop(t);
-        let (_t, last) = Tracker::open(&p, BS, 1, "/x").unwrap();
+        let (_t, last) = Tracker::open(&db_at(&p), BS, 1, "/x").unwrap();
         assert!(matches!(last, LastSession::Unclean { .. }));
         drop(_t);
         // Another directory's root is refused.
-        assert!(matches!(Tracker::open(&p, BS, 99, "/y"), Err(TrackerError::OtherRoot { .. })));
+        assert!(matches!(Tracker::open(&db_at(&p), BS, 99, "/y"), Err(TrackerError::OtherRoot { .. })));
+    }
+
+    #[test]
+    fn sealed_changes_persist_until_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state");
+        let a = tree();
+        {
+            let (t, _) = Tracker::open(&db_at(&p), BS, 1, "/x").unwrap();
+            t.write(&a, 3, 0, 1, 10 * BS);
+            let sealed = t.seal();
+            assert_eq!(sealed.get(&3).unwrap().dirty_ranges(BS), vec![(0, 1)]);
+            assert!(t.record(3).is_none()); // a new epoch
+            t.write(&a, 3, 5 * BS, 1, 10 * BS);
+            t.close().unwrap(); // crash before commit: both survive
+        }
+        {
+            let (t, _) = Tracker::open(&db_at(&p), BS, 1, "/x").unwrap();
+            assert_eq!(t.record(3).unwrap().dirty_ranges(BS), vec![(0, 1), (5, 6)]);
+            let _ = t.seal();
+            t.write(&a, 3, 7 * BS, 1, 10 * BS);
+            t.commit("snap1").unwrap();
+            assert_eq!(t.base_snapshot().as_deref(), Some("snap1"));
+            t.close().unwrap();
+        }
+        let (t, _) = Tracker::open(&db_at(&p), BS, 1, "/x").unwrap();
+        assert_eq!(t.record(3).unwrap().dirty_ranges(BS), vec![(7, 8)]);
+        assert_eq!(t.base_snapshot().as_deref(), Some("snap1"));
+        // a failed snapshot gives its changes back
+        let _ = t.seal();
+        t.unseal();
+        assert_eq!(t.record(3).unwrap().dirty_ranges(BS), vec![(7, 8)]);
     }
 
     #[test]
@@ -881,13 +1020,13 @@ mod tests {
         let p = dir.path().join("state");
         let a = tree();
         {
-            let (t, _) = Tracker::open(&p, BS, 1, "/x").unwrap();
+            let (t, _) = Tracker::open(&db_at(&p), BS, 1, "/x").unwrap();
             t.write(&a, 3, 0, 1, 10);
             t.flush().unwrap();
             t.gone(3);
             t.close().unwrap();
         }
-        let (t, _) = Tracker::open(&p, BS, 1, "/x").unwrap();
+        let (t, _) = Tracker::open(&db_at(&p), BS, 1, "/x").unwrap();
         assert!(t.record(3).is_none());
     }
 }

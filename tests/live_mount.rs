@@ -438,3 +438,23 @@ fn a_directory_holding_something_else_at_dot_snapfs_is_refused() {
     assert!(err.contains(&format!("{}/.snapfs: not a snapfs repository", d.display())), "{err}");
     assert!(!is_mounted(&d));
 }
+
+#[test]
+fn preserved_mtimes_survive_the_writeback_cache() {
+    // cp -a writes data (cached by the kernel), then sets the mtime; the
+    // data reaches the daemon later and must not bump the mtime again.
+    let (t, d) = tmp_dir();
+    let src = t.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("old"), vec![5u8; 200_000]).unwrap();
+    let times =
+        [libc::timespec { tv_sec: 1_000_000_000, tv_nsec: 0 }, libc::timespec { tv_sec: 1_000_000_000, tv_nsec: 0 }];
+    assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, c(&src.join("old")).as_ptr(), times.as_ptr(), 0) }, 0);
+    let m = Mounted::new(&d);
+    let st = Command::new("cp").arg("-a").arg(src.join("old")).arg(m.path("old")).status().unwrap();
+    assert!(st.success());
+    m.umount();
+    let meta = fs::metadata(d.join("old")).unwrap();
+    assert_eq!(meta.mtime(), 1_000_000_000, "backing mtime after cp -a through the mount");
+    assert_eq!(meta.len(), 200_000);
+}

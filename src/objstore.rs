@@ -1,0 +1,361 @@
+//! Objects in packs, found through an index.
+//!
+//! New objects collect in a pending pack (deduplicated against the index and
+//! the pending pack) that is written to the [`Store`] when it reaches
+//! [`PACK_TARGET`] bytes or on [`Objects::flush`]. The index maps object id
+//! to pack and position; it lives in sled (`index` and `indexed_packs`
+//! trees) and can always be rebuilt from the pack trailers. At open, packs
+//! the index does not know yet (written before a crash) are indexed. Every
+//! object read is checked against its id.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use thiserror::Error;
+
+use crate::objects::{DecodeError, FileNode, ObjKind, ObjectId, Tree};
+use crate::pack::{self, PackEntry, PackError, PackWriter};
+use crate::store::{FileKind, Store, StoreError};
+
+/// Size at which a pending pack is written out.
+pub const PACK_TARGET: usize = 16 << 20;
+
+#[derive(Debug, Error)]
+pub enum ObjError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Pack(#[from] PackError),
+    #[error("object {0} is missing from the repository (index says nothing, or its pack is gone)")]
+    Missing(ObjectId),
+    #[error("object {id}: {err}")]
+    Decode { id: ObjectId, err: DecodeError },
+    #[error("object {id} is a {found:?}, expected a {want:?}")]
+    WrongKind { id: ObjectId, found: ObjKind, want: ObjKind },
+    #[error("index database: {0}")]
+    Db(#[from] sled::Error),
+}
+
+impl ObjError {
+    pub fn is_enospc(&self) -> bool {
+        matches!(self, ObjError::Store(e) if e.is_enospc())
+    }
+}
+
+pub type ObjResult<T> = Result<T, ObjError>;
+
+/// Where an object is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub pack: String,
+    pub entry: PackEntry,
+}
+
+impl Location {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(50);
+        v.extend_from_slice(&ObjectId::from_hex(&self.pack).unwrap_or(ObjectId::ZERO).0);
+        v.push(self.entry.kind as u8);
+        v.push(self.entry.codec);
+        v.extend_from_slice(&self.entry.offset.to_le_bytes());
+        v.extend_from_slice(&self.entry.stored.to_le_bytes());
+        v.extend_from_slice(&self.entry.raw.to_le_bytes());
+        v
+    }
+
+    fn decode(id: ObjectId, b: &[u8]) -> Option<Location> {
+        if b.len() != 50 {
+            return None;
+        }
+        Some(Location {
+            pack: ObjectId(b[..32].try_into().ok()?).hex(),
+            entry: PackEntry {
+                id,
+                kind: ObjKind::from_u8(b[32])?,
+                codec: b[33],
+                offset: u64::from_le_bytes(b[34..42].try_into().ok()?),
+                stored: u32::from_le_bytes(b[42..46].try_into().ok()?),
+                raw: u32::from_le_bytes(b[46..50].try_into().ok()?),
+            },
+        })
+    }
+}
+
+enum Index {
+    Sled { objects: sled::Tree, packs: sled::Tree },
+    Memory { objects: RwLock<HashMap<ObjectId, Location>>, packs: RwLock<HashSet<String>> },
+}
+
+impl Index {
+    fn get(&self, id: &ObjectId) -> ObjResult<Option<Location>> {
+        match self {
+            Index::Sled { objects, .. } => Ok(objects.get(id.0)?.and_then(|v| Location::decode(*id, &v))),
+            Index::Memory { objects, .. } => Ok(objects.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()),
+        }
+    }
+
+    fn has_pack(&self, name: &str) -> ObjResult<bool> {
+        match self {
+            Index::Sled { packs, .. } => Ok(packs.contains_key(name.as_bytes())?),
+            Index::Memory { packs, .. } => Ok(packs.read().unwrap_or_else(|e| e.into_inner()).contains(name)),
+        }
+    }
+
+    fn add_pack(&self, name: &str, entries: &[PackEntry]) -> ObjResult<()> {
+        match self {
+            Index::Sled { objects, packs } => {
+                let mut batch = sled::Batch::default();
+                for e in entries {
+                    batch.insert(&e.id.0, Location { pack: name.to_string(), entry: *e }.encode());
+                }
+                objects.apply_batch(batch)?;
+                packs.insert(name.as_bytes(), &(entries.len() as u64).to_le_bytes())?;
+            }
+            Index::Memory { objects, packs } => {
+                let mut o = objects.write().unwrap_or_else(|e| e.into_inner());
+                for e in entries {
+                    o.insert(e.id, Location { pack: name.to_string(), entry: *e });
+                }
+                packs.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    fn clear(&self) -> ObjResult<()> {
+        match self {
+            Index::Sled { objects, packs } => {
+                objects.clear()?;
+                packs.clear()?;
+            }
+            Index::Memory { objects, packs } => {
+                objects.write().unwrap_or_else(|e| e.into_inner()).clear();
+                packs.write().unwrap_or_else(|e| e.into_inner()).clear();
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Pending {
+    writer: PackWriter,
+    raw: HashMap<ObjectId, (ObjKind, Vec<u8>)>,
+}
+
+/// Counters of what was added since they were last taken.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AddStats {
+    pub objects: u64,
+    /// Bytes as stored in packs (compressed).
+    pub stored_bytes: u64,
+    /// Bytes before compression.
+    pub raw_bytes: u64,
+    pub packs: u64,
+}
+
+pub struct Objects {
+    store: Arc<dyn Store>,
+    index: Index,
+    pending: Mutex<Pending>,
+    added_objects: AtomicU64,
+    added_stored: AtomicU64,
+    added_raw: AtomicU64,
+    added_packs: AtomicU64,
+}
+
+impl Objects {
+    /// Objects indexed in sled (the daemon), or in memory built from the pack
+    /// trailers (`db` = None: tools that run beside a daemon holding sled).
+    pub fn open(store: Arc<dyn Store>, db: Option<&sled::Db>) -> ObjResult<Objects> {
+        let index = match db {
+            Some(db) => Index::Sled { objects: db.open_tree("index")?, packs: db.open_tree("indexed_packs")? },
+            None => Index::Memory { objects: RwLock::new(HashMap::new()), packs: RwLock::new(HashSet::new()) },
+        };
+        let o = Objects {
+            store,
+            index,
+            pending: Mutex::new(Pending { writer: PackWriter::new(), raw: HashMap::new() }),
+            added_objects: AtomicU64::new(0),
+            added_stored: AtomicU64::new(0),
+            added_raw: AtomicU64::new(0),
+            added_packs: AtomicU64::new(0),
+        };
+        o.index_new_packs()?;
+        Ok(o)
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Read the trailer of a pack.
+    pub fn pack_entries(&self, name: &str) -> ObjResult<Vec<PackEntry>> {
+        let size = self.store.size(FileKind::Pack, name)?;
+        if size < 8 + 4 + 16 {
+            return Err(PackError::Malformed(name.into()).into());
+        }
+        let footer = self.store.get_range(FileKind::Pack, name, size - 16, 16)?;
+        let off = pack::parse_footer(name, &footer, size)?;
+        let t = self.store.get_range(FileKind::Pack, name, off, (size - 16 - off) as usize)?;
+        Ok(pack::parse_trailer(name, &t, off)?)
+    }
+
+    /// Index every pack in the store the index does not know. Returns how many.
+    pub fn index_new_packs(&self) -> ObjResult<usize> {
+        let mut n = 0;
+        for name in self.store.list(FileKind::Pack)? {
+            if !self.index.has_pack(&name)? {
+                match self.pack_entries(&name) {
+                    Ok(entries) => {
+                        self.index.add_pack(&name, &entries)?;
+                        n += 1;
+                    }
+                    Err(e) => log::error!("pack {name} cannot be indexed: {e}"),
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Forget the index and build it again from the packs.
+    pub fn rebuild_index(&self) -> ObjResult<usize> {
+        self.index.clear()?;
+        self.index_new_packs()
+    }
+
+    pub fn has(&self, id: &ObjectId) -> ObjResult<bool> {
+        if self.pending.lock().unwrap_or_else(|e| e.into_inner()).raw.contains_key(id) {
+            return Ok(true);
+        }
+        Ok(self.index.get(id)?.is_some())
+    }
+
+    pub fn locate(&self, id: &ObjectId) -> ObjResult<Option<Location>> {
+        self.index.get(id)
+    }
+
+    /// Store an object unless it is there already. Returns its id and whether it was new.
+    pub fn put(&self, kind: ObjKind, raw: &[u8]) -> ObjResult<(ObjectId, bool)> {
+        let id = ObjectId::of(raw);
+        if self.index.get(&id)?.is_some() {
+            return Ok((id, false));
+        }
+        let full = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if p.raw.contains_key(&id) {
+                return Ok((id, false));
+            }
+            let stored = p.writer.add(id, kind, raw);
+            p.raw.insert(id, (kind, raw.to_vec()));
+            self.added_objects.fetch_add(1, Ordering::Relaxed);
+            self.added_stored.fetch_add(stored as u64, Ordering::Relaxed);
+            self.added_raw.fetch_add(raw.len() as u64, Ordering::Relaxed);
+            p.writer.len() >= PACK_TARGET
+        };
+        if full {
+            self.flush()?;
+        }
+        Ok((id, true))
+    }
+
+    /// Write the pending pack (durably) and index it.
+    pub fn flush(&self) -> ObjResult<()> {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.writer.is_empty() {
+            return Ok(());
+        }
+        let writer = std::mem::take(&mut p.writer);
+        let (name, bytes, entries) = writer.finish();
+        match self.store.put(FileKind::Pack, &name, &bytes) {
+            Ok(()) => {}
+            Err(e) => {
+                // Keep nothing half-done: the objects are gone from pending,
+                // the caller fails the snapshot and starts over.
+                p.raw.clear();
+                return Err(e.into());
+            }
+        }
+        self.index.add_pack(&name, &entries)?;
+        p.raw.clear();
+        self.added_packs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Drop what is pending without writing it (a failed snapshot).
+    pub fn discard_pending(&self) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.writer = PackWriter::new();
+        p.raw.clear();
+    }
+
+    /// The verified bytes of an object, and its kind.
+    pub fn get_any(&self, id: &ObjectId) -> ObjResult<(ObjKind, Vec<u8>)> {
+        if let Some((k, raw)) = self.pending.lock().unwrap_or_else(|e| e.into_inner()).raw.get(id) {
+            return Ok((*k, raw.clone()));
+        }
+        let loc = self.index.get(id)?.ok_or(ObjError::Missing(*id))?;
+        let stored = self.store.get_range(FileKind::Pack, &loc.pack, loc.entry.offset, loc.entry.stored as usize)?;
+        let raw = pack::decode_object(&loc.pack, &loc.entry, &stored)?;
+        Ok((loc.entry.kind, raw))
+    }
+
+    pub fn get(&self, id: &ObjectId, want: ObjKind) -> ObjResult<Vec<u8>> {
+        let (kind, raw) = self.get_any(id)?;
+        if kind != want {
+            return Err(ObjError::WrongKind { id: *id, found: kind, want });
+        }
+        Ok(raw)
+    }
+
+    pub fn tree(&self, id: &ObjectId) -> ObjResult<Tree> {
+        let raw = self.get(id, ObjKind::Tree)?;
+        Tree::decode(&raw).map_err(|err| ObjError::Decode { id: *id, err })
+    }
+
+    pub fn node(&self, id: &ObjectId) -> ObjResult<FileNode> {
+        let raw = self.get(id, ObjKind::FileNode)?;
+        FileNode::decode(&raw).map_err(|err| ObjError::Decode { id: *id, err })
+    }
+
+    /// Counters since the last call, reset.
+    pub fn take_stats(&self) -> AddStats {
+        AddStats {
+            objects: self.added_objects.swap(0, Ordering::Relaxed),
+            stored_bytes: self.added_stored.swap(0, Ordering::Relaxed),
+            raw_bytes: self.added_raw.swap(0, Ordering::Relaxed),
+            packs: self.added_packs.swap(0, Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::LocalStore;
+
+    #[test]
+    fn put_get_dedup_and_rebuild() {
+        let t = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(LocalStore::new(t.path()));
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let o = Objects::open(store.clone(), Some(&db)).unwrap();
+        let (a, new) = o.put(ObjKind::Blob, b"hello").unwrap();
+        assert!(new);
+        let (_, new) = o.put(ObjKind::Blob, b"hello").unwrap();
+        assert!(!new);
+        assert_eq!(o.get(&a, ObjKind::Blob).unwrap(), b"hello"); // from pending
+        o.flush().unwrap();
+        assert_eq!(o.get(&a, ObjKind::Blob).unwrap(), b"hello"); // from the pack
+        assert!(matches!(o.get(&a, ObjKind::Tree), Err(ObjError::WrongKind { .. })));
+        let s = o.take_stats();
+        assert_eq!((s.objects, s.packs, s.raw_bytes), (1, 1, 5));
+        // the index is rebuilt from packs alone
+        assert_eq!(o.rebuild_index().unwrap(), 1);
+        assert_eq!(o.get(&a, ObjKind::Blob).unwrap(), b"hello");
+        // an in-memory index over the same store finds it too
+        let m = Objects::open(store, None).unwrap();
+        assert_eq!(m.get(&a, ObjKind::Blob).unwrap(), b"hello");
+        assert!(matches!(m.get(&ObjectId::of(b"nope"), ObjKind::Blob), Err(ObjError::Missing(_))));
+    }
+}

@@ -1,0 +1,194 @@
+//! Pack files: many objects in one write-once file, self-describing so the
+//! index can be rebuilt from the packs alone.
+//!
+//! ```text
+//! "SNAPFSP1"                                   8 bytes: magic and pack format 1
+//! object data ...                              each zstd-compressed (or raw, see codec)
+//! trailer: u32 count, then per object:         50 bytes each
+//!     id [32] | kind u8 | codec u8 | offset u64 | stored u32 | raw u32
+//! footer: trailer offset u64 | "SNAPFSPE"      16 bytes
+//! ```
+//! A pack is named by the blake3 hash of all its bytes. Objects are verified
+//! against their id (blake3 of the raw bytes) every time they are read.
+
+use thiserror::Error;
+
+use crate::objects::{ObjKind, ObjectId};
+
+pub const MAGIC: &[u8; 8] = b"SNAPFSP1";
+pub const FOOTER_MAGIC: &[u8; 8] = b"SNAPFSPE";
+const ENTRY_LEN: usize = 50;
+/// Raw objects are stored as they are.
+pub const CODEC_RAW: u8 = 0;
+pub const CODEC_ZSTD: u8 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackEntry {
+    pub id: ObjectId,
+    pub kind: ObjKind,
+    pub codec: u8,
+    pub offset: u64,
+    pub stored: u32,
+    pub raw: u32,
+}
+
+#[derive(Debug, Error)]
+pub enum PackError {
+    #[error("pack {0}: not a snapfs pack or truncated")]
+    Malformed(String),
+    #[error("object {id}: stored bytes do not match its hash (damaged pack {pack})")]
+    HashMismatch { id: ObjectId, pack: String },
+    #[error("object {id} in pack {pack}: cannot decompress: {msg}")]
+    Decompress { id: ObjectId, pack: String, msg: String },
+}
+
+/// Accumulates objects for one pack.
+pub struct PackWriter {
+    buf: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+impl Default for PackWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PackWriter {
+    pub fn new() -> PackWriter {
+        PackWriter { buf: MAGIC.to_vec(), entries: Vec::new() }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Add an object; returns the bytes it takes in the pack.
+    pub fn add(&mut self, id: ObjectId, kind: ObjKind, raw: &[u8]) -> u32 {
+        let compressed = zstd::bulk::compress(raw, 3).ok().filter(|c| c.len() < raw.len());
+        let (codec, data) = match &compressed {
+            Some(c) => (CODEC_ZSTD, c.as_slice()),
+            None => (CODEC_RAW, raw),
+        };
+        let offset = self.buf.len() as u64;
+        self.buf.extend_from_slice(data);
+        let e = PackEntry { id, kind, codec, offset, stored: data.len() as u32, raw: raw.len() as u32 };
+        self.entries.push(e);
+        e.stored
+    }
+
+    /// The finished pack: its name, bytes and entries.
+    pub fn finish(mut self) -> (String, Vec<u8>, Vec<PackEntry>) {
+        let trailer_off = self.buf.len() as u64;
+        self.buf.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        for e in &self.entries {
+            self.buf.extend_from_slice(&e.id.0);
+            self.buf.push(e.kind as u8);
+            self.buf.push(e.codec);
+            self.buf.extend_from_slice(&e.offset.to_le_bytes());
+            self.buf.extend_from_slice(&e.stored.to_le_bytes());
+            self.buf.extend_from_slice(&e.raw.to_le_bytes());
+        }
+        self.buf.extend_from_slice(&trailer_off.to_le_bytes());
+        self.buf.extend_from_slice(FOOTER_MAGIC);
+        let name = ObjectId::of(&self.buf).hex();
+        (name, self.buf, self.entries)
+    }
+}
+
+/// Where the trailer starts, from the last 16 bytes of a pack.
+pub fn parse_footer(pack: &str, footer: &[u8], size: u64) -> Result<u64, PackError> {
+    if footer.len() != 16 || &footer[8..] != FOOTER_MAGIC {
+        return Err(PackError::Malformed(pack.into()));
+    }
+    let off = u64::from_le_bytes(footer[..8].try_into().unwrap());
+    if off < MAGIC.len() as u64 || off + 4 + 16 > size {
+        return Err(PackError::Malformed(pack.into()));
+    }
+    Ok(off)
+}
+
+/// The entries of a pack, from its trailer (without the footer).
+pub fn parse_trailer(pack: &str, t: &[u8], trailer_off: u64) -> Result<Vec<PackEntry>, PackError> {
+    let bad = || PackError::Malformed(pack.into());
+    if t.len() < 4 {
+        return Err(bad());
+    }
+    let n = u32::from_le_bytes(t[..4].try_into().unwrap()) as usize;
+    if t.len() != 4 + n * ENTRY_LEN {
+        return Err(bad());
+    }
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let e = &t[4 + i * ENTRY_LEN..4 + (i + 1) * ENTRY_LEN];
+        let kind = ObjKind::from_u8(e[32]).ok_or_else(bad)?;
+        let entry = PackEntry {
+            id: ObjectId(e[..32].try_into().unwrap()),
+            kind,
+            codec: e[33],
+            offset: u64::from_le_bytes(e[34..42].try_into().unwrap()),
+            stored: u32::from_le_bytes(e[42..46].try_into().unwrap()),
+            raw: u32::from_le_bytes(e[46..50].try_into().unwrap()),
+        };
+        if entry.offset < MAGIC.len() as u64 || entry.offset + entry.stored as u64 > trailer_off {
+            return Err(bad());
+        }
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+/// Decode the stored bytes of an object and check them against its id.
+pub fn decode_object(pack: &str, e: &PackEntry, stored: &[u8]) -> Result<Vec<u8>, PackError> {
+    let raw = match e.codec {
+        CODEC_RAW => stored.to_vec(),
+        CODEC_ZSTD => zstd::bulk::decompress(stored, e.raw as usize).map_err(|err| PackError::Decompress {
+            id: e.id,
+            pack: pack.into(),
+            msg: err.to_string(),
+        })?,
+        _ => return Err(PackError::Malformed(pack.into())),
+    };
+    if raw.len() != e.raw as usize || ObjectId::of(&raw) != e.id {
+        return Err(PackError::HashMismatch { id: e.id, pack: pack.into() });
+    }
+    Ok(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_round_trip_and_damage() {
+        let mut w = PackWriter::new();
+        let a = vec![7u8; 10_000];
+        let b = b"tiny".to_vec();
+        w.add(ObjectId::of(&a), ObjKind::Blob, &a);
+        w.add(ObjectId::of(&b), ObjKind::Tree, &b);
+        let (name, bytes, entries) = w.finish();
+        assert_eq!(name, ObjectId::of(&bytes).hex());
+        let size = bytes.len() as u64;
+        let off = parse_footer(&name, &bytes[bytes.len() - 16..], size).unwrap();
+        let parsed = parse_trailer(&name, &bytes[off as usize..bytes.len() - 16], off).unwrap();
+        assert_eq!(parsed, entries);
+        assert_eq!(parsed[0].codec, CODEC_ZSTD);
+        assert_eq!(parsed[1].codec, CODEC_RAW);
+        for (e, want) in parsed.iter().zip([&a, &b]) {
+            let s = &bytes[e.offset as usize..(e.offset + e.stored as u64) as usize];
+            assert_eq!(&decode_object(&name, e, s).unwrap(), want);
+        }
+        // a flipped byte is caught
+        let e = parsed[1];
+        let mut s = bytes[e.offset as usize..(e.offset + e.stored as u64) as usize].to_vec();
+        s[0] ^= 1;
+        assert!(matches!(decode_object(&name, &e, &s), Err(PackError::HashMismatch { .. })));
+        // a truncated pack is caught
+        assert!(parse_footer(&name, &bytes[bytes.len() - 20..bytes.len() - 4], size - 4).is_err());
+    }
+}

@@ -1,0 +1,983 @@
+//! Taking snapshots, listing them, comparing them, reading them back.
+//!
+//! # Building a snapshot
+//! [`Builder`] walks the backing tree through descriptors. With a sealed
+//! dirty set and the previous snapshot it descends only into directories
+//! that hold a change (every record's ancestors are recorded, see
+//! `tracker.rs`); every other directory is the previous snapshot's tree,
+//! referenced by id. In a walked directory each entry is stat'ed; a file
+//! without a record keeps its previous block list, a file with a record gets
+//! its block list updated: only the dirty blocks are read, hashed and stored,
+//! and only the block-list nodes above them are rewritten (O(k log n)). New
+//! files, files marked FULL, and everything in `--full` mode are read whole,
+//! holes skipped (SEEK_DATA/SEEK_HOLE) and all-zero blocks stored as holes.
+//!
+//! Hard links: each snapshot stores a link table (path -> inode, for every
+//! non-directory with more than one link). A changed inode found in the
+//! previous table forces a walk of every directory it is linked in.
+//!
+//! # The commit point
+//! Objects go to packs first; the snapshot record, written last, is the
+//! commit point: a crash before it leaves packs no snapshot refers to
+//! (harmless; prune removes them) and the tracker still holds the sealed
+//! changes for the next attempt.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::errno::Errno;
+use crate::live::{REPO_NAME, SNAPSHOTS_NAME};
+use crate::objects::{self, Entry, EntryKind, FileNode, ObjKind, ObjectId, Time, Totals, Tree};
+use crate::objstore::{ObjError, Objects};
+use crate::store::{FileKind, Store, StoreError};
+use crate::sys;
+use crate::tracker::{Record, FULL, META};
+
+pub const RECORD_FORMAT: u32 = 1;
+
+#[derive(Debug, Error)]
+pub enum SnapError {
+    #[error(transparent)]
+    Obj(#[from] ObjError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("reading {path}: {errno}")]
+    Backing { path: String, errno: Errno },
+    #[error(
+        "snapshot name {0:?} is not valid: use 1-100 letters, digits, '.', '_' or '-', not starting with '.' or '-'"
+    )]
+    BadName(String),
+    #[error("a snapshot named {0:?} exists already")]
+    Duplicate(String),
+    #[error("no snapshot named or with id {0:?}")]
+    Unknown(String),
+    #[error("snapshot record {0} is damaged")]
+    BadRecord(String),
+    #[error("repository format: snapshot {id} has record format {found}, newer than this snapfs understands")]
+    NewerRecord { id: String, found: u32 },
+}
+
+pub type SnapResult<T> = Result<T, SnapError>;
+
+fn backing(path: &[u8], errno: Errno) -> SnapError {
+    SnapError::Backing { path: String::from_utf8_lossy(path).into_owned(), errno }
+}
+
+/// What a snapshot cost and holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub others: u64,
+    /// Sum of the sizes of all files in the snapshot.
+    pub logical_bytes: u64,
+    /// Bytes read from the backing files to take it.
+    pub read_bytes: u64,
+    /// Bytes added to the repository (compressed, in packs).
+    pub added_bytes: u64,
+    /// The same before compression.
+    pub added_raw_bytes: u64,
+    pub added_objects: u64,
+    /// Directories listed and files whose block list was rebuilt.
+    pub dirs_walked: u64,
+    pub files_read: u64,
+    pub duration_ms: u64,
+}
+
+/// The commit point of a snapshot, stored as `snapshots/<id>`, where the id
+/// is the blake3 hash of this JSON.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    pub format: u32,
+    pub name: String,
+    /// RFC 3339, and seconds/nanoseconds since the epoch.
+    pub time: String,
+    pub time_sec: i64,
+    pub time_nsec: u32,
+    /// A tree with one entry, ".": the snapshot root with its metadata.
+    pub tree: String,
+    /// The link table object.
+    pub links: String,
+    /// The snapshot this one was taken relative to, if incremental.
+    pub parent: Option<String>,
+    pub full: bool,
+    pub source: String,
+    pub host: String,
+    pub block_size: u64,
+    pub stats: SnapshotStats,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub id: String,
+    #[serde(flatten)]
+    pub record: SnapshotRecord,
+}
+
+impl SnapshotInfo {
+    pub fn root_tree(&self) -> SnapResult<ObjectId> {
+        ObjectId::from_hex(&self.record.tree).ok_or_else(|| SnapError::BadRecord(self.id.clone()))
+    }
+}
+
+/// `2026-11-24T10.15.00Z`: sorts by time, needs no quoting.
+pub fn default_name(sec: i64) -> String {
+    crate::util::rfc3339(sec).replace(':', ".")
+}
+
+pub fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 100
+        && !n.starts_with('.')
+        && !n.starts_with('-')
+        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// Every snapshot in the repository, oldest first.
+pub fn list(store: &dyn Store) -> SnapResult<Vec<SnapshotInfo>> {
+    let mut out = Vec::new();
+    for id in store.list(FileKind::Snapshot)? {
+        let bytes = store.get(FileKind::Snapshot, &id)?;
+        if ObjectId::of(&bytes).hex() != id {
+            log::error!("snapshot record {id} does not match its name: damaged, skipped");
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| SnapError::BadRecord(id.clone()))?;
+        let found = v.get("format").and_then(|f| f.as_u64()).unwrap_or(0) as u32;
+        if found > RECORD_FORMAT {
+            return Err(SnapError::NewerRecord { id, found });
+        }
+        let record: SnapshotRecord = serde_json::from_value(v).map_err(|_| SnapError::BadRecord(id.clone()))?;
+        out.push(SnapshotInfo { id, record });
+    }
+    out.sort_by(|a, b| {
+        (a.record.time_sec, a.record.time_nsec, &a.record.name).cmp(&(
+            b.record.time_sec,
+            b.record.time_nsec,
+            &b.record.name,
+        ))
+    });
+    Ok(out)
+}
+
+/// Find a snapshot by name, full id or unique id prefix (4+ characters).
+pub fn find<'a>(all: &'a [SnapshotInfo], key: &str) -> SnapResult<&'a SnapshotInfo> {
+    if let Some(s) = all.iter().find(|s| s.record.name == key || s.id == key) {
+        return Ok(s);
+    }
+    let matches: Vec<_> = all.iter().filter(|s| key.len() >= 4 && s.id.starts_with(key)).collect();
+    match matches.as_slice() {
+        [one] => Ok(one),
+        _ => Err(SnapError::Unknown(key.to_string())),
+    }
+}
+
+/// Write a record; the commit point.
+pub fn commit(store: &dyn Store, record: &SnapshotRecord) -> SnapResult<SnapshotInfo> {
+    let bytes = serde_json::to_vec_pretty(record).expect("record serializes");
+    let id = ObjectId::of(&bytes).hex();
+    store.put(FileKind::Snapshot, &id, &bytes)?;
+    Ok(SnapshotInfo { id, record: record.clone() })
+}
+
+// ---------------------------------------------------------------------------
+// link tables
+
+/// path (relative, '/'-separated) -> inode, for non-directories with nlink > 1.
+pub type LinkTable = BTreeMap<Vec<u8>, u64>;
+
+pub fn encode_links(t: &LinkTable) -> Vec<u8> {
+    let mut v = vec![1u8];
+    v.extend_from_slice(&(t.len() as u32).to_le_bytes());
+    for (p, ino) in t {
+        v.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        v.extend_from_slice(p);
+        v.extend_from_slice(&ino.to_le_bytes());
+    }
+    v
+}
+
+pub fn decode_links(b: &[u8]) -> Option<LinkTable> {
+    if b.first() != Some(&1) || b.len() < 5 {
+        return None;
+    }
+    let n = u32::from_le_bytes(b[1..5].try_into().ok()?) as usize;
+    let mut pos = 5;
+    let mut t = LinkTable::new();
+    for _ in 0..n {
+        let l = u32::from_le_bytes(b.get(pos..pos + 4)?.try_into().ok()?) as usize;
+        pos += 4;
+        let p = b.get(pos..pos + l)?.to_vec();
+        pos += l;
+        let ino = u64::from_le_bytes(b.get(pos..pos + 8)?.try_into().ok()?);
+        pos += 8;
+        t.insert(p, ino);
+    }
+    (pos == b.len()).then_some(t)
+}
+
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if dir.is_empty() {
+        name.to_vec()
+    } else {
+        let mut p = dir.to_vec();
+        p.push(b'/');
+        p.extend_from_slice(name);
+        p
+    }
+}
+
+fn parent_of(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|b| *b == b'/') {
+        Some(i) => &path[..i],
+        None => b"",
+    }
+}
+
+// ---------------------------------------------------------------------------
+// file block lists
+
+/// Dirty block ranges, sorted.
+struct Dirty<'a>(&'a [(u64, u64)]);
+
+impl Dirty<'_> {
+    fn contains(&self, b: u64) -> bool {
+        let i = self.0.partition_point(|&(_, e)| e <= b);
+        self.0.get(i).is_some_and(|&(s, _)| s <= b)
+    }
+    fn overlaps(&self, start: u64, end: u64) -> bool {
+        let i = self.0.partition_point(|&(_, e)| e <= start);
+        self.0.get(i).is_some_and(|&(s, _)| s < end)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Old {
+    None,
+    Node(ObjectId),
+    /// A node the old tree did not have; its first descendant at the old
+    /// root's level is the old root.
+    Above,
+}
+
+struct FileTree<'a, F: FnMut(u64) -> SnapResult<ObjectId>> {
+    objects: &'a Objects,
+    dirty: Dirty<'a>,
+    old_n: u64,
+    new_n: u64,
+    old_root: ObjectId,
+    old_levels: u8,
+    read: F,
+}
+
+impl<F: FnMut(u64) -> SnapResult<ObjectId>> FileTree<'_, F> {
+    fn build(&mut self, old: Old, level: u8, start: u64) -> SnapResult<ObjectId> {
+        let span = objects::node_span(level);
+        let end = (start + span).min(self.new_n);
+        if let Old::Node(id) = old {
+            let old_end = (start + span).min(self.old_n);
+            if old_end == end && !self.dirty.overlaps(start, end) {
+                return Ok(id);
+            }
+        }
+        let node = match old {
+            Old::Node(id) if !id.is_zero() => Some(self.objects.node(&id)?),
+            _ => None,
+        };
+        let mut entries = Vec::new();
+        if level == 0 {
+            for b in start..end {
+                let keep = if b < self.old_n && !self.dirty.contains(b) {
+                    node.as_ref().and_then(|n| n.entries.get((b - start) as usize).copied())
+                } else {
+                    None
+                };
+                entries.push(match keep {
+                    Some(id) => id,
+                    None => (self.read)(b)?,
+                });
+            }
+        } else {
+            let cspan = objects::node_span(level - 1);
+            let count = (end - start).div_ceil(cspan);
+            for k in 0..count {
+                let child_old = match (&node, old) {
+                    (Some(n), _) => n.entries.get(k as usize).map_or(Old::None, |id| Old::Node(*id)),
+                    (None, Old::Above) if k == 0 => {
+                        if level - 1 == self.old_levels {
+                            Old::Node(self.old_root)
+                        } else {
+                            Old::Above
+                        }
+                    }
+                    _ => Old::None,
+                };
+                entries.push(self.build(child_old, level - 1, start + k * cspan)?);
+            }
+        }
+        let (id, _) = self.objects.put(ObjKind::FileNode, &FileNode { level, entries }.encode())?;
+        Ok(id)
+    }
+}
+
+/// Build the block list of a file of `new_n` blocks, reusing the old list
+/// (`old`: root, levels, blocks) except for `dirty` blocks and blocks past
+/// the old end; `read(b)` stores block `b` and gives its id.
+pub fn build_block_list(
+    objects: &Objects,
+    new_n: u64,
+    old: Option<(ObjectId, u8, u64)>,
+    dirty: &[(u64, u64)],
+    read: impl FnMut(u64) -> SnapResult<ObjectId>,
+) -> SnapResult<(ObjectId, u8)> {
+    if new_n == 0 {
+        return Ok((ObjectId::ZERO, 0));
+    }
+    let levels = objects::levels_for(new_n);
+    let (old_root, old_levels, old_n) = old.filter(|o| !o.0.is_zero() && o.2 > 0).unwrap_or((ObjectId::ZERO, 0, 0));
+    let mut t = FileTree { objects, dirty: Dirty(dirty), old_n, new_n, old_root, old_levels, read };
+    let start_old = if old_n == 0 {
+        Old::None
+    } else if levels > old_levels {
+        Old::Above
+    } else {
+        // the file shrank to fewer levels: the new root is the old first descendant
+        let mut id = old_root;
+        for _ in levels..old_levels {
+            let n = objects.node(&id)?;
+            id = *n.entries.first().unwrap_or(&ObjectId::ZERO);
+        }
+        Old::Node(id)
+    };
+    let root = t.build(start_old, levels, 0)?;
+    Ok((root, levels))
+}
+
+/// Every block id of a file, in order (zero id: a hole).
+pub fn block_ids(objects: &Objects, root: ObjectId, levels: u8) -> Result<Vec<ObjectId>, ObjError> {
+    if root.is_zero() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![(root, levels)];
+    // depth-first, children in order
+    while let Some((id, level)) = stack.pop() {
+        let n = objects.node(&id)?;
+        if level == 0 {
+            out.extend(n.entries);
+        } else {
+            for c in n.entries.iter().rev() {
+                stack.push((*c, level - 1));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The bytes of a file in a snapshot.
+pub fn read_file(objects: &Objects, e: &Entry, bs: u64) -> Result<Vec<u8>, ObjError> {
+    let mut out = Vec::with_capacity(e.size as usize);
+    for id in block_ids(objects, e.content, e.levels)? {
+        if id.is_zero() {
+            out.resize(out.len() + bs as usize, 0);
+        } else {
+            out.extend_from_slice(&objects.get(&id, ObjKind::Blob)?);
+            // a short block is only ever the last one
+        }
+    }
+    out.resize(e.size as usize, 0);
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// the builder
+
+fn time(sec: i64, nsec: i64) -> Time {
+    Time { sec, nsec: nsec as u32 }
+}
+
+fn entry_from_stat(name: &[u8], st: &sys::Stat) -> Entry {
+    Entry {
+        name: name.to_vec(),
+        kind: EntryKind::from_mode(st.st_mode),
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        size: st.st_size as u64,
+        mtime: time(st.st_mtime, st.st_mtime_nsec),
+        atime: time(st.st_atime, st.st_atime_nsec),
+        ctime: time(st.st_ctime, st.st_ctime_nsec),
+        ino: st.st_ino,
+        nlink: st.st_nlink as u32,
+        rdev: st.st_rdev,
+        content: ObjectId::ZERO,
+        levels: 0,
+        target: Vec::new(),
+        xattrs: Vec::new(),
+        totals: Totals::default(),
+    }
+}
+
+/// Live counters of a snapshot being taken.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub files: std::sync::atomic::AtomicU64,
+    pub dirs: std::sync::atomic::AtomicU64,
+    pub read_bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    pub fn get(&self) -> SnapshotStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        SnapshotStats {
+            files_read: self.files.load(Relaxed),
+            dirs_walked: self.dirs.load(Relaxed),
+            read_bytes: self.read_bytes.load(Relaxed),
+            ..Default::default()
+        }
+    }
+}
+
+/// Takes one snapshot.
+pub struct Builder<'a> {
+    progress: Option<std::sync::Arc<Progress>>,
+    objects: &'a Objects,
+    bs: u64,
+    /// The sealed dirty set; `None`: compare everything (`--full`, or no
+    /// usable previous snapshot).
+    sealed: Option<&'a HashMap<u64, Record>>,
+    links: LinkTable,
+    /// Directories that must be walked because a changed inode is linked there.
+    forced: HashSet<Vec<u8>>,
+    pub stats: SnapshotStats,
+    buf: Vec<u8>,
+}
+
+impl<'a> Builder<'a> {
+    pub fn new(
+        objects: &'a Objects,
+        bs: u64,
+        sealed: Option<&'a HashMap<u64, Record>>,
+        links_prev: LinkTable,
+    ) -> Builder<'a> {
+        let mut forced = HashSet::new();
+        if let Some(sealed) = sealed {
+            for (path, ino) in &links_prev {
+                if sealed.contains_key(ino) {
+                    let mut p = parent_of(path);
+                    loop {
+                        forced.insert(p.to_vec());
+                        if p.is_empty() {
+                            break;
+                        }
+                        p = parent_of(p);
+                    }
+                }
+            }
+        }
+        Builder {
+            progress: None,
+            objects,
+            bs,
+            sealed,
+            links: links_prev,
+            forced,
+            stats: SnapshotStats::default(),
+            buf: vec![0u8; bs as usize],
+        }
+    }
+
+    pub fn set_progress(&mut self, p: std::sync::Arc<Progress>) {
+        self.progress = Some(p);
+    }
+
+    pub fn links(&self) -> &LinkTable {
+        &self.links
+    }
+
+    fn record(&self, ino: u64) -> Option<&'a Record> {
+        self.sealed.and_then(|s| s.get(&ino))
+    }
+
+    fn must_walk(&self, path: &[u8], ino: u64, prev: Option<&Entry>) -> bool {
+        self.sealed.is_none() || prev.is_none() || self.record(ino).is_some() || self.forced.contains(path)
+    }
+
+    /// Build the top tree (one entry "." for the root directory) from the
+    /// backing root `root` (a directory descriptor) and the previous
+    /// snapshot's top tree.
+    pub fn build(&mut self, root: BorrowedFd<'_>, prev_top: Option<ObjectId>) -> SnapResult<ObjectId> {
+        let prev_top = match prev_top {
+            Some(id) => Some(self.objects.tree(&id)?),
+            None => None,
+        };
+        let prev_root = prev_top.as_ref().and_then(|t| t.get(b".")).cloned();
+        let st = sys::fstat(root).map_err(|e| backing(b".", e))?;
+        let mut e = entry_from_stat(b".", &st);
+        let prev_root = prev_root.filter(|p| p.ino == st.st_ino && p.kind == EntryKind::Dir);
+        e.xattrs = sys::xattrs_at(root, c".").map_err(|err| backing(b".", err))?;
+        if self.must_walk(b"", st.st_ino, prev_root.as_ref()) {
+            let (id, totals) = self.walk(root, b"", prev_root.as_ref())?;
+            e.content = id;
+            e.totals = totals;
+        } else {
+            let p = prev_root.expect("checked");
+            e.content = p.content;
+            e.totals = p.totals;
+        }
+        self.stats.files = e.totals.files;
+        self.stats.dirs = e.totals.dirs + 1;
+        self.stats.others = e.totals.others;
+        self.stats.logical_bytes = e.totals.bytes;
+        let (id, _) = self.objects.put(ObjKind::Tree, &Tree { entries: vec![e] }.encode())?;
+        Ok(id)
+    }
+
+    /// Walk the directory `dir` (at `path`), returning its tree and totals.
+    fn walk(&mut self, dir: BorrowedFd<'_>, path: &[u8], prev: Option<&Entry>) -> SnapResult<(ObjectId, Totals)> {
+        self.stats.dirs_walked += 1;
+        if let Some(p) = &self.progress {
+            p.dirs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let prev_tree = match prev {
+            Some(p) if !p.content.is_zero() => Some(self.objects.tree(&p.content)?),
+            _ => None,
+        };
+        let mut names: Vec<Vec<u8>> = sys::list_dir(dir)
+            .map_err(|e| backing(path, e))?
+            .into_iter()
+            .map(|e| std::os::unix::ffi::OsStringExt::into_vec(e.name))
+            .filter(|n| !(path.is_empty() && (n == REPO_NAME.as_bytes() || n == SNAPSHOTS_NAME.as_bytes())))
+            .collect();
+        names.sort();
+        // what the previous snapshot linked here is re-recorded below
+        let stale: Vec<Vec<u8>> = self
+            .links
+            .keys()
+            .filter(|p| {
+                parent_of(p) == path || prev_tree.as_ref().is_some_and(|t| is_under_gone_dir(t, path, p, &names))
+            })
+            .cloned()
+            .collect();
+        for p in stale {
+            self.links.remove(&p);
+        }
+        let mut entries = Vec::with_capacity(names.len());
+        let mut totals = Totals::default();
+        for name in names {
+            let cname = CString::new(name.clone()).map_err(|_| backing(path, Errno::EINVAL))?;
+            let child_path = join(path, &name);
+            let st = match sys::fstatat(dir, &cname) {
+                Ok(st) => st,
+                Err(Errno::ENOENT) => continue, // gone since listed
+                Err(e) => return Err(backing(&child_path, e)),
+            };
+            let mut e = entry_from_stat(&name, &st);
+            let prev_e =
+                prev_tree.as_ref().and_then(|t| t.get(&name)).filter(|p| p.ino == st.st_ino && p.kind == e.kind);
+            let rec = self.record(st.st_ino);
+            let meta_clean = self.sealed.is_some() && rec.is_none_or(|r| r.flags & (META | FULL) == 0);
+            e.xattrs = match prev_e {
+                Some(p) if meta_clean => p.xattrs.clone(),
+                _ => match sys::xattrs_at(dir, &cname) {
+                    Ok(x) => x,
+                    Err(Errno::ENOENT) => continue,
+                    Err(err) => return Err(backing(&child_path, err)),
+                },
+            };
+            match e.kind {
+                EntryKind::Dir => {
+                    if self.must_walk(&child_path, st.st_ino, prev_e) {
+                        let fd =
+                            match sys::openat(dir, &cname, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0) {
+                                Ok(fd) => fd,
+                                Err(Errno::ENOENT) => continue,
+                                Err(err) => return Err(backing(&child_path, err)),
+                            };
+                        let (id, t) = self.walk(fd.as_fd(), &child_path, prev_e)?;
+                        e.content = id;
+                        e.totals = t;
+                    } else {
+                        let p = prev_e.expect("checked");
+                        e.content = p.content;
+                        e.totals = p.totals;
+                    }
+                    totals.dirs += 1;
+                    totals.add(&e.totals);
+                }
+                EntryKind::File => {
+                    let (content, levels) = self.file(dir, &cname, &child_path, &st, prev_e, rec)?;
+                    e.content = content;
+                    e.levels = levels;
+                    totals.files += 1;
+                    totals.bytes += e.size;
+                }
+                EntryKind::Symlink => {
+                    e.target = match prev_e {
+                        Some(p) if meta_clean => p.target.clone(),
+                        _ => sys::readlink_at(dir, &cname).map_err(|err| backing(&child_path, err))?,
+                    };
+                    totals.others += 1;
+                }
+                _ => totals.others += 1,
+            }
+            if e.kind != EntryKind::Dir && e.nlink > 1 {
+                self.links.insert(child_path, st.st_ino);
+            }
+            entries.push(e);
+        }
+        let (id, _) = self.objects.put(ObjKind::Tree, &Tree { entries }.encode())?;
+        Ok((id, totals))
+    }
+
+    /// The block list of a regular file.
+    fn file(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &CString,
+        path: &[u8],
+        st: &sys::Stat,
+        prev: Option<&Entry>,
+        rec: Option<&Record>,
+    ) -> SnapResult<(ObjectId, u8)> {
+        let size = st.st_size as u64;
+        let n = size.div_ceil(self.bs);
+        // unchanged since the previous snapshot
+        if let (Some(p), None, true) = (prev, rec, self.sealed.is_some()) {
+            if p.size == size {
+                return Ok((p.content, p.levels));
+            }
+        }
+        let fd = match open_for_read(dir, name) {
+            Ok(fd) => fd,
+            Err(e) => return Err(backing(path, e)),
+        };
+        let check = sys::fstat(fd.as_fd()).map_err(|e| backing(path, e))?;
+        if check.st_ino != st.st_ino {
+            return Err(backing(path, Errno::EAGAIN));
+        }
+        self.stats.files_read += 1;
+        if let Some(p) = &self.progress {
+            p.files.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let progress = self.progress.clone();
+        let data = data_ranges(fd.as_fd(), size);
+        let incremental = match (prev, rec, self.sealed.is_some()) {
+            (Some(p), Some(r), true) if r.flags & FULL == 0 => Some((p, r)),
+            _ => None,
+        };
+        let (old, dirty) = match incremental {
+            Some((p, r)) => {
+                let mut r = r.clone();
+                r.size = size;
+                (Some((p.content, p.levels, p.size.div_ceil(self.bs))), r.dirty_ranges(self.bs))
+            }
+            None => (None, vec![(0, n)]),
+        };
+        let bs = self.bs;
+        let objects = self.objects;
+        let buf = &mut self.buf;
+        let stats = &mut self.stats;
+        let read = |b: u64| -> SnapResult<ObjectId> {
+            let off = b * bs;
+            let len = bs.min(size - off) as usize;
+            if !data.iter().any(|&(s, e)| s < off + len as u64 && off < e) {
+                return Ok(ObjectId::ZERO);
+            }
+            let got = sys::pread_full(fd.as_fd(), &mut buf[..len], off).map_err(|e| backing(path, e))?;
+            stats.read_bytes += got as u64;
+            if let Some(p) = &progress {
+                p.read_bytes.fetch_add(got as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            let block = &buf[..got];
+            if block.iter().all(|&x| x == 0) {
+                return Ok(ObjectId::ZERO);
+            }
+            Ok(objects.put(ObjKind::Blob, block)?.0)
+        };
+        build_block_list(objects, n, old, &dirty, read)
+    }
+}
+
+/// Whether link-table path `p` lies under a directory of the previous tree
+/// at `dir` that is gone from `names` (removed or renamed away).
+fn is_under_gone_dir(prev: &Tree, dir: &[u8], p: &[u8], names: &[Vec<u8>]) -> bool {
+    let prefix = if dir.is_empty() { Vec::new() } else { join(dir, b"") };
+    let Some(rest) = p.strip_prefix(prefix.as_slice()) else { return false };
+    let Some(slash) = rest.iter().position(|b| *b == b'/') else { return false };
+    let first = &rest[..slash];
+    prev.get(first).is_some_and(|e| e.kind == EntryKind::Dir)
+        && names.binary_search_by(|n| n.as_slice().cmp(first)).is_err()
+}
+
+fn open_for_read(dir: BorrowedFd<'_>, name: &CString) -> Result<OwnedFd, Errno> {
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_NOATIME) };
+    let fd = if fd < 0 && Errno::last() == Errno::EPERM {
+        unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) }
+    } else {
+        fd
+    };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The data (non-hole) byte ranges of a file of `size` bytes.
+fn data_ranges(fd: BorrowedFd<'_>, size: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut pos = 0i64;
+    while (pos as u64) < size {
+        let start = match sys::lseek(fd, pos, libc::SEEK_DATA) {
+            Ok(s) => s,
+            Err(e) if e == Errno(libc::ENXIO) => break,
+            Err(_) => return vec![(0, size)], // no SEEK_DATA: all data
+        };
+        let end = sys::lseek(fd, start, libc::SEEK_HOLE).unwrap_or(size as i64);
+        out.push((start as u64, end as u64));
+        pos = end;
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// comparing snapshots
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiffEntry {
+    pub path: String,
+    /// "added", "removed", "modified"
+    pub change: String,
+    pub kind: String,
+    /// Bytes that differ (files: changed blocks, clipped to the size).
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiffReport {
+    pub from: String,
+    pub to: String,
+    pub added: u64,
+    pub removed: u64,
+    pub modified: u64,
+    pub changed_bytes: u64,
+    pub entries: Vec<DiffEntry>,
+}
+
+/// The root directory entry of a snapshot's top tree.
+pub fn root_entry(objects: &Objects, top: ObjectId) -> Result<Entry, ObjError> {
+    let t = objects.tree(&top)?;
+    t.get(b".").cloned().ok_or(ObjError::Decode { id: top, err: objects::DecodeError { what: "snapshot top tree" } })
+}
+
+/// Differences between two snapshots (top trees), visiting only subtrees
+/// whose ids differ.
+pub fn diff(objects: &Objects, a: ObjectId, b: ObjectId, bs: u64) -> Result<Vec<DiffEntry>, ObjError> {
+    let mut out = Vec::new();
+    let (ra, rb) = (root_entry(objects, a)?, root_entry(objects, b)?);
+    if (ra.mode, ra.uid, ra.gid, &ra.xattrs) != (rb.mode, rb.uid, rb.gid, &rb.xattrs) {
+        out.push(DiffEntry { path: ".".into(), change: "modified".into(), kind: "dir".into(), bytes: 0 });
+    }
+    diff_trees(objects, ra.content, rb.content, b"", bs, &mut out)?;
+    Ok(out)
+}
+
+fn changed_file_bytes(objects: &Objects, a: &Entry, b: &Entry, bs: u64) -> Result<u64, ObjError> {
+    if a.content == b.content {
+        return Ok(a.size.abs_diff(b.size));
+    }
+    let x = block_ids(objects, a.content, a.levels)?;
+    let y = block_ids(objects, b.content, b.levels)?;
+    let n = x.len().max(y.len());
+    let mut bytes = 0;
+    for i in 0..n {
+        if x.get(i) != y.get(i) {
+            let start = i as u64 * bs;
+            let end = ((i as u64 + 1) * bs).min(a.size.max(b.size));
+            bytes += end.saturating_sub(start);
+        }
+    }
+    Ok(bytes)
+}
+
+fn diff_trees(
+    objects: &Objects,
+    a: ObjectId,
+    b: ObjectId,
+    path: &[u8],
+    bs: u64,
+    out: &mut Vec<DiffEntry>,
+) -> Result<(), ObjError> {
+    if a == b {
+        return Ok(());
+    }
+    let ta = if a.is_zero() { Tree::default() } else { objects.tree(&a)? };
+    let tb = if b.is_zero() { Tree::default() } else { objects.tree(&b)? };
+    let mut i = 0;
+    let mut j = 0;
+    let show = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
+    let size_of = |e: &Entry| {
+        if e.kind == EntryKind::Dir {
+            e.totals.bytes
+        } else if e.kind == EntryKind::File {
+            e.size
+        } else {
+            0
+        }
+    };
+    while i < ta.entries.len() || j < tb.entries.len() {
+        let ea = ta.entries.get(i);
+        let eb = tb.entries.get(j);
+        let ord = match (ea, eb) {
+            (Some(x), Some(y)) => x.name.cmp(&y.name),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        match ord {
+            std::cmp::Ordering::Less => {
+                let e = ea.unwrap();
+                out.push(DiffEntry {
+                    path: show(&join(path, &e.name)),
+                    change: "removed".into(),
+                    kind: e.kind.name().into(),
+                    bytes: size_of(e),
+                });
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                let e = eb.unwrap();
+                out.push(DiffEntry {
+                    path: show(&join(path, &e.name)),
+                    change: "added".into(),
+                    kind: e.kind.name().into(),
+                    bytes: size_of(e),
+                });
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                let (x, y) = (ea.unwrap(), eb.unwrap());
+                let p = join(path, &x.name);
+                if x.kind != y.kind {
+                    out.push(DiffEntry {
+                        path: show(&p),
+                        change: "removed".into(),
+                        kind: x.kind.name().into(),
+                        bytes: size_of(x),
+                    });
+                    out.push(DiffEntry {
+                        path: show(&p),
+                        change: "added".into(),
+                        kind: y.kind.name().into(),
+                        bytes: size_of(y),
+                    });
+                } else if x.kind == EntryKind::Dir {
+                    let meta_changed = (x.mode, x.uid, x.gid, &x.xattrs) != (y.mode, y.uid, y.gid, &y.xattrs);
+                    if meta_changed {
+                        out.push(DiffEntry { path: show(&p), change: "modified".into(), kind: "dir".into(), bytes: 0 });
+                    }
+                    diff_trees(objects, x.content, y.content, &p, bs, out)?;
+                } else {
+                    let mut xs = x.clone();
+                    let mut ys = y.clone();
+                    // inode numbers, link counts, ctime and atime do not make a change
+                    xs.ino = 0;
+                    ys.ino = 0;
+                    xs.nlink = 0;
+                    ys.nlink = 0;
+                    xs.ctime = Time::default();
+                    ys.ctime = Time::default();
+                    xs.atime = Time::default();
+                    ys.atime = Time::default();
+                    if xs != ys {
+                        let bytes = if x.kind == EntryKind::File { changed_file_bytes(objects, x, y, bs)? } else { 0 };
+                        out.push(DiffEntry {
+                            path: show(&p),
+                            change: "modified".into(),
+                            kind: x.kind.name().into(),
+                            bytes,
+                        });
+                    }
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The stats of this snapshot's start, for the record.
+pub fn elapsed_ms(t0: Instant) -> u64 {
+    t0.elapsed().as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::LocalStore;
+    use std::sync::Arc;
+
+    fn objects() -> (tempfile::TempDir, Objects) {
+        let t = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(LocalStore::new(t.path()));
+        let o = Objects::open(store, None).unwrap();
+        (t, o)
+    }
+
+    fn blob(o: &Objects, b: u64, gen: u8) -> SnapResult<ObjectId> {
+        let mut v = b.to_le_bytes().to_vec();
+        v.push(gen);
+        Ok(o.put(ObjKind::Blob, &v)?.0)
+    }
+
+    #[test]
+    fn block_lists_update_in_place_and_grow_and_shrink() {
+        let (_t, o) = objects();
+        for (old_n, new_n, dirty) in [
+            (10u64, 10u64, vec![(3u64, 4u64)]),
+            (3000, 3000, vec![(1500, 1501)]),
+            (1000, 5000, vec![(1000, 5000)]),
+            (5000, 1000, vec![]),
+            (3 * 1024 + 5, 10, vec![]),
+            (10, 3 * 1024 + 5, vec![(10, 3 * 1024 + 5)]),
+            (3 * 1024 + 5, 3 * 1024 + 5, vec![(0, 1), (2047, 2049)]),
+            (0, 7, vec![(0, 7)]),
+            (7, 0, vec![]),
+        ] {
+            let (root, levels) = build_block_list(&o, old_n, None, &[(0, old_n)], |b| blob(&o, b, 0)).unwrap();
+            let mut reads = 0;
+            let (root2, levels2) = build_block_list(&o, new_n, Some((root, levels, old_n)), &dirty, |b| {
+                reads += 1;
+                blob(&o, b, 1)
+            })
+            .unwrap();
+            let ids = block_ids(&o, root2, levels2).unwrap();
+            assert_eq!(ids.len() as u64, new_n, "{old_n}->{new_n}");
+            let d = Dirty(&dirty);
+            for (b, id) in ids.iter().enumerate() {
+                let b = b as u64;
+                let gen = if d.contains(b) || b >= old_n { 1 } else { 0 };
+                assert_eq!(*id, blob(&o, b, gen).unwrap(), "{old_n}->{new_n} block {b}");
+            }
+            let want_reads: u64 = dirty.iter().map(|(s, e)| e.min(&new_n) - s).sum();
+            assert_eq!(reads, want_reads, "{old_n}->{new_n}");
+        }
+    }
+
+    #[test]
+    fn names_and_links() {
+        assert!(valid_name("2026-11-24T10.15.00Z") && valid_name("before_upgrade"));
+        assert!(!valid_name("") && !valid_name(".x") && !valid_name("a/b") && !valid_name("a b"));
+        assert_eq!(default_name(1_795_515_300), "2026-11-24T10.15.00Z");
+        let mut t = LinkTable::new();
+        t.insert(b"a/b".to_vec(), 5);
+        t.insert(b"c".to_vec(), 5);
+        assert_eq!(decode_links(&encode_links(&t)), Some(t));
+    }
+}

@@ -1,0 +1,231 @@
+//! Where repository files live: a small write-once storage trait, and its
+//! local-directory implementation.
+//!
+//! The contract, kept so that an S3-compatible object store can implement it
+//! without a format change: files are named by their content (or by a hash
+//! of it), written once and never modified; `put` of an existing name is a
+//! no-op; nothing relies on rename or on the order of `list`; no lock is
+//! needed for correctness. Only prune (not built yet) deletes.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// The kinds of files in a repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    Pack,
+    Snapshot,
+}
+
+impl FileKind {
+    fn dir(self) -> &'static str {
+        match self {
+            FileKind::Pack => "packs",
+            FileKind::Snapshot => "snapshots",
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("{kind:?} {name} not found in the repository")]
+    NotFound { kind: FileKind, name: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: short read ({got} of {want} bytes): the file is truncated")]
+    Short { path: PathBuf, got: usize, want: usize },
+}
+
+impl StoreError {
+    /// Whether the failure is the device being full.
+    pub fn is_enospc(&self) -> bool {
+        matches!(self, StoreError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Write-once file storage.
+pub trait Store: Send + Sync {
+    /// Store `data` under `name`, durably, unless it exists already.
+    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> StoreResult<()>;
+    fn get(&self, kind: FileKind, name: &str) -> StoreResult<Vec<u8>>;
+    /// `len` bytes at `off`; a file shorter than that is an error.
+    fn get_range(&self, kind: FileKind, name: &str, off: u64, len: usize) -> StoreResult<Vec<u8>>;
+    fn size(&self, kind: FileKind, name: &str) -> StoreResult<u64>;
+    fn list(&self, kind: FileKind) -> StoreResult<Vec<String>>;
+    fn delete(&self, kind: FileKind, name: &str) -> StoreResult<()>;
+}
+
+/// A store in a local directory: `packs/<2 hex>/<name>`, `snapshots/<name>`.
+/// Writes go to a temporary name, are fsynced, renamed without replacing,
+/// and the directory is fsynced.
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_path_buf(), source }
+}
+
+impl LocalStore {
+    pub fn new(root: &Path) -> LocalStore {
+        LocalStore { root: root.to_path_buf() }
+    }
+
+    fn dir_of(&self, kind: FileKind, name: &str) -> PathBuf {
+        match kind {
+            FileKind::Pack => self.root.join(kind.dir()).join(name.get(..2).unwrap_or("00")),
+            FileKind::Snapshot => self.root.join(kind.dir()),
+        }
+    }
+
+    fn path(&self, kind: FileKind, name: &str) -> PathBuf {
+        self.dir_of(kind, name).join(name)
+    }
+
+    fn open(&self, kind: FileKind, name: &str) -> StoreResult<File> {
+        let p = self.path(kind, name);
+        File::open(&p).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                StoreError::NotFound { kind, name: name.to_string() }
+            } else {
+                StoreError::Io { path: p, source: e }
+            }
+        })
+    }
+}
+
+impl Store for LocalStore {
+    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> StoreResult<()> {
+        let dir = self.dir_of(kind, name);
+        let path = dir.join(name);
+        if path.exists() {
+            return Ok(());
+        }
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let tmp = dir.join(format!(".{name}.{}.tmp", crate::util::random_id()));
+        let r = (|| {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            drop(f);
+            match nix_rename_noreplace(&tmp, &path) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => fs::remove_file(&tmp)?,
+                Err(e) => return Err(e),
+            }
+            File::open(&dir)?.sync_all()
+        })();
+        if r.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        r.map_err(io(&path))
+    }
+
+    fn get(&self, kind: FileKind, name: &str) -> StoreResult<Vec<u8>> {
+        let mut f = self.open(kind, name)?;
+        let mut v = Vec::new();
+        f.read_to_end(&mut v).map_err(io(&self.path(kind, name)))?;
+        Ok(v)
+    }
+
+    fn get_range(&self, kind: FileKind, name: &str, off: u64, len: usize) -> StoreResult<Vec<u8>> {
+        let f = self.open(kind, name)?;
+        let mut v = vec![0u8; len];
+        let mut done = 0;
+        while done < len {
+            match f.read_at(&mut v[done..], off + done as u64) {
+                Ok(0) => return Err(StoreError::Short { path: self.path(kind, name), got: done, want: len }),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io(&self.path(kind, name))(e)),
+            }
+        }
+        Ok(v)
+    }
+
+    fn size(&self, kind: FileKind, name: &str) -> StoreResult<u64> {
+        let mut f = self.open(kind, name)?;
+        f.seek(SeekFrom::End(0)).map_err(io(&self.path(kind, name)))
+    }
+
+    fn list(&self, kind: FileKind) -> StoreResult<Vec<String>> {
+        let base = self.root.join(kind.dir());
+        let mut out = Vec::new();
+        let mut dirs = vec![base.clone()];
+        while let Some(d) = dirs.pop() {
+            let rd = match fs::read_dir(&d) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&d)(e)),
+            };
+            for e in rd {
+                let e = e.map_err(io(&d))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue;
+                }
+                let ft = e.file_type().map_err(io(&d))?;
+                if ft.is_dir() && kind == FileKind::Pack && d == base {
+                    dirs.push(e.path());
+                } else if ft.is_file() {
+                    out.push(name);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete(&self, kind: FileKind, name: &str) -> StoreResult<()> {
+        let p = self.path(kind, name);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&p)(e)),
+        }
+    }
+}
+
+fn nix_rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let f = std::ffi::CString::new(from.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let t = std::ffi::CString::new(to.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let r = unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_once_and_ranges() {
+        let t = tempfile::tempdir().unwrap();
+        let s = LocalStore::new(t.path());
+        s.put(FileKind::Pack, "abcdef", b"0123456789").unwrap();
+        s.put(FileKind::Pack, "abcdef", b"other").unwrap(); // no overwrite
+        assert_eq!(s.get(FileKind::Pack, "abcdef").unwrap(), b"0123456789");
+        assert_eq!(s.get_range(FileKind::Pack, "abcdef", 2, 3).unwrap(), b"234");
+        assert!(matches!(s.get_range(FileKind::Pack, "abcdef", 8, 5), Err(StoreError::Short { .. })));
+        assert_eq!(s.size(FileKind::Pack, "abcdef").unwrap(), 10);
+        s.put(FileKind::Snapshot, "s1", b"{}").unwrap();
+        assert_eq!(s.list(FileKind::Pack).unwrap(), vec!["abcdef"]);
+        assert_eq!(s.list(FileKind::Snapshot).unwrap(), vec!["s1"]);
+        assert!(matches!(s.get(FileKind::Snapshot, "nope"), Err(StoreError::NotFound { .. })));
+        s.delete(FileKind::Snapshot, "s1").unwrap();
+        assert!(s.list(FileKind::Snapshot).unwrap().is_empty());
+    }
+}
