@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::capture::Capture;
 use crate::control::{self, Reply, Request, StatusReport};
 use crate::fuse::{KernelOptions, SnapFuse};
 use crate::live::{self, LiveFs};
@@ -312,12 +313,23 @@ impl Shared {
             None => Default::default(),
         };
         let progress = Arc::new(snapshot::Progress::default());
-        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress.clone());
         let t0 = Instant::now();
         self.objects.take_stats();
+        // The instant of the snapshot: hold writers only to seal the epoch and
+        // start copy-before-write.
         let writers = self.live.pause_writers();
         let sealed = self.tracker.seal();
+        let capture = Arc::new(Capture::new(
+            self.objects.clone(),
+            self.block_size,
+            incremental.then(|| sealed.clone()),
+            incremental && snapshot::links_force_walks(&links_prev, &sealed),
+        ));
+        self.live.begin_capture(capture.clone());
+        drop(writers);
         let paused = t0.elapsed();
+        // sealed: from now on `progress` answers
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress.clone());
         let result = (|| -> Result<SnapshotInfo> {
             let mut b = snapshot::Builder::new(
                 &self.objects,
@@ -326,7 +338,11 @@ impl Shared {
                 links_prev,
             );
             b.set_progress(progress.clone());
+            b.set_capture(&capture);
             let top = b.build(self.live.root_fd(), prev_top)?;
+            if let Some(e) = capture.error() {
+                anyhow::bail!("copy-before-write failed: {e}");
+            }
             let (links, _) = self.objects.put(ObjKind::Meta, &snapshot::encode_links(b.links()))?;
             self.objects.flush()?;
             let added = self.objects.take_stats();
@@ -335,6 +351,7 @@ impl Shared {
             stats.added_raw_bytes = added.raw_bytes;
             stats.added_objects = added.objects;
             stats.duration_ms = snapshot::elapsed_ms(t0);
+            stats.paused_us = paused.as_micros() as u64;
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             let record = SnapshotRecord {
                 format: snapshot::RECORD_FORMAT,
@@ -353,6 +370,7 @@ impl Shared {
             };
             Ok(snapshot::commit(&*store, &record)?)
         })();
+        self.live.end_capture();
         let out = match result {
             Ok(info) => {
                 self.tracker.commit(&info.id)?;
@@ -364,15 +382,14 @@ impl Shared {
                 Err(e)
             }
         };
-        drop(writers);
         *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = None;
         match &out {
             Ok(i) => log::info!(
-                "snapshot {} ({}) taken in {} ms, writers paused {} ms before sealing: {} read, {} added",
+                "snapshot {} ({}) taken in {} ms, writers paused {} µs: {} read, {} added",
                 i.record.name,
                 &i.id[..12],
                 i.record.stats.duration_ms,
-                paused.as_millis(),
+                paused.as_micros(),
                 util::human_bytes(i.record.stats.read_bytes),
                 util::human_bytes(i.record.stats.added_bytes)
             ),

@@ -12,6 +12,7 @@
 //! Errors become errno values in one place, [`errno`].
 
 pub mod blockset;
+pub mod capture;
 pub mod control;
 pub mod creds;
 pub mod daemon;

@@ -39,6 +39,7 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{FileAttr, FileType};
 
+use crate::capture::{Capture, DataChange};
 use crate::creds::{AsCaller, WithoutFsetid};
 use crate::errno::{cvt, Errno, SysResult};
 use crate::sys::{self, cstr, Stat};
@@ -129,8 +130,11 @@ impl Inode {
 /// An open file.
 pub struct Handle {
     pub fd: OwnedFd,
-    /// Backing inode number (the tracker's key).
+    /// Backing inode number (the tracker's key) and node id.
     pub ino: u64,
+    pub node: u64,
+    /// Opened for reading too (copy-before-write reads through it).
+    pub readable: bool,
 }
 
 /// An open directory and where its stream stands.
@@ -189,6 +193,8 @@ pub struct LiveFs {
     /// exclusively for the instant it seals the epoch (and, for now, while
     /// it reads: see doc/DESIGN.md).
     gate: RwLock<()>,
+    /// Copy-before-write for a snapshot being read.
+    capture: RwLock<Option<Arc<Capture>>>,
     table: RwLock<Table>,
     /// `O_PATH` descriptors of handle-anchored inodes, most recently used
     /// kept. A passthrough cannot hold one descriptor per inode the kernel
@@ -319,6 +325,7 @@ impl LiveFs {
         let mount_fd = Arc::new(sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?);
         Ok(LiveFs {
             gate: RwLock::new(()),
+            capture: RwLock::new(None),
             table: RwLock::new(t),
             fds: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(cap).unwrap())),
             mount_fd,
@@ -341,6 +348,59 @@ impl LiveFs {
     /// Hold all changes off (a snapshot's point in time).
     pub fn pause_writers(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
         self.gate.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// From now on, let `c` save what each change would destroy.
+    pub fn begin_capture(&self, c: Arc<Capture>) {
+        *self.capture.write().unwrap_or_else(|e| e.into_inner()) = Some(c);
+    }
+
+    pub fn end_capture(&self) {
+        *self.capture.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn cap(&self) -> Option<Arc<Capture>> {
+        self.capture.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Copy-before-write of a data change through an open file.
+    fn cap_data(&self, h: &Handle, change: DataChange) {
+        let Some(c) = self.cap() else { return };
+        if h.readable {
+            c.before_data(h.ino, h.fd.as_fd(), change);
+        } else if let Ok(i) = self.inode(h.node) {
+            self.cap_data_inode(&c, &i, change);
+        }
+    }
+
+    fn cap_data_inode(&self, c: &Capture, i: &Inode, change: DataChange) {
+        if let Ok(r) = self.fd(i).and_then(|p| sys::reopen(p.as_fd(), libc::O_RDONLY | libc::O_NONBLOCK)) {
+            c.before_data(i.ino, r.as_fd(), change);
+        }
+    }
+
+    fn cap_meta(&self, i: &Inode) {
+        if let Some(c) = self.cap() {
+            if let Ok(fd) = self.fd(i) {
+                c.before_meta(i.ino, fd.as_fd());
+            }
+        }
+    }
+
+    fn cap_dir(&self, d: &Inode) {
+        if let Some(c) = self.cap() {
+            if let Ok(fd) = self.fd(d) {
+                c.before_dir(d.ino, fd.as_fd());
+            }
+        }
+    }
+
+    fn cap_unlink(&self, d: &Inode, name: &std::ffi::CString) {
+        if let Some(c) = self.cap() {
+            if let Ok(fd) = self.fd(d) {
+                c.before_unlink(d.ino, fd.as_fd(), name);
+            }
+        }
     }
 
     /// A directory descriptor of the backing root (never the mount).
@@ -548,6 +608,12 @@ impl LiveFs {
         let kind = i.kind();
         // An unlinked file (still open) is in no snapshot: nothing to track.
         let track = linked(&sys::fstat(self.fd(&i)?.as_fd())?);
+        if let Some(size) = a.size {
+            if let Some(c) = self.cap() {
+                self.cap_data_inode(&c, &i, DataChange::Truncate { size });
+            }
+        }
+        self.cap_meta(&i);
         if track && (a.mode.is_some() || a.uid.is_some() || a.gid.is_some() || a.atime.is_some() || a.mtime.is_some()) {
             self.tracker.meta(self, i.ino, kind);
         }
@@ -624,6 +690,7 @@ impl LiveFs {
             return Err(Errno::EPERM);
         }
         let c = cstr(name)?;
+        self.cap_dir(&p);
         self.tracker.entries(self, p.ino);
         {
             let _as = AsCaller::new(ctx.uid, ctx.gid);
@@ -661,6 +728,8 @@ impl LiveFs {
             return Err(Errno::EPERM);
         }
         let c = cstr(newname)?;
+        self.cap_dir(&p);
+        self.cap_meta(&i);
         self.tracker.entries(self, p.ino);
         self.tracker.meta(self, i.ino, i.kind());
         cvt(unsafe {
@@ -706,6 +775,7 @@ impl LiveFs {
         let c = cstr(name)?;
         let st = sys::fstatat(self.fd(&p)?.as_fd(), &c)?;
         let last = sys::is_dir(&st) || st.st_nlink <= 1;
+        self.cap_unlink(&p, &c);
         self.tracker.entries(self, p.ino);
         if last {
             self.pin(st.st_dev, st.st_ino);
@@ -730,6 +800,13 @@ impl LiveFs {
         let nc = cstr(newname)?;
         let src = sys::fstatat(self.fd(&p)?.as_fd(), &c)?;
         let dst = sys::fstatat(self.fd(&np)?.as_fd(), &nc).ok();
+        // both names change: keep what was at either, and both listings
+        self.cap_unlink(&p, &c);
+        if dst.is_some() {
+            self.cap_unlink(&np, &nc);
+        } else {
+            self.cap_dir(&np);
+        }
         self.tracker.entries(self, p.ino);
         self.tracker.entries(self, np.ino);
         self.tracker.meta(self, src.st_ino, Kind::from_mode(src.st_mode));
@@ -783,9 +860,10 @@ impl LiveFs {
         (f, direct)
     }
 
-    fn add_file(&self, fd: OwnedFd, ino: u64) -> u64 {
+    fn add_file(&self, fd: OwnedFd, ino: u64, node: u64, flags: i32) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::SeqCst);
-        self.files.write().unwrap_or_else(|e| e.into_inner()).insert(fh, Arc::new(Handle { fd, ino }));
+        let readable = flags & libc::O_ACCMODE != libc::O_WRONLY;
+        self.files.write().unwrap_or_else(|e| e.into_inner()).insert(fh, Arc::new(Handle { fd, ino, node, readable }));
         fh
     }
 
@@ -794,6 +872,11 @@ impl LiveFs {
         let (f, direct) = self.backing_flags(flags);
         let trunc = f & libc::O_TRUNC != 0 && f & libc::O_ACCMODE != libc::O_RDONLY;
         let _writers = trunc.then(|| self.writer());
+        if trunc {
+            if let Some(c) = self.cap() {
+                self.cap_data_inode(&c, &i, DataChange::Truncate { size: 0 });
+            }
+        }
         if trunc {
             let old = sys::fstat(self.fd(&i)?.as_fd())?.st_size as u64;
             if old > 0 {
@@ -806,7 +889,7 @@ impl LiveFs {
             let _kill = WithoutFsetid::new(trunc && ctx.uid != 0);
             sys::reopen(self.fd(&i)?.as_fd(), f)?
         };
-        Ok(OpenReply { fh: self.add_file(fd, i.ino), direct_io: direct, keep_cache: !direct })
+        Ok(OpenReply { fh: self.add_file(fd, i.ino, nodeid, f), direct_io: direct, keep_cache: !direct })
     }
 
     pub fn create(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, flags: i32) -> SysResult<(Entry, OpenReply)> {
@@ -817,6 +900,7 @@ impl LiveFs {
         }
         let c = cstr(name)?;
         let (f, direct) = self.backing_flags(flags);
+        self.cap_dir(&p);
         self.tracker.entries(self, p.ino);
         let fd = {
             let _as = AsCaller::new(ctx.uid, ctx.gid);
@@ -830,7 +914,7 @@ impl LiveFs {
             i.no_caps.store(true, Ordering::SeqCst);
         }
         self.tracker.created(self, p.ino, name, st.st_ino, Kind::from_mode(st.st_mode));
-        let fh = self.add_file(fd, st.st_ino);
+        let fh = self.add_file(fd, st.st_ino, nodeid, f);
         Ok((Entry { nodeid, attr: attr_for(&st, nodeid) }, OpenReply { fh, direct_io: direct, keep_cache: !direct }))
     }
 
@@ -862,6 +946,8 @@ impl LiveFs {
         let _writers = self.writer();
         let h = self.file(fh)?;
         let st = sys::fstat(h.fd.as_fd())?;
+        // captured even when unlinked: a snapshot may be reading it through a pin
+        self.cap_data(&h, DataChange::Range { off, len: data.len() as u64 });
         if linked(&st) {
             self.tracker.write(self, h.ino, off, data.len() as u64, st.st_size as u64);
         }
@@ -1032,6 +1118,7 @@ impl LiveFs {
         let i = self.inode(nodeid)?;
         let p = self.xattr_path(&i)?;
         let n = cstr(name)?;
+        self.cap_meta(&i);
         self.tracker.meta(self, i.ino, i.kind());
         i.no_caps.store(false, Ordering::SeqCst);
         cvt(unsafe {
@@ -1086,6 +1173,7 @@ impl LiveFs {
         let i = self.inode(nodeid)?;
         let p = self.xattr_path(&i)?;
         let n = cstr(name)?;
+        self.cap_meta(&i);
         self.tracker.meta(self, i.ino, i.kind());
         cvt(unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) }).map(|_| ())
     }
@@ -1097,6 +1185,12 @@ impl LiveFs {
         let size = st.st_size as u64;
         let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let end = off.saturating_add(len);
+        let change = if mode & (libc::FALLOC_FL_COLLAPSE_RANGE | libc::FALLOC_FL_INSERT_RANGE) != 0 {
+            DataChange::Shift { off }
+        } else {
+            DataChange::Range { off, len }
+        };
+        self.cap_data(&h, change);
         if !linked(&st) {
             // not in any snapshot
         } else if mode & libc::FALLOC_FL_COLLAPSE_RANGE != 0 {
@@ -1139,6 +1233,7 @@ impl LiveFs {
             return Ok(0);
         }
         let st = sys::fstat(ho.fd.as_fd())?;
+        self.cap_data(&ho, DataChange::Range { off: off_out, len });
         if linked(&st) {
             self.tracker.write(self, ho.ino, off_out, len, st.st_size as u64);
         }

@@ -30,6 +30,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::capture::Capture;
 use crate::errno::Errno;
 use crate::live::{REPO_NAME, SNAPSHOTS_NAME};
 use crate::objects::{self, Entry, EntryKind, FileNode, ObjKind, ObjectId, Time, Totals, Tree};
@@ -87,6 +88,10 @@ pub struct SnapshotStats {
     pub dirs_walked: u64,
     pub files_read: u64,
     pub duration_ms: u64,
+    /// How long writers were held off (waiting for in-flight changes, and
+    /// sealing the epoch), in microseconds.
+    #[serde(default)]
+    pub paused_us: u64,
 }
 
 /// The commit point of a snapshot, stored as `snapshots/<id>`, where the id
@@ -443,9 +448,16 @@ impl Progress {
     }
 }
 
+/// Whether a changed inode of the sealed set is hard-linked somewhere per the
+/// previous link table (then some directories are walked by path).
+pub fn links_force_walks(links: &LinkTable, sealed: &HashMap<u64, Record>) -> bool {
+    links.values().any(|ino| sealed.contains_key(ino))
+}
+
 /// Takes one snapshot.
 pub struct Builder<'a> {
     progress: Option<std::sync::Arc<Progress>>,
+    capture: Option<&'a Capture>,
     objects: &'a Objects,
     bs: u64,
     /// The sealed dirty set; `None`: compare everything (`--full`, or no
@@ -482,6 +494,7 @@ impl<'a> Builder<'a> {
         }
         Builder {
             progress: None,
+            capture: None,
             objects,
             bs,
             sealed,
@@ -490,6 +503,11 @@ impl<'a> Builder<'a> {
             stats: SnapshotStats::default(),
             buf: vec![0u8; bs as usize],
         }
+    }
+
+    /// Read through a copy-before-write capture (writers run meanwhile).
+    pub fn set_capture(&mut self, c: &'a Capture) {
+        self.capture = Some(c);
     }
 
     pub fn set_progress(&mut self, p: std::sync::Arc<Progress>) {
@@ -517,18 +535,26 @@ impl<'a> Builder<'a> {
             None => None,
         };
         let prev_root = prev_top.as_ref().and_then(|t| t.get(b".")).cloned();
-        let st = sys::fstat(root).map_err(|e| backing(b".", e))?;
+        let mut st = sys::fstat(root).map_err(|e| backing(b".", e))?;
+        let mut xattrs = sys::xattrs_at(root, c".").map_err(|err| backing(b".", err))?;
+        if let Some(c) = self.capture.and_then(|c| c.inode(st.st_ino)) {
+            st = c.st;
+            xattrs = c.xattrs;
+        }
         let mut e = entry_from_stat(b".", &st);
+        e.xattrs = xattrs;
         let prev_root = prev_root.filter(|p| p.ino == st.st_ino && p.kind == EntryKind::Dir);
-        e.xattrs = sys::xattrs_at(root, c".").map_err(|err| backing(b".", err))?;
         if self.must_walk(b"", st.st_ino, prev_root.as_ref()) {
-            let (id, totals) = self.walk(root, b"", prev_root.as_ref())?;
+            let (id, totals) = self.walk(root, st.st_ino, b"", prev_root.as_ref())?;
             e.content = id;
             e.totals = totals;
         } else {
             let p = prev_root.expect("checked");
             e.content = p.content;
             e.totals = p.totals;
+        }
+        if let Some(c) = self.capture {
+            c.done(st.st_ino);
         }
         self.stats.files = e.totals.files;
         self.stats.dirs = e.totals.dirs + 1;
@@ -538,8 +564,15 @@ impl<'a> Builder<'a> {
         Ok(id)
     }
 
-    /// Walk the directory `dir` (at `path`), returning its tree and totals.
-    fn walk(&mut self, dir: BorrowedFd<'_>, path: &[u8], prev: Option<&Entry>) -> SnapResult<(ObjectId, Totals)> {
+    /// Walk the directory `dir` (backing inode `dir_ino`, at `path`),
+    /// returning its tree and totals.
+    fn walk(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        dir_ino: u64,
+        path: &[u8],
+        prev: Option<&Entry>,
+    ) -> SnapResult<(ObjectId, Totals)> {
         self.stats.dirs_walked += 1;
         if let Some(p) = &self.progress {
             p.dirs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -548,13 +581,19 @@ impl<'a> Builder<'a> {
             Some(p) if !p.content.is_zero() => Some(self.objects.tree(&p.content)?),
             _ => None,
         };
-        let mut names: Vec<Vec<u8>> = sys::list_dir(dir)
+        let live: Vec<Vec<u8>> = sys::list_dir(dir)
             .map_err(|e| backing(path, e))?
             .into_iter()
             .map(|e| std::os::unix::ffi::OsStringExt::into_vec(e.name))
-            .filter(|n| !(path.is_empty() && (n == REPO_NAME.as_bytes() || n == SNAPSHOTS_NAME.as_bytes())))
             .collect();
-        names.sort();
+        // The sealed listing, if a change has touched this directory since.
+        let mut listing: Vec<(Vec<u8>, Option<u64>)> = match self.capture.and_then(|c| c.dir(dir_ino)) {
+            Some(l) => l.into_iter().map(|(n, i)| (n, Some(i))).collect(),
+            None => live.into_iter().map(|n| (n, None)).collect(),
+        };
+        listing.retain(|(n, _)| !(path.is_empty() && (n == REPO_NAME.as_bytes() || n == SNAPSHOTS_NAME.as_bytes())));
+        listing.sort();
+        let names: Vec<Vec<u8>> = listing.iter().map(|(n, _)| n.clone()).collect();
         // what the previous snapshot linked here is re-recorded below
         let stale: Vec<Vec<u8>> = self
             .links
@@ -567,39 +606,93 @@ impl<'a> Builder<'a> {
         for p in stale {
             self.links.remove(&p);
         }
-        let mut entries = Vec::with_capacity(names.len());
+        let mut entries = Vec::with_capacity(listing.len());
         let mut totals = Totals::default();
-        for name in names {
+        // A listing captured after we listed live (a name changed meanwhile).
+        let mut late: Option<HashMap<Vec<u8>, u64>> = None;
+        for (name, mut expected) in listing {
             let cname = CString::new(name.clone()).map_err(|_| backing(path, Errno::EINVAL))?;
             let child_path = join(path, &name);
-            let st = match sys::fstatat(dir, &cname) {
-                Ok(st) => st,
-                Err(Errno::ENOENT) => continue, // gone since listed
-                Err(e) => return Err(backing(&child_path, e)),
+            let live_st = sys::fstatat(dir, &cname);
+            if expected.is_none() {
+                if late.is_none() {
+                    late = self.capture.and_then(|c| c.dir(dir_ino)).map(|l| l.into_iter().collect());
+                }
+                if let Some(l) = &late {
+                    match l.get(&name) {
+                        Some(ino) => expected = Some(*ino),
+                        None => continue, // created after the seal
+                    }
+                }
+            }
+            // Where the inode is now: at its name, or (moved or unlinked since
+            // the seal) through the descriptor the capture kept.
+            let src = match (expected, live_st) {
+                (Some(ino), Ok(st)) if st.st_ino == ino => Src::At(st),
+                (Some(ino), _) => match self.capture.and_then(|c| c.pinned(ino)) {
+                    Some(fd) => match sys::fstat(fd.as_fd()) {
+                        Ok(st) => Src::Pin(st, fd),
+                        Err(e) => return Err(backing(&child_path, e)),
+                    },
+                    None => {
+                        log::warn!("snapshot: {} is gone and was not kept", String::from_utf8_lossy(&child_path));
+                        continue;
+                    }
+                },
+                (None, Ok(st)) => Src::At(st),
+                (None, Err(Errno::ENOENT)) => continue, // gone since listed
+                (None, Err(e)) => return Err(backing(&child_path, e)),
             };
-            let mut e = entry_from_stat(&name, &st);
-            let prev_e =
-                prev_tree.as_ref().and_then(|t| t.get(&name)).filter(|p| p.ino == st.st_ino && p.kind == e.kind);
+            let mut st = *src.stat();
+            let prev_e = prev_tree
+                .as_ref()
+                .and_then(|t| t.get(&name))
+                .filter(|p| p.ino == st.st_ino && p.kind == EntryKind::from_mode(st.st_mode));
             let rec = self.record(st.st_ino);
             let meta_clean = self.sealed.is_some() && rec.is_none_or(|r| r.flags & (META | FULL) == 0);
-            e.xattrs = match prev_e {
+            let mut xattrs = match prev_e {
                 Some(p) if meta_clean => p.xattrs.clone(),
-                _ => match sys::xattrs_at(dir, &cname) {
-                    Ok(x) => x,
-                    Err(Errno::ENOENT) => continue,
-                    Err(err) => return Err(backing(&child_path, err)),
-                },
+                _ => match &src {
+                    Src::At(_) => sys::xattrs_at(dir, &cname),
+                    Src::Pin(_, fd) => sys::xattrs_at_fd(fd.as_fd()),
+                }
+                .map_err(|err| backing(&child_path, err))?,
             };
+            let mut target = Vec::new();
+            if EntryKind::from_mode(st.st_mode) == EntryKind::Symlink {
+                target = match prev_e {
+                    Some(p) if meta_clean => p.target.clone(),
+                    _ => match &src {
+                        Src::At(_) => sys::readlink_at(dir, &cname),
+                        Src::Pin(_, fd) => sys::readlinkat(fd.as_fd()),
+                    }
+                    .map_err(|err| backing(&child_path, err))?,
+                };
+            }
+            // the sealed state, if a change has touched the inode since
+            if let Some(c) = self.capture.and_then(|c| c.inode(st.st_ino)) {
+                st = c.st;
+                xattrs = c.xattrs;
+                target = c.target;
+            }
+            let mut e = entry_from_stat(&name, &st);
+            e.xattrs = xattrs;
+            e.target = target;
             match e.kind {
                 EntryKind::Dir => {
                     if self.must_walk(&child_path, st.st_ino, prev_e) {
-                        let fd =
-                            match sys::openat(dir, &cname, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0) {
-                                Ok(fd) => fd,
-                                Err(Errno::ENOENT) => continue,
-                                Err(err) => return Err(backing(&child_path, err)),
-                            };
-                        let (id, t) = self.walk(fd.as_fd(), &child_path, prev_e)?;
+                        let opened = match &src {
+                            Src::At(_) => {
+                                sys::openat(dir, &cname, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)
+                            }
+                            Src::Pin(_, fd) => sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY),
+                        };
+                        let fd = match opened {
+                            Ok(fd) => fd,
+                            Err(Errno::ENOENT) => continue,
+                            Err(err) => return Err(backing(&child_path, err)),
+                        };
+                        let (id, t) = self.walk(fd.as_fd(), st.st_ino, &child_path, prev_e)?;
                         e.content = id;
                         e.totals = t;
                     } else {
@@ -611,20 +704,16 @@ impl<'a> Builder<'a> {
                     totals.add(&e.totals);
                 }
                 EntryKind::File => {
-                    let (content, levels) = self.file(dir, &cname, &child_path, &st, prev_e, rec)?;
+                    let (content, levels) = self.file(dir, &cname, &src, &child_path, &st, prev_e, rec)?;
                     e.content = content;
                     e.levels = levels;
                     totals.files += 1;
                     totals.bytes += e.size;
                 }
-                EntryKind::Symlink => {
-                    e.target = match prev_e {
-                        Some(p) if meta_clean => p.target.clone(),
-                        _ => sys::readlink_at(dir, &cname).map_err(|err| backing(&child_path, err))?,
-                    };
-                    totals.others += 1;
-                }
                 _ => totals.others += 1,
+            }
+            if let Some(c) = self.capture {
+                c.done(st.st_ino);
             }
             if e.kind != EntryKind::Dir && e.nlink > 1 {
                 self.links.insert(child_path, st.st_ino);
@@ -635,11 +724,13 @@ impl<'a> Builder<'a> {
         Ok((id, totals))
     }
 
-    /// The block list of a regular file.
+    /// The block list of a regular file (`st`: its sealed stat).
+    #[allow(clippy::too_many_arguments)]
     fn file(
         &mut self,
         dir: BorrowedFd<'_>,
         name: &CString,
+        src: &Src,
         path: &[u8],
         st: &sys::Stat,
         prev: Option<&Entry>,
@@ -653,10 +744,11 @@ impl<'a> Builder<'a> {
                 return Ok((p.content, p.levels));
             }
         }
-        let fd = match open_for_read(dir, name) {
-            Ok(fd) => fd,
-            Err(e) => return Err(backing(path, e)),
+        let opened = match src {
+            Src::At(_) => open_for_read(dir, name),
+            Src::Pin(_, fd) => sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_NONBLOCK),
         };
+        let fd = opened.map_err(|e| backing(path, e))?;
         let check = sys::fstat(fd.as_fd()).map_err(|e| backing(path, e))?;
         if check.st_ino != st.st_ino {
             return Err(backing(path, Errno::EAGAIN));
@@ -680,27 +772,51 @@ impl<'a> Builder<'a> {
             None => (None, vec![(0, n)]),
         };
         let bs = self.bs;
+        let ino = st.st_ino;
         let objects = self.objects;
+        let capture = self.capture;
         let buf = &mut self.buf;
         let stats = &mut self.stats;
         let read = |b: u64| -> SnapResult<ObjectId> {
             let off = b * bs;
             let len = bs.min(size - off) as usize;
-            if !data.iter().any(|&(s, e)| s < off + len as u64 && off < e) {
-                return Ok(ObjectId::ZERO);
-            }
-            let got = sys::pread_full(fd.as_fd(), &mut buf[..len], off).map_err(|e| backing(path, e))?;
-            stats.read_bytes += got as u64;
-            if let Some(p) = &progress {
-                p.read_bytes.fetch_add(got as u64, std::sync::atomic::Ordering::Relaxed);
-            }
-            let block = &buf[..got];
-            if block.iter().all(|&x| x == 0) {
-                return Ok(ObjectId::ZERO);
-            }
-            Ok(objects.put(ObjKind::Blob, block)?.0)
+            // read the live block, then let a copy-before-write override it
+            let live = if !data.iter().any(|&(s, e)| s < off + len as u64 && off < e) {
+                ObjectId::ZERO
+            } else {
+                let got = sys::pread_full(fd.as_fd(), &mut buf[..len], off).map_err(|e| backing(path, e))?;
+                stats.read_bytes += got as u64;
+                if let Some(p) = &progress {
+                    p.read_bytes.fetch_add(got as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                if got < len {
+                    buf[got..len].fill(0);
+                }
+                let block = &buf[..len];
+                if block.iter().all(|&x| x == 0) {
+                    ObjectId::ZERO
+                } else {
+                    objects.put(ObjKind::Blob, block)?.0
+                }
+            };
+            Ok(capture.and_then(|c| c.block(ino, b)).unwrap_or(live))
         };
         build_block_list(objects, n, old, &dirty, read)
+    }
+}
+
+/// Where the walk reaches an inode: by its name, or through a descriptor the
+/// copy-before-write kept (moved or unlinked since the seal).
+enum Src {
+    At(sys::Stat),
+    Pin(sys::Stat, std::sync::Arc<OwnedFd>),
+}
+
+impl Src {
+    fn stat(&self) -> &sys::Stat {
+        match self {
+            Src::At(st) | Src::Pin(st, _) => st,
+        }
     }
 }
 

@@ -267,13 +267,13 @@ struct XattrArgs {
     flags: u32,
 }
 
-fn listxattr_at(dir: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> SysResult<usize> {
+fn listxattr_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32, buf: &mut [u8]) -> SysResult<usize> {
     let r = unsafe {
         libc::syscall(
             SYS_LISTXATTRAT,
             dir.as_raw_fd(),
             name.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+            flags as libc::c_uint,
             buf.as_mut_ptr(),
             buf.len(),
         )
@@ -285,14 +285,14 @@ fn listxattr_at(dir: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> SysResult<u
     }
 }
 
-fn getxattr_at(dir: BorrowedFd<'_>, name: &CStr, key: &CStr, buf: &mut [u8]) -> SysResult<usize> {
+fn getxattr_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32, key: &CStr, buf: &mut [u8]) -> SysResult<usize> {
     let mut args = XattrArgs { value: buf.as_mut_ptr() as u64, size: buf.len() as u32, flags: 0 };
     let r = unsafe {
         libc::syscall(
             SYS_GETXATTRAT,
             dir.as_raw_fd(),
             name.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+            flags as libc::c_uint,
             key.as_ptr(),
             &mut args as *mut XattrArgs,
             std::mem::size_of::<XattrArgs>(),
@@ -325,7 +325,21 @@ fn with_buf(mut f: impl FnMut(&mut [u8]) -> SysResult<usize>) -> SysResult<Vec<u
 /// Uses listxattrat/getxattrat; on older kernels symlinks get none and other
 /// inodes are read through `/proc/self/fd`.
 pub fn xattrs_at(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<Vec<(Vec<u8>, Vec<u8>)>> {
-    let list = match with_buf(|b| listxattr_at(dir, name, b)) {
+    xattrs_impl(dir, name, libc::AT_SYMLINK_NOFOLLOW)
+}
+
+/// All extended attributes of the inode `fd` refers to (an `O_PATH`
+/// descriptor will do), sorted.
+pub fn xattrs_at_fd(fd: BorrowedFd<'_>) -> SysResult<Vec<(Vec<u8>, Vec<u8>)>> {
+    match xattrs_impl(fd, c"", libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH) {
+        // the *xattrat calls refuse O_PATH descriptors with an empty path
+        Err(Errno::EBADF) => xattrs_via_proc(fd, c""),
+        r => r,
+    }
+}
+
+fn xattrs_impl(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> SysResult<Vec<(Vec<u8>, Vec<u8>)>> {
+    let list = match with_buf(|b| listxattr_at(dir, name, flags, b)) {
         Ok(l) => l,
         Err(Errno::ENOSYS) => return xattrs_via_proc(dir, name),
         Err(Errno::EOPNOTSUPP) => return Ok(Vec::new()),
@@ -334,7 +348,7 @@ pub fn xattrs_at(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<Vec<(Vec<u8>, Ve
     let mut out = Vec::new();
     for key in list.split(|b| *b == 0).filter(|k| !k.is_empty()) {
         let ck = CString::new(key).map_err(|_| Errno::EINVAL)?;
-        match with_buf(|b| getxattr_at(dir, name, &ck, b)) {
+        match with_buf(|b| getxattr_at(dir, name, flags, &ck, b)) {
             Ok(v) => out.push((key.to_vec(), v)),
             Err(Errno::ENODATA) => {} // removed meanwhile
             Err(e) => return Err(e),
@@ -345,12 +359,12 @@ pub fn xattrs_at(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<Vec<(Vec<u8>, Ve
 }
 
 fn xattrs_via_proc(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<Vec<(Vec<u8>, Vec<u8>)>> {
-    let st = fstatat(dir, name)?;
+    let st = if name.is_empty() { fstat(dir)? } else { fstatat(dir, name)? };
     if file_type(&st) == libc::S_IFLNK {
         return Ok(Vec::new());
     }
-    let fd = open_path(dir, name)?;
-    let p = proc_fd_path(fd.as_raw_fd());
+    let opened = if name.is_empty() { None } else { Some(open_path(dir, name)?) };
+    let p = proc_fd_path(opened.as_ref().map_or(dir.as_raw_fd(), |f| f.as_raw_fd()));
     let list = match with_buf(|b| {
         let r = unsafe { libc::listxattr(p.as_ptr(), b.as_mut_ptr() as *mut libc::c_char, b.len()) };
         if r < 0 {
@@ -412,6 +426,8 @@ mod tests {
         let x = xattrs_at(d.as_fd(), c"f").unwrap();
         assert_eq!(x, vec![(b"user.k".to_vec(), b"val".to_vec())]);
         assert!(xattrs_at(d.as_fd(), c"l").unwrap().is_empty());
+        let fd = open_path(d.as_fd(), c"f").unwrap();
+        assert_eq!(xattrs_at_fd(fd.as_fd()).unwrap(), x);
         assert_eq!(readlink_at(d.as_fd(), c"l").unwrap(), b"f");
     }
 }

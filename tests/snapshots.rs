@@ -453,3 +453,108 @@ fn sigkill_during_snapshots_keeps_the_repository_consistent() {
     m.umount();
     drop(_t);
 }
+
+/// Wait until the daemon of `dir` reports a snapshot in progress (sealed).
+fn wait_sealed(dir: &Path) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let out = std::process::Command::new("sh").arg("-c").arg("true").output().unwrap();
+        let _ = out;
+        let r =
+            snapfs::control::call(dir, &snapfs::control::Request::Progress, std::time::Duration::from_secs(5)).unwrap();
+        if r.progress.is_some() {
+            return;
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(30), "no snapshot started");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Changes made while a snapshot is being read must not reach it, and
+/// writers must not wait for it.
+fn copy_before_write_round(s: &Setup, incremental: bool) {
+    let d = s.m.dir.clone();
+    let before = model(&s.raw);
+    let bin = bin();
+    let dir = d.clone();
+    let t_start = std::time::Instant::now();
+    let snap_thread = std::thread::spawn(move || {
+        let out = std::process::Command::new(bin).args(["snapshot", "--json", dir.to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (v, std::time::Instant::now())
+    });
+    wait_sealed(&d);
+    // change everything while the snapshot reads
+    let mut during = 0u32;
+    let f = fs::OpenOptions::new().write(true).open(d.join("big")).unwrap();
+    for b in (0..64u64).rev() {
+        f.write_all_at(&[0xEE; 4096], b * BS + 17).unwrap();
+        during += 1;
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    fs::OpenOptions::new().write(true).open(d.join("trunc")).unwrap().set_len(1000).unwrap();
+    fs::remove_file(d.join("gone")).unwrap();
+    fs::rename(d.join("dir/moved"), d.join("moved-out")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(d.join("mode"), fs::Permissions::from_mode(0o600)).unwrap();
+    let c = CString::new(d.join("xattr").as_os_str().as_bytes()).unwrap();
+    assert_eq!(unsafe { libc::setxattr(c.as_ptr(), c"user.v".as_ptr(), b"later".as_ptr() as *const _, 5, 0) }, 0);
+    fs::write(d.join("dir/new-during"), b"not in the snapshot").unwrap();
+    let t_writes_done = std::time::Instant::now();
+    let (v, t_end) = snap_thread.join().unwrap();
+    assert_eq!(v["full"], !incremental);
+    // The writes finished before the snapshot did: writers were not held off
+    // for the snapshot (with the gate held throughout, they would have waited).
+    assert!(t_writes_done < t_end, "writers waited for the snapshot");
+    assert!(during == 64 && t_start < t_writes_done);
+    let got = read_back(&repo(s), v["name"].as_str().unwrap());
+    assert_same(&before, &got, "snapshot taken while changing");
+}
+
+#[test]
+fn copy_before_write_keeps_the_sealed_state() {
+    let s = setup(|d| {
+        // big enough that reading it takes a while in a debug build
+        fs::write(d.join("big"), random_bytes(64 << 20, 1)).unwrap();
+        fs::write(d.join("trunc"), random_bytes(5 * BS as usize, 2)).unwrap();
+        fs::write(d.join("gone"), random_bytes(3 * BS as usize, 3)).unwrap();
+        fs::create_dir(d.join("dir")).unwrap();
+        fs::write(d.join("dir/moved"), random_bytes(2 * BS as usize, 4)).unwrap();
+        fs::write(d.join("mode"), b"m").unwrap();
+        fs::write(d.join("xattr"), b"x").unwrap();
+        let c = CString::new(d.join("xattr").as_os_str().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::setxattr(c.as_ptr(), c"user.v".as_ptr(), b"sealed".as_ptr() as *const _, 6, 0) }, 0);
+    });
+    // first snapshot: full mode
+    copy_before_write_round(&s, false);
+    // make everything dirty again (a new epoch), restore the names, and do
+    // the same during an incremental snapshot
+    let d = &s.m.dir;
+    fs::write(d.join("big"), random_bytes(64 << 20, 5)).unwrap();
+    fs::write(d.join("trunc"), random_bytes(5 * BS as usize, 6)).unwrap();
+    fs::write(d.join("gone"), random_bytes(3 * BS as usize, 7)).unwrap();
+    fs::rename(d.join("moved-out"), d.join("dir/moved")).unwrap();
+    fs::remove_file(d.join("dir/new-during")).unwrap();
+    write_at(&d.join("dir/moved"), 0, b"dirty again");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(d.join("mode"), fs::Permissions::from_mode(0o644)).unwrap();
+    let c = CString::new(d.join("xattr").as_os_str().as_bytes()).unwrap();
+    assert_eq!(unsafe { libc::setxattr(c.as_ptr(), c"user.v".as_ptr(), b"sealed2".as_ptr() as *const _, 7, 0) }, 0);
+    snapfs::daemon::syncfs(d);
+    copy_before_write_round(&s, true);
+    s.m.umount();
+}
