@@ -349,6 +349,8 @@ impl Shared {
             let mut stats = b.stats.clone();
             stats.added_bytes = added.stored_bytes;
             stats.added_raw_bytes = added.raw_bytes;
+            stats.added_data_bytes = added.blob_bytes;
+            stats.added_meta_bytes = added.raw_bytes - added.blob_bytes;
             stats.added_objects = added.objects;
             stats.duration_ms = snapshot::elapsed_ms(t0);
             stats.paused_us = paused.as_micros() as u64;

@@ -105,8 +105,10 @@ pub struct Inode {
     /// before every write (FUSE has no SB_NOSEC); only a setxattr, which
     /// goes through us, can add one.
     no_caps: AtomicBool,
-    /// Where it was last seen: (backing inode of the parent, name).
-    link: Mutex<(u64, OsString)>,
+    /// The links we have seen it under: (backing inode of the parent, name),
+    /// most recent last. Every name change goes through us, so removed
+    /// names are dropped here and the rest stay true.
+    links: Mutex<Vec<(u64, OsString)>>,
 }
 
 impl Inode {
@@ -120,10 +122,29 @@ impl Inode {
         self.mode & libc::S_IFMT == libc::S_IFLNK
     }
     fn set_link(&self, parent: u64, name: &OsStr) {
-        let mut l = self.link.lock().unwrap_or_else(|e| e.into_inner());
-        if l.0 != parent || l.1 != name {
-            *l = (parent, name.to_os_string());
+        let mut l = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        if l.last().is_some_and(|(p, n)| *p == parent && n == name) {
+            return;
         }
+        l.retain(|(p, n)| !(*p == parent && n == name));
+        if self.is_dir() {
+            l.clear(); // a directory has one name
+        }
+        l.push((parent, name.to_os_string()));
+        if l.len() > 16 {
+            l.remove(0);
+        }
+    }
+
+    /// `parent/name` no longer names this inode; returns a link it still has.
+    fn drop_link(&self, parent: u64, name: &OsStr) -> Option<(u64, OsString)> {
+        let mut l = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        l.retain(|(p, n)| !(*p == parent && n == name));
+        l.last().cloned()
+    }
+
+    fn current_link(&self) -> Option<(u64, OsString)> {
+        self.links.lock().unwrap_or_else(|e| e.into_inner()).last().cloned()
     }
 }
 
@@ -315,7 +336,7 @@ impl LiveFs {
             mode: st.st_mode,
             nlookup: AtomicU64::new(1 << 40),
             no_caps: AtomicBool::new(false),
-            link: Mutex::new((0, OsString::new())),
+            links: Mutex::new(Vec::new()),
         };
         let mut t = Table::default();
         t.by_key.insert((st.st_dev, st.st_ino), ROOT);
@@ -428,9 +449,7 @@ impl LiveFs {
     fn link_of(&self, ino: u64) -> Option<(u64, OsString)> {
         let t = self.table.read().unwrap_or_else(|e| e.into_inner());
         let node = t.by_key.get(&(self.root_dev, ino))?;
-        let i = t.by_node.get(node)?;
-        let l = i.link.lock().unwrap_or_else(|e| e.into_inner());
-        Some(l.clone())
+        t.by_node.get(node)?.current_link()
     }
 
     pub fn inode(&self, nodeid: u64) -> SysResult<Arc<Inode>> {
@@ -501,7 +520,7 @@ impl LiveFs {
             mode: st.st_mode,
             nlookup: AtomicU64::new(1),
             no_caps: AtomicBool::new(false),
-            link: Mutex::new((parent_ino, name.to_os_string())),
+            links: Mutex::new(vec![(parent_ino, name.to_os_string())]),
         };
         t.by_key.insert(key, node);
         t.by_node.insert(node, Arc::new(inode));
@@ -751,6 +770,7 @@ impl LiveFs {
         let nodeid = match node {
             Some(n) if n == nodeid => {
                 i.nlookup.fetch_add(1, Ordering::SeqCst);
+                i.set_link(p.ino, newname);
                 n
             }
             _ => self.remember(fd, &st, p.ino, newname),
@@ -785,6 +805,8 @@ impl LiveFs {
         cvt(unsafe { libc::unlinkat(self.fd(&p)?.as_raw_fd(), c.as_ptr(), flags) })?;
         if last {
             self.tracker.gone(st.st_ino);
+        } else {
+            self.unlinked_name(&st, p.ino, name);
         }
         Ok(())
     }
@@ -828,20 +850,37 @@ impl LiveFs {
             }
             if exchange {
                 self.tracker.moved(self, d.st_ino, Kind::from_mode(d.st_mode), p.ino, name);
-                self.relink(d.st_dev, d.st_ino, p.ino, name);
+                self.relink(d.st_dev, d.st_ino, (np.ino, newname), (p.ino, name));
             } else if sys::is_dir(d) || d.st_nlink <= 1 {
                 self.tracker.gone(d.st_ino);
+            } else {
+                self.unlinked_name(d, np.ino, newname);
             }
         }
         self.tracker.moved(self, src.st_ino, Kind::from_mode(src.st_mode), np.ino, newname);
-        self.relink(src.st_dev, src.st_ino, np.ino, newname);
+        self.relink(src.st_dev, src.st_ino, (p.ino, name), (np.ino, newname));
         Ok(())
     }
 
-    fn relink(&self, dev: u64, ino: u64, parent: u64, name: &OsStr) {
+    /// `parent/name` no longer names the inode `st` (which has other links):
+    /// forget that link, and record the change under a link it still has so
+    /// its directories are marked.
+    fn unlinked_name(&self, st: &Stat, parent: u64, name: &OsStr) {
+        let node = {
+            let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+            t.by_key.get(&(st.st_dev, st.st_ino)).and_then(|n| t.by_node.get(n)).cloned()
+        };
+        if let Some((p, n)) = node.and_then(|i| i.drop_link(parent, name)) {
+            self.tracker.moved(self, st.st_ino, Kind::from_mode(st.st_mode), p, &n);
+        }
+    }
+
+    /// `from` no longer names inode `(dev, ino)`; `to` does.
+    fn relink(&self, dev: u64, ino: u64, from: (u64, &OsStr), to: (u64, &OsStr)) {
         let t = self.table.read().unwrap_or_else(|e| e.into_inner());
         if let Some(i) = t.by_key.get(&(dev, ino)).and_then(|n| t.by_node.get(n)) {
-            i.set_link(parent, name);
+            i.drop_link(from.0, from.1);
+            i.set_link(to.0, to.1);
         }
     }
 

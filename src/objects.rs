@@ -1,8 +1,8 @@
 //! Repository objects: ids and the byte encodings of file block lists and
 //! directory trees.
 //!
-//! Every object is named by the blake3 hash of its (uncompressed) bytes. The
-//! kinds:
+//! Every object is named by the blake3 hash of its kind byte followed by its
+//! (uncompressed) bytes. The kinds:
 //! - **blob**: the bytes of one file block (at most the block size);
 //! - **file node**: a level of a file's block list (see [`FileNode`]);
 //! - **tree**: a directory's sorted entries with all their metadata.
@@ -23,8 +23,19 @@ impl ObjectId {
     /// The id used for "nothing": a hole in a file, an empty file.
     pub const ZERO: ObjectId = ObjectId([0; 32]);
 
+    /// blake3 of some bytes (pack names, snapshot record ids).
     pub fn of(bytes: &[u8]) -> ObjectId {
         ObjectId(*blake3::hash(bytes).as_bytes())
+    }
+
+    /// The id of an object: blake3 of its kind byte and its bytes, so objects
+    /// of different kinds never share an id (an empty tree and an empty link
+    /// table have the same bytes).
+    pub fn of_object(kind: ObjKind, bytes: &[u8]) -> ObjectId {
+        let mut h = blake3::Hasher::new();
+        h.update(&[kind as u8]);
+        h.update(bytes);
+        ObjectId(*h.finalize().as_bytes())
     }
 
     pub fn is_zero(&self) -> bool {
@@ -141,10 +152,10 @@ impl<'a> Rd<'a> {
     }
 }
 
-/// Entries per file node: 1024 ids of 32 bytes, a 32 KiB node. A file of
-/// `n` blocks has `ceil(log_1024(n))` levels; one changed block rewrites one
-/// node per level.
-pub const FANOUT: usize = 1024;
+/// Entries per file node: 256 ids of 32 bytes, an 8 KiB node. A file of
+/// `n` blocks has `ceil(log_256(n))` levels (a 100 GiB file of 64 KiB blocks:
+/// 3); one changed block rewrites one node per level.
+pub const FANOUT: usize = 256;
 
 /// One node of a file's block list. Level 0 entries are blob ids (zero id: a
 /// hole, the block reads as zeros); level `k > 0` entries are ids of nodes of
@@ -465,9 +476,9 @@ mod tests {
         let n = FileNode { level: 0, entries: vec![ObjectId::ZERO, ObjectId::of(b"y")] };
         assert_eq!(FileNode::decode(&n.encode()).unwrap(), n);
         assert_eq!(levels_for(1), 0);
-        assert_eq!(levels_for(1024), 0);
-        assert_eq!(levels_for(1025), 1);
-        assert_eq!(levels_for(1024 * 1024 + 1), 2);
+        assert_eq!(levels_for(256), 0);
+        assert_eq!(levels_for(257), 1);
+        assert_eq!(levels_for(256 * 256 + 1), 2);
     }
 
     #[test]

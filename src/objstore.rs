@@ -151,6 +151,8 @@ pub struct AddStats {
     pub stored_bytes: u64,
     /// Bytes before compression.
     pub raw_bytes: u64,
+    /// Of those, blobs (file data).
+    pub blob_bytes: u64,
     pub packs: u64,
 }
 
@@ -161,6 +163,7 @@ pub struct Objects {
     added_objects: AtomicU64,
     added_stored: AtomicU64,
     added_raw: AtomicU64,
+    added_blob: AtomicU64,
     added_packs: AtomicU64,
 }
 
@@ -179,6 +182,7 @@ impl Objects {
             added_objects: AtomicU64::new(0),
             added_stored: AtomicU64::new(0),
             added_raw: AtomicU64::new(0),
+            added_blob: AtomicU64::new(0),
             added_packs: AtomicU64::new(0),
         };
         o.index_new_packs()?;
@@ -237,7 +241,7 @@ impl Objects {
 
     /// Store an object unless it is there already. Returns its id and whether it was new.
     pub fn put(&self, kind: ObjKind, raw: &[u8]) -> ObjResult<(ObjectId, bool)> {
-        let id = ObjectId::of(raw);
+        let id = ObjectId::of_object(kind, raw);
         if self.index.get(&id)?.is_some() {
             return Ok((id, false));
         }
@@ -251,6 +255,9 @@ impl Objects {
             self.added_objects.fetch_add(1, Ordering::Relaxed);
             self.added_stored.fetch_add(stored as u64, Ordering::Relaxed);
             self.added_raw.fetch_add(raw.len() as u64, Ordering::Relaxed);
+            if kind == ObjKind::Blob {
+                self.added_blob.fetch_add(raw.len() as u64, Ordering::Relaxed);
+            }
             p.writer.len() >= PACK_TARGET
         };
         if full {
@@ -324,6 +331,7 @@ impl Objects {
             objects: self.added_objects.swap(0, Ordering::Relaxed),
             stored_bytes: self.added_stored.swap(0, Ordering::Relaxed),
             raw_bytes: self.added_raw.swap(0, Ordering::Relaxed),
+            blob_bytes: self.added_blob.swap(0, Ordering::Relaxed),
             packs: self.added_packs.swap(0, Ordering::Relaxed),
         }
     }
@@ -341,6 +349,9 @@ mod tests {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let o = Objects::open(store.clone(), Some(&db)).unwrap();
         let (a, new) = o.put(ObjKind::Blob, b"hello").unwrap();
+        // the same bytes as another kind are another object
+        let (t, new_t) = o.put(ObjKind::Tree, b"hello").unwrap();
+        assert!(new_t && t != a);
         assert!(new);
         let (_, new) = o.put(ObjKind::Blob, b"hello").unwrap();
         assert!(!new);
@@ -349,13 +360,16 @@ mod tests {
         assert_eq!(o.get(&a, ObjKind::Blob).unwrap(), b"hello"); // from the pack
         assert!(matches!(o.get(&a, ObjKind::Tree), Err(ObjError::WrongKind { .. })));
         let s = o.take_stats();
-        assert_eq!((s.objects, s.packs, s.raw_bytes), (1, 1, 5));
+        assert_eq!((s.objects, s.packs, s.raw_bytes, s.blob_bytes), (2, 1, 10, 5));
         // the index is rebuilt from packs alone
         assert_eq!(o.rebuild_index().unwrap(), 1);
         assert_eq!(o.get(&a, ObjKind::Blob).unwrap(), b"hello");
         // an in-memory index over the same store finds it too
         let m = Objects::open(store, None).unwrap();
         assert_eq!(m.get(&a, ObjKind::Blob).unwrap(), b"hello");
-        assert!(matches!(m.get(&ObjectId::of(b"nope"), ObjKind::Blob), Err(ObjError::Missing(_))));
+        assert!(matches!(
+            m.get(&ObjectId::of_object(ObjKind::Blob, b"nope"), ObjKind::Blob),
+            Err(ObjError::Missing(_))
+        ));
     }
 }

@@ -9,7 +9,7 @@
 //! footer: trailer offset u64 | "SNAPFSPE"      16 bytes
 //! ```
 //! A pack is named by the blake3 hash of all its bytes. Objects are verified
-//! against their id (blake3 of the raw bytes) every time they are read.
+//! against their id (blake3 of kind byte and raw bytes) every time they are read.
 
 use thiserror::Error;
 
@@ -154,7 +154,7 @@ pub fn decode_object(pack: &str, e: &PackEntry, stored: &[u8]) -> Result<Vec<u8>
         })?,
         _ => return Err(PackError::Malformed(pack.into())),
     };
-    if raw.len() != e.raw as usize || ObjectId::of(&raw) != e.id {
+    if raw.len() != e.raw as usize || ObjectId::of_object(e.kind, &raw) != e.id {
         return Err(PackError::HashMismatch { id: e.id, pack: pack.into() });
     }
     Ok(raw)
@@ -169,8 +169,8 @@ mod tests {
         let mut w = PackWriter::new();
         let a = vec![7u8; 10_000];
         let b = b"tiny".to_vec();
-        w.add(ObjectId::of(&a), ObjKind::Blob, &a);
-        w.add(ObjectId::of(&b), ObjKind::Tree, &b);
+        w.add(ObjectId::of_object(ObjKind::Blob, &a), ObjKind::Blob, &a);
+        w.add(ObjectId::of_object(ObjKind::Tree, &b), ObjKind::Tree, &b);
         let (name, bytes, entries) = w.finish();
         assert_eq!(name, ObjectId::of(&bytes).hex());
         let size = bytes.len() as u64;

@@ -83,6 +83,11 @@ pub struct SnapshotStats {
     pub added_bytes: u64,
     /// The same before compression.
     pub added_raw_bytes: u64,
+    /// Of that, file data (blobs) and metadata (block lists, trees, tables).
+    #[serde(default)]
+    pub added_data_bytes: u64,
+    #[serde(default)]
+    pub added_meta_bytes: u64,
     pub added_objects: u64,
     /// Directories listed and files whose block list was rebuilt.
     pub dirs_walked: u64,
@@ -1063,6 +1068,8 @@ mod tests {
             (3 * 1024 + 5, 10, vec![]),
             (10, 3 * 1024 + 5, vec![(10, 3 * 1024 + 5)]),
             (3 * 1024 + 5, 3 * 1024 + 5, vec![(0, 1), (2047, 2049)]),
+            (256 * 256 + 7, 300, vec![]),
+            (300, 256 * 256 + 7, vec![(300, 256 * 256 + 7)]),
             (0, 7, vec![(0, 7)]),
             (7, 0, vec![]),
         ] {
