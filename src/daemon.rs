@@ -339,12 +339,19 @@ impl Shared {
             );
             b.set_progress(progress.clone());
             b.set_capture(&capture);
+            let t_walk = Instant::now();
             let top = b.build(self.live.root_fd(), prev_top)?;
             if let Some(e) = capture.error() {
                 anyhow::bail!("copy-before-write failed: {e}");
             }
             let (links, _) = self.objects.put(ObjKind::Meta, &snapshot::encode_links(b.links()))?;
+            let t_flush = Instant::now();
             self.objects.flush()?;
+            log::info!(
+                "snapshot phases: walk {} ms, pack write {} ms",
+                (t_flush - t_walk).as_millis(),
+                t_flush.elapsed().as_millis()
+            );
             let added = self.objects.take_stats();
             let mut stats = b.stats.clone();
             stats.added_bytes = added.stored_bytes;

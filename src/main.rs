@@ -251,11 +251,13 @@ fn show_progress(dir: &Path, done: &std::sync::atomic::AtomicBool) {
     use std::io::Write;
     let t0 = Instant::now();
     let mut shown = false;
+    let mut last = Instant::now();
     while !done.load(std::sync::atomic::Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(200));
-        if t0.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(10));
+        if t0.elapsed() < Duration::from_secs(2) || last.elapsed() < Duration::from_millis(250) {
             continue;
         }
+        last = Instant::now();
         if let Ok(r) = control::call(dir, &Request::Progress, Duration::from_secs(5)) {
             if let Some(p) = r.progress {
                 eprint!(

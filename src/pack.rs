@@ -46,6 +46,9 @@ pub enum PackError {
 pub struct PackWriter {
     buf: Vec<u8>,
     entries: Vec<PackEntry>,
+    /// One compression context for all objects (creating one per object
+    /// showed in profiles).
+    zstd: Option<zstd::bulk::Compressor<'static>>,
 }
 
 impl Default for PackWriter {
@@ -56,7 +59,7 @@ impl Default for PackWriter {
 
 impl PackWriter {
     pub fn new() -> PackWriter {
-        PackWriter { buf: MAGIC.to_vec(), entries: Vec::new() }
+        PackWriter { buf: MAGIC.to_vec(), entries: Vec::new(), zstd: zstd::bulk::Compressor::new(3).ok() }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -70,7 +73,11 @@ impl PackWriter {
 
     /// Add an object; returns the bytes it takes in the pack.
     pub fn add(&mut self, id: ObjectId, kind: ObjKind, raw: &[u8]) -> u32 {
-        let compressed = zstd::bulk::compress(raw, 3).ok().filter(|c| c.len() < raw.len());
+        let compressed = match &mut self.zstd {
+            Some(z) => z.compress(raw).ok(),
+            None => zstd::bulk::compress(raw, 3).ok(),
+        }
+        .filter(|c| c.len() < raw.len());
         let (codec, data) = match &compressed {
             Some(c) => (CODEC_ZSTD, c.as_slice()),
             None => (CODEC_RAW, raw),
@@ -143,15 +150,22 @@ pub fn parse_trailer(pack: &str, t: &[u8], trailer_off: u64) -> Result<Vec<PackE
     Ok(out)
 }
 
+thread_local! {
+    /// One decompression context per thread (creating one per object showed in profiles).
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        std::cell::RefCell::new(zstd::bulk::Decompressor::new().ok());
+}
+
 /// Decode the stored bytes of an object and check them against its id.
 pub fn decode_object(pack: &str, e: &PackEntry, stored: &[u8]) -> Result<Vec<u8>, PackError> {
     let raw = match e.codec {
         CODEC_RAW => stored.to_vec(),
-        CODEC_ZSTD => zstd::bulk::decompress(stored, e.raw as usize).map_err(|err| PackError::Decompress {
-            id: e.id,
-            pack: pack.into(),
-            msg: err.to_string(),
-        })?,
+        CODEC_ZSTD => DECOMPRESSOR
+            .with(|d| match &mut *d.borrow_mut() {
+                Some(d) => d.decompress(stored, e.raw as usize),
+                None => zstd::bulk::decompress(stored, e.raw as usize),
+            })
+            .map_err(|err| PackError::Decompress { id: e.id, pack: pack.into(), msg: err.to_string() })?,
         _ => return Err(PackError::Malformed(pack.into())),
     };
     if raw.len() != e.raw as usize || ObjectId::of_object(e.kind, &raw) != e.id {
