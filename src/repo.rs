@@ -43,6 +43,8 @@ pub enum RepoError {
     BadBlockSize(u64),
     #[error("repository {path} is in use by another snapfs daemon{}", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
     Locked { path: PathBuf, pid: Option<u32> },
+    #[error("{0}: the state database is in use by another process (a running snapfs daemon?)")]
+    StateInUse(PathBuf),
     #[error("state database {path}: {source}")]
     State {
         path: PathBuf,
@@ -187,6 +189,25 @@ impl Repo {
 
     pub fn block_size(&self) -> u64 {
         self.config.block_size
+    }
+}
+
+/// Open a sled database. sled releases its file lock a moment after the
+/// last handle is dropped (its threads hold it), so a lock conflict is
+/// retried for up to two seconds before it is reported as "in use".
+pub fn open_sled(path: &Path) -> Result<sled::Db, RepoError> {
+    let t0 = std::time::Instant::now();
+    loop {
+        match sled::Config::new().path(path).flush_every_ms(None).open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if t0.elapsed() > std::time::Duration::from_secs(2) {
+                    return Err(RepoError::StateInUse(path.to_path_buf()));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(source) => return Err(RepoError::State { path: path.to_path_buf(), source }),
+        }
     }
 }
 

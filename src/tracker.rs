@@ -871,7 +871,7 @@ mod tests {
     const BS: u64 = 65536;
 
     fn db_at(p: &std::path::Path) -> sled::Db {
-        sled::Config::new().path(p).flush_every_ms(None).open().unwrap()
+        crate::repo::open_sled(p).unwrap()
     }
 
     struct Tree(HashMap<u64, (u64, OsString)>);
