@@ -67,9 +67,10 @@ pub trait Store: Send + Sync {
 
 /// A store in a local directory: `packs/<2 hex>/<name>`, `snapshots/<name>`.
 /// Writes go to a temporary name, are fsynced, renamed without replacing,
-/// and the directory is fsynced.
+/// and the directory is fsynced. Recently read packs stay open.
 pub struct LocalStore {
     root: PathBuf,
+    open_packs: std::sync::Mutex<lru::LruCache<String, std::sync::Arc<File>>>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -78,7 +79,22 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 
 impl LocalStore {
     pub fn new(root: &Path) -> LocalStore {
-        LocalStore { root: root.to_path_buf() }
+        let cap = std::num::NonZeroUsize::new(64).expect("non-zero");
+        LocalStore { root: root.to_path_buf(), open_packs: std::sync::Mutex::new(lru::LruCache::new(cap)) }
+    }
+
+    /// An open pack (files are immutable, so a cached descriptor stays valid
+    /// until prune deletes the file, which drops it from the cache).
+    fn open_cached(&self, kind: FileKind, name: &str) -> StoreResult<std::sync::Arc<File>> {
+        if kind != FileKind::Pack {
+            return Ok(std::sync::Arc::new(self.open(kind, name)?));
+        }
+        if let Some(f) = self.open_packs.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
+            return Ok(f.clone());
+        }
+        let f = std::sync::Arc::new(self.open(kind, name)?);
+        self.open_packs.lock().unwrap_or_else(|e| e.into_inner()).put(name.to_string(), f.clone());
+        Ok(f)
     }
 
     fn dir_of(&self, kind: FileKind, name: &str) -> PathBuf {
@@ -139,7 +155,7 @@ impl Store for LocalStore {
     }
 
     fn get_range(&self, kind: FileKind, name: &str, off: u64, len: usize) -> StoreResult<Vec<u8>> {
-        let f = self.open(kind, name)?;
+        let f = self.open_cached(kind, name)?;
         let mut v = vec![0u8; len];
         let mut done = 0;
         while done < len {
@@ -186,6 +202,7 @@ impl Store for LocalStore {
     }
 
     fn delete(&self, kind: FileKind, name: &str) -> StoreResult<()> {
+        self.open_packs.lock().unwrap_or_else(|e| e.into_inner()).pop(name);
         let p = self.path(kind, name);
         match fs::remove_file(&p) {
             Ok(()) => Ok(()),
