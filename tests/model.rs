@@ -102,6 +102,22 @@ fn run(ops: &[Op]) {
     }
     fs::create_dir(&mnt).unwrap();
     let m = Mounted::with(&mnt, MountOpts { backing: Some(raw.clone()), ..Default::default() });
+    // A writer runs all along, outside the model's files: every snapshot
+    // must show one of the values it wrote (8 bytes in one page: with the
+    // kernel's writeback cache a longer write may reach the daemon in parts).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (stop.clone(), mnt.join("d1/busy"));
+        std::thread::spawn(move || {
+            let f = fs::OpenOptions::new().write(true).create(true).truncate(false).open(&path).unwrap();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                f.write_all_at(&n.to_le_bytes(), 0).unwrap();
+            }
+            n
+        })
+    };
     let mut model = Model::default();
     let mut snaps = 0;
     let check = |model: &Model, full: bool, snaps: &mut usize| {
@@ -113,7 +129,11 @@ fn run(ops: &[Op]) {
         let out = snapfs(&args);
         assert!(out.status.success(), "snapshot: {}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let got = read_back(&raw.join(".snapfs"), v["id"].as_str().unwrap());
+        let mut got = read_back(&raw.join(".snapfs"), v["id"].as_str().unwrap());
+        if let Some(busy) = got.remove("d1/busy") {
+            // empty (not yet written) or one counter value
+            assert!(busy.is_empty() || busy.len() == 8, "busy file of {} bytes in snapshot {snaps}", busy.len());
+        }
         let want = model.view();
         if got != want {
             let short = |m: &BTreeMap<String, Vec<u8>>| -> Vec<(String, usize)> {
@@ -192,6 +212,8 @@ fn run(ops: &[Op]) {
         }
     }
     check(&model, false, &mut snaps);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(writer.join().unwrap() > 0);
     m.umount();
 }
 
