@@ -103,10 +103,11 @@ pub fn mounts() -> Vec<MountEntry> {
 
 /// The snapfs mount at `dir`, if any.
 pub fn snapfs_mount_at(dir: &Path) -> Option<MountEntry> {
-    mounts()
-        .into_iter()
-        .rev()
-        .find(|m| m.mountpoint == dir && m.fstype.starts_with("fuse") && m.source.starts_with("snapfs:"))
+    mounts().into_iter().rev().find(|m| {
+        m.mountpoint == dir
+            && m.fstype.starts_with("fuse")
+            && (m.source.starts_with("snapfs:") || m.source.starts_with("snapfs-browse:"))
+    })
 }
 
 fn cpath(p: &Path) -> Result<CString> {
@@ -178,6 +179,30 @@ fn check_dir(dir: &Path) -> Result<PathBuf> {
 
 fn spawn_background(args: &MountArgs) -> Result<()> {
     let dir = check_dir(&args.dir)?;
+    let mut a: Vec<std::ffi::OsString> = vec!["mount".into()];
+    if let Some(b) = &args.backing {
+        a.extend(["--backing".into(), canonical(b).into_os_string()]);
+    }
+    if let Some(r) = &args.repo {
+        a.extend(["--repo".into(), canonical(r).into_os_string()]);
+    }
+    a.extend([
+        "--threads".into(),
+        args.threads.to_string().into(),
+        "--flush-ms".into(),
+        args.flush_ms.to_string().into(),
+    ]);
+    if !args.writeback {
+        a.push("--no-writeback".into());
+    }
+    let pid = spawn_daemon(a, &dir)?;
+    println!("snapfs: {} is protected (daemon pid {pid})", dir.display());
+    Ok(())
+}
+
+/// Run `snapfs ARGS --foreground --ready-fd 3 DIR` in a new session and wait
+/// for its one line: `READY` (returns its pid) or `ERROR <message>`.
+fn spawn_daemon(args: Vec<std::ffi::OsString>, dir: &Path) -> Result<u32> {
     let mut fds = [0 as RawFd; 2];
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         bail!("pipe: {}", std::io::Error::last_os_error());
@@ -185,19 +210,7 @@ fn spawn_background(args: &MountArgs) -> Result<()> {
     let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let exe = std::env::current_exe().context("cannot find the snapfs executable")?;
     let mut cmd = Command::new(exe);
-    cmd.arg("mount").arg("--foreground").arg("--ready-fd").arg("3");
-    if let Some(b) = &args.backing {
-        cmd.arg("--backing").arg(canonical(b));
-    }
-    if let Some(r) = &args.repo {
-        cmd.arg("--repo").arg(canonical(r));
-    }
-    cmd.arg("--threads").arg(args.threads.to_string());
-    cmd.arg("--flush-ms").arg(args.flush_ms.to_string());
-    if !args.writeback {
-        cmd.arg("--no-writeback");
-    }
-    cmd.arg(&dir);
+    cmd.args(&args).arg("--foreground").arg("--ready-fd").arg("3").arg(dir);
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     let wfd = w.as_raw_fd();
     unsafe {
@@ -217,8 +230,7 @@ fn spawn_background(args: &MountArgs) -> Result<()> {
     BufReader::new(std::fs::File::from(r)).read_line(&mut line)?;
     let line = line.trim_end();
     if line == "READY" {
-        println!("snapfs: {} is protected (daemon pid {})", dir.display(), child.id());
-        return Ok(());
+        return Ok(child.id());
     }
     if let Some(msg) = line.strip_prefix("ERROR ") {
         let _ = child.wait();
@@ -226,6 +238,125 @@ fn spawn_background(args: &MountArgs) -> Result<()> {
     }
     let status = child.wait()?;
     bail!("the snapfs daemon exited before the mount was ready ({status}); run with --foreground to see why")
+}
+
+#[derive(Debug, Clone)]
+pub struct BrowseArgs {
+    pub repo: PathBuf,
+    pub mnt: PathBuf,
+    pub snapshot: Option<String>,
+    pub foreground: bool,
+    pub ready_fd: Option<RawFd>,
+}
+
+/// `snapfs browse`: mount a repository's snapshots read-only, with no live
+/// daemon (a copy of a repository on another machine will do).
+pub fn browse(args: BrowseArgs) -> Result<()> {
+    if !args.foreground {
+        let mnt = check_dir(&args.mnt)?;
+        let mut a: Vec<std::ffi::OsString> = vec!["browse".into(), "--repo".into(), canonical(&args.repo).into()];
+        if let Some(s) = &args.snapshot {
+            a.extend(["--snapshot".into(), s.into()]);
+        }
+        let pid = spawn_daemon(a, &mnt)?;
+        println!(
+            "snapfs: snapshots of {} are at {} (read-only, pid {pid}, log {})",
+            args.repo.display(),
+            mnt.display(),
+            browse_log(&mnt).display()
+        );
+        return Ok(());
+    }
+    let ready_fd = args.ready_fd;
+    match serve_browse(args) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            notify(ready_fd, &format!("ERROR {e:#}"));
+            Err(e)
+        }
+    }
+}
+
+/// Where a background browse daemon logs (damaged objects are reported there).
+fn browse_log(mnt: &Path) -> PathBuf {
+    std::env::temp_dir().join(format!("{}.log", control::socket_name(mnt)))
+}
+
+fn serve_browse(args: BrowseArgs) -> Result<()> {
+    let sigset = block_signals();
+    let mnt = check_dir(&args.mnt)?;
+    let listener = control::listen(&mnt).map_err(|e| anyhow!("control socket: {e}"))?;
+    if args.ready_fd.is_some() {
+        redirect_output_to(&browse_log(&mnt))?;
+    }
+    let repo_path = canonical(&args.repo);
+    let repo = Repo::open(&repo_path)?;
+    let objects = Arc::new(Objects::open(repo.store(), None)?);
+    let all = snapshot::list(&**objects.store())?;
+    if all.is_empty() {
+        log::warn!("{} has no snapshots yet", repo_path.display());
+    }
+    let view = Arc::new(crate::view::View::new(objects, repo.block_size(), args.snapshot.clone()));
+    let root = match &args.snapshot {
+        Some(name) => {
+            let info = snapshot::find(&all, name)?;
+            view.pin_snapshot_root(&info.record.name).map_err(|e| anyhow!("snapshot {name}: {e}"))?
+        }
+        None => crate::view::VIEW_ROOT,
+    };
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(format!("snapfs-browse:{}", repo_path.display())),
+        fuser::MountOption::Subtype("snapfs".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::RO,
+    ];
+    config.acl = fuser::SessionACL::All;
+    config.n_threads = Some(2);
+    let session = fuser::Session::new(crate::fuse::BrowseFuse::new(view, root), &mnt, &config)
+        .with_context(|| format!("mounting {}", mnt.display()))?;
+    tune_bdi(&mnt, false);
+    let in_flight = Arc::new(std::sync::RwLock::new(()));
+    {
+        let (mnt, in_flight, repo_path) = (mnt.clone(), in_flight.clone(), repo_path.clone());
+        std::thread::Builder::new().name("control".into()).spawn(move || {
+            control::serve(listener, in_flight, move |req| match req {
+                Request::Unmount { lazy } => match umount(&mnt, lazy) {
+                    Ok(()) => Reply::ok(),
+                    Err(e) => Reply::err(format!("unmount failed: {e}")),
+                },
+                Request::Status { .. } => Reply {
+                    status: Some(StatusReport {
+                        mounted: true,
+                        mountpoint: mnt.display().to_string(),
+                        repository: repo_path.display().to_string(),
+                        pid: Some(std::process::id()),
+                        last_session: "browse".into(),
+                        ..Default::default()
+                    }),
+                    ..Reply::ok()
+                },
+                _ => Reply::err("a browse mount only answers status and unmount"),
+            })
+        })?;
+    }
+    {
+        let mnt = mnt.clone();
+        std::thread::Builder::new().name("signals".into()).spawn(move || loop {
+            let mut sig: libc::c_int = 0;
+            if unsafe { libc::sigwait(&sigset, &mut sig) } != 0 {
+                continue;
+            }
+            if umount(&mnt, false).is_err() {
+                let _ = umount(&mnt, true);
+            }
+        })?;
+    }
+    notify(args.ready_fd, "READY");
+    let r = session.run();
+    drop(in_flight.write().unwrap_or_else(|e| e.into_inner()));
+    r.context("FUSE session")?;
+    Ok(())
 }
 
 /// Everything the control socket and the signal thread need.
@@ -584,7 +715,13 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
         Ok(()) => log::info!("tracking state flushed and marked clean"),
         Err(e) => log::error!("could not save tracking state: {e}"),
     });
-    let fs = SnapFuse::new(live.clone(), KernelOptions { writeback: args.writeback, ..Default::default() }, on_destroy);
+    let view = Arc::new(crate::view::View::new(objects.clone(), bs, None));
+    let fs = SnapFuse::new(
+        live.clone(),
+        view,
+        KernelOptions { writeback: args.writeback, ..Default::default() },
+        on_destroy,
+    );
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName(format!("snapfs:{}", backing.display())),

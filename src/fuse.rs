@@ -1,5 +1,9 @@
-//! The FUSE adapter: each callback calls one method of [`LiveFs`] and replies.
+//! The FUSE adapters: each callback calls one method of [`LiveFs`] or of the
+//! snapshot [`View`] and replies.
 //!
+//! [`SnapFuse`] serves a live mount: node ids with bit 63 set belong to the
+//! view behind `DIR/.snapshots`, where every mutating call is EROFS.
+//! [`BrowseFuse`] serves a read-only `browse` mount of a repository.
 //! No filesystem logic lives here; errors arrive as [`crate::errno::Errno`]
 //! already decided by the layer below.
 
@@ -14,7 +18,8 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::live::{Ctx, LiveFs, OpenReply, SetAttr, TimeSpec};
+use crate::live::{Ctx, LiveFs, OpenReply, SetAttr, TimeSpec, ROOT, SNAPSHOTS_NAME};
+use crate::view::{is_view, View, VIEW_ROOT};
 
 /// Kernel-side settings for a live mount.
 #[derive(Debug, Clone)]
@@ -32,17 +37,119 @@ impl Default for KernelOptions {
 
 pub struct SnapFuse {
     live: Arc<LiveFs>,
+    view: Arc<View>,
     kernel: KernelOptions,
     on_destroy: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 impl SnapFuse {
-    pub fn new(live: Arc<LiveFs>, kernel: KernelOptions, on_destroy: Box<dyn FnOnce() + Send + Sync>) -> SnapFuse {
-        SnapFuse { live, kernel, on_destroy: Some(on_destroy) }
+    pub fn new(
+        live: Arc<LiveFs>,
+        view: Arc<View>,
+        kernel: KernelOptions,
+        on_destroy: Box<dyn FnOnce() + Send + Sync>,
+    ) -> SnapFuse {
+        SnapFuse { live, view, kernel, on_destroy: Some(on_destroy) }
     }
 
     fn ttl(&self) -> Duration {
         self.live.options().entry_ttl
+    }
+
+    /// `.snapshots` at the root of the live tree.
+    fn is_snapshots(parent: INodeNo, name: &OsStr) -> bool {
+        parent.0 == ROOT && name == SNAPSHOTS_NAME
+    }
+}
+
+const EROFS: fuser::Errno = fuser::Errno::EROFS;
+
+// --- replies for view nodes, shared by the live and the browse adapters
+
+fn view_entry(view: &View, r: crate::errno::SysResult<fuser::FileAttr>, reply: ReplyEntry) {
+    match r {
+        Ok(a) => reply.entry(&view.ttl(), &a, Generation(0)),
+        Err(e) => reply.error(e.into()),
+    }
+}
+
+fn view_attr(view: &View, ino: u64, reply: ReplyAttr) {
+    match view.getattr(ino) {
+        Ok(a) => reply.attr(&view.ttl(), &a),
+        Err(e) => reply.error(e.into()),
+    }
+}
+
+fn view_open(flags: OpenFlags, reply: ReplyOpen) {
+    if flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
+        return reply.error(EROFS);
+    }
+    // snapshot contents never change: the kernel may keep its cache
+    reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+}
+
+fn view_read(view: &View, ino: u64, offset: u64, size: u32, reply: ReplyData) {
+    match view.read(ino, offset, size) {
+        Ok(d) => reply.data(&d),
+        Err(e) => reply.error(e.into()),
+    }
+}
+
+fn view_readdir(view: &View, ino: u64, offset: u64, mut reply: ReplyDirectory) {
+    let r =
+        view.readdir(ino, offset as i64, |node, next, kind, name| reply.add(INodeNo(node), next as u64, kind, name));
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e.into()),
+    }
+}
+
+fn view_readdirplus(view: &View, ino: u64, offset: u64, mut reply: ReplyDirectoryPlus) {
+    let ttl = view.ttl();
+    let dir_attr = view.getattr(ino);
+    let r = view.readdir(ino, offset as i64, |_node, next, _kind, name| {
+        if name == "." || name == ".." {
+            // the kernel counts no lookup for these
+            return match &dir_attr {
+                Ok(a) => reply.add(a.ino, next as u64, name, &ttl, a, Generation(0)),
+                Err(_) => false,
+            };
+        }
+        match view.lookup(ino, name) {
+            Ok(a) => {
+                let full = reply.add(a.ino, next as u64, name, &ttl, &a, Generation(0));
+                if full {
+                    view.forget(a.ino.0, 1);
+                }
+                full
+            }
+            Err(_) => false,
+        }
+    });
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e.into()),
+    }
+}
+
+fn view_xattr(r: crate::errno::SysResult<Vec<u8>>, size: u32, reply: ReplyXattr) {
+    match r {
+        Ok(d) if size == 0 => reply.size(u32::from_ne_bytes(d[..4].try_into().unwrap())),
+        Ok(d) => reply.data(&d),
+        Err(e) => reply.error(e.into()),
+    }
+}
+
+fn view_lseek(view: &View, ino: u64, offset: i64, whence: i32, reply: ReplyLseek) {
+    let size = match view.getattr(ino) {
+        Ok(a) => a.size as i64,
+        Err(e) => return reply.error(e.into()),
+    };
+    match whence {
+        libc::SEEK_DATA if offset < size => reply.offset(offset),
+        libc::SEEK_HOLE if offset < size => reply.offset(size),
+        libc::SEEK_DATA | libc::SEEK_HOLE => reply.error(fuser::Errno::from_i32(libc::ENXIO)),
+        _ => reply.error(fuser::Errno::EINVAL),
     }
 }
 
@@ -108,6 +215,12 @@ impl Filesystem for SnapFuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if is_view(parent.0) {
+            return view_entry(&self.view, self.view.lookup(parent.0, name), reply);
+        }
+        if Self::is_snapshots(parent, name) {
+            return view_entry(&self.view, self.view.getattr(VIEW_ROOT), reply);
+        }
         match self.live.lookup(parent.0, name) {
             Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
             Err(e) => reply.error(e.into()),
@@ -115,10 +228,16 @@ impl Filesystem for SnapFuse {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        if is_view(ino.0) {
+            return self.view.forget(ino.0, nlookup);
+        }
         self.live.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        if is_view(ino.0) {
+            return view_attr(&self.view, ino.0, reply);
+        }
         match self.live.getattr(ino.0, fh.map(|f| f.0)) {
             Ok(a) => reply.attr(&self.live.options().attr_ttl, &a),
             Err(e) => reply.error(e.into()),
@@ -143,6 +262,9 @@ impl Filesystem for SnapFuse {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        if is_view(ino.0) {
+            return reply.error(EROFS);
+        }
         let a = SetAttr { mode, uid, gid, size, atime: time(atime), mtime: time(mtime), fh: fh.map(|f| f.0) };
         match self.live.setattr(&ctx(_req), ino.0, &a) {
             Ok(a) => reply.attr(&self.live.options().attr_ttl, &a),
@@ -151,7 +273,8 @@ impl Filesystem for SnapFuse {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.live.readlink(ino.0) {
+        let r = if is_view(ino.0) { self.view.readlink(ino.0) } else { self.live.readlink(ino.0) };
+        match r {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(e.into()),
         }
@@ -167,6 +290,12 @@ impl Filesystem for SnapFuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        if is_view(parent.0) {
+            return reply.error(EROFS);
+        }
+        if Self::is_snapshots(parent, name) {
+            return reply.error(fuser::Errno::EEXIST);
+        }
         match self.live.mknod(&ctx(req), parent.0, name, mode, rdev) {
             Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
             Err(e) => reply.error(e.into()),
@@ -174,6 +303,12 @@ impl Filesystem for SnapFuse {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        if is_view(parent.0) {
+            return reply.error(EROFS);
+        }
+        if Self::is_snapshots(parent, name) {
+            return reply.error(fuser::Errno::EEXIST);
+        }
         match self.live.mkdir(&ctx(req), parent.0, name, mode) {
             Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
             Err(e) => reply.error(e.into()),
@@ -181,6 +316,9 @@ impl Filesystem for SnapFuse {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if is_view(parent.0) || Self::is_snapshots(parent, name) {
+            return reply.error(EROFS);
+        }
         match self.live.unlink(parent.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e.into()),
@@ -188,6 +326,9 @@ impl Filesystem for SnapFuse {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if is_view(parent.0) || Self::is_snapshots(parent, name) {
+            return reply.error(EROFS);
+        }
         match self.live.rmdir(parent.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e.into()),
@@ -195,6 +336,12 @@ impl Filesystem for SnapFuse {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        if is_view(parent.0) {
+            return reply.error(EROFS);
+        }
+        if Self::is_snapshots(parent, link_name) {
+            return reply.error(fuser::Errno::EEXIST);
+        }
         match self.live.symlink(&ctx(req), parent.0, link_name, target.as_os_str()) {
             Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
             Err(e) => reply.error(e.into()),
@@ -211,6 +358,13 @@ impl Filesystem for SnapFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        if is_view(parent.0)
+            || is_view(newparent.0)
+            || Self::is_snapshots(parent, name)
+            || Self::is_snapshots(newparent, newname)
+        {
+            return reply.error(EROFS);
+        }
         match self.live.rename(parent.0, name, newparent.0, newname, flags.bits()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e.into()),
@@ -218,6 +372,12 @@ impl Filesystem for SnapFuse {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        if is_view(ino.0) || is_view(newparent.0) {
+            return reply.error(EROFS);
+        }
+        if Self::is_snapshots(newparent, newname) {
+            return reply.error(fuser::Errno::EEXIST);
+        }
         match self.live.link(ino.0, newparent.0, newname) {
             Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
             Err(e) => reply.error(e.into()),
@@ -225,6 +385,9 @@ impl Filesystem for SnapFuse {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if is_view(ino.0) {
+            return view_open(flags, reply);
+        }
         match self.live.open(&ctx(_req), ino.0, flags.0) {
             Ok(o) => reply.opened(FileHandle(o.fh), fopen(&o)),
             Err(e) => reply.error(e.into()),
@@ -242,6 +405,9 @@ impl Filesystem for SnapFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        if is_view(_ino.0) {
+            return view_read(&self.view, _ino.0, offset, size, reply);
+        }
         self.live.read_with(fh.0, offset, size, |r| match r {
             Ok(d) => reply.data(d),
             Err(e) => reply.error(e.into()),
@@ -260,6 +426,9 @@ impl Filesystem for SnapFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if is_view(_ino.0) {
+            return reply.error(EROFS);
+        }
         match self.live.write(fh.0, offset, data, _write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e.into()),
@@ -284,11 +453,16 @@ impl Filesystem for SnapFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.live.release(fh.0);
+        if !is_view(_ino.0) {
+            self.live.release(fh.0);
+        }
         reply.ok();
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        if is_view(_ino.0) {
+            return reply.ok();
+        }
         match self.live.fsync(fh.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e.into()),
@@ -296,6 +470,9 @@ impl Filesystem for SnapFuse {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if is_view(ino.0) {
+            return reply.opened(FileHandle(0), FopenFlags::empty());
+        }
         match self.live.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e.into()),
@@ -303,6 +480,9 @@ impl Filesystem for SnapFuse {
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        if is_view(_ino.0) {
+            return view_readdir(&self.view, _ino.0, offset, reply);
+        }
         let r = self
             .live
             .readdir(fh.0, offset as i64, |ino, next, kind, name| reply.add(INodeNo(ino), next as u64, kind, name));
@@ -313,6 +493,9 @@ impl Filesystem for SnapFuse {
     }
 
     fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        if is_view(_ino.0) {
+            return view_readdirplus(&self.view, _ino.0, offset, reply);
+        }
         let ttl = self.ttl();
         let r = self.live.readdirplus(fh.0, offset as i64, |next, name, attr| {
             reply.add(attr.ino, next as u64, name, &ttl, attr, Generation(0))
@@ -324,11 +507,16 @@ impl Filesystem for SnapFuse {
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        self.live.releasedir(fh.0);
+        if !is_view(_ino.0) {
+            self.live.releasedir(fh.0);
+        }
         reply.ok();
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        if is_view(_ino.0) {
+            return reply.ok();
+        }
         match self.live.fsyncdir(fh.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e.into()),
@@ -361,6 +549,9 @@ impl Filesystem for SnapFuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if is_view(ino.0) {
+            return reply.error(EROFS);
+        }
         match self.live.setxattr(ino.0, name, value, flags) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e.into()),
@@ -368,6 +559,9 @@ impl Filesystem for SnapFuse {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if is_view(ino.0) {
+            return view_xattr(self.view.getxattr(ino.0, name, size), size, reply);
+        }
         match self.live.getxattr(ino.0, name, size) {
             Ok(d) if size == 0 => reply.size(u32::from_ne_bytes(d[..4].try_into().unwrap())),
             Ok(d) => reply.data(&d),
@@ -376,6 +570,9 @@ impl Filesystem for SnapFuse {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if is_view(ino.0) {
+            return view_xattr(self.view.listxattr(ino.0, size), size, reply);
+        }
         match self.live.listxattr(ino.0, size) {
             Ok(d) if size == 0 => reply.size(u32::from_ne_bytes(d[..4].try_into().unwrap())),
             Ok(d) => reply.data(&d),
@@ -384,6 +581,9 @@ impl Filesystem for SnapFuse {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if is_view(ino.0) {
+            return reply.error(EROFS);
+        }
         match self.live.removexattr(ino.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e.into()),
@@ -405,6 +605,12 @@ impl Filesystem for SnapFuse {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        if is_view(parent.0) {
+            return reply.error(EROFS);
+        }
+        if Self::is_snapshots(parent, name) {
+            return reply.error(fuser::Errno::EEXIST);
+        }
         match self.live.create(&ctx(req), parent.0, name, mode, flags) {
             Ok((e, o)) => reply.created(&self.ttl(), &e.attr, Generation(0), FileHandle(o.fh), fopen(&o)),
             Err(e) => reply.error(e.into()),
@@ -414,13 +620,16 @@ impl Filesystem for SnapFuse {
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        if is_view(ino.0) {
+            return reply.error(EROFS);
+        }
         match self.live.fallocate(fh.0, offset, length, mode) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e.into()),
@@ -428,6 +637,9 @@ impl Filesystem for SnapFuse {
     }
 
     fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        if is_view(_ino.0) {
+            return view_lseek(&self.view, _ino.0, offset, whence, reply);
+        }
         match self.live.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(e.into()),
@@ -437,19 +649,129 @@ impl Filesystem for SnapFuse {
     fn copy_file_range(
         &self,
         _req: &Request,
-        _ino_in: INodeNo,
+        ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
-        _ino_out: INodeNo,
+        ino_out: INodeNo,
         fh_out: FileHandle,
         offset_out: u64,
         len: u64,
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        if is_view(ino_out.0) {
+            return reply.error(EROFS);
+        }
+        if is_view(ino_in.0) {
+            // the kernel copies through read and write instead
+            return reply.error(fuser::Errno::EXDEV);
+        }
         match self.live.copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len, flags.bits() as u32) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e.into()),
         }
+    }
+}
+
+/// A read-only mount of a repository's snapshots (`snapfs browse`). The
+/// mount is made read-only, so the kernel refuses changes with EROFS itself.
+pub struct BrowseFuse {
+    view: Arc<View>,
+    /// The view node shown as the mount's root (the folder of snapshots,
+    /// or one snapshot's root).
+    root: u64,
+}
+
+impl BrowseFuse {
+    pub fn new(view: Arc<View>, root: u64) -> BrowseFuse {
+        BrowseFuse { view, root }
+    }
+
+    fn map(&self, ino: INodeNo) -> u64 {
+        if ino.0 == ROOT {
+            self.root
+        } else {
+            ino.0
+        }
+    }
+}
+
+impl Filesystem for BrowseFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        let _ = config.add_capabilities(InitFlags::FUSE_READDIRPLUS_AUTO);
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        view_entry(&self.view, self.view.lookup(self.map(parent), name), reply);
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        if ino.0 != ROOT {
+            self.view.forget(ino.0, nlookup);
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        view_attr(&self.view, self.map(ino), reply);
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.view.readlink(self.map(ino)) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(e.into()),
+        }
+    }
+
+    fn open(&self, _req: &Request, _ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        view_open(flags, reply);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        view_read(&self.view, self.map(ino), offset, size, reply);
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.opened(FileHandle(0), FopenFlags::empty());
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, reply: ReplyDirectory) {
+        view_readdir(&self.view, self.map(ino), offset, reply);
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, reply: ReplyDirectoryPlus) {
+        view_readdirplus(&self.view, self.map(ino), offset, reply);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        view_xattr(self.view.getxattr(self.map(ino), name, size), size, reply);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        view_xattr(self.view.listxattr(self.map(ino), size), size, reply);
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn lseek(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        view_lseek(&self.view, self.map(ino), offset, whence, reply);
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        reply.statfs(0, 0, 0, 0, 0, 4096, 255, 4096);
     }
 }

@@ -29,3 +29,4 @@ pub mod store;
 pub mod sys;
 pub mod tracker;
 pub mod util;
+pub mod view;

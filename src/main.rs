@@ -91,6 +91,19 @@ enum Cmd {
         #[arg(num_args = 2..=3)]
         args: Vec<String>,
     },
+    /// Mount a repository's snapshots read-only (no live daemon needed).
+    Browse {
+        #[arg(long)]
+        repo: PathBuf,
+        /// Show just this snapshot at MNT.
+        #[arg(long)]
+        snapshot: Option<String>,
+        #[arg(long)]
+        foreground: bool,
+        #[arg(long, hide = true)]
+        ready_fd: Option<i32>,
+        mnt: PathBuf,
+    },
     /// Show the mount, the repository and the dirty set.
     Status {
         #[arg(long)]
@@ -137,6 +150,9 @@ fn run(cli: Cli) -> Result<()> {
             daemon::mount(MountArgs { dir, backing, repo, foreground, threads, writeback, flush_ms, ready_fd })
         }
         Cmd::Umount { lazy, dir } => umount(&dir, lazy),
+        Cmd::Browse { repo, snapshot, foreground, ready_fd, mnt } => {
+            daemon::browse(daemon::BrowseArgs { repo, mnt, snapshot, foreground, ready_fd })
+        }
         Cmd::Snapshot { name, full, json, dir } => take_snapshot(&dir, name, full, json),
         Cmd::List { repo, json, dir } => {
             let all = list(dir.as_deref(), repo.as_deref())?;

@@ -30,7 +30,9 @@ pub fn is_mounted(dir: &Path) -> bool {
     s.lines().any(|l| {
         let mut f = l.split(' ');
         let mp = f.nth(4).unwrap_or("");
-        mp == dir.to_str().unwrap_or("") && l.contains(" - fuse") && l.contains("snapfs:")
+        mp == dir.to_str().unwrap_or("")
+            && l.contains(" - fuse")
+            && (l.contains("snapfs:") || l.contains("snapfs-browse:"))
     })
 }
 

@@ -1,0 +1,278 @@
+//! Recovery: snapshots as read-only folders in the live mount, and the
+//! standalone browse mount of a repository.
+
+mod common;
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+fn c(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn errno_of(r: i32) -> i32 {
+    if r == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap()
+    }
+}
+
+fn fill(d: &Path) {
+    fs::create_dir_all(d.join("a/b")).unwrap();
+    fs::write(d.join("a/b/f"), b"hello\n").unwrap();
+    fs::write(d.join("big"), (0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>()).unwrap();
+    fs::hard_link(d.join("a/b/f"), d.join("hl")).unwrap();
+    std::os::unix::fs::symlink("a/b/f", d.join("sl")).unwrap();
+    fs::set_permissions(d.join("big"), fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(d.join("big"), Some(65534), Some(4242)).unwrap();
+    let cp = c(&d.join("big"));
+    assert_eq!(unsafe { libc::setxattr(cp.as_ptr(), c"user.k".as_ptr(), b"v".as_ptr() as *const _, 1, 0) }, 0);
+}
+
+fn snap(dir: &Path, name: &str) {
+    let out = snapfs(&["snapshot", "--name", name, dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Every mutating call on `dir` (a read-only snapshot folder) fails with EROFS.
+fn assert_read_only(dir: &Path) {
+    let p = |n: &str| c(&dir.join(n));
+    type Call<'a> = Box<dyn Fn() -> i32 + 'a>;
+    let calls: Vec<(&str, Call)> = vec![
+        ("create", Box::new(|| unsafe { libc::open(p("new").as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644) }.min(0))),
+        ("open for write", Box::new(|| unsafe { libc::open(p("big").as_ptr(), libc::O_WRONLY) }.min(0))),
+        ("truncate", Box::new(|| unsafe { libc::truncate(p("big").as_ptr(), 0) })),
+        ("mkdir", Box::new(|| unsafe { libc::mkdir(p("nd").as_ptr(), 0o755) })),
+        ("unlink", Box::new(|| unsafe { libc::unlink(p("big").as_ptr()) })),
+        ("rmdir", Box::new(|| unsafe { libc::rmdir(p("a/b").as_ptr()) })),
+        ("rename", Box::new(|| unsafe { libc::rename(p("big").as_ptr(), p("big2").as_ptr()) })),
+        ("link", Box::new(|| unsafe { libc::link(p("big").as_ptr(), p("big3").as_ptr()) })),
+        ("symlink", Box::new(|| unsafe { libc::symlink(c"x".as_ptr(), p("sl2").as_ptr()) })),
+        ("mkfifo", Box::new(|| unsafe { libc::mkfifo(p("fifo").as_ptr(), 0o644) })),
+        ("chmod", Box::new(|| unsafe { libc::chmod(p("big").as_ptr(), 0o777) })),
+        ("chown", Box::new(|| unsafe { libc::chown(p("big").as_ptr(), 1, 1) })),
+        ("utimes", Box::new(|| unsafe { libc::utimensat(libc::AT_FDCWD, p("big").as_ptr(), std::ptr::null(), 0) })),
+        (
+            "setxattr",
+            Box::new(|| unsafe {
+                libc::setxattr(p("big").as_ptr(), c"user.x".as_ptr(), b"1".as_ptr() as *const _, 1, 0)
+            }),
+        ),
+        ("removexattr", Box::new(|| unsafe { libc::removexattr(p("big").as_ptr(), c"user.k".as_ptr()) })),
+    ];
+    for (what, f) in calls {
+        assert_eq!(errno_of(f()), libc::EROFS, "{what} in {}", dir.display());
+    }
+}
+
+fn same_tree(a: &Path, b: &Path) {
+    let out = Command::new("diff").arg("-r").arg("--no-dereference").arg(a).arg(b).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{} and {} differ:\n{}",
+        a.display(),
+        b.display(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for rel in ["big", "a/b/f", "hl"] {
+        let (x, y) = (fs::metadata(a.join(rel)).unwrap(), fs::metadata(b.join(rel)).unwrap());
+        assert_eq!(
+            (x.mode(), x.uid(), x.gid(), x.mtime(), x.nlink()),
+            (y.mode(), y.uid(), y.gid(), y.mtime(), y.nlink()),
+            "{rel}"
+        );
+    }
+}
+
+#[test]
+fn snapshots_folder_is_hidden_read_only_and_copyable() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("d");
+    fs::create_dir(&d).unwrap();
+    fill(&d);
+    let m = Mounted::new(&d);
+    snap(&m.dir, "s1");
+    fs::write(m.path("a/b/f"), b"changed\n").unwrap();
+    snap(&m.dir, "s2");
+    // hidden from ls, reachable by path
+    let names: Vec<_> = fs::read_dir(&m.dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(!names.iter().any(|n| n == ".snapshots"), "{names:?}");
+    let mut listed: Vec<_> =
+        fs::read_dir(m.path(".snapshots")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    listed.sort();
+    assert_eq!(listed, vec!["s1", "s2"]);
+    assert_eq!(fs::read(m.path(".snapshots/s1/a/b/f")).unwrap(), b"hello\n");
+    assert_eq!(fs::read(m.path(".snapshots/s2/a/b/f")).unwrap(), b"changed\n");
+    // metadata, xattrs, symlinks, hard links
+    let big = fs::metadata(m.path(".snapshots/s1/big")).unwrap();
+    assert_eq!((big.mode() & 0o7777, big.uid(), big.gid(), big.len()), (0o640, 65534, 4242, 300_000));
+    assert_eq!(fs::read_link(m.path(".snapshots/s1/sl")).unwrap().to_str().unwrap(), "a/b/f");
+    let (f, hl) =
+        (fs::metadata(m.path(".snapshots/s1/a/b/f")).unwrap(), fs::metadata(m.path(".snapshots/s1/hl")).unwrap());
+    assert_eq!((f.ino(), f.nlink()), (hl.ino(), 2));
+    let live = fs::metadata(m.path("a/b/f")).unwrap();
+    assert_ne!(f.ino(), live.ino(), "snapshot inode numbers must not collide with live ones");
+    let mut buf = [0u8; 8];
+    let n = unsafe {
+        libc::getxattr(c(&m.path(".snapshots/s1/big")).as_ptr(), c"user.k".as_ptr(), buf.as_mut_ptr() as *mut _, 8)
+    };
+    assert_eq!(&buf[..n as usize], b"v");
+    // read-only, and .snapshots itself cannot be replaced
+    assert_read_only(&m.path(".snapshots/s1"));
+    assert_eq!(errno_of(unsafe { libc::mkdir(c(&m.path(".snapshots")).as_ptr(), 0o755) }), libc::EEXIST);
+    assert_eq!(errno_of(unsafe { libc::rmdir(c(&m.path(".snapshots")).as_ptr()) }), libc::EROFS);
+    assert_eq!(
+        errno_of(unsafe { libc::rename(c(&m.path("big")).as_ptr(), c(&m.path(".snapshots/s1/x")).as_ptr()) }),
+        libc::EROFS
+    );
+    // hot recovery with cp, and cp -a of a whole snapshot
+    let st = Command::new("cp").arg(m.path(".snapshots/s1/a/b/f")).arg(m.path("a/b/f")).status().unwrap();
+    assert!(st.success());
+    assert_eq!(fs::read(m.path("a/b/f")).unwrap(), b"hello\n");
+    let out = t.path().join("out");
+    let st = Command::new("cp").arg("-a").arg(m.path(".snapshots/s2/.")).arg(&out).status().unwrap();
+    assert!(st.success());
+    same_tree(&m.path(".snapshots/s2"), &out);
+    assert_eq!(fs::metadata(out.join("hl")).unwrap().ino(), fs::metadata(out.join("a/b/f")).unwrap().ino());
+    // stable inode numbers while mounted
+    let again = fs::metadata(m.path(".snapshots/s1/a/b/f")).unwrap();
+    assert_eq!(again.ino(), f.ino());
+    m.umount();
+}
+
+fn browse(repo: &Path, mnt: &Path, extra: &[&str]) {
+    let mut a = vec!["browse", "--repo", repo.to_str().unwrap()];
+    a.extend_from_slice(extra);
+    a.push(mnt.to_str().unwrap());
+    let out = snapfs(&a);
+    assert!(out.status.success(), "browse: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Unmounts a browse mount even if the test fails.
+struct BrowseGuard(PathBuf);
+impl Drop for BrowseGuard {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let out = snapfs(&["umount", self.0.to_str().unwrap()]);
+            if !out.status.success() {
+                let cp = c(&self.0);
+                unsafe { libc::umount2(cp.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+    }
+}
+
+#[test]
+fn browse_a_copy_of_the_repository() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("d");
+    fs::create_dir(&d).unwrap();
+    fill(&d);
+    let m = Mounted::new(&d);
+    snap(&m.dir, "s1");
+    m.umount();
+    // the repository alone, somewhere else; the protected directory is gone
+    let copy = t.path().join("elsewhere");
+    assert!(Command::new("cp").arg("-a").arg(d.join(".snapfs")).arg(&copy).status().unwrap().success());
+    fs::remove_dir_all(copy.join("state")).unwrap();
+    let expect = t.path().join("expect");
+    assert!(Command::new("cp").arg("-a").arg(&d).arg(&expect).status().unwrap().success());
+    fs::remove_dir_all(expect.join(".snapfs")).unwrap();
+    fs::remove_dir_all(&d).unwrap();
+
+    let mnt = t.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    browse(&copy, &mnt, &[]);
+    let _g = BrowseGuard(mnt.clone());
+    assert!(is_mounted(&mnt));
+    same_tree(&expect, &mnt.join("s1"));
+    assert_read_only(&mnt.join("s1"));
+    assert_eq!(errno_of(unsafe { libc::mkdir(c(&mnt.join("x")).as_ptr(), 0o755) }), libc::EROFS);
+    let out = snapfs(&["umount", mnt.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // one snapshot as the mount's root
+    browse(&copy, &mnt, &["--snapshot", "s1"]);
+    same_tree(&expect, &mnt);
+    let out = snapfs(&["umount", mnt.to_str().unwrap()]);
+    assert!(out.status.success());
+    // an unknown snapshot is refused
+    let out = snapfs(&["browse", "--repo", copy.to_str().unwrap(), "--snapshot", "nope", mnt.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn damaged_pack_reads_fail_with_eio_naming_the_file() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("d");
+    fs::create_dir(&d).unwrap();
+    // one file whose blocks are all in one pack
+    fs::write(d.join("victim"), (0..200_000u32).map(|i| (i * 7 % 253) as u8).collect::<Vec<_>>()).unwrap();
+    let m = Mounted::new(&d);
+    snap(&m.dir, "s1");
+    m.umount();
+    // flip one byte in the middle of the (only) pack
+    let packs: Vec<PathBuf> = walk_files(&d.join(".snapfs/packs"));
+    assert_eq!(packs.len(), 1);
+    let mut bytes = fs::read(&packs[0]).unwrap();
+    let mid = bytes.len() / 3;
+    bytes[mid] ^= 0x40;
+    fs::write(&packs[0], &bytes).unwrap();
+
+    let mnt = t.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let logf = t.path().join("browse.log");
+    let child = Command::new(bin())
+        .args(["browse", "--foreground", "--repo", d.join(".snapfs").to_str().unwrap(), mnt.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stderr(fs::File::create(&logf).unwrap())
+        .spawn()
+        .unwrap();
+    let mut child = ChildGuard(child);
+    let _g = BrowseGuard(mnt.clone());
+    let t0 = std::time::Instant::now();
+    while !is_mounted(&mnt) {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(20), "browse did not mount");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let r = fs::read(mnt.join("s1/victim"));
+    let err = r.expect_err("reading damaged data must fail");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    drop(_g);
+    let _ = child.0.wait();
+    let log = fs::read_to_string(&logf).unwrap();
+    assert!(log.contains("snapshot s1") && log.contains("victim"), "log does not name the file:\n{log}");
+}
+
+/// Kills the daemon we started (our own child) if the test ends early.
+struct ChildGuard(std::process::Child);
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn walk_files(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(d).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
