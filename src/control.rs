@@ -53,6 +53,10 @@ pub struct StatusReport {
     pub mountpoint: String,
     pub backing: String,
     pub repository: String,
+    /// A path to the repository that other processes can use while the
+    /// daemon runs (in-place mounts hide DIR/.snapfs behind the mount).
+    #[serde(default)]
+    pub repository_access: String,
     pub repository_id: String,
     pub block_size: u64,
     pub pid: Option<u32>,

@@ -364,6 +364,7 @@ struct Shared {
     dir: PathBuf,
     backing: PathBuf,
     repo_display: String,
+    repo_access: String,
     repo_id: String,
     block_size: u64,
     live: Arc<LiveFs>,
@@ -387,6 +388,7 @@ impl Shared {
             mountpoint: self.dir.display().to_string(),
             backing: self.backing.display().to_string(),
             repository: self.repo_display.clone(),
+            repository_access: self.repo_access.clone(),
             repository_id: self.repo_id.clone(),
             block_size: self.block_size,
             pid: Some(std::process::id()),
@@ -693,10 +695,16 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
     sys::raise_nofile_limit();
     unsafe { libc::umask(0) };
 
+    let repo_access = match &args.repo {
+        // through our descriptor of the backing directory: not via the mount
+        None => format!("/proc/{}/fd/{}/{}", std::process::id(), backing_fd.as_raw_fd(), live::REPO_NAME),
+        Some(_) => repo_display.clone(),
+    };
     let shared = Arc::new(Shared {
         dir: dir.clone(),
         backing: backing.clone(),
         repo_display,
+        repo_access,
         repo_id: repo.config.id.clone(),
         block_size: bs,
         live: live.clone(),

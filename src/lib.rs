@@ -23,6 +23,7 @@ pub mod objects;
 pub mod objstore;
 pub mod pack;
 pub mod repo;
+pub mod restore;
 pub mod scan;
 pub mod snapshot;
 pub mod store;

@@ -104,6 +104,22 @@ enum Cmd {
         ready_fd: Option<i32>,
         mnt: PathBuf,
     },
+    /// Restore a snapshot (or SNAPSHOT:PATH) into TARGET with parallel workers.
+    Restore {
+        #[arg(long)]
+        repo: Option<PathBuf>,
+        /// Workers (default: the number of cores).
+        #[arg(short = 'j', long)]
+        jobs: Option<usize>,
+        /// Restore into a non-empty TARGET, rewriting only what differs.
+        #[arg(long)]
+        overwrite: bool,
+        #[arg(long)]
+        json: bool,
+        /// [DIR] SNAPSHOT[:PATH] TARGET (DIR when not --repo)
+        #[arg(num_args = 2..=3)]
+        args: Vec<String>,
+    },
     /// Show the mount, the repository and the dirty set.
     Status {
         #[arg(long)]
@@ -150,6 +166,40 @@ fn run(cli: Cli) -> Result<()> {
             daemon::mount(MountArgs { dir, backing, repo, foreground, threads, writeback, flush_ms, ready_fd })
         }
         Cmd::Umount { lazy, dir } => umount(&dir, lazy),
+        Cmd::Restore { repo, jobs, overwrite, json, args } => {
+            let (dir, spec, target) = match (repo.is_some(), args.as_slice()) {
+                (true, [s, t]) => (None, s.clone(), PathBuf::from(t)),
+                (false, [d, s, t]) => (Some(PathBuf::from(d)), s.clone(), PathBuf::from(t)),
+                _ => bail!("give DIR SNAPSHOT[:PATH] TARGET, or --repo REPO SNAPSHOT[:PATH] TARGET"),
+            };
+            let (name, sub) = spec.split_once(':').unwrap_or((spec.as_str(), ""));
+            let r = repo_for(dir.as_deref(), repo.as_deref())?;
+            let objects = snapfs::objstore::Objects::open(r.store(), None)?;
+            let all = snapfs::snapshot::list(&*r.store())?;
+            let snap = snapfs::snapshot::find(&all, name)?;
+            let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+            let t0 = Instant::now();
+            let opts = snapfs::restore::RestoreOptions { jobs, overwrite, progress: !json };
+            let stats = snapfs::restore::restore(&objects, snap, sub, &target, &opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                println!(
+                    "restored {}{} to {}: {} files, {} directories, {} other, {} hard links; {} written, {} already right, in {:.1} s",
+                    snap.record.name,
+                    if sub.is_empty() { String::new() } else { format!(":{sub}") },
+                    target.display(),
+                    stats.files,
+                    stats.dirs,
+                    stats.others,
+                    stats.links,
+                    util::human_bytes(stats.written),
+                    util::human_bytes(stats.kept),
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+            Ok(())
+        }
         Cmd::Browse { repo, snapshot, foreground, ready_fd, mnt } => {
             daemon::browse(daemon::BrowseArgs { repo, mnt, snapshot, foreground, ready_fd })
         }
@@ -293,6 +343,21 @@ fn show_progress(dir: &Path, done: &std::sync::atomic::AtomicBool) {
     }
 }
 
+/// The repository of DIR (mounted or not) or given with --repo, reachable
+/// from this process.
+fn repo_for(dir: Option<&Path>, repo: Option<&Path>) -> Result<Repo> {
+    if let (Some(d), None) = (dir, repo) {
+        let d = daemon::canonical(d);
+        if daemon::snapfs_mount_at(&d).is_some() {
+            let r = control::call(&d, &Request::Status { files: false }, Duration::from_secs(30))
+                .with_context(|| format!("asking the daemon of {}", d.display()))?;
+            let s = r.status.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_default()))?;
+            return Ok(Repo::open(Path::new(&s.repository_access))?);
+        }
+    }
+    offline_repo(dir, repo)
+}
+
 /// The repository of an unmounted directory or given with --repo.
 fn offline_repo(dir: Option<&Path>, repo: Option<&Path>) -> Result<Repo> {
     let p = match (repo, dir) {
@@ -421,6 +486,7 @@ fn status(dir: &Path, files: bool, repo: Option<&Path>) -> Result<StatusReport> 
         mountpoint: dir.display().to_string(),
         backing: dir.display().to_string(),
         repository: repo_path.display().to_string(),
+        repository_access: repo_path.display().to_string(),
         repository_id: r.config.id.clone(),
         block_size: r.block_size(),
         pid: None,

@@ -408,6 +408,60 @@ pub fn readlink_at(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<Vec<u8>> {
     Ok(buf)
 }
 
+/// `openat2` resolving `path` beneath `dir` without following any symlink:
+/// whatever links a tree contains, the result is inside it.
+pub fn open_beneath(dir: BorrowedFd<'_>, path: &CStr, flags: i32) -> SysResult<OwnedFd> {
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+    const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+    const RESOLVE_BENEATH: u64 = 0x08;
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+    };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// Set one extended attribute of `dir/name` (not following a symlink).
+pub fn set_xattr_at(dir: BorrowedFd<'_>, name: &CStr, key: &[u8], value: &[u8]) -> SysResult<()> {
+    const SYS_SETXATTRAT: libc::c_long = 463;
+    let key = CString::new(key).map_err(|_| Errno::EINVAL)?;
+    let args = XattrArgs { value: value.as_ptr() as u64, size: value.len() as u32, flags: 0 };
+    let r = unsafe {
+        libc::syscall(
+            SYS_SETXATTRAT,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+            key.as_ptr(),
+            &args as *const XattrArgs,
+            std::mem::size_of::<XattrArgs>(),
+        )
+    };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -119,11 +119,11 @@ impl View {
         self.ttl
     }
 
-    /// Learn of new snapshots (at most every 200 ms).
-    fn refresh(&self) {
+    /// Learn of new snapshots: at most every 200 ms unless `force`.
+    fn refresh(&self, force: bool) {
         {
             let mut r = self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
-            if r.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
+            if !force && r.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
                 return;
             }
             *r = Some(std::time::Instant::now());
@@ -166,7 +166,7 @@ impl View {
 
     /// Snapshots the view shows, oldest first: (index, name).
     pub fn snapshot_names(&self) -> Vec<(u32, String)> {
-        self.refresh();
+        self.refresh(true);
         let s = self.snaps.read().unwrap_or_else(|e| e.into_inner());
         s.by_index
             .iter()
@@ -296,10 +296,16 @@ impl View {
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> SysResult<FileAttr> {
         if parent == VIEW_ROOT {
-            self.refresh();
-            let idx = {
-                let s = self.snaps.read().unwrap_or_else(|e| e.into_inner());
-                *s.by_name.get(&*name.to_string_lossy()).ok_or(Errno::ENOENT)?
+            let find =
+                || self.snaps.read().unwrap_or_else(|e| e.into_inner()).by_name.get(&*name.to_string_lossy()).copied();
+            self.refresh(false);
+            let idx = match find() {
+                Some(i) => i,
+                None => {
+                    // a snapshot taken since the last look
+                    self.refresh(true);
+                    find().ok_or(Errno::ENOENT)?
+                }
             };
             let root = self.snap_root(idx)?;
             let id = self.remember(idx, &root, VIEW_ROOT);

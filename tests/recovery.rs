@@ -276,3 +276,149 @@ fn walk_files(d: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+fn restore(args: &[&str]) -> std::process::Output {
+    let mut a = vec!["restore"];
+    a.extend_from_slice(args);
+    snapfs(&a)
+}
+
+#[test]
+fn restore_equals_every_snapshot_and_refuses_non_empty_targets() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("d");
+    fs::create_dir(&d).unwrap();
+    fill(&d);
+    fs::File::create(d.join("sparse")).unwrap().set_len(1 << 22).unwrap();
+    write_at(&d.join("sparse"), 1 << 21, b"island");
+    let c_fifo = c(&d.join("fifo"));
+    assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o640) }, 0);
+    let m = Mounted::new(&d);
+    snap(&m.dir, "s1");
+    let want1 = model(&m.path(".snapshots/s1"));
+    fs::write(m.path("a/b/f"), b"second\n").unwrap();
+    fs::remove_file(m.path("sl")).unwrap();
+    fs::create_dir(m.path("newdir")).unwrap();
+    fs::write(m.path("newdir/n"), vec![9u8; 100_000]).unwrap();
+    snap(&m.dir, "s2");
+    let want2 = model(&m.path(".snapshots/s2"));
+    for (name, want) in [("s1", &want1), ("s2", &want2)] {
+        for j in ["1", "4"] {
+            let target = t.path().join(format!("r-{name}-{j}"));
+            let out = restore(&["-j", j, m.dir.to_str().unwrap(), name, target.to_str().unwrap()]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert_same(want, &model(&target), &format!("restore of {name} with -j {j}"));
+            let (a, b) = (fs::metadata(target.join("hl")).unwrap(), fs::metadata(target.join("a/b/f")).unwrap());
+            assert_eq!(a.ino(), b.ino(), "hard links restored as hard links");
+            let sp = fs::metadata(target.join("sparse")).unwrap();
+            assert!(sp.blocks() * 512 < 1 << 20, "sparse file restored with {} blocks", sp.blocks());
+            assert!(!target.join(".snapfs-restore").exists());
+        }
+    }
+    // a non-empty target is refused, --overwrite rewrites only what differs
+    let target = t.path().join("r-s1-1");
+    let out = restore(&[m.dir.to_str().unwrap(), "s2", target.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+    let out = restore(&["--overwrite", "--json", m.dir.to_str().unwrap(), "s2", target.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(st["written"].as_u64().unwrap() < 200_000, "overwrite rewrote too much: {st}");
+    let mut got = model(&target);
+    got.remove("sl"); // overwrite leaves what the snapshot does not have
+    assert_same(&want2, &got, "overwrite s1 -> s2");
+    // a subtree, from the repository alone
+    m.umount();
+    let sub = t.path().join("sub");
+    let out = restore(&["--repo", d.join(".snapfs").to_str().unwrap(), "s2:newdir", sub.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read(sub.join("n")).unwrap(), vec![9u8; 100_000]);
+}
+
+#[test]
+fn restore_never_writes_outside_the_target() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("d");
+    fs::create_dir_all(d.join("a")).unwrap();
+    fs::write(d.join("a/inside"), b"data").unwrap();
+    // a symlink in the snapshot pointing outside: restored as a link, never followed
+    let outside = t.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, d.join("escape")).unwrap();
+    let m = Mounted::new(&d);
+    snap(&m.dir, "s1");
+    m.umount();
+    // the target holds a symlink where the snapshot has a directory
+    let target = t.path().join("target");
+    fs::create_dir(&target).unwrap();
+    std::os::unix::fs::symlink(&outside, target.join("a")).unwrap();
+    let out = restore(&["--overwrite", "--repo", d.join(".snapfs").to_str().unwrap(), "s1", target.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "something was written outside the target");
+    assert!(fs::symlink_metadata(target.join("a")).unwrap().is_dir());
+    assert_eq!(fs::read(target.join("a/inside")).unwrap(), b"data");
+    assert_eq!(fs::read_link(target.join("escape")).unwrap(), outside);
+}
+
+#[test]
+fn an_interrupted_restore_continues() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("d");
+    fs::create_dir(&d).unwrap();
+    for i in 0..300 {
+        let data: Vec<u8> = (0..300_000u32).map(|x| ((x + i) % 249) as u8).collect();
+        fs::write(d.join(format!("f{i}")), data).unwrap();
+    }
+    let m = Mounted::new(&d);
+    snap(&m.dir, "s1");
+    m.umount();
+    let repo = d.join(".snapfs");
+    let target = t.path().join("target");
+    // kill the first run once some, not all, files are there
+    let child = Command::new(bin())
+        .args(["restore", "-j", "1", "--repo", repo.to_str().unwrap(), "s1", target.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = ChildGuard(child);
+    let t0 = std::time::Instant::now();
+    loop {
+        let n = fs::read_dir(&target).map(|r| r.count()).unwrap_or(0);
+        if n >= 5 {
+            break;
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(30), "restore made no progress");
+        std::thread::sleep(std::time::Duration::from_micros(500));
+    }
+    let _ = child.0.kill();
+    let _ = child.0.wait();
+    assert!(target.join(".snapfs-restore").exists(), "the first run finished before it could be interrupted");
+    // run the same restore again, without --overwrite
+    let out = restore(&["--repo", repo.to_str().unwrap(), "s1", target.to_str().unwrap()]);
+    assert!(out.status.success(), "rerun failed: {}", String::from_utf8_lossy(&out.stderr));
+    let mut want = model(&d);
+    want.retain(|k, _| !k.starts_with(".snapfs"));
+    assert_same(&want, &model(&target), "resumed restore");
+}
+
+#[test]
+fn restore_of_damaged_data_fails_naming_the_file() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("d");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("victim"), (0..200_000u32).map(|i| (i * 7 % 253) as u8).collect::<Vec<_>>()).unwrap();
+    let m = Mounted::new(&d);
+    snap(&m.dir, "s1");
+    m.umount();
+    let pack = walk_files(&d.join(".snapfs/packs")).pop().unwrap();
+    let mut bytes = fs::read(&pack).unwrap();
+    let mid = bytes.len() / 3;
+    bytes[mid] ^= 0x40;
+    fs::write(&pack, &bytes).unwrap();
+    let target = t.path().join("target");
+    let out = restore(&["--repo", d.join(".snapfs").to_str().unwrap(), "s1", target.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("victim") && err.contains("damaged"), "{err}");
+}

@@ -217,3 +217,109 @@ pub fn write_at(p: &Path, off: u64, data: &[u8]) {
     let f = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(p).unwrap();
     f.write_all_at(data, off).unwrap();
 }
+
+// --- comparing directory trees
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+
+/// What a snapshot keeps about one path, as compared here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: (i64, i64),
+    pub data: Vec<u8>,
+    pub rdev: u64,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+pub fn xattrs_of(p: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    if n <= 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for k in buf[..n as usize].split(|b| *b == 0).filter(|k| !k.is_empty()) {
+        let ck = CString::new(k).unwrap();
+        let mut v = vec![0u8; 65536];
+        let m = unsafe { libc::lgetxattr(c.as_ptr(), ck.as_ptr(), v.as_mut_ptr() as *mut libc::c_void, v.len()) };
+        if m >= 0 {
+            v.truncate(m as usize);
+            out.push((k.to_vec(), v));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The directory as it is now (skipping the repository).
+pub fn model(root: &Path) -> BTreeMap<String, Node> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if rel.is_empty() && (name == ".snapfs" || name == ".snapshots") {
+                continue;
+            }
+            let path = e.path();
+            let r = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+            let m = fs::symlink_metadata(&path).unwrap();
+            let ft = m.file_type();
+            let (kind, data) = if ft.is_dir() {
+                stack.push((path.clone(), r.clone()));
+                ("dir", Vec::new())
+            } else if ft.is_file() {
+                ("file", fs::read(&path).unwrap())
+            } else if ft.is_symlink() {
+                ("symlink", fs::read_link(&path).unwrap().as_os_str().as_bytes().to_vec())
+            } else {
+                ("other", Vec::new())
+            };
+            let node = Node {
+                kind,
+                mode: m.mode() & 0o7777,
+                uid: m.uid(),
+                gid: m.gid(),
+                mtime: if kind == "dir" { (0, 0) } else { (m.mtime(), m.mtime_nsec()) },
+                data,
+                rdev: m.rdev(),
+                xattrs: xattrs_of(&path),
+            };
+            out.insert(r, node);
+        }
+    }
+    out
+}
+
+pub fn assert_same(want: &BTreeMap<String, Node>, got: &BTreeMap<String, Node>, what: &str) {
+    let wk: Vec<_> = want.keys().collect();
+    let gk: Vec<_> = got.keys().collect();
+    assert_eq!(wk, gk, "{what}: paths differ");
+    for (k, w) in want {
+        let g = &got[k];
+        if w != g {
+            let short = |n: &Node| {
+                format!(
+                    "{} mode {:o} uid {} gid {} mtime {:?} {} bytes rdev {} xattrs {:?}",
+                    n.kind,
+                    n.mode,
+                    n.uid,
+                    n.gid,
+                    n.mtime,
+                    n.data.len(),
+                    n.rdev,
+                    n.xattrs
+                )
+            };
+            panic!("{what}: {k} differs\n want {}\n  got {}", short(w), short(g));
+        }
+    }
+}

@@ -1,0 +1,510 @@
+//! `snapfs restore`: rebuild a snapshot, or a subtree of it, in a directory,
+//! with parallel workers.
+//!
+//! # Nothing is written outside the target
+//! Every directory is opened with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS)` from a descriptor of the target, every final name
+//! is created or opened with `O_NOFOLLOW`/`AT_SYMLINK_NOFOLLOW`, and names
+//! from the snapshot are checked (no `/`, `.`, `..`, NUL). Symlinks in the
+//! snapshot are created as symlinks and never followed; symlinks found in
+//! the target are never followed either.
+//!
+//! # Order
+//! 1. walk the snapshot's trees, create directories (owner-only for now),
+//!    symlinks, fifos and devices, and collect the files;
+//! 2. N workers write the files (holes stay holes: only stored blocks are
+//!    written), verify every block written by reading it back and hashing
+//!    it, then set owner, mode, xattrs and times;
+//! 3. the other names of hard-linked files are linked to the first;
+//! 4. directories get their metadata last, deepest first (writing into a
+//!    directory changes its mtime).
+//!
+//! # Overwrite and resume
+//! A non-empty target is refused unless `--overwrite`: then a file whose
+//! blocks already hash to the snapshot's is left alone, otherwise only the
+//! differing blocks are written. A marker `.snapfs-restore` in the target
+//! names the snapshot while a restore runs; running the same restore again
+//! after an interruption continues it as if with `--overwrite`.
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::errno::{cvt, Errno};
+use crate::objects::{Entry, EntryKind, ObjKind, ObjectId};
+use crate::objstore::Objects;
+use crate::snapshot::{self, SnapshotInfo};
+use crate::sys;
+
+pub const MARKER: &str = ".snapfs-restore";
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub jobs: usize,
+    pub overwrite: bool,
+    pub progress: bool,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, Clone)]
+pub struct RestoreStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub others: u64,
+    pub links: u64,
+    /// Bytes written to the target.
+    pub written: u64,
+    /// Bytes found already right (overwrite, resume).
+    pub kept: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    files: AtomicU64,
+    written: AtomicU64,
+    kept: AtomicU64,
+}
+
+/// A file to write: its directory (relative to the target) and entry.
+struct Job {
+    dir: Vec<u8>,
+    entry: Entry,
+}
+
+fn check_name(n: &[u8]) -> Result<()> {
+    if n.is_empty() || n == b"." || n == b".." || n.contains(&b'/') || n.contains(&0) {
+        bail!("the snapshot holds an unsafe name {:?}; refusing to restore it", String::from_utf8_lossy(n));
+    }
+    Ok(())
+}
+
+fn cname(n: &[u8]) -> CString {
+    CString::new(n).expect("checked: no NUL")
+}
+
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if dir.is_empty() {
+        name.to_vec()
+    } else {
+        [dir, b"/", name].concat()
+    }
+}
+
+fn show(p: &[u8]) -> String {
+    String::from_utf8_lossy(p).into_owned()
+}
+
+/// Open a directory of the target, relative to its root, never leaving it.
+fn open_dir(root: BorrowedFd<'_>, rel: &[u8]) -> Result<OwnedFd> {
+    let p = if rel.is_empty() { c".".to_owned() } else { cname(rel) };
+    sys::open_beneath(root, &p, libc::O_RDONLY | libc::O_DIRECTORY)
+        .map_err(|e| anyhow!("{}: {e} (not a directory, or a symlink: not followed)", show(rel)))
+}
+
+/// Remove whatever is at `dir/name` (a file, a link, or a whole directory).
+fn remove_any(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+    let st = match sys::fstatat(dir, name) {
+        Ok(st) => st,
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => bail!("{name:?}: {e}"),
+    };
+    if sys::is_dir(&st) {
+        let sub = sys::openat(dir, name, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)?;
+        for e in sys::list_dir(sub.as_fd())? {
+            remove_any(sub.as_fd(), &cname(e.name.as_encoded_bytes()))?;
+        }
+        cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) })?;
+    } else {
+        cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) })?;
+    }
+    Ok(())
+}
+
+/// Set owner, mode, xattrs and times of `dir/name` as the entry says.
+fn set_meta(dir: BorrowedFd<'_>, name: &CStr, e: &Entry) -> Result<()> {
+    let nofollow = libc::AT_SYMLINK_NOFOLLOW;
+    cvt(unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), e.uid, e.gid, nofollow) })
+        .map_err(|err| anyhow!("chown {name:?}: {err}"))?;
+    if e.kind != EntryKind::Symlink {
+        // after chown, which clears setuid/setgid
+        cvt(unsafe { libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), e.mode & 0o7777, 0) })
+            .map_err(|err| anyhow!("chmod {name:?}: {err}"))?;
+    }
+    for (k, v) in &e.xattrs {
+        if let Err(err) = sys::set_xattr_at(dir, name, k, v) {
+            // user.* cannot be set on symlinks; nothing else may fail silently
+            if !(e.kind == EntryKind::Symlink && err == Errno::EPERM) {
+                bail!("xattr {} of {name:?}: {err}", show(k));
+            }
+        }
+    }
+    let ts = |t: crate::objects::Time| libc::timespec { tv_sec: t.sec, tv_nsec: t.nsec as i64 };
+    let times = [ts(e.atime), ts(e.mtime)];
+    cvt(unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), times.as_ptr(), nofollow) })
+        .map_err(|err| anyhow!("times of {name:?}: {err}"))?;
+    Ok(())
+}
+
+/// The id a block would have in the repository.
+fn block_id(data: &[u8]) -> ObjectId {
+    if data.iter().all(|&b| b == 0) {
+        ObjectId::ZERO
+    } else {
+        ObjectId::of_object(ObjKind::Blob, data)
+    }
+}
+
+/// Write one file (`dir/name`), verifying what was written.
+fn write_file(objects: &Objects, bs: u64, dir: BorrowedFd<'_>, e: &Entry, c: &Counters, path: &[u8]) -> Result<()> {
+    let name = cname(&e.name);
+    let ids = snapshot::block_ids(objects, e.content, e.levels).with_context(|| show(path))?;
+    // An existing regular file is updated in place; anything else replaced.
+    let existing = sys::fstatat(dir, &name).ok();
+    if existing.as_ref().is_some_and(|st| !sys::is_reg(st) || st.st_nlink > 1) {
+        remove_any(dir, &name)?;
+    }
+    let fd = sys::openat(dir, &name, libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW, 0o600)
+        .map_err(|err| anyhow!("{}: {err}", show(path)))?;
+    let size_now = sys::fstat(fd.as_fd())?.st_size as u64;
+    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), e.size as i64) }).map_err(|err| anyhow!("{}: {err}", show(path)))?;
+    let mut buf = vec![0u8; bs as usize];
+    for (b, id) in ids.iter().enumerate() {
+        let off = b as u64 * bs;
+        if off >= e.size {
+            break;
+        }
+        let len = bs.min(e.size - off) as usize;
+        // what is there now (after truncate: zeros past the old end)
+        let have = if off < size_now {
+            let got = sys::pread_full(fd.as_fd(), &mut buf[..len], off)?;
+            buf[got..len].fill(0);
+            block_id(&buf[..len])
+        } else {
+            ObjectId::ZERO
+        };
+        if have == *id {
+            c.kept.fetch_add(len as u64, Ordering::Relaxed);
+            continue;
+        }
+        if id.is_zero() {
+            // make it a hole again
+            let r = unsafe {
+                libc::fallocate(
+                    fd.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    off as i64,
+                    len as i64,
+                )
+            };
+            if r != 0 {
+                buf[..len].fill(0);
+                write_all_at(fd.as_fd(), &buf[..len], off).map_err(|err| anyhow!("{}: {err}", show(path)))?;
+            }
+        } else {
+            let data = objects.get(id, ObjKind::Blob).map_err(|err| anyhow!("{}: {err}", show(path)))?;
+            write_all_at(fd.as_fd(), &data, off).map_err(|err| anyhow!("{}: {err}", show(path)))?;
+            c.written.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        // verify what the file now holds
+        let got = sys::pread_full(fd.as_fd(), &mut buf[..len], off)?;
+        if got != len || block_id(&buf[..len]) != *id {
+            bail!("{}: block {b} does not read back as written", show(path));
+        }
+    }
+    drop(fd);
+    set_meta(dir, &name, e).with_context(|| show(path))?;
+    c.files.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+fn write_all_at(fd: BorrowedFd<'_>, mut data: &[u8], mut off: u64) -> Result<(), Errno> {
+    while !data.is_empty() {
+        match sys::pwrite(fd, data, off) {
+            Ok(0) => return Err(Errno::EIO),
+            Ok(n) => {
+                data = &data[n..];
+                off += n as u64;
+            }
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize, Deserialize, PartialEq, Eq)]
+struct Marker {
+    snapshot: String,
+    path: String,
+}
+
+/// Find the entry at `sub` (a '/'-separated path) in a snapshot.
+pub fn find_entry(objects: &Objects, snap: &SnapshotInfo, sub: &str) -> Result<Entry> {
+    let mut e = snapshot::root_entry(objects, snap.root_tree()?)?;
+    for part in sub.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        if e.kind != EntryKind::Dir {
+            bail!("{sub}: not a directory in snapshot {}", snap.record.name);
+        }
+        let t = objects.tree(&e.content)?;
+        e = t
+            .get(part.as_bytes())
+            .cloned()
+            .ok_or_else(|| anyhow!("{sub}: no such path in snapshot {}", snap.record.name))?;
+    }
+    Ok(e)
+}
+
+/// Restore `sub` of `snap` into `target`.
+pub fn restore(
+    objects: &Objects,
+    snap: &SnapshotInfo,
+    sub: &str,
+    target: &Path,
+    opts: &RestoreOptions,
+) -> Result<RestoreStats> {
+    let bs = snap.record.block_size;
+    let top = find_entry(objects, snap, sub)?;
+    std::fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
+    let tpath = CString::new(target.as_os_str().as_encoded_bytes()).map_err(|_| anyhow!("bad target path"))?;
+    let root =
+        sys::openat(unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) }, &tpath, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+            .map_err(|e| anyhow!("{}: {e}", target.display()))?;
+    let marker = Marker { snapshot: snap.id.clone(), path: sub.to_string() };
+    let resuming = std::fs::read(target.join(MARKER))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Marker>(&b).ok())
+        .is_some_and(|m| m == marker);
+    let others: Vec<_> = sys::list_dir(root.as_fd())?.into_iter().filter(|e| e.name != MARKER).collect();
+    if !others.is_empty() && !opts.overwrite && !resuming {
+        bail!("{} is not empty; restore into an empty directory, or give --overwrite", target.display());
+    }
+    std::fs::write(target.join(MARKER), serde_json::to_vec(&marker)?)?;
+    let overwrite = opts.overwrite || resuming;
+
+    // 1. directories and everything but regular files
+    let mut stats = RestoreStats::default();
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut dirs: Vec<(Vec<u8>, Entry)> = Vec::new(); // (path, entry) in creation order
+    let mut links: Vec<(Vec<u8>, Vec<u8>, Entry)> = Vec::new(); // (first path, this dir, entry)
+    let mut first_path: HashMap<u64, Vec<u8>> = HashMap::new();
+    let mut stack: Vec<(Vec<u8>, Entry)> = Vec::new();
+    match top.kind {
+        EntryKind::Dir => {
+            dirs.push((Vec::new(), top.clone()));
+            stack.push((Vec::new(), top.clone()));
+        }
+        _ => {
+            let mut e = top.clone();
+            e.name = sub.rsplit('/').next().unwrap_or("file").as_bytes().to_vec();
+            check_name(&e.name)?;
+            place(root.as_fd(), b"", &e, overwrite, &mut jobs, &mut links, &mut first_path, &mut stats)?;
+        }
+    }
+    while let Some((path, dir)) = stack.pop() {
+        let fd = open_dir(root.as_fd(), &path)?;
+        let tree = objects.tree(&dir.content).with_context(|| format!("directory {}", show(&path)))?;
+        for e in &tree.entries {
+            check_name(&e.name)?;
+            let p = join(&path, &e.name);
+            if e.kind == EntryKind::Dir {
+                let n = cname(&e.name);
+                match sys::fstatat(fd.as_fd(), &n) {
+                    Ok(st) if sys::is_dir(&st) => {}
+                    Ok(_) if overwrite => {
+                        remove_any(fd.as_fd(), &n)?;
+                        cvt(unsafe { libc::mkdirat(fd.as_raw_fd(), n.as_ptr(), 0o700) })?;
+                    }
+                    Ok(_) => bail!("{}: exists and is not a directory", show(&p)),
+                    Err(Errno::ENOENT) => {
+                        cvt(unsafe { libc::mkdirat(fd.as_raw_fd(), n.as_ptr(), 0o700) })
+                            .map_err(|err| anyhow!("{}: {err}", show(&p)))?;
+                    }
+                    Err(err) => bail!("{}: {err}", show(&p)),
+                }
+                dirs.push((p.clone(), e.clone()));
+                stack.push((p, e.clone()));
+            } else {
+                place(fd.as_fd(), &path, e, overwrite, &mut jobs, &mut links, &mut first_path, &mut stats)?;
+            }
+        }
+    }
+    stats.dirs = dirs.len() as u64;
+
+    // 2. files, in parallel
+    let total = jobs.len() as u64;
+    let c = Arc::new(Counters::default());
+    let queue = Mutex::new(jobs);
+    let failed: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        if opts.progress {
+            let c = c.clone();
+            let done = &done;
+            s.spawn(move || progress(&c, total, done));
+        }
+        let workers: Vec<_> = (0..opts.jobs.max(1))
+            .map(|_| {
+                s.spawn(|| loop {
+                    if failed.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                        return;
+                    }
+                    let Some(job) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop() else { return };
+                    let path = join(&job.dir, &job.entry.name);
+                    let r = open_dir(root.as_fd(), &job.dir)
+                        .and_then(|d| write_file(objects, bs, d.as_fd(), &job.entry, &c, &path));
+                    if let Err(e) = r {
+                        failed.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+                        return;
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            let _ = w.join();
+        }
+        done.store(true, Ordering::SeqCst);
+    });
+    if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e.context("restore stopped; run it again to continue"));
+    }
+    stats.files += c.files.load(Ordering::Relaxed);
+    stats.written = c.written.load(Ordering::Relaxed);
+    stats.kept = c.kept.load(Ordering::Relaxed);
+
+    // 3. the other names of hard-linked files
+    for (first, dir, e) in &links {
+        let (fdir, fname) = match first.iter().rposition(|b| *b == b'/') {
+            Some(i) => (&first[..i], &first[i + 1..]),
+            None => (&b""[..], &first[..]),
+        };
+        let from = open_dir(root.as_fd(), fdir)?;
+        let to = open_dir(root.as_fd(), dir)?;
+        let n = cname(&e.name);
+        let same = match (sys::fstatat(to.as_fd(), &n), sys::fstatat(from.as_fd(), &cname(fname))) {
+            (Ok(a), Ok(b)) => a.st_ino == b.st_ino && a.st_dev == b.st_dev,
+            _ => false,
+        };
+        if !same {
+            remove_any(to.as_fd(), &n)?;
+            cvt(unsafe { libc::linkat(from.as_raw_fd(), cname(fname).as_ptr(), to.as_raw_fd(), n.as_ptr(), 0) })
+                .map_err(|err| anyhow!("link {}: {err}", show(&join(dir, &e.name))))?;
+        }
+        stats.links += 1;
+    }
+
+    // 4. directory metadata, deepest first
+    for (path, e) in dirs.iter().rev() {
+        if path.is_empty() {
+            set_meta(root.as_fd(), c".", e).with_context(|| target.display().to_string())?;
+        } else {
+            let (pdir, name) = match path.iter().rposition(|b| *b == b'/') {
+                Some(i) => (&path[..i], &path[i + 1..]),
+                None => (&b""[..], &path[..]),
+            };
+            let d = open_dir(root.as_fd(), pdir)?;
+            set_meta(d.as_fd(), &cname(name), e).with_context(|| show(path))?;
+        }
+    }
+    // the marker goes last: an interrupted restore can be continued
+    let m = CString::new(MARKER).expect("no NUL");
+    let _ = unsafe { libc::unlinkat(root.as_raw_fd(), m.as_ptr(), 0) };
+    // the marker's removal changed the target's mtime: set it again
+    if top.kind == EntryKind::Dir {
+        set_meta(root.as_fd(), c".", &top).with_context(|| target.display().to_string())?;
+    }
+    Ok(stats)
+}
+
+/// Create a non-directory entry in `dir`, or queue it (files), or note it
+/// as another name of a hard-linked file.
+#[allow(clippy::too_many_arguments)]
+fn place(
+    dir: BorrowedFd<'_>,
+    path: &[u8],
+    e: &Entry,
+    overwrite: bool,
+    jobs: &mut Vec<Job>,
+    links: &mut Vec<(Vec<u8>, Vec<u8>, Entry)>,
+    first_path: &mut HashMap<u64, Vec<u8>>,
+    stats: &mut RestoreStats,
+) -> Result<()> {
+    let p = join(path, &e.name);
+    if e.nlink > 1 {
+        if let Some(first) = first_path.get(&e.ino) {
+            links.push((first.clone(), path.to_vec(), e.clone()));
+            return Ok(());
+        }
+        first_path.insert(e.ino, p.clone());
+    }
+    let n = cname(&e.name);
+    let exists = sys::fstatat(dir, &n).is_ok();
+    if exists && !overwrite {
+        bail!("{}: exists", show(&p));
+    }
+    match e.kind {
+        EntryKind::File => {
+            jobs.push(Job { dir: path.to_vec(), entry: e.clone() });
+            return Ok(());
+        }
+        EntryKind::Symlink => {
+            if exists {
+                let same = sys::readlink_at(dir, &n).is_ok_and(|t| t == e.target);
+                if !same {
+                    remove_any(dir, &n)?;
+                }
+            }
+            if sys::fstatat(dir, &n).is_err() {
+                let t = CString::new(e.target.clone()).map_err(|_| anyhow!("{}: bad symlink target", show(&p)))?;
+                cvt(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), n.as_ptr()) })
+                    .map_err(|err| anyhow!("{}: {err}", show(&p)))?;
+            }
+        }
+        EntryKind::Fifo | EntryKind::Socket | EntryKind::CharDev | EntryKind::BlockDev => {
+            if exists {
+                remove_any(dir, &n)?;
+            }
+            let ft = match e.kind {
+                EntryKind::Fifo => libc::S_IFIFO,
+                EntryKind::Socket => libc::S_IFSOCK,
+                EntryKind::CharDev => libc::S_IFCHR,
+                _ => libc::S_IFBLK,
+            };
+            cvt(unsafe { libc::mknodat(dir.as_raw_fd(), n.as_ptr(), ft | 0o600, e.rdev as libc::dev_t) })
+                .map_err(|err| anyhow!("{}: {err}", show(&p)))?;
+        }
+        EntryKind::Dir => unreachable!("directories are made by the walk"),
+    }
+    set_meta(dir, &n, e).with_context(|| show(&p))?;
+    stats.others += 1;
+    Ok(())
+}
+
+fn progress(c: &Counters, total: u64, done: &std::sync::atomic::AtomicBool) {
+    use std::io::Write;
+    let t0 = std::time::Instant::now();
+    let mut shown = false;
+    let mut last = std::time::Instant::now();
+    while !done.load(Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        if t0.elapsed().as_secs() < 2 || last.elapsed().as_millis() < 250 {
+            continue;
+        }
+        last = std::time::Instant::now();
+        let f = c.files.load(Ordering::Relaxed);
+        eprint!(
+            "\r  restoring: {f}/{total} files, {} written, {:.0} s   ",
+            crate::util::human_bytes(c.written.load(Ordering::Relaxed)),
+            t0.elapsed().as_secs_f64()
+        );
+        let _ = std::io::stderr().flush();
+        shown = true;
+    }
+    if shown {
+        eprintln!();
+    }
+}
