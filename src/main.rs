@@ -120,6 +120,15 @@ enum Cmd {
         #[arg(num_args = 2..=3)]
         args: Vec<String>,
     },
+    /// Revert a mounted directory (or PATH in it) to a snapshot, in place,
+    /// after taking a safety snapshot; only what differs is written.
+    Rollback {
+        #[arg(long)]
+        json: bool,
+        dir: PathBuf,
+        snapshot: String,
+        path: Option<String>,
+    },
     /// Show the mount, the repository and the dirty set.
     Status {
         #[arg(long)]
@@ -200,6 +209,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Rollback { json, dir, snapshot, path } => rollback(&dir, &snapshot, path.as_deref().unwrap_or(""), json),
         Cmd::Browse { repo, snapshot, foreground, ready_fd, mnt } => {
             daemon::browse(daemon::BrowseArgs { repo, mnt, snapshot, foreground, ready_fd })
         }
@@ -307,6 +317,51 @@ fn take_snapshot(dir: &Path, name: Option<String>, full: bool, json: bool) -> Re
             util::human_bytes(st.read_bytes),
             util::human_bytes(st.added_bytes),
             st.duration_ms
+        );
+    }
+    Ok(())
+}
+
+fn rollback(dir: &Path, name: &str, path: &str, json: bool) -> Result<()> {
+    let dir = daemon::canonical(dir);
+    if daemon::snapfs_mount_at(&dir).is_none() {
+        bail!("{} is not a snapfs mount: rollback works on a mounted directory (restore works on any)", dir.display());
+    }
+    let r = repo_for(Some(&dir), None)?;
+    let all = snapfs::snapshot::list(&*r.store())?;
+    let target = snapfs::snapshot::find(&all, name)?.clone();
+    // a safety snapshot of the directory as it is now
+    daemon::syncfs(&dir);
+    let base = format!("before-rollback-{}", snapfs::snapshot::default_name(util::unix_now()));
+    let mut safety = base.clone();
+    let mut k = 1;
+    while all.iter().any(|s| s.record.name == safety) {
+        safety = format!("{base}-{k}");
+        k += 1;
+    }
+    let reply =
+        control::call(&dir, &Request::Snapshot { name: Some(safety), full: false }, Duration::from_secs(7 * 86400))?;
+    let now = reply
+        .snapshot
+        .ok_or_else(|| anyhow::anyhow!(reply.error.unwrap_or_else(|| "safety snapshot failed".into())))?;
+    let objects = snapfs::objstore::Objects::open(r.store(), None)?;
+    let root = std::fs::File::open(&dir).with_context(|| dir.display().to_string())?;
+    use std::os::fd::AsFd;
+    let st = snapfs::restore::rollback(&objects, &target, &now, path, root.as_fd())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+    } else {
+        println!(
+            "rolled {}{} back to {} (safety snapshot {}): {} removed, {} restored, {} files patched, {} metadata changes, {} written",
+            dir.display(),
+            if path.is_empty() { String::new() } else { format!("/{path}") },
+            target.record.name,
+            st.safety_snapshot,
+            st.removed,
+            st.restored,
+            st.patched_files,
+            st.metadata,
+            util::human_bytes(st.written)
         );
     }
     Ok(())

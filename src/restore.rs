@@ -508,3 +508,233 @@ fn progress(c: &Counters, total: u64, done: &std::sync::atomic::AtomicBool) {
         eprintln!();
     }
 }
+
+/// What a rollback changed.
+#[derive(Debug, Default, Serialize, Deserialize, Clone)]
+pub struct RollbackStats {
+    /// The safety snapshot taken first.
+    pub safety_snapshot: String,
+    pub removed: u64,
+    pub restored: u64,
+    pub patched_files: u64,
+    pub metadata: u64,
+    pub written: u64,
+}
+
+/// Revert `sub` of the live directory (`root`: a descriptor of the mount)
+/// to snapshot `to`, given `now`: a snapshot of the directory as it is (the
+/// safety snapshot, taken just before). Only what differs between the two
+/// (by hashes) is touched; only differing blocks are written.
+pub fn rollback(
+    objects: &Objects,
+    to: &SnapshotInfo,
+    now: &SnapshotInfo,
+    sub: &str,
+    root: BorrowedFd<'_>,
+) -> Result<RollbackStats> {
+    let bs = to.record.block_size;
+    let want = find_entry(objects, to, sub)?;
+    let have = find_entry(objects, now, sub).ok();
+    let mut st = RollbackStats { safety_snapshot: now.record.name.clone(), ..Default::default() };
+    let rel = sub.trim_matches('/').as_bytes().to_vec();
+    let (pdir, name) = match rel.iter().rposition(|b| *b == b'/') {
+        Some(i) => (rel[..i].to_vec(), rel[i + 1..].to_vec()),
+        None => (Vec::new(), rel.clone()),
+    };
+    if rel.is_empty() {
+        if want.kind != EntryKind::Dir {
+            bail!("the snapshot's root is not a directory");
+        }
+        let have = have.ok_or_else(|| anyhow!("no root in the current snapshot"))?;
+        sync_dir(objects, bs, root, b"", &want, &have, &mut st)?;
+        if meta_differs(&want, &have) {
+            set_meta(root, c".", &want)?;
+            st.metadata += 1;
+        }
+    } else {
+        let d = open_dir(root, &pdir)?;
+        let mut w = want.clone();
+        w.name = name.clone();
+        sync_entry(objects, bs, root, d.as_fd(), &pdir, &w, have.as_ref(), &mut st)?;
+    }
+    Ok(st)
+}
+
+fn meta_differs(a: &Entry, b: &Entry) -> bool {
+    (a.mode, a.uid, a.gid, a.mtime, &a.xattrs) != (b.mode, b.uid, b.gid, b.mtime, &b.xattrs)
+}
+
+/// Make the directory at `path` (open as `root/path`) hold what `want` holds, given it holds `have`.
+fn sync_dir(
+    objects: &Objects,
+    bs: u64,
+    root: BorrowedFd<'_>,
+    path: &[u8],
+    want: &Entry,
+    have: &Entry,
+    st: &mut RollbackStats,
+) -> Result<()> {
+    if want.content == have.content {
+        return Ok(());
+    }
+    let wt = objects.tree(&want.content)?;
+    let ht = objects.tree(&have.content)?;
+    let d = open_dir(root, path)?;
+    // names that are gone from the snapshot go first
+    for h in &ht.entries {
+        if wt.get(&h.name).is_none() {
+            check_name(&h.name)?;
+            remove_any(d.as_fd(), &cname(&h.name))?;
+            st.removed += 1;
+        }
+    }
+    for w in &wt.entries {
+        check_name(&w.name)?;
+        sync_entry(objects, bs, root, d.as_fd(), path, w, ht.get(&w.name), st)?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sync_entry(
+    objects: &Objects,
+    bs: u64,
+    root: BorrowedFd<'_>,
+    dir: BorrowedFd<'_>,
+    path: &[u8],
+    w: &Entry,
+    h: Option<&Entry>,
+    st: &mut RollbackStats,
+) -> Result<()> {
+    let n = cname(&w.name);
+    let p = join(path, &w.name);
+    let h = h.filter(|h| h.kind == w.kind);
+    if h.is_none() && sys::fstatat(dir, &n).is_ok() {
+        remove_any(dir, &n)?;
+        st.removed += 1;
+    }
+    match (w.kind, h) {
+        (EntryKind::Dir, Some(h)) => {
+            sync_dir(objects, bs, root, &p, w, h, st)?;
+            if meta_differs(w, h) {
+                set_meta(dir, &n, w)?;
+                st.metadata += 1;
+            }
+        }
+        (EntryKind::Dir, None) => {
+            // restore the whole subtree from the snapshot
+            cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), n.as_ptr(), 0o700) })
+                .map_err(|e| anyhow!("{}: {e}", show(&p)))?;
+            fill_new_dir(objects, bs, root, &p, w, st)?;
+            set_meta(dir, &n, w)?;
+            st.restored += 1;
+        }
+        (EntryKind::File, Some(h)) => {
+            if w.content != h.content || w.size != h.size {
+                st.written += patch_file(objects, bs, dir, w, h, &p)?;
+                st.patched_files += 1;
+            } else if meta_differs(w, h) {
+                set_meta(dir, &n, w)?;
+                st.metadata += 1;
+            }
+        }
+        (EntryKind::Symlink, Some(h)) if w.target == h.target => {
+            if meta_differs(w, h) {
+                set_meta(dir, &n, w)?;
+                st.metadata += 1;
+            }
+        }
+        (_, Some(h)) if w.kind != EntryKind::File && w.kind != EntryKind::Symlink && w.rdev == h.rdev => {
+            if meta_differs(w, h) {
+                set_meta(dir, &n, w)?;
+                st.metadata += 1;
+            }
+        }
+        (EntryKind::File, None) => {
+            let c = Counters::default();
+            write_file(objects, bs, dir, w, &c, &p)?;
+            st.written += c.written.load(Ordering::Relaxed);
+            st.restored += 1;
+        }
+        _ => {
+            // symlinks with another target, devices, fifos, sockets
+            if sys::fstatat(dir, &n).is_ok() {
+                remove_any(dir, &n)?;
+            }
+            let mut jobs = Vec::new();
+            let mut links = Vec::new();
+            let mut first = HashMap::new();
+            let mut rs = RestoreStats::default();
+            let mut one = w.clone();
+            one.nlink = 1;
+            place(dir, path, &one, true, &mut jobs, &mut links, &mut first, &mut rs)?;
+            st.restored += 1;
+        }
+    }
+    Ok(())
+}
+
+/// A directory just created: fill it from the snapshot.
+fn fill_new_dir(
+    objects: &Objects,
+    bs: u64,
+    root: BorrowedFd<'_>,
+    path: &[u8],
+    want: &Entry,
+    st: &mut RollbackStats,
+) -> Result<()> {
+    let wt = objects.tree(&want.content)?;
+    let d = open_dir(root, path)?;
+    for w in &wt.entries {
+        check_name(&w.name)?;
+        sync_entry(objects, bs, root, d.as_fd(), path, w, None, st)?;
+    }
+    Ok(())
+}
+
+/// Turn file `dir/name`, known to hold `h`'s content, into `w`'s: write the
+/// blocks whose ids differ (the hashes say which; nothing else is read),
+/// cut or extend it to the right size, verify what was written. Returns
+/// the bytes written.
+fn patch_file(objects: &Objects, bs: u64, dir: BorrowedFd<'_>, w: &Entry, h: &Entry, path: &[u8]) -> Result<u64> {
+    let n = cname(&w.name);
+    let new = snapshot::block_ids(objects, w.content, w.levels)?;
+    let old = snapshot::block_ids(objects, h.content, h.levels)?;
+    let fd = sys::openat(dir, &n, libc::O_RDWR | libc::O_NOFOLLOW, 0).map_err(|e| anyhow!("{}: {e}", show(path)))?;
+    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), w.size as i64) }).map_err(|e| anyhow!("{}: {e}", show(path)))?;
+    let mut written = 0;
+    let mut buf = vec![0u8; bs as usize];
+    for (b, id) in new.iter().enumerate() {
+        let off = b as u64 * bs;
+        let len = bs.min(w.size - off) as usize;
+        // ids hash the whole block, length included: equal ids, equal bytes
+        if old.get(b) == Some(id) {
+            continue;
+        }
+        if id.is_zero() {
+            let r = unsafe {
+                libc::fallocate(
+                    fd.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    off as i64,
+                    len as i64,
+                )
+            };
+            if r != 0 {
+                buf[..len].fill(0);
+                write_all_at(fd.as_fd(), &buf[..len], off).map_err(|e| anyhow!("{}: {e}", show(path)))?;
+            }
+        } else {
+            let data = objects.get(id, ObjKind::Blob).map_err(|e| anyhow!("{}: {e}", show(path)))?;
+            write_all_at(fd.as_fd(), &data, off).map_err(|e| anyhow!("{}: {e}", show(path)))?;
+            written += data.len() as u64;
+        }
+        let got = sys::pread_full(fd.as_fd(), &mut buf[..len], off)?;
+        if got != len || block_id(&buf[..len]) != *id {
+            bail!("{}: block {b} does not read back as written", show(path));
+        }
+    }
+    drop(fd);
+    set_meta(dir, &n, w).with_context(|| show(path))?;
+    Ok(written)
+}

@@ -422,3 +422,52 @@ fn restore_of_damaged_data_fails_naming_the_file() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("victim") && err.contains("damaged"), "{err}");
 }
+
+#[test]
+fn rollback_in_place_writes_only_what_changed() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("d");
+    fs::create_dir(&d).unwrap();
+    fill(&d);
+    fs::write(d.join("large"), (0..(64 * 65536u32)).map(|i| (i % 247) as u8).collect::<Vec<_>>()).unwrap();
+    let m = Mounted::new(&d);
+    snap(&m.dir, "good");
+    // damage a little of everything, with a file kept open (in use)
+    let held = fs::File::open(m.path("large")).unwrap();
+    write_at(&m.path("large"), 10 * 65536 + 5, b"oops");
+    fs::write(m.path("a/b/f"), b"bad\n").unwrap();
+    fs::remove_file(m.path("sl")).unwrap();
+    fs::create_dir(m.path("junk")).unwrap();
+    fs::write(m.path("junk/x"), b"x").unwrap();
+    fs::set_permissions(m.path("big"), fs::Permissions::from_mode(0o600)).unwrap();
+    snap(&m.dir, "later");
+    let out = snapfs(&["rollback", "--json", m.dir.to_str().unwrap(), "good"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // one 64 KiB block of the large file, and the small file
+    assert!(st["written"].as_u64().unwrap() <= 65536 + 64, "rollback wrote {}", st["written"]);
+    drop(held);
+    // the directory now equals the snapshot
+    snap(&m.dir, "after");
+    let out = snapfs(&["diff", "--json", m.dir.to_str().unwrap(), "good", "after"]);
+    let diff: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(diff["entries"], serde_json::json!([]), "after rollback: {diff}");
+    // all snapshots are kept, and a safety snapshot was taken
+    let out = snapfs(&["list", "--json", m.dir.to_str().unwrap()]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"later") && names.iter().any(|n| n.starts_with("before-rollback-")), "{names:?}");
+    assert_same(
+        &model(&m.path(".snapshots/later")),
+        &model(&m.path(&format!(".snapshots/{}", names.iter().find(|n| n.starts_with("before-rollback-")).unwrap()))),
+        "safety snapshot",
+    );
+    // a subtree only
+    fs::write(m.path("a/b/f"), b"again\n").unwrap();
+    fs::write(m.path("big"), b"other").unwrap();
+    let out = snapfs(&["rollback", m.dir.to_str().unwrap(), "good", "a"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read(m.path("a/b/f")).unwrap(), b"hello\n");
+    assert_eq!(fs::read(m.path("big")).unwrap(), b"other", "outside the path: untouched");
+    m.umount();
+}
