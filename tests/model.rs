@@ -120,6 +120,8 @@ fn run(ops: &[Op]) {
     };
     let mut model = Model::default();
     let mut snaps = 0;
+    // (snapshot name, the model at that point) for the restores at the end
+    let taken: std::cell::RefCell<Vec<(String, BTreeMap<String, Vec<u8>>)>> = Default::default();
     let check = |model: &Model, full: bool, snaps: &mut usize| {
         let mut args = vec!["snapshot", "--json"];
         if full {
@@ -135,6 +137,7 @@ fn run(ops: &[Op]) {
             assert!(busy.is_empty() || busy.len() == 8, "busy file of {} bytes in snapshot {snaps}", busy.len());
         }
         let want = model.view();
+        taken.borrow_mut().push((v["name"].as_str().unwrap().to_string(), want.clone()));
         if got != want {
             let short = |m: &BTreeMap<String, Vec<u8>>| -> Vec<(String, usize)> {
                 m.iter().map(|(k, v)| (k.clone(), v.len())).collect()
@@ -214,7 +217,50 @@ fn run(ops: &[Op]) {
     check(&model, false, &mut snaps);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(writer.join().unwrap() > 0);
+    // every snapshot, restored and copied out of .snapshots, equals the model
+    for (k, (name, want)) in taken.borrow().iter().enumerate() {
+        let target = t.path().join(format!("restore{k}"));
+        let out = snapfs(&["restore", "-j", "2", mnt.to_str().unwrap(), name, target.to_str().unwrap()]);
+        assert!(out.status.success(), "restore {name}: {}", String::from_utf8_lossy(&out.stderr));
+        let copy = t.path().join(format!("copy{k}"));
+        let st = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(mnt.join(".snapshots").join(name).join("."))
+            .arg(&copy)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        for (what, dir) in [("restore", &target), ("cp -a", &copy)] {
+            let mut got = files_of(dir);
+            got.remove("d1/busy");
+            if &got != want {
+                let differing: Vec<&String> =
+                    want.keys().chain(got.keys()).filter(|k| got.get(*k) != want.get(*k)).collect();
+                panic!("{what} of snapshot {name} differs from the model at {differing:?}");
+            }
+        }
+    }
     m.umount();
+}
+
+/// Every regular file under `dir` with its content.
+fn files_of(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((d, rel)) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            let r = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push((e.path(), r));
+            } else if ft.is_file() {
+                out.insert(r, fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    out
 }
 
 proptest! {
