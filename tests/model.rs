@@ -43,6 +43,9 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Regular files (path -> content).
+type Files = BTreeMap<String, Vec<u8>>;
+
 /// Paths to inode numbers, inodes to contents: hard links share an inode.
 #[derive(Default, Clone, Debug)]
 struct Model {
@@ -121,7 +124,7 @@ fn run(ops: &[Op]) {
     let mut model = Model::default();
     let mut snaps = 0;
     // (snapshot name, the model at that point) for the restores at the end
-    let taken: std::cell::RefCell<Vec<(String, BTreeMap<String, Vec<u8>>)>> = Default::default();
+    let taken: std::cell::RefCell<Vec<(String, Files)>> = Default::default();
     let check = |model: &Model, full: bool, snaps: &mut usize| {
         let mut args = vec!["snapshot", "--json"];
         if full {
