@@ -619,7 +619,18 @@ fn run(args: MountArgs) -> Result<()> {
 fn setup_and_serve(args: MountArgs) -> Result<()> {
     let sigset = block_signals();
     let dir = check_dir(&args.dir)?;
-    let listener = control::listen(&dir).map_err(|e| {
+    // A daemon that was just unmounted may hold its socket for a moment
+    // while its last threads exit: wait a little before calling it taken.
+    let t0 = Instant::now();
+    let listener = loop {
+        match control::listen(&dir) {
+            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) && t0.elapsed() < Duration::from_secs(3) => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            r => break r,
+        }
+    };
+    let listener = listener.map_err(|e| {
         if e.raw_os_error() == Some(libc::EADDRINUSE) {
             anyhow!("{} is already protected by a running snapfs daemon", dir.display())
         } else {

@@ -1,5 +1,6 @@
 //! The `snapfs` command line.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -188,7 +189,8 @@ fn run(cli: Cli) -> Result<()> {
             let snap = snapfs::snapshot::find(&all, name)?;
             let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
             let t0 = Instant::now();
-            let opts = snapfs::restore::RestoreOptions { jobs, overwrite, progress: !json };
+            let opts =
+                snapfs::restore::RestoreOptions { jobs, overwrite, progress: !json && std::io::stderr().is_terminal() };
             let stats = snapfs::restore::restore(&objects, snap, sub, &target, &opts)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
@@ -290,7 +292,7 @@ fn take_snapshot(dir: &Path, name: Option<String>, full: bool, json: bool) -> Re
     // Every write acknowledged so far reaches the daemon before it seals.
     daemon::syncfs(&dir);
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watcher = if json {
+    let watcher = if json || !std::io::stderr().is_terminal() {
         None
     } else {
         let (dir, done) = (dir.clone(), done.clone());
@@ -495,14 +497,16 @@ fn print_diff(d: &snapfs::snapshot::DiffReport) {
 }
 
 /// Whether `pid` is still running (a zombie waiting for its parent is not).
+/// Whether any thread of `pid` is still running. The leader of an exiting
+/// process turns zombie before its other threads are done; until the last
+/// one is gone its descriptors (control socket, repository lock) stay open.
 fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => {
-            let state = s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
-            !matches!(state, Some("Z") | Some("X") | None)
-        }
-        Err(_) => false,
-    }
+    let live = |stat: &str| {
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+        !matches!(state, Some("Z") | Some("X") | None)
+    };
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().any(|t| std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| live(&s)))
 }
 
 fn status(dir: &Path, files: bool, repo: Option<&Path>) -> Result<StatusReport> {
