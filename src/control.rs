@@ -44,6 +44,40 @@ pub enum Request {
         a: String,
         b: String,
     },
+    /// Check the repository (`snapfs verify`).
+    Verify {
+        #[serde(default)]
+        read_data: bool,
+        #[serde(default)]
+        subset: Option<f64>,
+        #[serde(default)]
+        rebuild_index: bool,
+    },
+    /// Remove snapshot records by name or by keep rules.
+    Forget {
+        #[serde(default)]
+        names: Vec<String>,
+        #[serde(default)]
+        policy: crate::maint::Policy,
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// Show or change automatic snapshots.
+    Schedule {
+        #[serde(default)]
+        every: Option<u64>,
+        #[serde(default)]
+        keep: Option<crate::maint::Policy>,
+        #[serde(default)]
+        off: bool,
+    },
+    /// Remove objects no snapshot references.
+    Prune {
+        #[serde(default)]
+        dry_run: bool,
+        #[serde(default)]
+        max_unused: Option<f64>,
+    },
 }
 
 /// What `snapfs status` shows.
@@ -72,6 +106,8 @@ pub struct StatusReport {
     pub inodes: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scan: Option<crate::scan::ScanStats>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::health::HealthReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -91,6 +127,15 @@ pub struct Reply {
     pub diff: Option<crate::snapshot::DiffReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub progress: Option<crate::snapshot::SnapshotStats>,
+    /// Progress of a verify or prune.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<crate::check::ProgressView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<crate::check::VerifyReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forget: Option<crate::maint::ForgetReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prune: Option<crate::maint::PruneReport>,
 }
 
 impl Reply {
@@ -104,6 +149,10 @@ impl Reply {
             snapshots: None,
             diff: None,
             progress: None,
+            task: None,
+            verify: None,
+            forget: None,
+            prune: None,
         }
     }
     pub fn err(msg: impl Into<String>) -> Reply {

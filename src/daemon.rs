@@ -31,13 +31,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::capture::Capture;
 use crate::control::{self, Reply, Request, StatusReport};
 use crate::fuse::{KernelOptions, SnapFuse};
+use crate::health::Health;
 use crate::live::{self, LiveFs};
 use crate::objects::{ObjKind, ObjectId};
 use crate::objstore::Objects;
 use crate::repo::{Repo, DEFAULT_BLOCK_SIZE};
 use crate::snapshot::{self, DiffReport, SnapError, SnapshotInfo, SnapshotRecord};
 use crate::tracker::{LastSession, Tracker};
-use crate::{scan, sys, util};
+use crate::{check, maint, scan, schedule, sys, util};
 
 #[derive(Debug, Clone)]
 pub struct MountArgs {
@@ -49,6 +50,10 @@ pub struct MountArgs {
     pub writeback: bool,
     pub flush_ms: u64,
     pub ready_fd: Option<RawFd>,
+    /// Automatic snapshots every this many seconds.
+    pub every: Option<u64>,
+    /// Retention for automatic snapshots.
+    pub keep: Option<maint::Policy>,
 }
 
 /// Absolute, symlink-free path; lexical when the path cannot be resolved
@@ -194,6 +199,12 @@ fn spawn_background(args: &MountArgs) -> Result<()> {
     ]);
     if !args.writeback {
         a.push("--no-writeback".into());
+    }
+    if let Some(e) = args.every {
+        a.extend(["--every".into(), e.to_string().into()]);
+    }
+    if let Some(k) = &args.keep {
+        a.extend(["--keep".into(), k.to_string().into()]);
     }
     let pid = spawn_daemon(a, &dir)?;
     println!("snapfs: {} is protected (daemon pid {pid})", dir.display());
@@ -379,6 +390,13 @@ struct Shared {
     /// One snapshot at a time.
     snapshotting: Mutex<()>,
     progress: Mutex<Option<Arc<snapshot::Progress>>>,
+    /// Readers of the whole repository (verify) share it; prune takes it
+    /// alone (after `snapshotting`, never the other way round).
+    maint: std::sync::RwLock<()>,
+    /// Progress of a verify or prune.
+    task: Mutex<Option<Arc<check::VerifyProgress>>>,
+    health: Health,
+    scheduler: Mutex<schedule::Scheduler>,
 }
 
 impl Shared {
@@ -398,12 +416,30 @@ impl Shared {
             files: if files { Some(self.tracker.entries_list()) } else { None },
             inodes: Some(self.live.inode_count()),
             scan: self.scan.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            health: Some({
+                let mut h = crate::health::report(&**self.objects.store(), Some(&self.health));
+                h.schedule = self.scheduler.lock().unwrap_or_else(|e| e.into_inner()).status_at(util::unix_now());
+                h
+            }),
         }
     }
 
     /// Take a snapshot: pause writers, seal the epoch, store what changed,
     /// commit the record, and give the sealed changes up only then.
     fn snapshot(&self, name: Option<String>, full: bool) -> Result<SnapshotInfo> {
+        let r = self.snapshot_inner(name, full);
+        match &r {
+            Ok(_) => self.health.set_failing(None),
+            Err(e) => {
+                let msg = format!("{e:#}");
+                self.health.error("snapshot", &msg);
+                self.health.set_failing(Some(&msg));
+            }
+        }
+        r
+    }
+
+    fn snapshot_inner(&self, name: Option<String>, full: bool) -> Result<SnapshotInfo> {
         let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
         let store = self.objects.store().clone();
         let all = snapshot::list(&*store)?;
@@ -545,6 +581,93 @@ impl Shared {
         let sa = snapshot::find(&all, a)?;
         let sb = snapshot::find(&all, b)?;
         diff_report(&self.objects, sa, sb)
+    }
+
+    /// `snapfs verify DIR`: check the repository while snapshots go on.
+    fn verify(&self, opts: check::VerifyOptions, rebuild_index: bool) -> Result<check::VerifyReport> {
+        let r = {
+            let _readers = self.maint.read().unwrap_or_else(|e| e.into_inner());
+            let p = Arc::new(check::VerifyProgress::default());
+            *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.clone());
+            let r = check::verify(&self.objects, &opts, &p);
+            *self.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            r.inspect_err(|e| self.health.error("verify", &format!("{e:#}")))?
+        };
+        self.health.set_verify(&r);
+        if !r.ok {
+            log::error!("VERIFY FOUND DAMAGE: {}", check::summary(&r));
+            self.health.error("verify", &check::summary(&r));
+        }
+        if rebuild_index && !r.index_problems.is_empty() {
+            // not while a snapshot reads through the index
+            let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
+            let n = self.objects.rebuild_index()?;
+            log::info!("index rebuilt from {n} packs");
+        }
+        Ok(r)
+    }
+
+    fn forget(&self, names: &[String], policy: &maint::Policy, dry_run: bool) -> Result<maint::ForgetReport> {
+        let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
+        maint::forget(&**self.objects.store(), names, policy, dry_run, None)
+            .inspect_err(|e| self.health.error("forget", &format!("{e:#}")))
+    }
+
+    /// One scheduled run: a snapshot named `auto-<time>`, then retention
+    /// over the scheduled snapshots and a prune if it forgot any.
+    fn scheduled_run(&self, keep: &maint::Policy) -> Result<String> {
+        let all = snapshot::list(&**self.objects.store())?;
+        let base = format!("{}{}", schedule::AUTO_PREFIX, snapshot::default_name(util::unix_now()));
+        let mut name = base.clone();
+        let mut k = 1;
+        while all.iter().any(|s| s.record.name == name) {
+            name = format!("{base}-{k}");
+            k += 1;
+        }
+        let info = self.snapshot(Some(name), false)?;
+        if keep.is_empty() {
+            return Ok(info.record.name);
+        }
+        let forgot = {
+            let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
+            maint::forget(&**self.objects.store(), &[], keep, false, Some(schedule::AUTO_PREFIX))?
+        };
+        if !forgot.removed.is_empty() {
+            let p = self.prune(&maint::PruneOptions::default())?;
+            return Ok(format!(
+                "{}; forgot {}, pruned {}",
+                info.record.name,
+                forgot.removed.len(),
+                util::human_bytes(p.bytes_freed)
+            ));
+        }
+        Ok(info.record.name)
+    }
+
+    /// Set the schedule (None: no automatic snapshots), and keep it.
+    fn set_schedule(&self, s: Option<schedule::Schedule>) -> Result<()> {
+        let latest = snapshot::list(&**self.objects.store())?.last().map(|l| l.record.time_sec);
+        self.scheduler.lock().unwrap_or_else(|e| e.into_inner()).set(s.clone(), latest, util::unix_now());
+        self.health.set_schedule(s.as_ref());
+        match &s {
+            Some(s) => log::info!("schedule: a snapshot every {}, keep {}", schedule::interval_text(s.every), s.keep),
+            None => log::info!("schedule: off"),
+        }
+        Ok(())
+    }
+
+    /// Prune: no snapshot runs meanwhile, nor a verify.
+    fn prune(&self, opts: &maint::PruneOptions) -> Result<maint::PruneReport> {
+        let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
+        let _alone = self.maint.write().unwrap_or_else(|e| e.into_inner());
+        let p = Arc::new(check::VerifyProgress::default());
+        *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.clone());
+        let r = maint::prune(&self.objects, opts, &p);
+        *self.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        r.inspect_err(|e| {
+            log::error!("PRUNE FAILED: {e:#}");
+            self.health.error("prune", &format!("{e:#}"))
+        })
     }
 
     /// Unmount ourselves; busy mounts are detached lazily when `lazy`.
@@ -727,6 +850,10 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
         objects: objects.clone(),
         snapshotting: Mutex::new(()),
         progress: Mutex::new(None),
+        maint: std::sync::RwLock::new(()),
+        task: Mutex::new(None),
+        health: Health::open(&db)?,
+        scheduler: Mutex::new(schedule::Scheduler::default()),
     });
 
     let t_close = tracker.clone();
@@ -817,7 +944,53 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
                 },
                 Request::Progress => {
                     let p = shared.progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    Reply { progress: p.map(|p| p.get()), ..Reply::ok() }
+                    let t = shared.task.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    Reply { progress: p.map(|p| p.get()), task: t.map(|t| t.view()), ..Reply::ok() }
+                }
+                Request::Schedule { every, keep, off } => {
+                    let keep_given = keep.is_some();
+                    let cur = shared.scheduler.lock().unwrap_or_else(|e| e.into_inner()).schedule().cloned();
+                    let new = if off {
+                        None
+                    } else {
+                        match (every, cur) {
+                            (Some(every), cur) => Some(schedule::Schedule {
+                                every,
+                                keep: keep.or(cur.map(|c| c.keep)).unwrap_or_default(),
+                            }),
+                            (None, Some(cur)) => Some(schedule::Schedule { keep: keep.unwrap_or(cur.keep), ..cur }),
+                            (None, None) if keep.is_some() => {
+                                return Reply::err("no schedule yet: give --every too");
+                            }
+                            (None, None) => None,
+                        }
+                    };
+                    let changed = off || every.is_some() || keep_given;
+                    match if changed { shared.set_schedule(new) } else { Ok(()) } {
+                        Ok(()) => Reply { status: Some(shared.status(false)), ..Reply::ok() },
+                        Err(e) => Reply::err(format!("{e:#}")),
+                    }
+                }
+                Request::Forget { names, policy, dry_run } => match shared.forget(&names, &policy, dry_run) {
+                    Ok(r) => Reply { forget: Some(r), ..Reply::ok() },
+                    Err(e) => Reply::err(format!("forget failed: {e:#}")),
+                },
+                Request::Prune { dry_run, max_unused } => {
+                    let opts = maint::PruneOptions {
+                        dry_run,
+                        max_unused: max_unused.unwrap_or(maint::PruneOptions::default().max_unused),
+                    };
+                    match shared.prune(&opts) {
+                        Ok(r) => Reply { prune: Some(r), ..Reply::ok() },
+                        Err(e) => Reply::err(format!("prune failed: {e:#}")),
+                    }
+                }
+                Request::Verify { read_data, subset, rebuild_index } => {
+                    let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+                    match shared.verify(check::VerifyOptions { read_data, subset, jobs }, rebuild_index) {
+                        Ok(r) => Reply { verify: Some(r), ..Reply::ok() },
+                        Err(e) => Reply::err(format!("verify failed: {e:#}")),
+                    }
                 }
                 Request::List => match snapshot::list(&**shared.objects.store()) {
                     Ok(l) => Reply { snapshots: Some(l), ..Reply::ok() },
@@ -849,6 +1022,35 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
                 }
                 Err(e) => log::error!("unmount failed: {e}"),
             }
+        })?;
+    }
+
+    // Automatic snapshots: the flags, or what was set on an earlier mount.
+    let sched = match args.every {
+        Some(every) => Some(schedule::Schedule { every, keep: args.keep.clone().unwrap_or_default() }),
+        None => shared.health.schedule(),
+    };
+    if sched.is_some() {
+        shared.set_schedule(sched)?;
+    }
+    {
+        let shared = shared.clone();
+        std::thread::Builder::new().name("schedule".into()).spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(250));
+            let now = util::unix_now();
+            let keep = {
+                let s = shared.scheduler.lock().unwrap_or_else(|e| e.into_inner());
+                if !s.due(now) {
+                    continue;
+                }
+                s.schedule().map(|s| s.keep.clone()).unwrap_or_default()
+            };
+            let r = shared.scheduled_run(&keep).map_err(|e| format!("{e:#}"));
+            if let Err(e) = &r {
+                log::error!("SCHEDULED SNAPSHOT FAILED: {e}");
+                shared.health.error("schedule", e);
+            }
+            shared.scheduler.lock().unwrap_or_else(|e| e.into_inner()).ran(now, util::unix_now(), r);
         })?;
     }
 

@@ -13,18 +13,22 @@
 
 pub mod blockset;
 pub mod capture;
+pub mod check;
 pub mod control;
 pub mod creds;
 pub mod daemon;
 pub mod errno;
 pub mod fuse;
+pub mod health;
 pub mod live;
+pub mod maint;
 pub mod objects;
 pub mod objstore;
 pub mod pack;
 pub mod repo;
 pub mod restore;
 pub mod scan;
+pub mod schedule;
 pub mod snapshot;
 pub mod store;
 pub mod sys;

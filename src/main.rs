@@ -1,5 +1,7 @@
 //! The `snapfs` command line.
 
+mod cli_maint;
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -51,8 +53,29 @@ enum Cmd {
         /// Milliseconds between durable points of the tracking state.
         #[arg(long, default_value_t = 1000)]
         flush_ms: u64,
+        /// Take a snapshot automatically every INTERVAL (30s, 15m, 1h, 1d).
+        #[arg(long, value_name = "INTERVAL", value_parser = snapfs::schedule::parse_interval)]
+        every: Option<u64>,
+        /// Retention for the automatic snapshots, e.g. hourly=24,daily=7,weekly=4,monthly=12.
+        #[arg(long, value_name = "RULES", value_parser = snapfs::maint::Policy::parse, requires = "every")]
+        keep: Option<snapfs::maint::Policy>,
         #[arg(long, hide = true)]
         ready_fd: Option<i32>,
+        dir: PathBuf,
+    },
+    /// Show or change the automatic snapshots of a mounted directory.
+    Schedule {
+        /// Take a snapshot every INTERVAL (30s, 15m, 1h, 1d).
+        #[arg(long, value_name = "INTERVAL", value_parser = snapfs::schedule::parse_interval)]
+        every: Option<u64>,
+        /// Retention for the automatic snapshots, e.g. hourly=24,daily=7.
+        #[arg(long, value_name = "RULES", value_parser = snapfs::maint::Policy::parse)]
+        keep: Option<snapfs::maint::Policy>,
+        /// No more automatic snapshots.
+        #[arg(long, conflicts_with_all = ["every", "keep"])]
+        off: bool,
+        #[arg(long)]
+        json: bool,
         dir: PathBuf,
     },
     /// Unmount a protected directory, leaving the tracking state durable.
@@ -130,6 +153,73 @@ enum Cmd {
         snapshot: String,
         path: Option<String>,
     },
+    /// Check the repository: every object every snapshot needs is there
+    /// (and, with --read-data, re-hash the stored data). Exits non-zero on
+    /// any damage, naming the damaged objects and the paths that need them.
+    Verify {
+        #[arg(long)]
+        repo: Option<std::path::PathBuf>,
+        /// Read and re-hash stored data (all packs, or --subset of them).
+        #[arg(long)]
+        read_data: bool,
+        /// With --read-data: this percentage of the packs, chosen at random.
+        #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
+        subset: Option<f64>,
+        /// Rebuild the index from the packs if it disagrees with them.
+        #[arg(long)]
+        rebuild_index: bool,
+        /// Parallel pack readers (default: the number of cores).
+        #[arg(short = 'j', long)]
+        jobs: Option<usize>,
+        #[arg(long)]
+        json: bool,
+        dir: Option<PathBuf>,
+    },
+    /// Remove snapshots: by name, or all but those the keep rules keep.
+    /// Their space comes back with `prune` (or --prune).
+    Forget {
+        #[arg(long)]
+        repo: Option<PathBuf>,
+        /// Keep the newest N snapshots.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_last: u32,
+        /// Keep the newest snapshot of each of the last N hours that have one.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_hourly: u32,
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_daily: u32,
+        /// Weeks start on Monday.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_weekly: u32,
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_monthly: u32,
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_yearly: u32,
+        /// Show what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Prune afterwards.
+        #[arg(long)]
+        prune: bool,
+        #[arg(long)]
+        json: bool,
+        /// [DIR] [NAME...] (DIR unless --repo)
+        args: Vec<String>,
+    },
+    /// Reclaim the space of objects no snapshot references.
+    Prune {
+        #[arg(long)]
+        repo: Option<PathBuf>,
+        /// Show what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Rewrite packs with more than this percentage unused (default 20).
+        #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
+        max_unused: Option<f64>,
+        #[arg(long)]
+        json: bool,
+        dir: Option<PathBuf>,
+    },
     /// Show the mount, the repository and the dirty set.
     Status {
         #[arg(long)]
@@ -171,11 +261,93 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Mount { backing, repo, foreground, threads, no_writeback, flush_ms, ready_fd, dir } => {
+        Cmd::Mount { backing, repo, foreground, threads, no_writeback, flush_ms, every, keep, ready_fd, dir } => {
             let writeback = !no_writeback;
-            daemon::mount(MountArgs { dir, backing, repo, foreground, threads, writeback, flush_ms, ready_fd })
+            daemon::mount(MountArgs {
+                dir,
+                backing,
+                repo,
+                foreground,
+                threads,
+                writeback,
+                flush_ms,
+                ready_fd,
+                every,
+                keep,
+            })
+        }
+        Cmd::Schedule { every, keep, off, json, dir } => {
+            let d = daemon::canonical(&dir);
+            if daemon::snapfs_mount_at(&d).is_none() {
+                bail!("{} is not a snapfs mount; give the schedule to `snapfs mount --every`", d.display());
+            }
+            let r = control::call(&d, &Request::Schedule { every, keep, off }, Duration::from_secs(60))
+                .with_context(|| format!("asking the daemon of {}", d.display()))?;
+            let st = r.status.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_else(|| "schedule failed".into())))?;
+            let sched = st.health.and_then(|h| h.schedule);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&sched)?);
+            } else {
+                match sched {
+                    None => println!("no automatic snapshots"),
+                    Some(s) => print_schedule(&s),
+                }
+            }
+            Ok(())
         }
         Cmd::Umount { lazy, dir } => umount(&dir, lazy),
+        Cmd::Forget {
+            repo,
+            keep_last,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_yearly,
+            dry_run,
+            prune,
+            json,
+            args,
+        } => {
+            let (dir, names) = match repo {
+                Some(_) => (None, args),
+                None => match args.split_first() {
+                    Some((d, rest)) => (Some(PathBuf::from(d)), rest.to_vec()),
+                    None => bail!("give DIR [NAME...], or --repo REPO [NAME...]"),
+                },
+            };
+            let policy = snapfs::maint::Policy {
+                last: keep_last,
+                hourly: keep_hourly,
+                daily: keep_daily,
+                weekly: keep_weekly,
+                monthly: keep_monthly,
+                yearly: keep_yearly,
+            };
+            cli_maint::forget(cli_maint::ForgetArgs {
+                dir: dir.as_deref(),
+                repo: repo.as_deref(),
+                names,
+                policy,
+                dry_run,
+                prune,
+                json,
+            })
+        }
+        Cmd::Prune { repo, dry_run, max_unused, json, dir } => {
+            cli_maint::prune(dir.as_deref(), repo.as_deref(), dry_run, max_unused.map(|p| p / 100.0), json)
+        }
+        Cmd::Verify { repo, read_data, subset, rebuild_index, jobs, json, dir } => {
+            cli_maint::verify(cli_maint::VerifyArgs {
+                dir: dir.as_deref(),
+                repo: repo.as_deref(),
+                read_data,
+                subset,
+                rebuild_index,
+                jobs,
+                json,
+            })
+        }
         Cmd::Restore { repo, jobs, overwrite, json, args } => {
             let (dir, spec, target) = match (repo.is_some(), args.as_slice()) {
                 (true, [s, t]) => (None, s.clone(), PathBuf::from(t)),
@@ -249,6 +421,11 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `10`, `10%`, `2.5`.
+fn parse_percent(s: &str) -> std::result::Result<f64, String> {
+    s.trim().trim_end_matches('%').parse::<f64>().map_err(|_| format!("{s:?} is not a percentage"))
 }
 
 fn umount(dir: &Path, lazy: bool) -> Result<()> {
@@ -555,7 +732,61 @@ fn status(dir: &Path, files: bool, repo: Option<&Path>) -> Result<StatusReport> 
         files: if files { Some(t.entries_list()) } else { None },
         inodes: None,
         scan: None,
+        health: Some(snapfs::health::report(&*r.store(), snapfs::health::Health::open(&db).ok().as_ref())),
     })
+}
+
+fn print_schedule(s: &snapfs::schedule::ScheduleStatus) {
+    let keep = if s.keep == "none" { "all".to_string() } else { s.keep.clone() };
+    println!("  schedule:    a snapshot every {}, keeping {keep}", s.every);
+    if let (Some(n), Some(secs)) = (&s.next_run, s.next_run_in_sec) {
+        println!("               next {n} (in {secs} s); {} runs, {} failed", s.runs, s.failures);
+    }
+    if let Some(r) = &s.last_result {
+        println!("               last run {}: {r}", s.last_run.clone().unwrap_or_default());
+    }
+}
+
+fn print_health(h: &snapfs::health::HealthReport) {
+    match (&h.last_snapshot, &h.last_snapshot_time, h.last_snapshot_age_sec) {
+        (Some(n), Some(t), Some(age)) => {
+            println!("  last snapshot: {n} at {t} ({} ago), {} in all", age_text(age), h.snapshots)
+        }
+        _ => println!("  last snapshot: none"),
+    }
+    println!(
+        "  repository:  {} in {} packs; snapshots hold {} (latest {}); ratio {:.1}x",
+        util::human_bytes(h.repository_bytes),
+        h.packs,
+        util::human_bytes(h.logical_bytes_all),
+        util::human_bytes(h.logical_bytes_latest),
+        h.dedup_ratio
+    );
+    match &h.last_verify {
+        Some(v) => println!("  last verify: {} ({})", v.time, v.summary),
+        None => println!("  last verify: never"),
+    }
+    if let Some(s) = &h.schedule {
+        print_schedule(s);
+    }
+    if let Some(f) = &h.failing {
+        println!("  SNAPSHOTS ARE FAILING: {f}");
+    }
+    if !h.errors.is_empty() {
+        println!("  recent errors:");
+        for e in h.errors.iter().rev().take(5) {
+            println!("    {} {}: {}", e.time, e.during, e.error);
+        }
+    }
+}
+
+fn age_text(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86_400),
+    }
 }
 
 fn ranges_text(r: &[(u64, u64)]) -> String {
@@ -606,6 +837,9 @@ fn print_status(s: &StatusReport) {
             "  scan for changes made while unmounted: {} entries, {} changed, {} ms",
             sc.entries, sc.changed, sc.millis
         );
+    }
+    if let Some(h) = &s.health {
+        print_health(h);
     }
     if let Some(files) = &s.files {
         for f in files {

@@ -228,6 +228,99 @@ impl Objects {
         self.index_new_packs()
     }
 
+    /// Whether the index is the persistent one (sled) rather than one built
+    /// in memory from the pack trailers at open.
+    pub fn index_is_persistent(&self) -> bool {
+        matches!(self.index, Index::Sled { .. })
+    }
+
+    /// Call `f` for every entry of the index, and return the packs it holds
+    /// as indexed. (For a memory index: the same, built from the trailers.)
+    pub fn scan_index(&self, mut f: impl FnMut(ObjectId, Option<Location>)) -> ObjResult<HashSet<String>> {
+        match &self.index {
+            Index::Sled { objects, packs } => {
+                for kv in objects.iter() {
+                    let (k, v) = kv?;
+                    let Ok(id) = <[u8; 32]>::try_from(&*k) else {
+                        f(ObjectId::ZERO, None);
+                        continue;
+                    };
+                    let id = ObjectId(id);
+                    f(id, Location::decode(id, &v));
+                }
+                let mut out = HashSet::new();
+                for kv in packs.iter() {
+                    out.insert(String::from_utf8_lossy(&kv?.0).into_owned());
+                }
+                Ok(out)
+            }
+            Index::Memory { objects, packs } => {
+                for (id, loc) in objects.read().unwrap_or_else(|e| e.into_inner()).iter() {
+                    f(*id, Some(loc.clone()));
+                }
+                Ok(packs.read().unwrap_or_else(|e| e.into_inner()).clone())
+            }
+        }
+    }
+
+    /// Point objects elsewhere or drop them from the index (prune, before
+    /// their packs go), and drop `packs` from the set of indexed packs; then
+    /// make it durable.
+    pub fn reindex(&self, changes: &[(ObjectId, Option<Location>)], packs: &[String]) -> ObjResult<()> {
+        match &self.index {
+            Index::Sled { objects, packs: indexed } => {
+                for chunk in changes.chunks(4096) {
+                    let mut batch = sled::Batch::default();
+                    for (id, loc) in chunk {
+                        match loc {
+                            Some(l) => batch.insert(&id.0, l.encode()),
+                            None => batch.remove(&id.0),
+                        }
+                    }
+                    objects.apply_batch(batch)?;
+                }
+                for p in packs {
+                    indexed.remove(p.as_bytes())?;
+                }
+                objects.flush()?;
+            }
+            Index::Memory { objects, packs: indexed } => {
+                let mut o = objects.write().unwrap_or_else(|e| e.into_inner());
+                for (id, loc) in changes {
+                    match loc {
+                        Some(l) => o.insert(*id, l.clone()),
+                        None => o.remove(id),
+                    };
+                }
+                let mut ip = indexed.write().unwrap_or_else(|e| e.into_inner());
+                for p in packs {
+                    ip.remove(p);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Add an object, as stored in `from`, to the pending pack even if the
+    /// index knows it (prune moving it out of a pack that will go). Its
+    /// stored bytes are verified first.
+    pub fn copy_object(&self, from: &str, e: &PackEntry, stored: &[u8]) -> ObjResult<()> {
+        let raw = pack::decode_object(from, e, stored)?;
+        let full = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if p.raw.contains_key(&e.id) {
+                return Ok(());
+            }
+            p.writer.add_encoded(e, stored);
+            p.raw.insert(e.id, (e.kind, raw));
+            p.writer.len() >= PACK_TARGET
+        };
+        if full {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
     pub fn has(&self, id: &ObjectId) -> ObjResult<bool> {
         if self.pending.lock().unwrap_or_else(|e| e.into_inner()).raw.contains_key(id) {
             return Ok(true);

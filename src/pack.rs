@@ -89,6 +89,14 @@ impl PackWriter {
         e.stored
     }
 
+    /// Add an object as it is stored in another pack (prune copies objects
+    /// without recompressing them). The caller has verified it.
+    pub fn add_encoded(&mut self, e: &PackEntry, stored: &[u8]) {
+        let offset = self.buf.len() as u64;
+        self.buf.extend_from_slice(stored);
+        self.entries.push(PackEntry { offset, ..*e });
+    }
+
     /// The finished pack: its name, bytes and entries.
     pub fn finish(mut self) -> (String, Vec<u8>, Vec<PackEntry>) {
         let trailer_off = self.buf.len() as u64;

@@ -35,7 +35,7 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 /// Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
     let doe = (z - era * 146_097) as u64;
@@ -54,6 +54,25 @@ pub fn rfc3339(secs: i64) -> String {
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Seconds east of UTC of the local time zone at `secs` (TZ, /etc/localtime).
+pub fn local_offset(secs: i64) -> i64 {
+    let t = secs as libc::time_t;
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+        return 0;
+    }
+    tm.tm_gmtoff
+}
+
+/// A place where tests may make the process die, as SIGKILL would: when
+/// the environment has `SNAPFS_CRASH_AT=<name>`, abort there.
+pub fn crash_point(name: &str) {
+    if std::env::var_os("SNAPFS_CRASH_AT").is_some_and(|v| v == name) {
+        eprintln!("snapfs: crash point {name}");
+        std::process::abort();
+    }
 }
 
 pub fn unix_now() -> i64 {

@@ -143,6 +143,20 @@ impl View {
                 log::error!("indexing new packs: {e}");
             }
         }
+        // forgotten snapshots leave the folder
+        let present: std::collections::HashSet<&str> = all.iter().map(|i| i.id.as_str()).collect();
+        let gone: Vec<(String, u32)> =
+            s.by_id.iter().filter(|(id, _)| !present.contains(id.as_str())).map(|(id, i)| (id.clone(), *i)).collect();
+        for (id, idx) in gone {
+            s.by_id.remove(&id);
+            if let Some(Some(info)) = s.by_index.get(idx as usize) {
+                let name = info.record.name.clone();
+                if s.by_name.get(&name) == Some(&idx) {
+                    s.by_name.remove(&name);
+                }
+            }
+            s.by_index[idx as usize] = None;
+        }
         for info in all {
             if self.only.as_ref().is_some_and(|o| *o != info.record.name && *o != info.id) {
                 continue;

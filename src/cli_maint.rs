@@ -1,0 +1,279 @@
+//! Client side of the maintenance commands: verify, forget, prune.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use snapfs::check::{self, ProgressView, VerifyOptions, VerifyProgress, VerifyReport};
+use snapfs::control::{self, Request};
+use snapfs::daemon;
+use snapfs::health::Health;
+use snapfs::maint::{self, ForgetReport, Policy, PruneOptions, PruneReport};
+use snapfs::objstore::Objects;
+use snapfs::repo::{Repo, RepoError};
+use snapfs::util;
+
+/// `[#####.....]`
+fn bar(done: u64, total: u64) -> String {
+    const W: usize = 24;
+    let frac = if total == 0 { 0.0 } else { (done as f64 / total as f64).min(1.0) };
+    let n = (frac * W as f64) as usize;
+    format!("[{}{}] {:>3.0}%", "#".repeat(n), ".".repeat(W - n), frac * 100.0)
+}
+
+fn task_line(v: &ProgressView, t0: Instant) -> String {
+    let secs = t0.elapsed().as_secs();
+    match v.phase.as_str() {
+        "packs" => {
+            format!("{} pack trailers {}/{}, {secs} s", bar(v.packs_done, v.packs_total), v.packs_done, v.packs_total)
+        }
+        "data" => format!(
+            "{} reading data {}/{} ({} of {} packs), {secs} s",
+            bar(v.bytes_done, v.bytes_total),
+            util::human_bytes(v.bytes_done),
+            util::human_bytes(v.bytes_total),
+            v.packs_done,
+            v.packs_total
+        ),
+        "snapshots" => format!(
+            "{} snapshots {}/{}, {secs} s",
+            bar(v.snapshots_done, v.snapshots_total),
+            v.snapshots_done,
+            v.snapshots_total
+        ),
+        "copying" => format!(
+            "{} copying objects in use {}/{}, {secs} s",
+            bar(v.bytes_done, v.bytes_total),
+            util::human_bytes(v.bytes_done),
+            util::human_bytes(v.bytes_total)
+        ),
+        other => format!("{other}, {secs} s"),
+    }
+}
+
+/// Show a progress bar on stderr (a terminal only) until `done`.
+fn show_task(done: &AtomicBool, get: impl Fn() -> Option<ProgressView>) {
+    use std::io::Write;
+    let t0 = Instant::now();
+    let mut shown = false;
+    while !done.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+        if t0.elapsed() < Duration::from_millis(500) {
+            continue;
+        }
+        if let Some(v) = get() {
+            eprint!("\r  {}   ", task_line(&v, t0));
+            let _ = std::io::stderr().flush();
+            shown = true;
+        }
+    }
+    if shown {
+        eprintln!();
+    }
+}
+
+/// Run `work` while a progress bar shows what `get` reports.
+fn with_progress<T>(quiet: bool, get: impl Fn() -> Option<ProgressView> + Send, work: impl FnOnce() -> T) -> T {
+    if quiet || !std::io::stderr().is_terminal() {
+        return work();
+    }
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| show_task(&done, get));
+        let r = work();
+        done.store(true, Ordering::SeqCst);
+        r
+    })
+}
+
+/// The directory, if it is a snapfs mount (whose daemon then does the work).
+fn mounted(dir: Option<&Path>, repo: Option<&Path>) -> Option<std::path::PathBuf> {
+    let d = daemon::canonical(dir?);
+    (repo.is_none() && daemon::snapfs_mount_at(&d).is_some()).then_some(d)
+}
+
+/// Open an unmounted repository for exclusive maintenance.
+fn lock_offline(dir: Option<&Path>, repo: Option<&Path>, what: &str) -> Result<Repo> {
+    let mut r = crate::offline_repo(dir, repo)?;
+    match r.lock() {
+        Ok(()) => Ok(r),
+        Err(RepoError::Locked { path, pid }) => {
+            let who = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+            bail!(
+                "{} is in use by a snapfs daemon{who}: run `snapfs {what} DIR` with the directory it protects",
+                path.display()
+            )
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub struct VerifyArgs<'a> {
+    pub dir: Option<&'a Path>,
+    pub repo: Option<&'a Path>,
+    pub read_data: bool,
+    pub subset: Option<f64>,
+    pub rebuild_index: bool,
+    pub jobs: Option<usize>,
+    pub json: bool,
+}
+
+pub fn verify(a: VerifyArgs) -> Result<()> {
+    if let Some(s) = a.subset {
+        if !a.read_data {
+            bail!("--subset goes with --read-data");
+        }
+        if !(s > 0.0 && s <= 100.0) {
+            bail!("--subset takes a percentage above 0 and at most 100");
+        }
+    }
+    let jobs = a.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)).max(1);
+    let report: VerifyReport = if let Some(d) = mounted(a.dir, a.repo) {
+        let req = Request::Verify { read_data: a.read_data, subset: a.subset, rebuild_index: a.rebuild_index };
+        let get = || control::call(&d, &Request::Progress, Duration::from_secs(5)).ok().and_then(|r| r.task);
+        let r = with_progress(a.json, get, || control::call(&d, &req, Duration::from_secs(30 * 86400)))
+            .with_context(|| format!("asking the daemon of {}", d.display()))?;
+        r.verify.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_else(|| "verify failed".into())))?
+    } else {
+        let r = lock_offline(a.dir, a.repo, "verify")?;
+        let db = r.open_state()?;
+        let objects = Objects::open(r.store(), Some(&db))?;
+        let health = Health::open(&db)?;
+        let p = Arc::new(VerifyProgress::default());
+        let opts = VerifyOptions { read_data: a.read_data, subset: a.subset, jobs };
+        let report = with_progress(a.json, || Some(p.view()), || check::verify(&objects, &opts, &p))?;
+        health.set_verify(&report);
+        if !report.ok {
+            health.error("verify", &check::summary(&report));
+        }
+        if a.rebuild_index && !report.index_problems.is_empty() {
+            let n = objects.rebuild_index()?;
+            eprintln!("snapfs: index rebuilt from {n} packs");
+        }
+        report
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", check::render(&report));
+    }
+    if !report.ok {
+        let hint = if !report.index_problems.is_empty() && !a.rebuild_index {
+            " (the index can be rebuilt from the packs: --rebuild-index)"
+        } else {
+            ""
+        };
+        bail!("verify found damage{hint}");
+    }
+    Ok(())
+}
+
+pub struct ForgetArgs<'a> {
+    pub dir: Option<&'a Path>,
+    pub repo: Option<&'a Path>,
+    pub names: Vec<String>,
+    pub policy: Policy,
+    pub dry_run: bool,
+    pub prune: bool,
+    pub json: bool,
+}
+
+pub fn forget(a: ForgetArgs) -> Result<()> {
+    let report: ForgetReport = if let Some(d) = mounted(a.dir, a.repo) {
+        let req = Request::Forget { names: a.names.clone(), policy: a.policy.clone(), dry_run: a.dry_run };
+        let r = control::call(&d, &req, Duration::from_secs(3600))
+            .with_context(|| format!("asking the daemon of {}", d.display()))?;
+        r.forget.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_else(|| "forget failed".into())))?
+    } else {
+        let r = lock_offline(a.dir, a.repo, "forget")?;
+        maint::forget(&*r.store(), &a.names, &a.policy, a.dry_run, None)?
+    };
+    if a.json && !a.prune {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if !a.json {
+        let verb = if report.dry_run { "would remove" } else { "removed" };
+        for s in &report.kept {
+            let why = if s.reasons.is_empty() { String::new() } else { format!(" ({})", s.reasons.join(", ")) };
+            println!("keep   {:<28} {}{why}", s.name, s.time);
+        }
+        for s in &report.removed {
+            println!("remove {:<28} {}", s.name, s.time);
+        }
+        println!("{verb} {} snapshots, kept {}", report.removed.len(), report.kept.len());
+    }
+    if a.prune && a.dry_run {
+        eprintln!("snapfs: --dry-run: not pruning (a prune now would not see these snapshots gone)");
+    } else if a.prune {
+        let p = prune_report(a.dir, a.repo, a.dry_run, None, a.json)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "forget": report, "prune": p }))?);
+        } else {
+            print_prune(&p);
+        }
+    }
+    Ok(())
+}
+
+fn prune_report(
+    dir: Option<&Path>,
+    repo: Option<&Path>,
+    dry_run: bool,
+    max_unused: Option<f64>,
+    quiet: bool,
+) -> Result<PruneReport> {
+    if let Some(d) = mounted(dir, repo) {
+        let req = Request::Prune { dry_run, max_unused };
+        let get = || control::call(&d, &Request::Progress, Duration::from_secs(5)).ok().and_then(|r| r.task);
+        let r = with_progress(quiet, get, || control::call(&d, &req, Duration::from_secs(30 * 86400)))
+            .with_context(|| format!("asking the daemon of {}", d.display()))?;
+        return r.prune.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_else(|| "prune failed".into())));
+    }
+    let r = lock_offline(dir, repo, "prune")?;
+    let db = r.open_state()?;
+    let objects = Objects::open(r.store(), Some(&db))?;
+    let p = Arc::new(VerifyProgress::default());
+    let opts = PruneOptions { dry_run, max_unused: max_unused.unwrap_or(PruneOptions::default().max_unused) };
+    with_progress(quiet, || Some(p.view()), || maint::prune(&objects, &opts, &p))
+}
+
+fn print_prune(p: &PruneReport) {
+    let verb = if p.dry_run { "would free" } else { "freed" };
+    println!(
+        "prune: {} snapshots use {} objects; {} packs ({}) -> {} packs ({})",
+        p.snapshots,
+        p.objects_in_use,
+        p.packs_before,
+        util::human_bytes(p.bytes_before),
+        p.packs_after,
+        util::human_bytes(p.bytes_after)
+    );
+    println!(
+        "  {} packs deleted, {} repacked ({} copied into {} new), {} objects removed; {verb} {}; {} unused left in packs kept",
+        p.packs_deleted,
+        p.packs_repacked,
+        util::human_bytes(p.bytes_copied),
+        p.packs_written,
+        p.objects_removed,
+        util::human_bytes(p.bytes_freed),
+        util::human_bytes(p.unused_bytes_kept)
+    );
+}
+
+pub fn prune(
+    dir: Option<&Path>,
+    repo: Option<&Path>,
+    dry_run: bool,
+    max_unused: Option<f64>,
+    json: bool,
+) -> Result<()> {
+    let p = prune_report(dir, repo, dry_run, max_unused, json)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+    } else {
+        print_prune(&p);
+    }
+    Ok(())
+}
