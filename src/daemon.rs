@@ -37,6 +37,7 @@ use crate::objects::{ObjKind, ObjectId};
 use crate::objstore::Objects;
 use crate::repo::{Repo, DEFAULT_BLOCK_SIZE};
 use crate::snapshot::{self, DiffReport, SnapError, SnapshotInfo, SnapshotRecord};
+use crate::state::StateDb;
 use crate::tracker::{LastSession, Tracker};
 use crate::{check, maint, scan, schedule, sys, util};
 
@@ -370,6 +371,9 @@ fn serve_browse(args: BrowseArgs) -> Result<()> {
     Ok(())
 }
 
+/// How often a failed state database is tried again.
+const STATE_RETRY: Duration = Duration::from_secs(3);
+
 /// Everything the control socket and the signal thread need.
 struct Shared {
     dir: PathBuf,
@@ -397,6 +401,9 @@ struct Shared {
     task: Mutex<Option<Arc<check::VerifyProgress>>>,
     health: Health,
     scheduler: Mutex<schedule::Scheduler>,
+    /// The sled database (tracking state, index, health): after an I/O
+    /// error it is reopened and written back from memory.
+    state: Arc<StateDb>,
 }
 
 impl Shared {
@@ -439,8 +446,57 @@ impl Shared {
         r
     }
 
+    /// After the state database failed: reopen it and write everything kept
+    /// in memory back (tracking state, index of packs written meanwhile,
+    /// health). The caller holds `snapshotting`.
+    fn recover_state(&self) -> Result<()> {
+        let Some((since, why)) = self.state.failure() else { return Ok(()) };
+        self.state.reopen()?;
+        self.tracker.rewrite(&self.dir.display().to_string())?;
+        let n = self.objects.index_new_packs()?;
+        self.health.rewrite();
+        if let Some((_, e)) = self.state.failure() {
+            anyhow::bail!("{e}");
+        }
+        log::warn!(
+            "state database usable again (failing since {}: {why}); tracking state written back, {n} packs indexed",
+            util::rfc3339(since)
+        );
+        Ok(())
+    }
+
+    /// The repository answers and is the one we mounted with.
+    fn check_repository(&self) -> Result<()> {
+        match crate::repo::Repo::open(Path::new(&self.repo_access)) {
+            Ok(r) if r.config.id == self.repo_id => Ok(()),
+            Ok(_) => anyhow::bail!(
+                "the repository at {} is not the one this mount started with (another repository mounted there?)",
+                self.repo_display
+            ),
+            Err(e) => anyhow::bail!("the repository at {} is unreachable: {e}", self.repo_display),
+        }
+    }
+
     fn snapshot_inner(&self, name: Option<String>, full: bool) -> Result<SnapshotInfo> {
         let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
+        self.check_repository()?;
+        if let Err(e) = self.recover_state() {
+            anyhow::bail!(
+                "the state database ({}/state) cannot be written: {e:#}; snapshots stop until it can \
+                 (repository device full or unreachable?) while tracking goes on in memory",
+                self.repo_display
+            );
+        }
+        let r = self.snapshot_locked(name, full);
+        if let Err(e) = &r {
+            if e.chain().any(|c| c.downcast_ref::<sled::Error>().is_some()) {
+                self.state.failed(e);
+            }
+        }
+        r
+    }
+
+    fn snapshot_locked(&self, name: Option<String>, full: bool) -> Result<SnapshotInfo> {
         let store = self.objects.store().clone();
         let all = snapshot::list(&*store)?;
         let name = match name {
@@ -551,7 +607,12 @@ impl Shared {
         self.live.end_capture();
         let out = match result {
             Ok(info) => {
-                self.tracker.commit(&info.id)?;
+                // The record is the commit point: the snapshot exists. The
+                // tracker's memory has moved on even if saving it failed.
+                if let Err(e) = self.tracker.commit(&info.id) {
+                    log::error!("TRACKING STATE NOT SAVED after snapshot {}: {e}", info.record.name);
+                    self.state.failed(&e);
+                }
                 Ok(info)
             }
             Err(e) => {
@@ -660,9 +721,16 @@ impl Shared {
     fn prune(&self, opts: &maint::PruneOptions) -> Result<maint::PruneReport> {
         let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
         let _alone = self.maint.write().unwrap_or_else(|e| e.into_inner());
+        self.check_repository()?;
+        self.recover_state().context("the state database cannot be written")?;
         let p = Arc::new(check::VerifyProgress::default());
         *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.clone());
         let r = maint::prune(&self.objects, opts, &p);
+        if let Err(e) = &r {
+            if e.chain().any(|c| c.downcast_ref::<sled::Error>().is_some()) {
+                self.state.failed(e);
+            }
+        }
         *self.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
         r.inspect_err(|e| {
             log::error!("PRUNE FAILED: {e:#}");
@@ -854,6 +922,7 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
         task: Mutex::new(None),
         health: Health::open(&db)?,
         scheduler: Mutex::new(schedule::Scheduler::default()),
+        state: db.clone(),
     });
 
     let t_close = tracker.clone();
@@ -880,14 +949,42 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
     log::info!("mounted {} (last session: {})", dir.display(), last_name(&last));
     tune_bdi(&dir, args.writeback);
 
-    // Periodic durable points.
+    // Periodic durable points; after a failure of the state database,
+    // attempts to reopen it every few seconds.
     {
-        let tracker = tracker.clone();
+        let shared = shared.clone();
         let every = Duration::from_millis(args.flush_ms.max(10));
-        std::thread::Builder::new().name("flush".into()).spawn(move || loop {
-            std::thread::sleep(every);
-            if let Err(e) = tracker.flush() {
-                log::error!("TRACKING STATE NOT SAVED: {e}");
+        std::thread::Builder::new().name("flush".into()).spawn(move || {
+            let mut last_try: Option<Instant> = None;
+            let mut last_log: Option<Instant> = None;
+            loop {
+                std::thread::sleep(every);
+                if shared.state.failure().is_some() {
+                    if last_try.is_some_and(|t| t.elapsed() < STATE_RETRY) {
+                        continue;
+                    }
+                    last_try = Some(Instant::now());
+                    let guard = match shared.snapshotting.try_lock() {
+                        Ok(g) => g,
+                        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                        Err(std::sync::TryLockError::WouldBlock) => continue,
+                    };
+                    if let Err(e) = shared.recover_state() {
+                        if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                            last_log = Some(Instant::now());
+                            log::error!("TRACKING STATE NOT SAVED: the state database is still failing: {e:#}");
+                            shared.health.error("state", &format!("tracking state not saved: {e:#}"));
+                        }
+                    }
+                    drop(guard);
+                    continue;
+                }
+                if let Err(e) = shared.tracker.flush() {
+                    log::error!("TRACKING STATE NOT SAVED: {e}");
+                    shared.state.failed(&e);
+                    shared.health.error("state", &format!("tracking state not saved: {e}"));
+                    last_log = Some(Instant::now());
+                }
             }
         })?;
     }

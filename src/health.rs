@@ -39,6 +39,13 @@ impl VerifySummary {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StateFailure {
+    pub since: String,
+    pub since_sec: i64,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorEvent {
     pub time: String,
     pub time_sec: i64,
@@ -47,25 +54,59 @@ pub struct ErrorEvent {
     pub error: String,
 }
 
-#[derive(Clone)]
+/// Kept in memory, and in the state database when it works (so a failing
+/// database loses nothing of what `status` shows while the daemon runs).
 pub struct Health {
-    tree: sled::Tree,
+    db: std::sync::Arc<crate::state::StateDb>,
+    mem: std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>,
 }
 
 impl Health {
-    pub fn open(db: &sled::Db) -> sled::Result<Health> {
-        Ok(Health { tree: db.open_tree("health")? })
+    pub fn open(db: &std::sync::Arc<crate::state::StateDb>) -> sled::Result<Health> {
+        let mut mem = std::collections::HashMap::new();
+        for kv in db.tree("health")?.iter() {
+            let (k, v) = kv?;
+            mem.insert(String::from_utf8_lossy(&k).into_owned(), v.to_vec());
+        }
+        Ok(Health { db: db.clone(), mem: std::sync::Mutex::new(mem) })
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
-        let v = self.tree.get(key).ok()??;
-        serde_json::from_slice(&v).ok()
+        let m = self.mem.lock().unwrap_or_else(|e| e.into_inner());
+        serde_json::from_slice(m.get(key)?).ok()
     }
 
     fn set<T: Serialize>(&self, key: &str, v: &T) {
         let bytes = serde_json::to_vec(v).expect("serializes");
-        if let Err(e) = self.tree.insert(key, bytes).and_then(|_| self.tree.flush().map(|_| ())) {
-            log::error!("cannot record {key} in the health tree: {e}");
+        self.mem.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_string(), bytes.clone());
+        self.save(key, Some(bytes));
+    }
+
+    fn remove(&self, key: &str) {
+        self.mem.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        self.save(key, None);
+    }
+
+    fn save(&self, key: &str, v: Option<Vec<u8>>) {
+        let r = self.db.tree("health").and_then(|t| {
+            match v {
+                Some(v) => t.insert(key, v)?,
+                None => t.remove(key)?,
+            };
+            self.db.flush()
+        });
+        if let Err(e) = r {
+            log::error!("cannot record {key} in the state database: {e}");
+            self.db.failed(&e);
+        }
+    }
+
+    /// Write everything back (after the database was reopened).
+    pub fn rewrite(&self) {
+        let all: Vec<(String, Vec<u8>)> =
+            self.mem.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (k, v) in all {
+            self.save(&k, Some(v));
         }
     }
 
@@ -125,6 +166,11 @@ pub struct HealthReport {
     /// Set while snapshots fail: the last error. Cleared by a snapshot that
     /// succeeds.
     pub failing: Option<String>,
+    /// Set while the tracking state cannot be saved (the repository's device
+    /// is full or gone): tracking goes on in memory, a crash now would make
+    /// the next mount compare files changed since `since`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_failing: Option<StateFailure>,
     /// Automatic snapshots and retention, when configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<crate::schedule::ScheduleStatus>,
@@ -163,6 +209,9 @@ pub fn report(store: &dyn crate::store::Store, health: Option<&Health>) -> Healt
         if r.failing.is_none() {
             r.failing = h.get("failing");
         }
+        if let Some((t, e)) = h.db.failure() {
+            r.state_failing = Some(StateFailure { since: crate::util::rfc3339(t), since_sec: t, error: e });
+        }
     }
     r
 }
@@ -176,9 +225,7 @@ impl Health {
     pub fn set_schedule(&self, s: Option<&crate::schedule::Schedule>) {
         match s {
             Some(s) => self.set("schedule", s),
-            None => {
-                let _ = self.tree.remove("schedule");
-            }
+            None => self.remove("schedule"),
         }
     }
 
@@ -187,7 +234,9 @@ impl Health {
         match error {
             Some(e) => self.set("failing", &e.to_string()),
             None => {
-                let _ = self.tree.remove("failing");
+                if self.get::<String>("failing").is_some() {
+                    self.remove("failing");
+                }
             }
         }
     }

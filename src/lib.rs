@@ -30,6 +30,7 @@ pub mod restore;
 pub mod scan;
 pub mod schedule;
 pub mod snapshot;
+pub mod state;
 pub mod store;
 pub mod sys;
 pub mod tracker;

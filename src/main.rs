@@ -772,6 +772,12 @@ fn print_health(h: &snapfs::health::HealthReport) {
     if let Some(f) = &h.failing {
         println!("  SNAPSHOTS ARE FAILING: {f}");
     }
+    if let Some(f) = &h.state_failing {
+        println!(
+            "  TRACKING STATE NOT SAVED since {}: {} (tracking goes on in memory; retried every few seconds)",
+            f.since, f.error
+        );
+    }
     if !h.errors.is_empty() {
         println!("  recent errors:");
         for e in h.errors.iter().rev().take(5) {

@@ -16,6 +16,7 @@ use thiserror::Error;
 
 use crate::objects::{DecodeError, FileNode, ObjKind, ObjectId, Tree};
 use crate::pack::{self, PackEntry, PackError, PackWriter};
+use crate::state::StateDb;
 use crate::store::{FileKind, Store, StoreError};
 
 /// Size at which a pending pack is written out.
@@ -83,34 +84,38 @@ impl Location {
 }
 
 enum Index {
-    Sled { objects: sled::Tree, packs: sled::Tree },
-    Memory { objects: RwLock<HashMap<ObjectId, Location>>, packs: RwLock<HashSet<String>> },
+    /// Trees `index` and `indexed_packs`, fetched for each use (see [`StateDb`]).
+    Sled(Arc<StateDb>),
+    Memory {
+        objects: RwLock<HashMap<ObjectId, Location>>,
+        packs: RwLock<HashSet<String>>,
+    },
 }
 
 impl Index {
     fn get(&self, id: &ObjectId) -> ObjResult<Option<Location>> {
         match self {
-            Index::Sled { objects, .. } => Ok(objects.get(id.0)?.and_then(|v| Location::decode(*id, &v))),
+            Index::Sled(db) => Ok(db.tree("index")?.get(id.0)?.and_then(|v| Location::decode(*id, &v))),
             Index::Memory { objects, .. } => Ok(objects.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()),
         }
     }
 
     fn has_pack(&self, name: &str) -> ObjResult<bool> {
         match self {
-            Index::Sled { packs, .. } => Ok(packs.contains_key(name.as_bytes())?),
+            Index::Sled(db) => Ok(db.tree("indexed_packs")?.contains_key(name.as_bytes())?),
             Index::Memory { packs, .. } => Ok(packs.read().unwrap_or_else(|e| e.into_inner()).contains(name)),
         }
     }
 
     fn add_pack(&self, name: &str, entries: &[PackEntry]) -> ObjResult<()> {
         match self {
-            Index::Sled { objects, packs } => {
+            Index::Sled(db) => {
                 let mut batch = sled::Batch::default();
                 for e in entries {
                     batch.insert(&e.id.0, Location { pack: name.to_string(), entry: *e }.encode());
                 }
-                objects.apply_batch(batch)?;
-                packs.insert(name.as_bytes(), &(entries.len() as u64).to_le_bytes())?;
+                db.tree("index")?.apply_batch(batch)?;
+                db.tree("indexed_packs")?.insert(name.as_bytes(), &(entries.len() as u64).to_le_bytes())?;
             }
             Index::Memory { objects, packs } => {
                 let mut o = objects.write().unwrap_or_else(|e| e.into_inner());
@@ -125,9 +130,9 @@ impl Index {
 
     fn clear(&self) -> ObjResult<()> {
         match self {
-            Index::Sled { objects, packs } => {
-                objects.clear()?;
-                packs.clear()?;
+            Index::Sled(db) => {
+                db.tree("index")?.clear()?;
+                db.tree("indexed_packs")?.clear()?;
             }
             Index::Memory { objects, packs } => {
                 objects.write().unwrap_or_else(|e| e.into_inner()).clear();
@@ -170,9 +175,9 @@ pub struct Objects {
 impl Objects {
     /// Objects indexed in sled (the daemon), or in memory built from the pack
     /// trailers (`db` = None: tools that run beside a daemon holding sled).
-    pub fn open(store: Arc<dyn Store>, db: Option<&sled::Db>) -> ObjResult<Objects> {
+    pub fn open(store: Arc<dyn Store>, db: Option<&Arc<StateDb>>) -> ObjResult<Objects> {
         let index = match db {
-            Some(db) => Index::Sled { objects: db.open_tree("index")?, packs: db.open_tree("indexed_packs")? },
+            Some(db) => Index::Sled(db.clone()),
             None => Index::Memory { objects: RwLock::new(HashMap::new()), packs: RwLock::new(HashSet::new()) },
         };
         let o = Objects {
@@ -231,14 +236,15 @@ impl Objects {
     /// Whether the index is the persistent one (sled) rather than one built
     /// in memory from the pack trailers at open.
     pub fn index_is_persistent(&self) -> bool {
-        matches!(self.index, Index::Sled { .. })
+        matches!(self.index, Index::Sled(_))
     }
 
     /// Call `f` for every entry of the index, and return the packs it holds
     /// as indexed. (For a memory index: the same, built from the trailers.)
     pub fn scan_index(&self, mut f: impl FnMut(ObjectId, Option<Location>)) -> ObjResult<HashSet<String>> {
         match &self.index {
-            Index::Sled { objects, packs } => {
+            Index::Sled(db) => {
+                let (objects, packs) = (db.tree("index")?, db.tree("indexed_packs")?);
                 for kv in objects.iter() {
                     let (k, v) = kv?;
                     let Ok(id) = <[u8; 32]>::try_from(&*k) else {
@@ -268,7 +274,8 @@ impl Objects {
     /// make it durable.
     pub fn reindex(&self, changes: &[(ObjectId, Option<Location>)], packs: &[String]) -> ObjResult<()> {
         match &self.index {
-            Index::Sled { objects, packs: indexed } => {
+            Index::Sled(db) => {
+                let (objects, indexed) = (db.tree("index")?, db.tree("indexed_packs")?);
                 for chunk in changes.chunks(4096) {
                     let mut batch = sled::Batch::default();
                     for (id, loc) in chunk {
@@ -282,7 +289,7 @@ impl Objects {
                 for p in packs {
                     indexed.remove(p.as_bytes())?;
                 }
-                objects.flush()?;
+                db.flush()?;
             }
             Index::Memory { objects, packs: indexed } => {
                 let mut o = objects.write().unwrap_or_else(|e| e.into_inner());
@@ -439,7 +446,7 @@ mod tests {
     fn put_get_dedup_and_rebuild() {
         let t = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(LocalStore::new(t.path()));
-        let db = sled::Config::new().temporary(true).open().unwrap();
+        let db = StateDb::temporary();
         let o = Objects::open(store.clone(), Some(&db)).unwrap();
         let (a, new) = o.put(ObjKind::Blob, b"hello").unwrap();
         // the same bytes as another kind are another object

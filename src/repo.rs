@@ -123,6 +123,9 @@ impl Repo {
         };
         let json = serde_json::to_vec_pretty(&config).expect("config serializes");
         write_durably(path, "config", &json).map_err(io_err(path))?;
+        for d in ["packs", "snapshots"] {
+            fs::create_dir(path.join(d)).map_err(io_err(path))?;
+        }
         Ok(Repo { path: path.to_path_buf(), config, lock: None })
     }
 
@@ -173,9 +176,8 @@ impl Repo {
     }
 
     /// Open the local state database (tracking state, index): sled at `state/`.
-    pub fn open_state(&self) -> Result<sled::Db, RepoError> {
-        let path = self.state_path();
-        sled::Config::new().path(&path).flush_every_ms(None).open().map_err(|source| RepoError::State { path, source })
+    pub fn open_state(&self) -> Result<std::sync::Arc<crate::state::StateDb>, RepoError> {
+        crate::state::StateDb::open(&self.state_path())
     }
 
     /// The repository's file storage.

@@ -34,20 +34,19 @@ impl FileKind {
 pub enum StoreError {
     #[error("{kind:?} {name} not found in the repository")]
     NotFound { kind: FileKind, name: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// (The io error is in the message, not a `source`: shown once.)
+    #[error("{path}: {err}{}", if err.raw_os_error() == Some(libc::ENOSPC) { " (the repository's device is full)" } else { "" })]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{path}: short read ({got} of {want} bytes): the file is truncated")]
     Short { path: PathBuf, got: usize, want: usize },
+    #[error("the repository at {0} is unreachable: its directory is gone (device not mounted?)")]
+    Gone(PathBuf),
 }
 
 impl StoreError {
     /// Whether the failure is the device being full.
     pub fn is_enospc(&self) -> bool {
-        matches!(self, StoreError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+        matches!(self, StoreError::Io { err, .. } if err.raw_os_error() == Some(libc::ENOSPC))
     }
 }
 
@@ -74,7 +73,7 @@ pub struct LocalStore {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.to_path_buf(), source }
+    move |err| StoreError::Io { path: path.to_path_buf(), err }
 }
 
 impl LocalStore {
@@ -108,13 +107,25 @@ impl LocalStore {
         self.dir_of(kind, name).join(name)
     }
 
+    /// Create one directory of the repository (its parent must exist).
+    fn make_dir(&self, dir: &Path) -> StoreResult<()> {
+        match fs::create_dir(dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.root.exists() => {
+                Err(StoreError::Gone(self.root.clone()))
+            }
+            Err(e) => Err(io(dir)(e)),
+        }
+    }
+
     fn open(&self, kind: FileKind, name: &str) -> StoreResult<File> {
         let p = self.path(kind, name);
         File::open(&p).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 StoreError::NotFound { kind, name: name.to_string() }
             } else {
-                StoreError::Io { path: p, source: e }
+                StoreError::Io { path: p, err: e }
             }
         })
     }
@@ -127,7 +138,12 @@ impl Store for LocalStore {
         if path.exists() {
             return Ok(());
         }
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        // Never create the repository itself: a vanished repository (device
+        // not mounted) must fail, not be recreated somewhere else.
+        self.make_dir(&self.root.join(kind.dir()))?;
+        if dir != self.root.join(kind.dir()) {
+            self.make_dir(&dir)?;
+        }
         let tmp = dir.join(format!(".{name}.{}.tmp", crate::util::random_id()));
         let r = (|| {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
@@ -181,7 +197,12 @@ impl Store for LocalStore {
         while let Some(d) = dirs.pop() {
             let rd = match fs::read_dir(&d) {
                 Ok(rd) => rd,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if !self.root.exists() {
+                        return Err(StoreError::Gone(self.root.clone()));
+                    }
+                    continue;
+                }
                 Err(e) => return Err(io(&d)(e)),
             };
             for e in rd {

@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::blockset::BlockSet;
+use crate::state::StateDb;
 use crate::sys;
 
 pub const META: u8 = 1;
@@ -269,15 +270,31 @@ pub struct DirtyEntry {
 pub struct Tracker {
     bs: u64,
     state: Mutex<State>,
-    db: Option<Db>,
+    db: Option<Arc<StateDb>>,
     flushing: Mutex<()>,
 }
 
+/// The trees of the tracking state, for one piece of work.
 struct Db {
-    db: sled::Db,
+    state: Arc<StateDb>,
     inodes: sled::Tree,
     blocks: sled::Tree,
     meta: sled::Tree,
+}
+
+impl Db {
+    fn of(state: &Arc<StateDb>) -> Result<Db, sled::Error> {
+        Ok(Db {
+            state: state.clone(),
+            inodes: state.tree("inodes")?,
+            blocks: state.tree("blocks")?,
+            meta: state.tree("meta")?,
+        })
+    }
+
+    fn flush(&self) -> Result<(), sled::Error> {
+        self.state.flush()
+    }
 }
 
 fn chunk_key(ino: u64, c: u64) -> [u8; 16] {
@@ -330,11 +347,8 @@ impl Tracker {
     /// Read the persisted state at `path` without changing it (for `status`
     /// of an unmounted directory). Returns the last session and the root the
     /// state belongs to.
-    pub fn load(db: &sled::Db, bs: u64) -> Result<(Tracker, LastSession, Option<StoredRoot>), TrackerError> {
-        let db = db.clone();
-        let inodes = db.open_tree("inodes")?;
-        let blocks = db.open_tree("blocks")?;
-        let meta = db.open_tree("meta")?;
+    pub fn load(state: &Arc<StateDb>, bs: u64) -> Result<(Tracker, LastSession, Option<StoredRoot>), TrackerError> {
+        let Db { inodes, blocks, meta, .. } = Db::of(state)?;
         let mut st = State::default();
         let stored_root = match get_u64(&meta, "root_ino")? {
             Some(r) => {
@@ -377,22 +391,26 @@ impl Tracker {
                 r.blocks.set_chunk(c, &v);
             }
         }
-        let t =
-            Tracker { bs, state: Mutex::new(st), db: Some(Db { db, inodes, blocks, meta }), flushing: Mutex::new(()) };
+        let t = Tracker { bs, state: Mutex::new(st), db: Some(state.clone()), flushing: Mutex::new(()) };
         Ok((t, last, stored_root))
     }
 
     /// Open the persisted state at `path` for a directory whose root has
     /// backing inode `root`, and mark the session as running (unclean until
     /// [`Tracker::close`]).
-    pub fn open(db: &sled::Db, bs: u64, root: u64, root_path: &str) -> Result<(Tracker, LastSession), TrackerError> {
-        let (t, last, stored) = Self::load(db, bs)?;
+    pub fn open(
+        state: &Arc<StateDb>,
+        bs: u64,
+        root: u64,
+        root_path: &str,
+    ) -> Result<(Tracker, LastSession), TrackerError> {
+        let (t, last, stored) = Self::load(state, bs)?;
         if let Some((stored, path)) = stored {
             if stored != root {
                 return Err(TrackerError::OtherRoot { stored, found: root, path });
             }
         }
-        let db = t.db.as_ref().expect("loaded from disk");
+        let db = Db::of(state)?;
         {
             let mut st = t.lock();
             st.root = root;
@@ -405,7 +423,7 @@ impl Tracker {
         db.meta.insert("root_ino", &root.to_le_bytes())?;
         db.meta.insert("root_path", root_path.as_bytes())?;
         db.meta.insert("clean", &[0u8])?;
-        db.db.flush()?;
+        db.flush()?;
         Ok((t, last))
     }
 
@@ -731,8 +749,9 @@ impl Tracker {
 
     /// Write what changed since the last flush to sled and make it durable.
     pub fn flush(&self) -> Result<(), TrackerError> {
-        let Some(db) = &self.db else { return Ok(()) };
+        let Some(state) = &self.db else { return Ok(()) };
         let _one_at_a_time = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
+        let db = Db::of(state)?;
         let t = sys::now_ns();
         let (removed, recs, chunks, scan_pending) = {
             let mut st = self.lock();
@@ -771,10 +790,64 @@ impl Tracker {
                 None => db.blocks.remove(chunk_key(ino, c))?,
             };
         }
-        db.db.flush()?;
+        db.flush()?;
         if !scan_pending {
             db.meta.insert("durable_at", &t.to_le_bytes())?;
-            db.db.flush()?;
+            db.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Write the whole state to a database that may have lost recent
+    /// flushes (reopened after a failure), and make it durable.
+    pub fn rewrite(&self, root_path: &str) -> Result<(), TrackerError> {
+        let Some(state) = &self.db else { return Ok(()) };
+        let _one_at_a_time = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
+        let db = Db::of(state)?;
+        let t = sys::now_ns();
+        let (recs, chunks, root, start, base, scan_pending) = {
+            let mut st = self.lock();
+            st.removed.clear();
+            st.changed.clear();
+            st.changed_chunks.clear();
+            let mut inos: HashSet<u64> = st.records.keys().copied().collect();
+            if let Some(s) = &st.sealed {
+                inos.extend(s.keys().copied());
+            }
+            let mut recs = Vec::new();
+            let mut chunks = Vec::new();
+            for ino in inos {
+                if let Some(r) = Self::persisted_view(&st, ino) {
+                    for c in r.blocks.chunk_indices() {
+                        if let Some(b) = r.blocks.chunk_bytes(c) {
+                            chunks.push((ino, c, b));
+                        }
+                    }
+                    recs.push((ino, r.encode()));
+                }
+            }
+            (recs, chunks, st.root, st.epoch_start_ns, st.base_snapshot.clone(), st.scan_pending)
+        };
+        db.inodes.clear()?;
+        db.blocks.clear()?;
+        for (ino, bytes) in recs {
+            db.inodes.insert(ino.to_be_bytes(), bytes)?;
+        }
+        for (ino, c, b) in chunks {
+            db.blocks.insert(chunk_key(ino, c), b)?;
+        }
+        db.meta.insert("epoch_start", &start.to_le_bytes())?;
+        match base {
+            Some(b) => db.meta.insert("base_snapshot", b.as_bytes())?,
+            None => db.meta.remove("base_snapshot")?,
+        };
+        db.meta.insert("root_ino", &root.to_le_bytes())?;
+        db.meta.insert("root_path", root_path.as_bytes())?;
+        db.meta.insert("clean", &[0u8])?;
+        db.flush()?;
+        if !scan_pending {
+            db.meta.insert("durable_at", &t.to_le_bytes())?;
+            db.flush()?;
         }
         Ok(())
     }
@@ -823,7 +896,8 @@ impl Tracker {
             }
             st.base_snapshot = Some(snapshot.to_string());
             let start = st.epoch_start_ns;
-            if let Some(db) = &self.db {
+            if let Some(state) = &self.db {
+                let db = Db::of(state)?;
                 db.meta.insert("base_snapshot", snapshot.as_bytes())?;
                 db.meta.insert("epoch_start", &start.to_le_bytes())?;
             }
@@ -840,7 +914,8 @@ impl Tracker {
             st.records.clear();
             st.removed.extend(inos);
             st.base_snapshot = snapshot.map(str::to_string);
-            if let Some(db) = &self.db {
+            if let Some(state) = &self.db {
+                let db = Db::of(state)?;
                 match snapshot {
                     Some(s) => db.meta.insert("base_snapshot", s.as_bytes())?,
                     None => db.meta.remove("base_snapshot")?,
@@ -853,12 +928,13 @@ impl Tracker {
     /// Flush and record a clean end of the session.
     pub fn close(&self) -> Result<(), TrackerError> {
         self.flush()?;
-        if let Some(db) = &self.db {
+        if let Some(state) = &self.db {
+            let db = Db::of(state)?;
             if !self.scan_pending() {
                 db.meta.insert("durable_at", &sys::now_ns().to_le_bytes())?;
             }
             db.meta.insert("clean", &[1u8])?;
-            db.db.flush()?;
+            db.flush()?;
         }
         Ok(())
     }
@@ -870,8 +946,8 @@ mod tests {
 
     const BS: u64 = 65536;
 
-    fn db_at(p: &std::path::Path) -> sled::Db {
-        crate::repo::open_sled(p).unwrap()
+    fn db_at(p: &std::path::Path) -> Arc<StateDb> {
+        StateDb::open(p).unwrap()
     }
 
     struct Tree(HashMap<u64, (u64, OsString)>);

@@ -11,45 +11,6 @@ use std::process::Command;
 
 use common::*;
 
-fn run_ok(args: &[&str]) -> String {
-    let out = snapfs(args);
-    assert!(
-        out.status.success(),
-        "snapfs {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn json_of(args: &[&str]) -> (bool, serde_json::Value) {
-    let out = snapfs(args);
-    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "snapfs {args:?}: no JSON ({e}):\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.success(), v)
-}
-
-fn snap(dir: &Path, name: &str) {
-    run_ok(&["snapshot", "--name", name, dir.to_str().unwrap()]);
-}
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// A test directory: `raw` (the backing files, where the repository is at
 /// `raw/.snapfs`) shown at `mnt`. Models are taken of `raw`: with the
 /// writeback cache the kernel shows its own mtime for a just-written file

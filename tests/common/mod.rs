@@ -323,3 +323,43 @@ pub fn assert_same(want: &BTreeMap<String, Node>, got: &BTreeMap<String, Node>, 
         }
     }
 }
+
+/// Run `snapfs ARGS`, which must succeed; its standard output.
+pub fn run_ok(args: &[&str]) -> String {
+    let out = snapfs(args);
+    assert!(
+        out.status.success(),
+        "snapfs {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn json_of(args: &[&str]) -> (bool, serde_json::Value) {
+    let out = snapfs(args);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "snapfs {args:?}: no JSON ({e}):\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), v)
+}
+
+pub fn snap(dir: &Path, name: &str) {
+    run_ok(&["snapshot", "--name", name, dir.to_str().unwrap()]);
+}
+
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
