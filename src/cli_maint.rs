@@ -171,6 +171,27 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
     Ok(())
 }
 
+/// `snapfs verify DIR --live`.
+pub fn verify_live(dir: &Path, json: bool) -> Result<()> {
+    let Some(d) = mounted(Some(dir), None) else {
+        bail!("{} is not a snapfs mount: --live compares a mounted directory with its dirty set", dir.display());
+    };
+    // what the kernel still holds goes to the daemon (and so to the tracker)
+    snapfs::daemon::syncfs(&d);
+    let r = control::call(&d, &Request::VerifyLive, Duration::from_secs(30 * 86400))
+        .with_context(|| format!("asking the daemon of {}", d.display()))?;
+    let report = r.live.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_else(|| "verify --live failed".into())))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", snapfs::livecheck::render(&report));
+    }
+    if !report.ok {
+        bail!("the tracker missed {} changes: the next snapshot should be taken with --full", report.missed_count);
+    }
+    Ok(())
+}
+
 pub struct ForgetArgs<'a> {
     pub dir: Option<&'a Path>,
     pub repo: Option<&'a Path>,

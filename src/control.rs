@@ -53,6 +53,9 @@ pub enum Request {
         #[serde(default)]
         rebuild_index: bool,
     },
+    /// Compare the live directory with the latest snapshot and the dirty set
+    /// (`snapfs verify DIR --live`).
+    VerifyLive,
     /// Remove snapshot records by name or by keep rules.
     Forget {
         #[serde(default)]
@@ -133,6 +136,8 @@ pub struct Reply {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verify: Option<crate::check::VerifyReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<crate::livecheck::LiveReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub forget: Option<crate::maint::ForgetReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prune: Option<crate::maint::PruneReport>,
@@ -151,6 +156,7 @@ impl Reply {
             progress: None,
             task: None,
             verify: None,
+            live: None,
             forget: None,
             prune: None,
         }

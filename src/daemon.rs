@@ -637,6 +637,56 @@ impl Shared {
         out
     }
 
+    /// `verify --live`: the live directory against the latest snapshot and
+    /// the dirty set. Holds the snapshot lock (the dirty set only grows
+    /// meanwhile).
+    fn verify_live(&self) -> Result<crate::livecheck::LiveReport> {
+        let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
+        while self.tracker.scan_pending() && !self.scan_failed.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if self.scan_failed.load(std::sync::atomic::Ordering::SeqCst) {
+            bail!("the mount-time scan failed: the next snapshot compares everything, there is no dirty set to check");
+        }
+        let all = snapshot::list(&**self.objects.store())?;
+        let Some(latest) = all.last() else {
+            bail!("no snapshot yet: the first snapshot reads everything, there is nothing to check");
+        };
+        if self.tracker.base_snapshot().as_deref() != Some(latest.id.as_str()) {
+            bail!(
+                "the dirty set is not relative to the latest snapshot {} (the next snapshot compares everything): \
+                 take a snapshot first",
+                latest.record.name
+            );
+        }
+        let links = match ObjectId::from_hex(&latest.record.links) {
+            Some(id) => snapshot::decode_links(&self.objects.get(&id, ObjKind::Meta)?).unwrap_or_default(),
+            None => Default::default(),
+        };
+        let mut r = crate::livecheck::check(
+            &self.objects,
+            self.block_size,
+            self.live.root_fd(),
+            latest.root_tree()?,
+            &links,
+            &|ino| self.tracker.record(ino),
+        )?;
+        r.snapshot = latest.record.name.clone();
+        r.snapshot_id = latest.id.clone();
+        log::info!(
+            "verify --live against {}: {} dirs, {} files, {} missed, {} ms",
+            r.snapshot,
+            r.dirs,
+            r.files,
+            r.missed_count,
+            r.duration_ms
+        );
+        if !r.ok {
+            self.health.error("verify --live", &format!("{} changes missed by the tracker", r.missed_count));
+        }
+        Ok(r)
+    }
+
     fn diff(&self, a: &str, b: &str) -> Result<DiffReport> {
         let all = snapshot::list(&**self.objects.store())?;
         let sa = snapshot::find(&all, a)?;
@@ -1089,6 +1139,10 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
                         Err(e) => Reply::err(format!("verify failed: {e:#}")),
                     }
                 }
+                Request::VerifyLive => match shared.verify_live() {
+                    Ok(r) => Reply { live: Some(r), ..Reply::ok() },
+                    Err(e) => Reply::err(format!("verify --live failed: {e:#}")),
+                },
                 Request::List => match snapshot::list(&**shared.objects.store()) {
                     Ok(l) => Reply { snapshots: Some(l), ..Reply::ok() },
                     Err(e) => Reply::err(e.to_string()),

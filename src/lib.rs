@@ -21,6 +21,7 @@ pub mod errno;
 pub mod fuse;
 pub mod health;
 pub mod live;
+pub mod livecheck;
 pub mod maint;
 pub mod objects;
 pub mod objstore;

@@ -168,6 +168,10 @@ enum Cmd {
         /// Rebuild the index from the packs if it disagrees with them.
         #[arg(long)]
         rebuild_index: bool,
+        /// Instead: compare the live directory with the latest snapshot
+        /// plus the dirty set, and report any change the tracker missed.
+        #[arg(long, requires = "dir", conflicts_with_all = ["repo", "read_data", "subset", "rebuild_index"])]
+        live: bool,
         /// Parallel pack readers (default: the number of cores).
         #[arg(short = 'j', long)]
         jobs: Option<usize>,
@@ -337,7 +341,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Prune { repo, dry_run, max_unused, json, dir } => {
             cli_maint::prune(dir.as_deref(), repo.as_deref(), dry_run, max_unused.map(|p| p / 100.0), json)
         }
-        Cmd::Verify { repo, read_data, subset, rebuild_index, jobs, json, dir } => {
+        Cmd::Verify { live: true, json, dir: Some(dir), .. } => cli_maint::verify_live(&dir, json),
+        Cmd::Verify { repo, read_data, subset, rebuild_index, jobs, json, dir, .. } => {
             cli_maint::verify(cli_maint::VerifyArgs {
                 dir: dir.as_deref(),
                 repo: repo.as_deref(),

@@ -411,7 +411,7 @@ fn time(sec: i64, nsec: i64) -> Time {
     Time { sec, nsec: nsec as u32 }
 }
 
-fn entry_from_stat(name: &[u8], st: &sys::Stat) -> Entry {
+pub(crate) fn entry_from_stat(name: &[u8], st: &sys::Stat) -> Entry {
     Entry {
         name: name.to_vec(),
         kind: EntryKind::from_mode(st.st_mode),
@@ -459,6 +459,26 @@ pub fn links_force_walks(links: &LinkTable, sealed: &HashMap<u64, Record>) -> bo
     links.values().any(|ino| sealed.contains_key(ino))
 }
 
+/// The directories an incremental snapshot walks because an inode that
+/// `changed` is hard-linked in them (per the previous link table), with
+/// their ancestors.
+pub fn forced_dirs(links: &LinkTable, changed: impl Fn(u64) -> bool) -> HashSet<Vec<u8>> {
+    let mut forced = HashSet::new();
+    for (path, ino) in links {
+        if changed(*ino) {
+            let mut p = parent_of(path);
+            loop {
+                forced.insert(p.to_vec());
+                if p.is_empty() {
+                    break;
+                }
+                p = parent_of(p);
+            }
+        }
+    }
+    forced
+}
+
 /// Takes one snapshot.
 pub struct Builder<'a> {
     progress: Option<std::sync::Arc<Progress>>,
@@ -482,21 +502,10 @@ impl<'a> Builder<'a> {
         sealed: Option<&'a HashMap<u64, Record>>,
         links_prev: LinkTable,
     ) -> Builder<'a> {
-        let mut forced = HashSet::new();
-        if let Some(sealed) = sealed {
-            for (path, ino) in &links_prev {
-                if sealed.contains_key(ino) {
-                    let mut p = parent_of(path);
-                    loop {
-                        forced.insert(p.to_vec());
-                        if p.is_empty() {
-                            break;
-                        }
-                        p = parent_of(p);
-                    }
-                }
-            }
-        }
+        let forced = match sealed {
+            Some(sealed) => forced_dirs(&links_prev, |ino| sealed.contains_key(&ino)),
+            None => HashSet::new(),
+        };
         Builder {
             progress: None,
             capture: None,

@@ -126,6 +126,17 @@ fn run(ops: &[Op]) {
     // (snapshot name, the model at that point) for the restores at the end
     let taken: std::cell::RefCell<Vec<(String, Files)>> = Default::default();
     let check = |model: &Model, full: bool, snaps: &mut usize| {
+        if *snaps > 0 {
+            // the dirty set explains every change since the last snapshot,
+            // with the writer going on
+            let out = snapfs(&["verify", "--live", "--json", mnt.to_str().unwrap()]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            assert!(
+                out.status.success() && v["ok"] == true,
+                "verify --live after snapshot {snaps}: {v}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let mut args = vec!["snapshot", "--json"];
         if full {
             args.push("--full");

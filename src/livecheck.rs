@@ -1,0 +1,380 @@
+//! `snapfs verify DIR --live`: does the latest snapshot plus the dirty set
+//! describe the live directory? Any difference the dirty set does not
+//! explain is a change the tracker missed, which the next incremental
+//! snapshot would miss too.
+//!
+//! The check walks the backing directory beside the latest snapshot and
+//! follows the decisions an incremental snapshot makes, checking every
+//! shortcut it would take instead of taking it:
+//! - a directory without a record (and not walked for a hard link) would be
+//!   reused whole from the snapshot: its names, and every entry below it
+//!   (kind, inode, mode, owner, size, mtime, link count, device, xattrs,
+//!   symlink target, file content), must equal the snapshot's;
+//! - in a directory that is walked, an entry without a `META`/`FULL` record
+//!   keeps the snapshot's xattrs and symlink target: they must be equal;
+//! - a file without a record and of unchanged size keeps the snapshot's
+//!   content: every block must be equal; a file with a record (not `FULL`)
+//!   is re-read only where blocks are marked: every other block must be
+//!   equal.
+//!
+//! Entries new since the snapshot (other inode, kind or name) are read in
+//! full by the next snapshot: nothing to check.
+//!
+//! Writers may go on meanwhile. Every operation marks the tracker before
+//! it changes the backing file, and the daemon holds the snapshot lock (so
+//! no record goes away): a difference is looked up in the dirty set *after*
+//! it was read, and a change that raced the check is then explained by its
+//! record.
+
+use std::collections::HashSet;
+use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::live::{REPO_NAME, SNAPSHOTS_NAME};
+use crate::objects::{Entry, EntryKind, ObjKind, ObjectId, Tree};
+use crate::objstore::Objects;
+use crate::snapshot::{self, LinkTable};
+use crate::sys;
+use crate::tracker::{Record, FULL, META};
+
+/// At most this many differences are listed.
+const MAX_LISTED: usize = 200;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LiveReport {
+    pub ok: bool,
+    pub snapshot: String,
+    pub snapshot_id: String,
+    /// Directories and files compared with the snapshot, and bytes read.
+    pub dirs: u64,
+    pub files: u64,
+    pub bytes_compared: u64,
+    /// Entries the next snapshot reads anew (new, or recorded in full).
+    pub fresh: u64,
+    /// Differences the dirty set explains (changes made during the check).
+    pub explained: u64,
+    /// Changes the tracker missed.
+    pub missed: Vec<Missed>,
+    /// How many in all (`missed` lists the first ones).
+    pub missed_count: u64,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Missed {
+    pub path: String,
+    pub what: String,
+}
+
+/// Compare the backing directory `root` with the snapshot whose top tree is
+/// `top` (link table `links`), given the dirty set `record` (per backing
+/// inode).
+pub fn check(
+    objects: &Objects,
+    bs: u64,
+    root: BorrowedFd<'_>,
+    top: ObjectId,
+    links: &LinkTable,
+    record: &dyn Fn(u64) -> Option<Record>,
+) -> anyhow::Result<LiveReport> {
+    let t0 = Instant::now();
+    let forced = snapshot::forced_dirs(links, |ino| record(ino).is_some());
+    let mut c = Checker { objects, bs, record, links, forced, r: LiveReport::default(), buf: vec![0u8; bs as usize] };
+    let top = objects.tree(&top)?;
+    let prev = top.get(b".").cloned().ok_or_else(|| anyhow::anyhow!("snapshot has no root entry"))?;
+    let st = sys::fstat(root)?;
+    if st.st_ino != prev.ino {
+        anyhow::bail!(
+            "the snapshot is of another directory (root inode {} here, {} in the snapshot)",
+            st.st_ino,
+            prev.ino
+        );
+    }
+    let strict = if record(st.st_ino).is_some() || c.forced.contains(&b""[..]) { None } else { Some(st.st_ino) };
+    c.dir(root, b"", &prev, strict)?;
+    c.r.ok = c.r.missed_count == 0;
+    c.r.duration_ms = t0.elapsed().as_millis() as u64;
+    Ok(c.r)
+}
+
+struct Checker<'a> {
+    objects: &'a Objects,
+    bs: u64,
+    record: &'a dyn Fn(u64) -> Option<Record>,
+    links: &'a LinkTable,
+    forced: HashSet<Vec<u8>>,
+    r: LiveReport,
+    buf: Vec<u8>,
+}
+
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if dir.is_empty() {
+        name.to_vec()
+    } else {
+        [dir, b"/", name].concat()
+    }
+}
+
+fn show(p: &[u8]) -> String {
+    if p.is_empty() {
+        ".".into()
+    } else {
+        String::from_utf8_lossy(p).into_owned()
+    }
+}
+
+impl Checker<'_> {
+    /// A difference at `path`: explained if `explained()` (asked now, after
+    /// the read), else a missed change.
+    fn differs(&mut self, path: &[u8], what: String, explained: bool) {
+        if explained {
+            self.r.explained += 1;
+            return;
+        }
+        log::error!("verify --live: change missed by the tracker: {}: {what}", show(path));
+        self.r.missed_count += 1;
+        if self.r.missed.len() < MAX_LISTED {
+            self.r.missed.push(Missed { path: show(path), what });
+        }
+    }
+
+    /// Whether a directory judged reusable whole (`strict` = its inode) now
+    /// has a record: a change raced the check.
+    fn now_walked(&self, strict: Option<u64>) -> bool {
+        strict.is_some_and(|top| (self.record)(top).is_some())
+    }
+
+    /// The directory open at `fd`, at `path`, whose snapshot entry is `prev`
+    /// (same inode and kind). `strict`: the inode of the directory from
+    /// which down the snapshot would be reused whole.
+    fn dir(&mut self, fd: BorrowedFd<'_>, path: &[u8], prev: &Entry, strict: Option<u64>) -> anyhow::Result<()> {
+        self.r.dirs += 1;
+        let tree = if prev.content.is_zero() { Tree::default() } else { self.objects.tree(&prev.content)? };
+        let mut names: Vec<Vec<u8>> = sys::list_dir(fd)?.into_iter().map(|e| e.name.into_vec()).collect();
+        if path.is_empty() {
+            names.retain(|n| n != REPO_NAME.as_bytes() && n != SNAPSHOTS_NAME.as_bytes());
+        }
+        names.sort();
+        if strict.is_some() {
+            let live: HashSet<&[u8]> = names.iter().map(|n| &n[..]).collect();
+            for e in &tree.entries {
+                if !live.contains(&e.name[..]) {
+                    let expl = self.now_walked(strict);
+                    self.differs(&join(path, &e.name), "removed, not recorded".into(), expl);
+                }
+            }
+        }
+        for name in names {
+            let child = join(path, &name);
+            let cname = CString::new(name.clone())?;
+            let st = match sys::fstatat(fd, &cname) {
+                Ok(st) => st,
+                Err(crate::errno::Errno::ENOENT) => continue, // gone meanwhile
+                Err(e) => return Err(anyhow::anyhow!("{}: {e}", show(&child))),
+            };
+            let live = snapshot::entry_from_stat(&name, &st);
+            let prev_e = tree.get(&name).filter(|p| p.ino == live.ino && p.kind == live.kind).cloned();
+            let Some(prev_e) = prev_e else {
+                if strict.is_some() {
+                    let what =
+                        if tree.get(&name).is_some() { "replaced, not recorded" } else { "created, not recorded" };
+                    let expl = self.now_walked(strict);
+                    self.differs(&child, what.into(), expl);
+                } else {
+                    self.r.fresh += 1;
+                }
+                continue;
+            };
+            let rec = (self.record)(live.ino);
+            // a hard link the next snapshot walks to by path
+            let linked = self.links.get(&child) == Some(&live.ino);
+            if strict.is_some() {
+                let diffs = stat_differences(&prev_e, &live);
+                if !diffs.is_empty() {
+                    let expl = self.now_walked(strict) || (linked && (self.record)(live.ino).is_some());
+                    self.differs(&child, format!("{} changed, not recorded", diffs.join(", ")), expl);
+                }
+            }
+            let meta_clean = rec.as_ref().is_none_or(|r| r.flags & (META | FULL) == 0);
+            if strict.is_some() || meta_clean {
+                let xattrs = match sys::xattrs_at(fd, &cname) {
+                    Ok(x) => x,
+                    Err(crate::errno::Errno::ENOENT) => continue,
+                    Err(e) => return Err(anyhow::anyhow!("{}: {e}", show(&child))),
+                };
+                if xattrs != prev_e.xattrs {
+                    let expl = self.now_walked(strict)
+                        || (strict.is_none() && (self.record)(live.ino).is_some_and(|r| r.flags & (META | FULL) != 0));
+                    self.differs(&child, "extended attributes changed, not recorded".into(), expl);
+                }
+                if live.kind == EntryKind::Symlink {
+                    let target = sys::readlink_at(fd, &cname).unwrap_or_default();
+                    if target != prev_e.target {
+                        let expl = self.now_walked(strict)
+                            || (strict.is_none()
+                                && (self.record)(live.ino).is_some_and(|r| r.flags & (META | FULL) != 0));
+                        self.differs(&child, "symlink target changed, not recorded".into(), expl);
+                    }
+                }
+            }
+            match live.kind {
+                EntryKind::Dir => {
+                    let walked = strict.is_none() && (rec.is_some() || self.forced.contains(&child));
+                    let child_strict = if walked { None } else { strict.or(Some(live.ino)) };
+                    let sub = match sys::openat(fd, &cname, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0) {
+                        Ok(d) => d,
+                        Err(crate::errno::Errno::ENOENT) => continue,
+                        Err(e) => return Err(anyhow::anyhow!("{}: {e}", show(&child))),
+                    };
+                    self.dir(sub.as_fd(), &child, &prev_e, child_strict)?;
+                }
+                EntryKind::File => self.file(fd, &cname, &child, &live, &prev_e, rec, strict, linked)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn file(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &CString,
+        path: &[u8],
+        live: &Entry,
+        prev: &Entry,
+        rec: Option<Record>,
+        strict: Option<u64>,
+        linked: bool,
+    ) -> anyhow::Result<()> {
+        let bs = self.bs;
+        // what the next snapshot re-reads
+        let dirty: Vec<(u64, u64)> = match (&rec, strict) {
+            (_, Some(_)) => Vec::new(),
+            (None, None) if live.size != prev.size => {
+                self.r.fresh += 1;
+                return Ok(());
+            }
+            (None, None) => Vec::new(),
+            (Some(r), None) if r.flags & FULL != 0 => {
+                self.r.fresh += 1;
+                return Ok(());
+            }
+            (Some(r), None) => {
+                let mut r = r.clone();
+                r.size = live.size;
+                r.dirty_ranges(bs)
+            }
+        };
+        let fd = match sys::openat(dir, name, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK, 0) {
+            Ok(fd) => fd,
+            Err(crate::errno::Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(anyhow::anyhow!("{}: {e}", show(path))),
+        };
+        if sys::fstat(fd.as_fd())?.st_ino != live.ino {
+            return Ok(()); // replaced meanwhile: the next snapshot reads it anew
+        }
+        self.r.files += 1;
+        let ids = if prev.content.is_zero() {
+            Vec::new()
+        } else {
+            snapshot::block_ids(self.objects, prev.content, prev.levels)?
+        };
+        let n = live.size.div_ceil(bs);
+        let mut bad: Vec<u64> = Vec::new();
+        for b in 0..n {
+            if dirty.iter().any(|&(s, e)| s <= b && b < e) {
+                continue;
+            }
+            let off = b * bs;
+            let len = bs.min(live.size - off) as usize;
+            let got = sys::pread_full(fd.as_fd(), &mut self.buf[..len], off)?;
+            self.buf[got..len].fill(0);
+            self.r.bytes_compared += len as u64;
+            let block = &self.buf[..len];
+            let id =
+                if block.iter().all(|&x| x == 0) { ObjectId::ZERO } else { ObjectId::of_object(ObjKind::Blob, block) };
+            if ids.get(b as usize) != Some(&id) {
+                bad.push(b);
+            }
+        }
+        if bad.is_empty() {
+            return Ok(());
+        }
+        // looked up after the read: a write that raced the check is marked
+        let now = (self.record)(live.ino);
+        let covered = |b: u64| match &now {
+            Some(r) if r.flags & FULL != 0 => true,
+            Some(r) => {
+                let mut r = r.clone();
+                r.size = live.size;
+                r.dirty_ranges(bs).iter().any(|&(s, e)| s <= b && b < e)
+            }
+            None => false,
+        };
+        let walked_now = strict.is_none() || self.now_walked(strict) || (linked && now.is_some());
+        let missed: Vec<u64> = bad.iter().copied().filter(|&b| !(walked_now && covered(b))).collect();
+        self.r.explained += (bad.len() - missed.len()) as u64;
+        if !missed.is_empty() {
+            let first: Vec<String> = missed.iter().take(8).map(|b| b.to_string()).collect();
+            let more = if missed.len() > 8 { format!(" … ({} blocks)", missed.len()) } else { String::new() };
+            self.differs(path, format!("content of block {}{more} changed, not recorded", first.join(", ")), false);
+        }
+        Ok(())
+    }
+}
+
+/// What differs between a snapshot entry and the live stat (times of
+/// access and change excluded: reads and the tracker's own work move them).
+fn stat_differences(prev: &Entry, live: &Entry) -> Vec<&'static str> {
+    let mut d = Vec::new();
+    if prev.mode != live.mode {
+        d.push("mode");
+    }
+    if (prev.uid, prev.gid) != (live.uid, live.gid) {
+        d.push("owner");
+    }
+    if prev.kind != EntryKind::Dir && prev.size != live.size {
+        d.push("size");
+    }
+    if prev.mtime != live.mtime {
+        d.push("mtime");
+    }
+    if prev.kind != EntryKind::Dir && prev.nlink != live.nlink {
+        d.push("link count");
+    }
+    if prev.rdev != live.rdev {
+        d.push("device");
+    }
+    d
+}
+
+/// The report as text.
+pub fn render(r: &LiveReport) -> String {
+    let mut s = format!(
+        "live directory against snapshot {} ({}) and the dirty set: {} directories, {} files, {} compared; {} entries to be read anew by the next snapshot, {} differences explained by changes made meanwhile\n",
+        r.snapshot,
+        &r.snapshot_id[..r.snapshot_id.len().min(12)],
+        r.dirs,
+        r.files,
+        crate::util::human_bytes(r.bytes_compared),
+        r.fresh,
+        r.explained
+    );
+    if r.ok {
+        s.push_str("no change missed by the tracker\n");
+    } else {
+        s.push_str(&format!("{} CHANGES MISSED BY THE TRACKER:\n", r.missed_count));
+        for m in &r.missed {
+            s.push_str(&format!("  {}: {}\n", m.path, m.what));
+        }
+        if r.missed_count as usize > r.missed.len() {
+            s.push_str(&format!("  … and {} more\n", r.missed_count as usize - r.missed.len()));
+        }
+    }
+    s
+}
