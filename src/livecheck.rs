@@ -40,6 +40,7 @@ use crate::objstore::Objects;
 use crate::snapshot::{self, LinkTable};
 use crate::sys;
 use crate::tracker::{Record, FULL, META};
+use crate::util;
 
 /// At most this many differences are listed.
 const MAX_LISTED: usize = 200;
@@ -111,14 +112,6 @@ struct Checker<'a> {
     buf: Vec<u8>,
 }
 
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    if dir.is_empty() {
-        name.to_vec()
-    } else {
-        [dir, b"/", name].concat()
-    }
-}
-
 fn show(p: &[u8]) -> String {
     if p.is_empty() {
         ".".into()
@@ -164,12 +157,12 @@ impl Checker<'_> {
             for e in &tree.entries {
                 if !live.contains(&e.name[..]) {
                     let expl = self.now_walked(strict);
-                    self.differs(&join(path, &e.name), "removed, not recorded".into(), expl);
+                    self.differs(&util::join_rel(path, &e.name), "removed, not recorded".into(), expl);
                 }
             }
         }
         for name in names {
-            let child = join(path, &name);
+            let child = util::join_rel(path, &name);
             let cname = CString::new(name.clone())?;
             let st = match sys::fstatat(fd, &cname) {
                 Ok(st) => st,

@@ -41,6 +41,7 @@ use crate::objects::{Entry, EntryKind, ObjKind, ObjectId};
 use crate::objstore::Objects;
 use crate::snapshot::{self, SnapshotInfo};
 use crate::sys;
+use crate::util;
 
 pub const MARKER: &str = ".snapfs-restore";
 
@@ -85,14 +86,6 @@ fn check_name(n: &[u8]) -> Result<()> {
 
 fn cname(n: &[u8]) -> CString {
     CString::new(n).expect("checked: no NUL")
-}
-
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    if dir.is_empty() {
-        name.to_vec()
-    } else {
-        [dir, b"/", name].concat()
-    }
 }
 
 fn show(p: &[u8]) -> String {
@@ -310,7 +303,7 @@ pub fn restore(
         let tree = objects.tree(&dir.content).with_context(|| format!("directory {}", show(&path)))?;
         for e in &tree.entries {
             check_name(&e.name)?;
-            let p = join(&path, &e.name);
+            let p = util::join_rel(&path, &e.name);
             if e.kind == EntryKind::Dir {
                 let n = cname(&e.name);
                 match sys::fstatat(fd.as_fd(), &n) {
@@ -354,7 +347,7 @@ pub fn restore(
                         return;
                     }
                     let Some(job) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop() else { return };
-                    let path = join(&job.dir, &job.entry.name);
+                    let path = util::join_rel(&job.dir, &job.entry.name);
                     let r = open_dir(root.as_fd(), &job.dir)
                         .and_then(|d| write_file(objects, bs, d.as_fd(), &job.entry, &c, &path));
                     if let Err(e) = r {
@@ -392,7 +385,7 @@ pub fn restore(
         if !same {
             remove_any(to.as_fd(), &n)?;
             cvt(unsafe { libc::linkat(from.as_raw_fd(), cname(fname).as_ptr(), to.as_raw_fd(), n.as_ptr(), 0) })
-                .map_err(|err| anyhow!("link {}: {err}", show(&join(dir, &e.name))))?;
+                .map_err(|err| anyhow!("link {}: {err}", show(&util::join_rel(dir, &e.name))))?;
         }
         stats.links += 1;
     }
@@ -433,7 +426,7 @@ fn place(
     first_path: &mut HashMap<u64, Vec<u8>>,
     stats: &mut RestoreStats,
 ) -> Result<()> {
-    let p = join(path, &e.name);
+    let p = util::join_rel(path, &e.name);
     if e.nlink > 1 {
         if let Some(first) = first_path.get(&e.ino) {
             links.push((first.clone(), path.to_vec(), e.clone()));
@@ -607,7 +600,7 @@ fn sync_entry(
     st: &mut RollbackStats,
 ) -> Result<()> {
     let n = cname(&w.name);
-    let p = join(path, &w.name);
+    let p = util::join_rel(path, &w.name);
     let h = h.filter(|h| h.kind == w.kind);
     if h.is_none() && sys::fstatat(dir, &n).is_ok() {
         remove_any(dir, &n)?;

@@ -38,6 +38,7 @@ use crate::objstore::{ObjError, Objects};
 use crate::store::{FileKind, Store, StoreError};
 use crate::sys;
 use crate::tracker::{Record, FULL, META};
+use crate::util;
 
 pub const RECORD_FORMAT: u32 = 1;
 
@@ -229,17 +230,6 @@ pub fn decode_links(b: &[u8]) -> Option<LinkTable> {
         t.insert(p, ino);
     }
     (pos == b.len()).then_some(t)
-}
-
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    if dir.is_empty() {
-        name.to_vec()
-    } else {
-        let mut p = dir.to_vec();
-        p.push(b'/');
-        p.extend_from_slice(name);
-        p
-    }
 }
 
 fn parent_of(path: &[u8]) -> &[u8] {
@@ -626,7 +616,7 @@ impl<'a> Builder<'a> {
         let mut late: Option<HashMap<Vec<u8>, u64>> = None;
         for (name, mut expected) in listing {
             let cname = CString::new(name.clone()).map_err(|_| backing(path, Errno::EINVAL))?;
-            let child_path = join(path, &name);
+            let child_path = util::join_rel(path, &name);
             let live_st = sys::fstatat(dir, &cname);
             if expected.is_none() {
                 if late.is_none() {
@@ -837,7 +827,7 @@ impl Src {
 /// Whether link-table path `p` lies under a directory of the previous tree
 /// at `dir` that is gone from `names` (removed or renamed away).
 fn is_under_gone_dir(prev: &Tree, dir: &[u8], p: &[u8], names: &[Vec<u8>]) -> bool {
-    let prefix = if dir.is_empty() { Vec::new() } else { join(dir, b"") };
+    let prefix = if dir.is_empty() { Vec::new() } else { util::join_rel(dir, b"") };
     let Some(rest) = p.strip_prefix(prefix.as_slice()) else { return false };
     let Some(slash) = rest.iter().position(|b| *b == b'/') else { return false };
     let first = &rest[..slash];
@@ -973,7 +963,7 @@ fn diff_trees(
             std::cmp::Ordering::Less => {
                 let e = ea.unwrap();
                 out.push(DiffEntry {
-                    path: show(&join(path, &e.name)),
+                    path: show(&util::join_rel(path, &e.name)),
                     change: "removed".into(),
                     kind: e.kind.name().into(),
                     bytes: size_of(e),
@@ -983,7 +973,7 @@ fn diff_trees(
             std::cmp::Ordering::Greater => {
                 let e = eb.unwrap();
                 out.push(DiffEntry {
-                    path: show(&join(path, &e.name)),
+                    path: show(&util::join_rel(path, &e.name)),
                     change: "added".into(),
                     kind: e.kind.name().into(),
                     bytes: size_of(e),
@@ -992,7 +982,7 @@ fn diff_trees(
             }
             std::cmp::Ordering::Equal => {
                 let (x, y) = (ea.unwrap(), eb.unwrap());
-                let p = join(path, &x.name);
+                let p = util::join_rel(path, &x.name);
                 if x.kind != y.kind {
                     out.push(DiffEntry {
                         path: show(&p),

@@ -91,6 +91,15 @@ pub fn random_id() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// `dir/name` for paths relative to a root (`dir` empty: the root).
+pub fn join_rel(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if dir.is_empty() {
+        name.to_vec()
+    } else {
+        [dir, b"/", name].concat()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -370,18 +370,6 @@ fn wait_sealed(dir: &Path) {
     }
 }
 
-fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Changes made while a snapshot is being read must not reach it, and
 /// writers must not wait for it.
 fn copy_before_write_round(s: &Setup, incremental: bool) {
@@ -429,11 +417,11 @@ fn copy_before_write_round(s: &Setup, incremental: bool) {
 fn copy_before_write_keeps_the_sealed_state() {
     let s = setup(|d| {
         // big enough that reading it takes a while in a debug build
-        fs::write(d.join("big"), random_bytes(64 << 20, 1)).unwrap();
-        fs::write(d.join("trunc"), random_bytes(5 * BS as usize, 2)).unwrap();
-        fs::write(d.join("gone"), random_bytes(3 * BS as usize, 3)).unwrap();
+        fs::write(d.join("big"), noise(1, 64 << 20)).unwrap();
+        fs::write(d.join("trunc"), noise(2, 5 * BS as usize)).unwrap();
+        fs::write(d.join("gone"), noise(3, 3 * BS as usize)).unwrap();
         fs::create_dir(d.join("dir")).unwrap();
-        fs::write(d.join("dir/moved"), random_bytes(2 * BS as usize, 4)).unwrap();
+        fs::write(d.join("dir/moved"), noise(4, 2 * BS as usize)).unwrap();
         fs::write(d.join("mode"), b"m").unwrap();
         fs::write(d.join("xattr"), b"x").unwrap();
         let c = CString::new(d.join("xattr").as_os_str().as_bytes()).unwrap();
@@ -444,9 +432,9 @@ fn copy_before_write_keeps_the_sealed_state() {
     // make everything dirty again (a new epoch), restore the names, and do
     // the same during an incremental snapshot
     let d = &s.m.dir;
-    fs::write(d.join("big"), random_bytes(64 << 20, 5)).unwrap();
-    fs::write(d.join("trunc"), random_bytes(5 * BS as usize, 6)).unwrap();
-    fs::write(d.join("gone"), random_bytes(3 * BS as usize, 7)).unwrap();
+    fs::write(d.join("big"), noise(5, 64 << 20)).unwrap();
+    fs::write(d.join("trunc"), noise(6, 5 * BS as usize)).unwrap();
+    fs::write(d.join("gone"), noise(7, 3 * BS as usize)).unwrap();
     fs::rename(d.join("moved-out"), d.join("dir/moved")).unwrap();
     fs::remove_file(d.join("dir/new-during")).unwrap();
     write_at(&d.join("dir/moved"), 0, b"dirty again");
