@@ -471,7 +471,7 @@ impl Filesystem for SnapFuse {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         if is_view(ino.0) {
-            return reply.opened(FileHandle(0), FopenFlags::empty());
+            return reply.opened(FileHandle(0), view_dir_flags(ino.0));
         }
         match self.live.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
@@ -682,6 +682,17 @@ pub struct BrowseFuse {
     root: u64,
 }
 
+/// A directory inside a snapshot never changes: the kernel may keep its
+/// listing in the page cache across opens (no readdir round trips once
+/// read). The folder of snapshots changes, so it is read each time.
+fn view_dir_flags(node: u64) -> FopenFlags {
+    if node == VIEW_ROOT {
+        FopenFlags::empty()
+    } else {
+        FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+    }
+}
+
 impl BrowseFuse {
     pub fn new(view: Arc<View>, root: u64) -> BrowseFuse {
         BrowseFuse { view, root }
@@ -743,8 +754,8 @@ impl Filesystem for BrowseFuse {
         view_read(&self.view, self.map(ino), offset, size, reply);
     }
 
-    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        reply.opened(FileHandle(0), FopenFlags::empty());
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.opened(FileHandle(0), view_dir_flags(self.map(ino)));
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, reply: ReplyDirectory) {
