@@ -10,8 +10,10 @@
 //!   reused whole from the snapshot: its names, and every entry below it
 //!   (kind, inode, mode, owner, size, mtime, link count, device, xattrs,
 //!   symlink target, file content), must equal the snapshot's;
-//! - in a directory that is walked, an entry without a `META`/`FULL` record
-//!   keeps the snapshot's xattrs and symlink target: they must be equal;
+//! - in a directory that is walked, an entry without a record is taken
+//!   from the snapshot as it was (no stat): its stat must be equal; an
+//!   entry without a `META`/`FULL` record keeps the snapshot's xattrs and
+//!   symlink target: they must be equal;
 //! - a file without a record and of unchanged size keeps the snapshot's
 //!   content: every block must be equal; a file with a record (not `FULL`)
 //!   is re-read only where blocks are marked: every other block must be
@@ -185,10 +187,12 @@ impl Checker<'_> {
             let rec = (self.record)(live.ino);
             // a hard link the next snapshot walks to by path
             let linked = self.links.get(&child) == Some(&live.ino);
-            if strict.is_some() {
+            // without a record the next snapshot takes the entry as it was
+            if strict.is_some() || rec.is_none() {
                 let diffs = stat_differences(&prev_e, &live);
                 if !diffs.is_empty() {
-                    let expl = self.now_walked(strict) || (linked && (self.record)(live.ino).is_some());
+                    let now = (self.record)(live.ino).is_some();
+                    let expl = if strict.is_some() { self.now_walked(strict) || (linked && now) } else { now };
                     self.differs(&child, format!("{} changed, not recorded", diffs.join(", ")), expl);
                 }
             }

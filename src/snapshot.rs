@@ -93,6 +93,10 @@ pub struct SnapshotStats {
     /// Directories listed and files whose block list was rebuilt.
     pub dirs_walked: u64,
     pub files_read: u64,
+    /// Entries of walked directories taken from the previous snapshot as
+    /// they were (no record: not even a stat).
+    #[serde(default)]
+    pub entries_reused: u64,
     pub duration_ms: u64,
     /// How long writers were held off (waiting for in-flight changes, and
     /// sealing the epoch), in microseconds.
@@ -585,19 +589,22 @@ impl<'a> Builder<'a> {
             Some(p) if !p.content.is_zero() => Some(self.objects.tree(&p.content)?),
             _ => None,
         };
-        let live: Vec<Vec<u8>> = sys::list_dir(dir)
+        // (name, inode number in the listing)
+        let live: Vec<(Vec<u8>, u64)> = sys::list_dir(dir)
             .map_err(|e| backing(path, e))?
             .into_iter()
-            .map(|e| std::os::unix::ffi::OsStringExt::into_vec(e.name))
+            .map(|e| (std::os::unix::ffi::OsStringExt::into_vec(e.name), e.ino))
             .collect();
-        // The sealed listing, if a change has touched this directory since.
-        let mut listing: Vec<(Vec<u8>, Option<u64>)> = match self.capture.and_then(|c| c.dir(dir_ino)) {
-            Some(l) => l.into_iter().map(|(n, i)| (n, Some(i))).collect(),
-            None => live.into_iter().map(|n| (n, None)).collect(),
+        // The sealed listing, if a change has touched this directory since:
+        // (name, inode at the seal, inode listed live).
+        let mut listing: Vec<(Vec<u8>, Option<u64>, Option<u64>)> = match self.capture.and_then(|c| c.dir(dir_ino)) {
+            Some(l) => l.into_iter().map(|(n, i)| (n, Some(i), None)).collect(),
+            None => live.into_iter().map(|(n, i)| (n, None, Some(i))).collect(),
         };
-        listing.retain(|(n, _)| !(path.is_empty() && (n == REPO_NAME.as_bytes() || n == SNAPSHOTS_NAME.as_bytes())));
+        listing
+            .retain(|(n, _, _)| !(path.is_empty() && (n == REPO_NAME.as_bytes() || n == SNAPSHOTS_NAME.as_bytes())));
         listing.sort();
-        let names: Vec<Vec<u8>> = listing.iter().map(|(n, _)| n.clone()).collect();
+        let names: Vec<Vec<u8>> = listing.iter().map(|(n, _, _)| n.clone()).collect();
         // what the previous snapshot linked here is re-recorded below
         let stale: Vec<Vec<u8>> = self
             .links
@@ -614,9 +621,52 @@ impl<'a> Builder<'a> {
         let mut totals = Totals::default();
         // A listing captured after we listed live (a name changed meanwhile).
         let mut late: Option<HashMap<Vec<u8>, u64>> = None;
-        for (name, mut expected) in listing {
+        for (name, mut expected, listed) in listing {
             let cname = CString::new(name.clone()).map_err(|_| backing(path, Errno::EINVAL))?;
             let child_path = util::join_rel(path, &name);
+            // Unchanged since the previous snapshot: the inode the name had at
+            // the seal has no record and had this name then too. Every change
+            // to an inode (data, metadata, links) makes a record, so its
+            // previous entry is still right: no stat, no read.
+            if self.sealed.is_some() {
+                let mut at_seal = expected;
+                if at_seal.is_none() {
+                    if late.is_none() {
+                        late = self.capture.and_then(|c| c.dir(dir_ino)).map(|l| l.into_iter().collect());
+                    }
+                    at_seal = match &late {
+                        Some(l) => l.get(&name).copied(),
+                        None => listed,
+                    };
+                }
+                let unchanged = at_seal.and_then(|ino| {
+                    let p = prev_tree.as_ref()?.get(&name)?;
+                    let walk = p.kind == EntryKind::Dir && self.forced.contains(&child_path);
+                    (p.ino == ino && self.record(ino).is_none() && !walk).then(|| p.clone())
+                });
+                if let Some(e) = unchanged {
+                    match e.kind {
+                        EntryKind::Dir => {
+                            totals.dirs += 1;
+                            totals.add(&e.totals);
+                        }
+                        EntryKind::File => {
+                            totals.files += 1;
+                            totals.bytes += e.size;
+                        }
+                        _ => totals.others += 1,
+                    }
+                    if let Some(c) = self.capture {
+                        c.done(e.ino);
+                    }
+                    if e.kind != EntryKind::Dir && e.nlink > 1 {
+                        self.links.insert(child_path, e.ino);
+                    }
+                    self.stats.entries_reused += 1;
+                    entries.push(e);
+                    continue;
+                }
+            }
             let live_st = sys::fstatat(dir, &cname);
             if expected.is_none() {
                 if late.is_none() {
