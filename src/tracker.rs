@@ -828,6 +828,11 @@ impl Tracker {
             }
             (recs, chunks, st.root, st.epoch_start_ns, st.base_snapshot.clone(), st.scan_pending)
         };
+        // Without a base the next snapshot compares everything: so a crash
+        // while the records are rewritten (sled recovers a prefix of the
+        // operations) can never leave a base with half of its records.
+        db.meta.remove("base_snapshot")?;
+        db.flush()?;
         db.inodes.clear()?;
         db.blocks.clear()?;
         for (ino, bytes) in recs {
@@ -1088,6 +1093,38 @@ mod tests {
         let _ = t.seal();
         t.unseal();
         assert_eq!(t.record(3).unwrap().dirty_ranges(BS), vec![(7, 8)]);
+    }
+
+    #[test]
+    fn rewrite_puts_memory_back_over_a_stale_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state");
+        let a = tree();
+        {
+            let db = db_at(&p);
+            let (t, _) = Tracker::open(&db, BS, 1, "/x").unwrap();
+            t.write(&a, 3, BS, 1, 10 * BS);
+            let _ = t.seal();
+            t.commit("snap1").unwrap();
+            t.write(&a, 3, 2 * BS, 1, 10 * BS);
+            t.flush().unwrap();
+            // the database lost what it had, and kept a record from long ago
+            db.tree("inodes").unwrap().clear().unwrap();
+            db.tree("blocks").unwrap().clear().unwrap();
+            db.tree("inodes")
+                .unwrap()
+                .insert(99u64.to_be_bytes(), Record::new(Kind::File, 1, "old".into()).encode())
+                .unwrap();
+            db.tree("meta").unwrap().remove("base_snapshot").unwrap();
+            t.meta(&a, 4, Kind::File); // in memory only
+            t.rewrite("/x").unwrap();
+        }
+        let (t, last) = Tracker::open(&db_at(&p), BS, 1, "/x").unwrap();
+        assert!(matches!(last, LastSession::Unclean { .. }));
+        assert_eq!(t.record(3).unwrap().dirty_ranges(BS), vec![(2, 3)]);
+        assert!(t.record(4).is_some());
+        assert!(t.record(99).is_none());
+        assert_eq!(t.base_snapshot().as_deref(), Some("snap1"));
     }
 
     #[test]
