@@ -154,7 +154,7 @@ fn view_lseek(view: &View, ino: u64, offset: i64, whence: i32, reply: ReplyLseek
 }
 
 fn ctx(req: &Request) -> Ctx {
-    Ctx { uid: req.uid(), gid: req.gid(), pid: req.pid() }
+    Ctx { uid: req.uid(), gid: req.gid(), pid: req.pid(), unique: req.unique().0 }
 }
 
 fn time(t: Option<TimeOrNow>) -> Option<TimeSpec> {
@@ -429,7 +429,8 @@ impl Filesystem for SnapFuse {
         if is_view(_ino.0) {
             return reply.error(EROFS);
         }
-        match self.live.write(fh.0, offset, data, _write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)) {
+        let kill = _write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        match self.live.write(fh.0, offset, data, kill, _req.unique().0) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e.into()),
         }

@@ -61,11 +61,14 @@ pub struct Ctx {
     pub uid: u32,
     pub gid: u32,
     pub pid: u32,
+    /// The kernel's request id (they increase in the order it sends them;
+    /// 0: not from the kernel).
+    pub unique: u64,
 }
 
 impl Ctx {
     pub fn root() -> Ctx {
-        Ctx { uid: 0, gid: 0, pid: 0 }
+        Ctx { uid: 0, gid: 0, pid: 0, unique: 0 }
     }
 }
 
@@ -109,6 +112,12 @@ pub struct Inode {
     /// most recent last. Every name change goes through us, so removed
     /// names are dropped here and the rest stay true.
     links: Mutex<Vec<(u64, OsString)>>,
+    /// The last times set by a request from the kernel: (its request id,
+    /// atime and mtime). With the writeback cache the kernel keeps mtime
+    /// itself and sends it after the data, but a multi-threaded daemon may
+    /// finish an earlier WRITE after that SETATTR: the write then puts the
+    /// kernel's times back (see [`LiveFs::write`]).
+    times: Mutex<Option<(u64, [libc::timespec; 2])>>,
 }
 
 impl Inode {
@@ -337,6 +346,7 @@ impl LiveFs {
             nlookup: AtomicU64::new(1 << 40),
             no_caps: AtomicBool::new(false),
             links: Mutex::new(Vec::new()),
+            times: Mutex::new(None),
         };
         let mut t = Table::default();
         t.by_key.insert((st.st_dev, st.st_ino), ROOT);
@@ -521,6 +531,7 @@ impl LiveFs {
             nlookup: AtomicU64::new(1),
             no_caps: AtomicBool::new(false),
             links: Mutex::new(vec![(parent_ino, name.to_os_string())]),
+            times: Mutex::new(None),
         };
         t.by_key.insert(key, node);
         t.by_node.insert(node, Arc::new(inode));
@@ -678,6 +689,7 @@ impl LiveFs {
         }
         if a.atime.is_some() || a.mtime.is_some() {
             let times = [timespec(a.atime), timespec(a.mtime)];
+            let mut last = i.times.lock().unwrap_or_else(|e| e.into_inner());
             cvt(unsafe {
                 libc::utimensat(
                     self.fd(&i)?.as_raw_fd(),
@@ -686,6 +698,9 @@ impl LiveFs {
                     libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
                 )
             })?;
+            if ctx.unique != 0 && matches!(a.mtime, Some(TimeSpec::At(_))) {
+                *last = Some((ctx.unique, times));
+            }
         }
         self.getattr(nodeid, a.fh)
     }
@@ -981,7 +996,9 @@ impl LiveFs {
 
     /// Write `data` at `off`. `kill_suidgid`: the writer lacks `CAP_FSETID`,
     /// so setuid/setgid bits must go (the backing filesystem does it).
-    pub fn write(&self, fh: u64, off: u64, data: &[u8], kill_suidgid: bool) -> SysResult<u32> {
+    /// Write `data` at `off` through handle `fh`; `unique` is the kernel's
+    /// request id (0: none).
+    pub fn write(&self, fh: u64, off: u64, data: &[u8], kill_suidgid: bool, unique: u64) -> SysResult<u32> {
         let _writers = self.writer();
         let h = self.file(fh)?;
         let st = sys::fstat(h.fd.as_fd())?;
@@ -999,6 +1016,17 @@ impl LiveFs {
                 Err(Errno::EINTR) => continue,
                 Err(e) if done == 0 => return Err(e),
                 Err(_) => break,
+            }
+        }
+        // The kernel set the times after sending this write: they win.
+        if unique != 0 {
+            if let Ok(i) = self.inode(h.node) {
+                let last = i.times.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some((u, times)) = *last {
+                    if u > unique {
+                        let _ = cvt(unsafe { libc::futimens(h.fd.as_raw_fd(), times.as_ptr()) });
+                    }
+                }
             }
         }
         Ok(done as u32)
