@@ -46,7 +46,8 @@ pub struct VerifyProgress {
     pub bytes_done: AtomicU64,
     pub snapshots_total: AtomicU64,
     pub snapshots_done: AtomicU64,
-    /// 1: trailers, 2: reading data, 3: snapshots, 4: deleting, 5: copying (prune).
+    /// 1: trailers, 2: reading data, 3: snapshots, 4: deleting, 5: copying
+    /// (prune), 6: comparing the live directory (verify --live).
     pub phase: AtomicU64,
 }
 
@@ -71,6 +72,7 @@ impl VerifyProgress {
                 3 => "snapshots",
                 4 => "deleting",
                 5 => "copying",
+                6 => "live",
                 _ => "starting",
             }
             .into(),

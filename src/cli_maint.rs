@@ -50,6 +50,12 @@ fn task_line(v: &ProgressView, t0: Instant) -> String {
             util::human_bytes(v.bytes_done),
             util::human_bytes(v.bytes_total)
         ),
+        "live" => format!(
+            "{} live files {}/{}, {secs} s",
+            bar(v.bytes_done, v.bytes_total),
+            util::human_bytes(v.bytes_done),
+            util::human_bytes(v.bytes_total)
+        ),
         other => format!("{other}, {secs} s"),
     }
 }
@@ -178,7 +184,8 @@ pub fn verify_live(dir: &Path, json: bool) -> Result<()> {
     };
     // what the kernel still holds goes to the daemon (and so to the tracker)
     snapfs::daemon::syncfs(&d);
-    let r = control::call(&d, &Request::VerifyLive, Duration::from_secs(30 * 86400))
+    let get = || control::call(&d, &Request::Progress, Duration::from_secs(5)).ok().and_then(|r| r.task);
+    let r = with_progress(json, get, || control::call(&d, &Request::VerifyLive, Duration::from_secs(30 * 86400)))
         .with_context(|| format!("asking the daemon of {}", d.display()))?;
     let report = r.live.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_else(|| "verify --live failed".into())))?;
     if json {

@@ -663,14 +663,20 @@ impl Shared {
             Some(id) => snapshot::decode_links(&self.objects.get(&id, ObjKind::Meta)?).unwrap_or_default(),
             None => Default::default(),
         };
-        let mut r = crate::livecheck::check(
+        let p = Arc::new(check::VerifyProgress::default());
+        p.bytes_total.store(latest.record.stats.logical_bytes, std::sync::atomic::Ordering::Relaxed);
+        *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.clone());
+        let r = crate::livecheck::check(
             &self.objects,
             self.block_size,
             self.live.root_fd(),
             latest.root_tree()?,
             &links,
             &|ino| self.tracker.record(ino),
-        )?;
+            &p,
+        );
+        *self.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let mut r = r?;
         r.snapshot = latest.record.name.clone();
         r.snapshot_id = latest.id.clone();
         log::info!(

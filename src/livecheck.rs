@@ -34,8 +34,11 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::time::Instant;
 
+use std::sync::atomic::Ordering;
+
 use serde::{Deserialize, Serialize};
 
+use crate::check::VerifyProgress;
 use crate::live::{REPO_NAME, SNAPSHOTS_NAME};
 use crate::objects::{Entry, EntryKind, ObjKind, ObjectId, Tree};
 use crate::objstore::Objects;
@@ -83,10 +86,13 @@ pub fn check(
     top: ObjectId,
     links: &LinkTable,
     record: &dyn Fn(u64) -> Option<Record>,
+    progress: &VerifyProgress,
 ) -> anyhow::Result<LiveReport> {
     let t0 = Instant::now();
+    progress.phase.store(6, Ordering::Relaxed);
     let forced = snapshot::forced_dirs(links, |ino| record(ino).is_some());
-    let mut c = Checker { objects, bs, record, links, forced, r: LiveReport::default(), buf: vec![0u8; bs as usize] };
+    let mut c =
+        Checker { objects, bs, record, links, forced, progress, r: LiveReport::default(), buf: vec![0u8; bs as usize] };
     let top = objects.tree(&top)?;
     let prev = top.get(b".").cloned().ok_or_else(|| anyhow::anyhow!("snapshot has no root entry"))?;
     let st = sys::fstat(root)?;
@@ -110,6 +116,7 @@ struct Checker<'a> {
     record: &'a dyn Fn(u64) -> Option<Record>,
     links: &'a LinkTable,
     forced: HashSet<Vec<u8>>,
+    progress: &'a VerifyProgress,
     r: LiveReport,
     buf: Vec<u8>,
 }
@@ -254,11 +261,13 @@ impl Checker<'_> {
             (_, Some(_)) => Vec::new(),
             (None, None) if live.size != prev.size => {
                 self.r.fresh += 1;
+                self.progress.bytes_done.fetch_add(live.size, Ordering::Relaxed);
                 return Ok(());
             }
             (None, None) => Vec::new(),
             (Some(r), None) if r.flags & FULL != 0 => {
                 self.r.fresh += 1;
+                self.progress.bytes_done.fetch_add(live.size, Ordering::Relaxed);
                 return Ok(());
             }
             (Some(r), None) => {
@@ -284,11 +293,12 @@ impl Checker<'_> {
         let n = live.size.div_ceil(bs);
         let mut bad: Vec<u64> = Vec::new();
         for b in 0..n {
+            let off = b * bs;
+            let len = bs.min(live.size - off) as usize;
+            self.progress.bytes_done.fetch_add(len as u64, Ordering::Relaxed);
             if dirty.iter().any(|&(s, e)| s <= b && b < e) {
                 continue;
             }
-            let off = b * bs;
-            let len = bs.min(live.size - off) as usize;
             let got = sys::pread_full(fd.as_fd(), &mut self.buf[..len], off)?;
             self.buf[got..len].fill(0);
             self.r.bytes_compared += len as u64;
