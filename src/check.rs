@@ -26,7 +26,7 @@ use crate::objects::{EntryKind, ObjKind, ObjectId};
 use crate::objstore::{ObjResult, Objects};
 use crate::pack::{self, PackEntry};
 use crate::snapshot::{self, SnapshotInfo};
-use crate::store::FileKind;
+use crate::store::{FileKind, StoreError};
 
 #[derive(Debug, Clone, Default)]
 pub struct VerifyOptions {
@@ -285,6 +285,12 @@ pub fn verify(objects: &Objects, opts: &VerifyOptions, progress: &VerifyProgress
         ..Default::default()
     };
 
+    // 0. The snapshots to check, listed before the packs: every pack a
+    // committed snapshot needs was written before its record, so it is in
+    // the list of packs (snapshots taken meanwhile are for the next verify;
+    // prune cannot run meanwhile).
+    let record_ids = store.list(FileKind::Snapshot)?;
+
     // 1. trailers
     progress.phase.store(1, Ordering::Relaxed);
     let packs = store.list(FileKind::Pack)?;
@@ -362,6 +368,10 @@ pub fn verify(objects: &Objects, opts: &VerifyOptions, progress: &VerifyProgress
 
     // 3. index against trailers
     if objects.index_is_persistent() {
+        // no pack is being written and indexed while we look; packs written
+        // since the list above are not judged
+        let _quiet = objects.quiesce();
+        let now: HashSet<String> = store.list(FileKind::Pack)?.into_iter().collect();
         let mut problems = Vec::new();
         let mut seen = HashSet::new();
         let mut gone: BTreeMap<String, u64> = BTreeMap::new();
@@ -373,6 +383,7 @@ pub fn verify(objects: &Objects, opts: &VerifyOptions, progress: &VerifyProgress
             };
             seen.insert(id);
             match pack_pos.get(loc.pack.as_str()) {
+                None if now.contains(&loc.pack) => {} // written since
                 None => *gone.entry(loc.pack).or_default() += 1,
                 Some(&i) => {
                     if let Some(entries) = &entries_of[i] {
@@ -399,7 +410,7 @@ pub fn verify(objects: &Objects, opts: &VerifyOptions, progress: &VerifyProgress
             problems.push(format!("index: pack {p} {how} {n} of its objects are missing from the index"));
         }
         for p in indexed {
-            if !pack_pos.contains_key(p.as_str()) {
+            if !pack_pos.contains_key(p.as_str()) && !now.contains(&p) {
                 problems.push(format!("index: pack {p} is listed as indexed but does not exist"));
             }
         }
@@ -410,9 +421,11 @@ pub fn verify(objects: &Objects, opts: &VerifyOptions, progress: &VerifyProgress
     // 4. snapshots
     progress.phase.store(3, Ordering::Relaxed);
     let mut snaps: Vec<SnapshotInfo> = Vec::new();
-    for id in store.list(FileKind::Snapshot)? {
+    for id in record_ids {
         match read_record(&*store, &id) {
             Ok(s) => snaps.push(s),
+            // forgotten meanwhile
+            Err(_) if matches!(store.size(FileKind::Snapshot, &id), Err(StoreError::NotFound { .. })) => {}
             Err(problem) => report.damaged_records.push(DamagedFile { name: id, problem }),
         }
     }

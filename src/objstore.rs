@@ -143,6 +143,11 @@ impl Index {
     }
 }
 
+/// See [`Objects::quiesce`].
+pub struct Quiet<'a> {
+    _pending: std::sync::MutexGuard<'a, Pending>,
+}
+
 struct Pending {
     writer: PackWriter,
     raw: HashMap<ObjectId, (ObjKind, Vec<u8>)>,
@@ -364,6 +369,12 @@ impl Objects {
             self.flush()?;
         }
         Ok((id, true))
+    }
+
+    /// While the guard lives, no pack is written or indexed (writers of
+    /// objects wait): the packs in the store and the index agree.
+    pub fn quiesce(&self) -> Quiet<'_> {
+        Quiet { _pending: self.pending.lock().unwrap_or_else(|e| e.into_inner()) }
     }
 
     /// Write the pending pack (durably) and index it.

@@ -379,3 +379,34 @@ fn prune_beside_snapshots() {
         assert_restores(&repo, name, want, t.path());
     }
 }
+
+#[test]
+fn verify_beside_snapshots_and_forget_finds_no_damage() {
+    let t = tempfile::tempdir().unwrap();
+    let dirs = Dirs::new(t.path());
+    let m = dirs.mount();
+    let d = m.dir.to_str().unwrap().to_string();
+    fs::write(m.path("base.bin"), noise(7, 2_000_000)).unwrap();
+    snap(&m.dir, "base");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // snapshots (each a new pack) and forgets (records going away)
+        s.spawn(|| {
+            let mut r = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                fs::write(m.path(&format!("f{}", r % 5)), noise(100 + r, 200_000)).unwrap();
+                snap(&m.dir, &format!("s{r}"));
+                if r >= 3 {
+                    run_ok(&["forget", &d, &format!("s{}", r - 3)]);
+                }
+                r += 1;
+            }
+        });
+        for _ in 0..25 {
+            let (ok, v) = json_of(&["verify", "--json", "--read-data", &d]);
+            assert!(ok && v["ok"] == true, "verify beside snapshots: {v}");
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    m.umount();
+}
