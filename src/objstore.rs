@@ -412,6 +412,23 @@ impl Objects {
         if let Some((k, raw)) = self.pending.lock().unwrap_or_else(|e| e.into_inner()).raw.get(id) {
             return Ok((*k, raw.clone()));
         }
+        match self.read_indexed(id) {
+            // An index built in memory beside a running daemon goes stale
+            // when the daemon writes packs or prune moves objects: index the
+            // packs written since, and look again.
+            Err(e @ (ObjError::Missing(_) | ObjError::Store(StoreError::NotFound { .. })))
+                if matches!(self.index, Index::Memory { .. }) =>
+            {
+                if self.index_new_packs()? == 0 {
+                    return Err(e);
+                }
+                self.read_indexed(id)
+            }
+            r => r,
+        }
+    }
+
+    fn read_indexed(&self, id: &ObjectId) -> ObjResult<(ObjKind, Vec<u8>)> {
         let loc = self.index.get(id)?.ok_or(ObjError::Missing(*id))?;
         let stored = self.store.get_range(FileKind::Pack, &loc.pack, loc.entry.offset, loc.entry.stored as usize)?;
         let raw = pack::decode_object(&loc.pack, &loc.entry, &stored)?;
@@ -482,5 +499,48 @@ mod tests {
             m.get(&ObjectId::of_object(ObjKind::Blob, b"nope"), ObjKind::Blob),
             Err(ObjError::Missing(_))
         ));
+    }
+
+    /// A store that keeps nothing open (so a deleted pack is gone at once).
+    struct Uncached(std::path::PathBuf);
+    impl Store for Uncached {
+        fn put(&self, k: FileKind, n: &str, d: &[u8]) -> crate::store::StoreResult<()> {
+            LocalStore::new(&self.0).put(k, n, d)
+        }
+        fn get(&self, k: FileKind, n: &str) -> crate::store::StoreResult<Vec<u8>> {
+            LocalStore::new(&self.0).get(k, n)
+        }
+        fn get_range(&self, k: FileKind, n: &str, o: u64, l: usize) -> crate::store::StoreResult<Vec<u8>> {
+            LocalStore::new(&self.0).get_range(k, n, o, l)
+        }
+        fn size(&self, k: FileKind, n: &str) -> crate::store::StoreResult<u64> {
+            LocalStore::new(&self.0).size(k, n)
+        }
+        fn list(&self, k: FileKind) -> crate::store::StoreResult<Vec<String>> {
+            LocalStore::new(&self.0).list(k)
+        }
+        fn delete(&self, k: FileKind, n: &str) -> crate::store::StoreResult<()> {
+            LocalStore::new(&self.0).delete(k, n)
+        }
+    }
+
+    #[test]
+    fn a_memory_index_follows_objects_moved_by_prune() {
+        let t = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(LocalStore::new(t.path()));
+        let w = Objects::open(store.clone(), Some(&StateDb::temporary())).unwrap();
+        let (x, _) = w.put(ObjKind::Blob, b"moved by prune").unwrap();
+        w.flush().unwrap();
+        let old = store.list(FileKind::Pack).unwrap().pop().unwrap();
+        // a reader beside the daemon, its index built now
+        let r = Objects::open(Arc::new(Uncached(t.path().to_path_buf())), None).unwrap();
+        // prune: copy into a new pack, then delete the old one
+        let e = w.pack_entries(&old).unwrap()[0];
+        let stored = store.get_range(FileKind::Pack, &old, e.offset, e.stored as usize).unwrap();
+        w.copy_object(&old, &e, &stored).unwrap();
+        w.put(ObjKind::Blob, b"written since").unwrap();
+        w.flush().unwrap();
+        store.delete(FileKind::Pack, &old).unwrap();
+        assert_eq!(r.get(&x, ObjKind::Blob).unwrap(), b"moved by prune");
     }
 }

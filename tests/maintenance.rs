@@ -410,3 +410,42 @@ fn verify_beside_snapshots_and_forget_finds_no_damage() {
     });
     m.umount();
 }
+
+/// Unmounts a browse mount even if the test fails.
+struct BrowseGuard(PathBuf);
+impl Drop for BrowseGuard {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let out = snapfs(&["umount", self.0.to_str().unwrap()]);
+            if !out.status.success() {
+                let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+    }
+}
+
+#[test]
+fn browse_and_restore_beside_a_daemon_that_prunes() {
+    let t = tempfile::tempdir().unwrap();
+    let dirs = Dirs::new(t.path());
+    let models = build_repo(&dirs, 4);
+    let repo = dirs.repo();
+    let m = dirs.mount();
+    let bm = t.path().join("browse");
+    fs::create_dir(&bm).unwrap();
+    run_ok(&["browse", "--repo", repo.to_str().unwrap(), bm.to_str().unwrap()]);
+    let _g = BrowseGuard(bm.clone());
+    // known to the kernel before the prune (so no lookup at the browse
+    // root, which would look for new packs, comes after it)
+    assert!(fs::metadata(bm.join("r3/docs")).unwrap().is_dir());
+    // the daemon moves the objects r3 needs into new packs, deletes the old
+    let (ok, v) = json_of(&["forget", "--json", "--prune", m.dir.to_str().unwrap(), "r0", "r1", "r2"]);
+    assert!(ok, "{v}");
+    assert!(v["prune"]["packs_repacked"].as_u64().unwrap() + v["prune"]["packs_deleted"].as_u64().unwrap() > 0, "{v}");
+    // the browse mount (its index built before) and a restore still read r3
+    assert_same(&models[3].1, &model(&bm.join("r3")), "browse of r3 after prune");
+    assert_restores(&repo, "r3", &models[3].1, t.path());
+    drop(_g);
+    m.umount();
+}
