@@ -424,6 +424,9 @@ impl Objects {
                 }
                 self.read_indexed(id)
             }
+            // Our own prune moved it between the lookup and the read: the
+            // index already says where it is now.
+            Err(ObjError::Store(StoreError::NotFound { .. })) => self.read_indexed(id),
             r => r,
         }
     }
