@@ -411,20 +411,6 @@ fn verify_beside_snapshots_and_forget_finds_no_damage() {
     m.umount();
 }
 
-/// Unmounts a browse mount even if the test fails.
-struct BrowseGuard(PathBuf);
-impl Drop for BrowseGuard {
-    fn drop(&mut self) {
-        if is_mounted(&self.0) {
-            let out = snapfs(&["umount", self.0.to_str().unwrap()]);
-            if !out.status.success() {
-                let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-            }
-        }
-    }
-}
-
 #[test]
 fn browse_and_restore_beside_a_daemon_that_prunes() {
     let t = tempfile::tempdir().unwrap();

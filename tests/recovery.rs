@@ -155,20 +155,6 @@ fn browse(repo: &Path, mnt: &Path, extra: &[&str]) {
     assert!(out.status.success(), "browse: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// Unmounts a browse mount even if the test fails.
-struct BrowseGuard(PathBuf);
-impl Drop for BrowseGuard {
-    fn drop(&mut self) {
-        if is_mounted(&self.0) {
-            let out = snapfs(&["umount", self.0.to_str().unwrap()]);
-            if !out.status.success() {
-                let cp = c(&self.0);
-                unsafe { libc::umount2(cp.as_ptr(), libc::MNT_DETACH) };
-            }
-        }
-    }
-}
-
 #[test]
 fn browse_a_copy_of_the_repository() {
     let t = tempfile::tempdir().unwrap();

@@ -363,3 +363,17 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Unmounts a browse mount even if the test fails.
+pub struct BrowseGuard(pub PathBuf);
+
+impl Drop for BrowseGuard {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let out = snapfs(&["umount", self.0.to_str().unwrap()]);
+            if !out.status.success() {
+                umount2(&self.0, libc::MNT_DETACH);
+            }
+        }
+    }
+}
