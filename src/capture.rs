@@ -28,7 +28,7 @@ use crate::errno::{Errno, SysResult};
 use crate::objects::{ObjKind, ObjectId};
 use crate::objstore::Objects;
 use crate::sys::{self, Stat};
-use crate::tracker::{Record, FULL};
+use crate::tracker::{Kind, Record, FULL, RENAMED};
 
 /// What a change is about to do to a file's data.
 #[derive(Debug, Clone, Copy)]
@@ -66,12 +66,18 @@ pub struct Capture {
     sealed: Option<Arc<HashMap<u64, Record>>>,
     /// Capture the listing of every directory (hard links force walks by path).
     all_dirs: bool,
+    /// A directory got a new name: the snapshot reads everything below it
+    /// anew, and we cannot tell here what lies below it: save every
+    /// directory listing and every block changed, as in full mode.
+    renamed_dir: bool,
     inner: Mutex<Inner>,
 }
 
 impl Capture {
     pub fn new(objects: Arc<Objects>, bs: u64, sealed: Option<Arc<HashMap<u64, Record>>>, all_dirs: bool) -> Capture {
-        Capture { objects, bs, sealed, all_dirs, inner: Mutex::new(Inner::default()) }
+        let renamed_dir =
+            sealed.as_ref().is_some_and(|s| s.values().any(|r| r.kind == Kind::Dir && r.flags & RENAMED != 0));
+        Capture { objects, bs, sealed, all_dirs, renamed_dir, inner: Mutex::new(Inner::default()) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -101,7 +107,7 @@ impl Capture {
     fn dir_walked(&self, ino: u64) -> bool {
         match &self.sealed {
             None => true,
-            Some(s) => self.all_dirs || s.contains_key(&ino),
+            Some(s) => self.all_dirs || self.renamed_dir || s.contains_key(&ino),
         }
     }
 
@@ -155,10 +161,12 @@ impl Capture {
         };
         // Which blocks will the snapshot read from this file?
         let rec = self.sealed.as_ref().map(|s| s.get(&ino));
+        let all = vec![(0, size.div_ceil(self.bs))];
         let needed: Vec<(u64, u64)> = match rec {
-            None => vec![(0, size.div_ceil(self.bs))], // full mode
-            Some(None) => return,                      // clean: reused from the last snapshot
-            Some(Some(r)) if r.flags & FULL != 0 => vec![(0, size.div_ceil(self.bs))],
+            None => all,                          // full mode
+            Some(_) if self.renamed_dir => all,   // it may lie below a moved directory
+            Some(None) => return,                 // clean: reused from the last snapshot
+            Some(Some(r)) if r.flags & (FULL | RENAMED) != 0 => all, // maybe read whole
             Some(Some(r)) => {
                 let mut r = r.clone();
                 r.size = size;

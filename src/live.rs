@@ -765,7 +765,7 @@ impl LiveFs {
         self.cap_dir(&p);
         self.cap_meta(&i);
         self.tracker.entries(self, p.ino);
-        self.tracker.meta(self, i.ino, i.kind());
+        self.tracker.linked(self, i.ino, i.kind());
         cvt(unsafe {
             libc::linkat(
                 self.fd(&i)?.as_raw_fd(),

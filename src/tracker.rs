@@ -49,6 +49,10 @@ pub const FULL: u8 = 2;
 pub const CREATED: u8 = 4;
 pub const ENTRIES: u8 = 8;
 pub const DESCENDANT: u8 = 16;
+/// The inode got a name this epoch (moved, or a new hard link): the next
+/// snapshot may find it where the previous one had nothing, and read it
+/// whole (copy-before-write must then save every block it changes).
+pub const RENAMED: u8 = 32;
 
 /// How far before the last durable point the mount-time scan looks (ns).
 pub const SCAN_MARGIN_NS: i128 = 1_000_000_000;
@@ -621,10 +625,16 @@ impl Tracker {
     }
 
     /// `ino` now lives at `parent/name` (after a rename).
+    /// A new hard link to `ino` was made.
+    pub fn linked(&self, anc: &dyn Ancestry, ino: u64, kind: Kind) {
+        let mut st = self.lock();
+        Self::touch(&mut st, anc, ino, kind).flags |= META | RENAMED;
+    }
+
     pub fn moved(&self, anc: &dyn Ancestry, ino: u64, kind: Kind, parent: u64, name: &OsStr) {
         let mut st = self.lock();
         let r = Self::touch(&mut st, anc, ino, kind);
-        r.flags |= META;
+        r.flags |= META | RENAMED;
         r.parent = parent;
         r.name = name.to_os_string();
         Self::mark_ancestors(&mut st, anc, parent);

@@ -446,3 +446,49 @@ fn copy_before_write_keeps_the_sealed_state() {
     copy_before_write_round(&s, true);
     s.m.umount();
 }
+
+/// A file or directory that got a new name since the last snapshot is read
+/// whole by the next one (the previous snapshot has nothing at that name):
+/// changes made to it while the snapshot runs must not reach it.
+#[test]
+fn copy_before_write_keeps_renamed_files_and_directories() {
+    let s = setup(|d| {
+        fs::write(d.join("aaa-big"), noise(1, 64 << 20)).unwrap();
+        fs::create_dir_all(d.join("zdir/sub")).unwrap();
+        fs::write(d.join("zdir/sub/f.bin"), noise(2, 8 * BS as usize)).unwrap();
+        fs::write(d.join("zfile.bin"), noise(3, 8 * BS as usize)).unwrap();
+        fs::write(d.join("zlinked.bin"), noise(4, 8 * BS as usize)).unwrap();
+    });
+    let d = s.m.dir.clone();
+    snap(&d, &[]);
+    // the big file is read first (names in order) and slowly
+    fs::write(d.join("aaa-big"), noise(5, 64 << 20)).unwrap();
+    fs::rename(d.join("zdir"), d.join("zdir2")).unwrap();
+    fs::rename(d.join("zfile.bin"), d.join("zfile2.bin")).unwrap();
+    fs::hard_link(d.join("zlinked.bin"), d.join("zlink2.bin")).unwrap();
+    snapfs::daemon::syncfs(&d);
+    let before = model(&s.raw);
+    let bin = bin();
+    let dir = d.clone();
+    let snap_thread = std::thread::spawn(move || {
+        let out = std::process::Command::new(bin).args(["snapshot", "--json", dir.to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    });
+    wait_sealed(&d);
+    let f = fs::OpenOptions::new().write(true).open(d.join("zdir2/sub/f.bin")).unwrap();
+    for b in 0..8u64 {
+        f.write_all_at(&[0xEE; 100], b * BS).unwrap();
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    fs::OpenOptions::new().write(true).open(d.join("zfile2.bin")).unwrap().set_len(10).unwrap();
+    write_at(&d.join("zlink2.bin"), 3 * BS, b"after the seal");
+    fs::write(d.join("zdir2/sub/new"), b"after the seal").unwrap();
+    let v = snap_thread.join().unwrap();
+    assert_eq!(v["full"], false);
+    assert!(v["stats"]["duration_ms"].as_u64().unwrap() > 0);
+    let got = read_back(&repo(&s), v["name"].as_str().unwrap());
+    assert_same(&before, &got, "snapshot while renamed things changed");
+    s.m.umount();
+}
