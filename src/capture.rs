@@ -163,9 +163,9 @@ impl Capture {
         let rec = self.sealed.as_ref().map(|s| s.get(&ino));
         let all = vec![(0, size.div_ceil(self.bs))];
         let needed: Vec<(u64, u64)> = match rec {
-            None => all,                          // full mode
-            Some(_) if self.renamed_dir => all,   // it may lie below a moved directory
-            Some(None) => return,                 // clean: reused from the last snapshot
+            None => all,                                             // full mode
+            Some(_) if self.renamed_dir => all,                      // it may lie below a moved directory
+            Some(None) => return,                                    // clean: reused from the last snapshot
             Some(Some(r)) if r.flags & (FULL | RENAMED) != 0 => all, // maybe read whole
             Some(Some(r)) => {
                 let mut r = r.clone();

@@ -291,9 +291,13 @@ pub fn verify(objects: &Objects, opts: &VerifyOptions, progress: &VerifyProgress
     // prune cannot run meanwhile).
     let record_ids = store.list(FileKind::Snapshot)?;
 
-    // 1. trailers
+    // 1. trailers (of the packs listed while none is being written and
+    // indexed: each of them is wholly in the index)
     progress.phase.store(1, Ordering::Relaxed);
-    let packs = store.list(FileKind::Pack)?;
+    let packs = {
+        let _quiet = objects.quiesce();
+        store.list(FileKind::Pack)?
+    };
     progress.packs_total.store(packs.len() as u64, Ordering::Relaxed);
     let mut located: HashMap<ObjectId, (u32, PackEntry)> = HashMap::new();
     let mut entries_of: Vec<Option<Vec<PackEntry>>> = Vec::with_capacity(packs.len());
@@ -368,10 +372,6 @@ pub fn verify(objects: &Objects, opts: &VerifyOptions, progress: &VerifyProgress
 
     // 3. index against trailers
     if objects.index_is_persistent() {
-        // no pack is being written and indexed while we look; packs written
-        // since the list above are not judged
-        let _quiet = objects.quiesce();
-        let now: HashSet<String> = store.list(FileKind::Pack)?.into_iter().collect();
         let mut problems = Vec::new();
         let mut seen = HashSet::new();
         let mut gone: BTreeMap<String, u64> = BTreeMap::new();
@@ -383,7 +383,6 @@ pub fn verify(objects: &Objects, opts: &VerifyOptions, progress: &VerifyProgress
             };
             seen.insert(id);
             match pack_pos.get(loc.pack.as_str()) {
-                None if now.contains(&loc.pack) => {} // written since
                 None => *gone.entry(loc.pack).or_default() += 1,
                 Some(&i) => {
                     if let Some(entries) = &entries_of[i] {
@@ -394,6 +393,10 @@ pub fn verify(objects: &Objects, opts: &VerifyOptions, progress: &VerifyProgress
                 }
             }
         })?;
+        // Packs written since the list above are not judged (listed after
+        // the scan: a pack is written before it is indexed).
+        let now: HashSet<String> = store.list(FileKind::Pack)?.into_iter().collect();
+        gone.retain(|p, _| !now.contains(p));
         for (p, n) in gone {
             problems.push(format!("index: {n} objects are said to be in pack {p}, which does not exist"));
         }

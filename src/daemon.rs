@@ -454,10 +454,9 @@ impl Shared {
         self.state.reopen()?;
         self.tracker.rewrite(&self.dir.display().to_string())?;
         let n = self.objects.index_new_packs()?;
-        self.health.rewrite();
-        if let Some((_, e)) = self.state.failure() {
-            anyhow::bail!("{e}");
-        }
+        self.health.rewrite()?;
+        self.state.flush()?;
+        self.state.recovered();
         log::warn!(
             "state database usable again (failing since {}: {why}); tracking state written back, {n} packs indexed",
             util::rfc3339(since)
@@ -716,8 +715,9 @@ impl Shared {
             self.health.error("verify", &check::summary(&r));
         }
         if rebuild_index && !r.index_problems.is_empty() {
-            // not while a snapshot reads through the index
+            // not while a snapshot or a verify reads through the index
             let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
+            let _alone = self.maint.write().unwrap_or_else(|e| e.into_inner());
             let n = self.objects.rebuild_index()?;
             log::info!("index rebuilt from {n} packs");
         }

@@ -102,12 +102,14 @@ impl Health {
     }
 
     /// Write everything back (after the database was reopened).
-    pub fn rewrite(&self) {
+    pub fn rewrite(&self) -> sled::Result<()> {
         let all: Vec<(String, Vec<u8>)> =
             self.mem.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let t = self.db.tree("health")?;
         for (k, v) in all {
-            self.save(&k, Some(v));
+            t.insert(k, v)?;
         }
+        Ok(())
     }
 
     pub fn last_verify(&self) -> Option<VerifySummary> {

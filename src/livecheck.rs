@@ -165,7 +165,7 @@ impl Checker<'_> {
             let live: HashSet<&[u8]> = names.iter().map(|n| &n[..]).collect();
             for e in &tree.entries {
                 if !live.contains(&e.name[..]) {
-                    let expl = self.now_walked(strict);
+                    let expl = self.now_walked(strict) || removed(fd);
                     self.differs(&util::join_rel(path, &e.name), "removed, not recorded".into(), expl);
                 }
             }
@@ -184,7 +184,7 @@ impl Checker<'_> {
                 if strict.is_some() {
                     let what =
                         if tree.get(&name).is_some() { "replaced, not recorded" } else { "created, not recorded" };
-                    let expl = self.now_walked(strict);
+                    let expl = self.now_walked(strict) || changed_name(fd, &cname, live.ino);
                     self.differs(&child, what.into(), expl);
                 } else {
                     self.r.fresh += 1;
@@ -199,7 +199,8 @@ impl Checker<'_> {
                 let diffs = stat_differences(&prev_e, &live);
                 if !diffs.is_empty() {
                     let now = (self.record)(live.ino).is_some();
-                    let expl = if strict.is_some() { self.now_walked(strict) || (linked && now) } else { now };
+                    let expl = changed_name(fd, &cname, live.ino)
+                        || if strict.is_some() { self.now_walked(strict) || (linked && now) } else { now };
                     self.differs(&child, format!("{} changed, not recorded", diffs.join(", ")), expl);
                 }
             }
@@ -211,14 +212,16 @@ impl Checker<'_> {
                     Err(e) => return Err(anyhow::anyhow!("{}: {e}", show(&child))),
                 };
                 if xattrs != prev_e.xattrs {
-                    let expl = self.now_walked(strict)
+                    let expl = changed_name(fd, &cname, live.ino)
+                        || self.now_walked(strict)
                         || (strict.is_none() && (self.record)(live.ino).is_some_and(|r| r.flags & (META | FULL) != 0));
                     self.differs(&child, "extended attributes changed, not recorded".into(), expl);
                 }
                 if live.kind == EntryKind::Symlink {
                     let target = sys::readlink_at(fd, &cname).unwrap_or_default();
                     if target != prev_e.target {
-                        let expl = self.now_walked(strict)
+                        let expl = changed_name(fd, &cname, live.ino)
+                            || self.now_walked(strict)
                             || (strict.is_none()
                                 && (self.record)(live.ino).is_some_and(|r| r.flags & (META | FULL) != 0));
                         self.differs(&child, "symlink target changed, not recorded".into(), expl);
@@ -312,7 +315,16 @@ impl Checker<'_> {
         if bad.is_empty() {
             return Ok(());
         }
-        // looked up after the read: a write that raced the check is marked
+        // Looked up after the read: a write that raced the check is marked.
+        // A file removed or cut short meanwhile explains what it lost.
+        let st_now = sys::fstat(fd.as_fd())?;
+        if st_now.st_nlink == 0 {
+            self.r.explained += bad.len() as u64;
+            return Ok(());
+        }
+        let cut = bad.len();
+        bad.retain(|&b| b * bs < st_now.st_size as u64);
+        self.r.explained += (cut - bad.len()) as u64;
         let now = (self.record)(live.ino);
         let covered = |b: u64| match &now {
             Some(r) if r.flags & FULL != 0 => true,
@@ -333,6 +345,17 @@ impl Checker<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether the directory open at `fd` was removed meanwhile.
+fn removed(fd: BorrowedFd<'_>) -> bool {
+    sys::fstat(fd).is_ok_and(|st| st.st_nlink == 0)
+}
+
+/// Whether `name` in `dir` is gone or names another inode now (a change
+/// made during the check: the dirty set of a removed inode is gone too).
+fn changed_name(dir: BorrowedFd<'_>, name: &CString, ino: u64) -> bool {
+    removed(dir) || sys::fstatat(dir, name).map_or(true, |st| st.st_ino != ino)
 }
 
 /// What differs between a snapshot entry and the live stat (times of

@@ -232,6 +232,28 @@ impl Objects {
         Ok(n)
     }
 
+    /// Build an index in memory anew from the packs there are now, and
+    /// put it in place of the old one at once (readers never see it empty).
+    fn reload_memory_index(&self) -> ObjResult<()> {
+        let Index::Memory { objects, packs } = &self.index else { return Ok(()) };
+        let mut o = HashMap::new();
+        let mut p = HashSet::new();
+        for name in self.store.list(FileKind::Pack)? {
+            match self.pack_entries(&name) {
+                Ok(entries) => {
+                    for e in entries {
+                        o.insert(e.id, Location { pack: name.clone(), entry: e });
+                    }
+                    p.insert(name);
+                }
+                Err(e) => log::error!("pack {name} cannot be indexed: {e}"),
+            }
+        }
+        *objects.write().unwrap_or_else(|e| e.into_inner()) = o;
+        *packs.write().unwrap_or_else(|e| e.into_inner()) = p;
+        Ok(())
+    }
+
     /// Forget the index and build it again from the packs.
     pub fn rebuild_index(&self) -> ObjResult<usize> {
         self.index.clear()?;
@@ -416,12 +438,16 @@ impl Objects {
             // An index built in memory beside a running daemon goes stale
             // when the daemon writes packs or prune moves objects: index the
             // packs written since, and look again.
-            Err(e @ (ObjError::Missing(_) | ObjError::Store(StoreError::NotFound { .. })))
-                if matches!(self.index, Index::Memory { .. }) =>
-            {
+            Err(e @ ObjError::Missing(_)) if matches!(self.index, Index::Memory { .. }) => {
                 if self.index_new_packs()? == 0 {
                     return Err(e);
                 }
+                self.read_indexed(id)
+            }
+            // (a pack deleted since: the index may even have preferred it
+            // to the copy, if both were there when it was built)
+            Err(ObjError::Store(StoreError::NotFound { .. })) if matches!(self.index, Index::Memory { .. }) => {
+                self.reload_memory_index()?;
                 self.read_indexed(id)
             }
             // Our own prune moved it between the lookup and the read: the
@@ -543,7 +569,10 @@ mod tests {
         w.copy_object(&old, &e, &stored).unwrap();
         w.put(ObjKind::Blob, b"written since").unwrap();
         w.flush().unwrap();
+        // a reader whose index saw both copies (either may have won)
+        let r2 = Objects::open(Arc::new(Uncached(t.path().to_path_buf())), None).unwrap();
         store.delete(FileKind::Pack, &old).unwrap();
         assert_eq!(r.get(&x, ObjKind::Blob).unwrap(), b"moved by prune");
+        assert_eq!(r2.get(&x, ObjKind::Blob).unwrap(), b"moved by prune");
     }
 }

@@ -639,9 +639,10 @@ impl<'a> Builder<'a> {
                     };
                 }
                 let unchanged = at_seal.and_then(|ino| {
+                    // (not directories: at a mount point the listing names
+                    // the directory underneath, and they are few)
                     let p = prev_tree.as_ref()?.get(&name)?;
-                    let walk = p.kind == EntryKind::Dir && self.forced.contains(&child_path);
-                    (p.ino == ino && self.record(ino).is_none() && !walk).then(|| p.clone())
+                    (p.kind != EntryKind::Dir && p.ino == ino && self.record(ino).is_none()).then(|| p.clone())
                 });
                 if let Some(e) = unchanged {
                     match e.kind {
@@ -740,11 +741,21 @@ impl<'a> Builder<'a> {
                             }
                             Src::Pin(_, fd) => sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY),
                         };
-                        let fd = match opened {
+                        let mut fd = match opened {
                             Ok(fd) => fd,
                             Err(Errno::ENOENT) => continue,
                             Err(err) => return Err(backing(&child_path, err)),
                         };
+                        // replaced by another directory between the stat and the open
+                        if sys::fstat(fd.as_fd()).map_err(|e| backing(&child_path, e))?.st_ino != st.st_ino {
+                            match self.capture.and_then(|c| c.pinned(st.st_ino)) {
+                                Some(pin) => {
+                                    fd = sys::reopen(pin.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+                                        .map_err(|e| backing(&child_path, e))?
+                                }
+                                None => return Err(backing(&child_path, Errno::EAGAIN)),
+                            }
+                        }
                         let (id, t) = self.walk(fd.as_fd(), st.st_ino, &child_path, prev_e)?;
                         e.content = id;
                         e.totals = t;

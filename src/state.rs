@@ -83,7 +83,7 @@ impl StateDb {
 
     /// Close the database and open it again (after a failure: sled then
     /// recovers to its last durable state). The caller writes its state
-    /// back afterwards.
+    /// back afterwards and then calls [`StateDb::recovered`].
     pub fn reopen(&self) -> Result<(), RepoError> {
         let Some(path) = &self.path else { return Ok(()) };
         let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
@@ -98,8 +98,13 @@ impl StateDb {
         if let Err(e) = probe {
             return Err(RepoError::State { path: path.clone(), source: e });
         }
-        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
         Ok(())
+    }
+
+    /// Everything is written back after [`StateDb::reopen`]: the database
+    /// is trusted again. (Until then writers of tracking state stay off it.)
+    pub fn recovered(&self) {
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 

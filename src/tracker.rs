@@ -761,6 +761,22 @@ impl Tracker {
     pub fn flush(&self) -> Result<(), TrackerError> {
         let Some(state) = &self.db else { return Ok(()) };
         let _one_at_a_time = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
+        // A failed database gets the whole state at once when it is usable
+        // again ([`Tracker::rewrite`]): a flush of the latest changes alone
+        // could mark it durable while it lacks earlier ones.
+        if let Some((_, e)) = state.failure() {
+            return Err(TrackerError::Db(sled::Error::Io(std::io::Error::other(format!(
+                "the state database is failing ({e}); tracking goes on in memory"
+            )))));
+        }
+        let r = self.flush_to(state);
+        if let Err(e) = &r {
+            state.failed(e);
+        }
+        r
+    }
+
+    fn flush_to(&self, state: &Arc<StateDb>) -> Result<(), TrackerError> {
         let db = Db::of(state)?;
         let t = sys::now_ns();
         let (removed, recs, chunks, scan_pending) = {

@@ -61,6 +61,11 @@ fn live_verify_finds_nothing_missed_and_names_what_was() {
     write_at(&m.path("quiet/other-link.txt"), 0, b"OTHER");
     let (ok, v) = live(&m.dir);
     assert!(ok && v["ok"] == true && v["missed_count"] == 0, "{v}");
+    fs::create_dir_all(m.path("doomed/a/b")).unwrap();
+    for i in 0..300 {
+        fs::write(m.path(&format!("doomed/a/b/f{i}")), noise(i, 3000)).unwrap();
+    }
+    fs::write(m.path("busy/trunc.bin"), noise(9, 6 * bs as usize)).unwrap();
     snap(&m.dir, "s2");
 
     // ... and with writers running during the check
@@ -77,10 +82,30 @@ fn live_verify_finds_nothing_missed_and_names_what_was() {
             })
         })
         .collect();
+    // ... one removing a tree the snapshot has, one cutting a file short
+    let remover = {
+        let p = m.path("doomed");
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            fs::remove_dir_all(p).unwrap();
+        })
+    };
+    let cutter = {
+        let (stop, p) = (stop.clone(), m.path("busy/trunc.bin"));
+        std::thread::spawn(move || {
+            let mut n = 6 * 65536u64;
+            while !stop.load(Ordering::Relaxed) && n > 0 {
+                fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(n).unwrap();
+                n = n.saturating_sub(4096);
+            }
+        })
+    };
     for _ in 0..3 {
         let (ok, v) = live(&m.dir);
         assert!(ok && v["ok"] == true, "with writers: {v}");
     }
+    remover.join().unwrap();
+    cutter.join().unwrap();
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.join().unwrap();
