@@ -485,6 +485,8 @@ pub struct Builder<'a> {
     links: LinkTable,
     /// Directories that must be walked because a changed inode is linked there.
     forced: HashSet<Vec<u8>>,
+    /// Entries of hard-linked inodes built so far (every name gets the same).
+    built: HashMap<u64, Entry>,
     pub stats: SnapshotStats,
     buf: Vec<u8>,
 }
@@ -508,6 +510,7 @@ impl<'a> Builder<'a> {
             sealed,
             links: links_prev,
             forced,
+            built: HashMap::new(),
             stats: SnapshotStats::default(),
             buf: vec![0u8; bs as usize],
         }
@@ -645,25 +648,8 @@ impl<'a> Builder<'a> {
                     (p.kind != EntryKind::Dir && p.ino == ino && self.record(ino).is_none()).then(|| p.clone())
                 });
                 if let Some(e) = unchanged {
-                    match e.kind {
-                        EntryKind::Dir => {
-                            totals.dirs += 1;
-                            totals.add(&e.totals);
-                        }
-                        EntryKind::File => {
-                            totals.files += 1;
-                            totals.bytes += e.size;
-                        }
-                        _ => totals.others += 1,
-                    }
-                    if let Some(c) = self.capture {
-                        c.done(e.ino);
-                    }
-                    if e.kind != EntryKind::Dir && e.nlink > 1 {
-                        self.links.insert(child_path, e.ino);
-                    }
                     self.stats.entries_reused += 1;
-                    entries.push(e);
+                    self.take(e, child_path, &mut totals, &mut entries);
                     continue;
                 }
             }
@@ -689,6 +675,12 @@ impl<'a> Builder<'a> {
                         Err(e) => return Err(backing(&child_path, e)),
                     },
                     None => {
+                        // another name of an inode built already
+                        if let Some(mut e) = self.built.get(&ino).cloned() {
+                            e.name = name.clone();
+                            self.take(e, child_path, &mut totals, &mut entries);
+                            continue;
+                        }
                         log::warn!("snapshot: {} is gone and was not kept", String::from_utf8_lossy(&child_path));
                         continue;
                     }
@@ -698,6 +690,14 @@ impl<'a> Builder<'a> {
                 (None, Err(e)) => return Err(backing(&child_path, e)),
             };
             let mut st = *src.stat();
+            // Another name of a hard-linked inode built already: the same
+            // entry (the inode is done: read again, it could show changes
+            // made after the seal).
+            if let Some(mut e) = self.built.get(&st.st_ino).cloned() {
+                e.name = name.clone();
+                self.take(e, child_path, &mut totals, &mut entries);
+                continue;
+            }
             let prev_e = prev_tree
                 .as_ref()
                 .and_then(|t| t.get(&name))
@@ -781,11 +781,35 @@ impl<'a> Builder<'a> {
             }
             if e.kind != EntryKind::Dir && e.nlink > 1 {
                 self.links.insert(child_path, st.st_ino);
+                self.built.insert(st.st_ino, e.clone());
             }
             entries.push(e);
         }
         let (id, _) = self.objects.put(ObjKind::Tree, &Tree { entries }.encode())?;
         Ok((id, totals))
+    }
+
+    /// Add an entry known without reading (reused, or another link).
+    fn take(&mut self, e: Entry, path: Vec<u8>, totals: &mut Totals, entries: &mut Vec<Entry>) {
+        match e.kind {
+            EntryKind::Dir => {
+                totals.dirs += 1;
+                totals.add(&e.totals);
+            }
+            EntryKind::File => {
+                totals.files += 1;
+                totals.bytes += e.size;
+            }
+            _ => totals.others += 1,
+        }
+        if let Some(c) = self.capture {
+            c.done(e.ino);
+        }
+        if e.kind != EntryKind::Dir && e.nlink > 1 {
+            self.links.insert(path, e.ino);
+            self.built.entry(e.ino).or_insert_with(|| e.clone());
+        }
+        entries.push(e);
     }
 
     /// The block list of a regular file (`st`: its sealed stat).

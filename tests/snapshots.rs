@@ -458,6 +458,10 @@ fn copy_before_write_keeps_renamed_files_and_directories() {
         fs::write(d.join("zdir/sub/f.bin"), noise(2, 8 * BS as usize)).unwrap();
         fs::write(d.join("zfile.bin"), noise(3, 8 * BS as usize)).unwrap();
         fs::write(d.join("zlinked.bin"), noise(4, 8 * BS as usize)).unwrap();
+        fs::create_dir(d.join("a0")).unwrap();
+        fs::create_dir(d.join("zz")).unwrap();
+        fs::write(d.join("a0/hl.bin"), noise(6, 4 * BS as usize)).unwrap();
+        fs::hard_link(d.join("a0/hl.bin"), d.join("zz/hl.bin")).unwrap();
     });
     let d = s.m.dir.clone();
     snap(&d, &[]);
@@ -466,6 +470,7 @@ fn copy_before_write_keeps_renamed_files_and_directories() {
     fs::rename(d.join("zdir"), d.join("zdir2")).unwrap();
     fs::rename(d.join("zfile.bin"), d.join("zfile2.bin")).unwrap();
     fs::hard_link(d.join("zlinked.bin"), d.join("zlink2.bin")).unwrap();
+    write_at(&d.join("a0/hl.bin"), 0, b"dirty before the seal");
     snapfs::daemon::syncfs(&d);
     let before = model(&s.raw);
     let bin = bin();
@@ -476,6 +481,10 @@ fn copy_before_write_keeps_renamed_files_and_directories() {
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     });
     wait_sealed(&d);
+    // a0/hl.bin is done by now (the walk reads aaa-big); zz/hl.bin, the
+    // same inode, is not
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    write_at(&d.join("a0/hl.bin"), BS, b"after the seal, through the first name");
     let f = fs::OpenOptions::new().write(true).open(d.join("zdir2/sub/f.bin")).unwrap();
     for b in 0..8u64 {
         f.write_all_at(&[0xEE; 100], b * BS).unwrap();
