@@ -156,7 +156,16 @@ impl Checker<'_> {
     fn dir(&mut self, fd: BorrowedFd<'_>, path: &[u8], prev: &Entry, strict: Option<u64>) -> anyhow::Result<()> {
         self.r.dirs += 1;
         let tree = if prev.content.is_zero() { Tree::default() } else { self.objects.tree(&prev.content)? };
-        let mut names: Vec<Vec<u8>> = sys::list_dir(fd)?.into_iter().map(|e| e.name.into_vec()).collect();
+        let listed = match sys::list_dir(fd) {
+            Ok(l) => l,
+            // removed meanwhile (with everything below it)
+            Err(crate::errno::Errno::ENOENT) if removed(fd) || sys::fstat(fd).is_err() => {
+                self.r.explained += 1;
+                return Ok(());
+            }
+            Err(e) => return Err(anyhow::anyhow!("{}: {e}", show(path))),
+        };
+        let mut names: Vec<Vec<u8>> = listed.into_iter().map(|e| e.name.into_vec()).collect();
         if path.is_empty() {
             names.retain(|n| n != REPO_NAME.as_bytes() && n != SNAPSHOTS_NAME.as_bytes());
         }
