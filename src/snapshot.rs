@@ -764,32 +764,21 @@ impl<'a> Builder<'a> {
                         e.content = p.content;
                         e.totals = p.totals;
                     }
-                    totals.dirs += 1;
-                    totals.add(&e.totals);
                 }
                 EntryKind::File => {
                     let (content, levels) = self.file(dir, &cname, &src, &child_path, &st, prev_e, rec)?;
                     e.content = content;
                     e.levels = levels;
-                    totals.files += 1;
-                    totals.bytes += e.size;
                 }
-                _ => totals.others += 1,
+                _ => {}
             }
-            if let Some(c) = self.capture {
-                c.done(st.st_ino);
-            }
-            if e.kind != EntryKind::Dir && e.nlink > 1 {
-                self.links.insert(child_path, st.st_ino);
-                self.built.insert(st.st_ino, e.clone());
-            }
-            entries.push(e);
+            self.take(e, child_path, &mut totals, &mut entries);
         }
         let (id, _) = self.objects.put(ObjKind::Tree, &Tree { entries }.encode())?;
         Ok((id, totals))
     }
 
-    /// Add an entry known without reading (reused, or another link).
+    /// Add a finished entry: totals, done for copy-before-write, hard links.
     fn take(&mut self, e: Entry, path: Vec<u8>, totals: &mut Totals, entries: &mut Vec<Entry>) {
         match e.kind {
             EntryKind::Dir => {
