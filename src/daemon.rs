@@ -1091,6 +1091,10 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
                     )),
                     Err(e) => Reply::err(format!("unmount failed: {e}")),
                 },
+                Request::Snapshot { name: Some(n), .. } if n.starts_with(schedule::AUTO_PREFIX) => Reply::err(format!(
+                    "snapshot failed: names starting with {} are the schedule's (its retention would remove them)",
+                    schedule::AUTO_PREFIX
+                )),
                 Request::Snapshot { name, full } => match shared.snapshot(name, full) {
                     Ok(info) => Reply { snapshot: Some(info), ..Reply::ok() },
                     Err(e) => Reply::err(format!("snapshot failed: {e:#}")),

@@ -52,6 +52,9 @@ fn scheduled_snapshots_with_retention_survive_remount_and_catch_up_once() {
     let m = Mounted::with(&mnt, opts(&["--every", "1s", "--keep", "last=2"]));
     fs::write(m.path("f.txt"), b"0").unwrap();
     snap(&m.dir, "manual");
+    // the schedule's names are its own
+    let out = snapfs(&["snapshot", "--name", "auto-mine", m.dir.to_str().unwrap()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("schedule"));
     // keep writing while the schedule runs
     for i in 0..40 {
         fs::write(m.path("f.txt"), format!("{i}")).unwrap();
