@@ -686,6 +686,7 @@ impl Shared {
             r.missed_count,
             r.duration_ms
         );
+        self.health.set_live_check(&r);
         if !r.ok {
             self.health.error("verify --live", &format!("{} changes missed by the tracker", r.missed_count));
         }

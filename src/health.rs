@@ -38,6 +38,18 @@ impl VerifySummary {
     }
 }
 
+/// The last `verify --live`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LiveCheckSummary {
+    pub time: String,
+    pub time_sec: i64,
+    pub ok: bool,
+    /// The snapshot the live directory was compared with.
+    pub snapshot: String,
+    pub missed: u64,
+    pub summary: String,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StateFailure {
     pub since: String,
@@ -120,6 +132,28 @@ impl Health {
         self.set("verify", &VerifySummary::of(r));
     }
 
+    pub fn last_live_check(&self) -> Option<LiveCheckSummary> {
+        self.get("verify_live")
+    }
+
+    pub fn set_live_check(&self, r: &crate::livecheck::LiveReport) {
+        let now = crate::util::unix_now();
+        let summary = if r.ok {
+            format!("no change missed: {} files, {} compared", r.files, crate::util::human_bytes(r.bytes_compared))
+        } else {
+            format!("{} CHANGES MISSED BY THE TRACKER", r.missed_count)
+        };
+        let s = LiveCheckSummary {
+            time: crate::util::rfc3339(now),
+            time_sec: now,
+            ok: r.ok,
+            snapshot: r.snapshot.clone(),
+            missed: r.missed_count,
+            summary,
+        };
+        self.set("verify_live", &s);
+    }
+
     /// Recent errors, oldest first.
     pub fn errors(&self) -> Vec<ErrorEvent> {
         self.get("errors").unwrap_or_default()
@@ -163,6 +197,9 @@ pub struct HealthReport {
     /// compression save across snapshots.
     pub dedup_ratio: f64,
     pub last_verify: Option<VerifySummary>,
+    /// The last `verify --live` (the tracker against the live directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_live_check: Option<LiveCheckSummary>,
     /// Recent errors, oldest first.
     pub errors: Vec<ErrorEvent>,
     /// Set while snapshots fail: the last error. Cleared by a snapshot that
@@ -207,6 +244,7 @@ pub fn report(store: &dyn crate::store::Store, health: Option<&Health>) -> Healt
     }
     if let Some(h) = health {
         r.last_verify = h.last_verify();
+        r.last_live_check = h.last_live_check();
         r.errors = h.errors();
         if r.failing.is_none() {
             r.failing = h.get("failing");

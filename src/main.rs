@@ -771,6 +771,9 @@ fn print_health(h: &snapfs::health::HealthReport) {
         Some(v) => println!("  last verify: {} ({})", v.time, v.summary),
         None => println!("  last verify: never"),
     }
+    if let Some(l) = &h.last_live_check {
+        println!("  last verify --live: {} against {} ({})", l.time, l.snapshot, l.summary);
+    }
     if let Some(s) = &h.schedule {
         print_schedule(s);
     }

@@ -145,9 +145,13 @@ fn live_verify_finds_nothing_missed_and_names_what_was() {
     let st = status(&m.dir);
     assert!(st["health"]["errors"].to_string().contains("missed by the tracker"), "{st}");
 
+    assert_eq!(st["health"]["last_live_check"]["ok"], false, "{st}");
     // a full snapshot brings the dirty set back in line
     run_ok(&["snapshot", "--full", m.dir.to_str().unwrap()]);
     let (ok, v) = live(&m.dir);
     assert!(ok && v["ok"] == true, "{v}");
+    let st = status(&m.dir);
+    assert_eq!(st["health"]["last_live_check"]["ok"], true, "{st}");
+    assert_eq!(st["health"]["last_live_check"]["missed"], 0, "{st}");
     m.umount();
 }
