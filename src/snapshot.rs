@@ -485,8 +485,9 @@ pub struct Builder<'a> {
     links: LinkTable,
     /// Directories that must be walked because a changed inode is linked there.
     forced: HashSet<Vec<u8>>,
-    /// Entries of hard-linked inodes built so far (every name gets the same).
-    built: HashMap<u64, Entry>,
+    /// Entries of hard-linked inodes built so far, by (device of the
+    /// directory holding them, inode): every name gets the same.
+    built: HashMap<(u64, u64), Entry>,
     pub stats: SnapshotStats,
     buf: Vec<u8>,
 }
@@ -592,6 +593,8 @@ impl<'a> Builder<'a> {
             Some(p) if !p.content.is_zero() => Some(self.objects.tree(&p.content)?),
             _ => None,
         };
+        // hard links never cross devices: names here share this one
+        let dev = sys::fstat(dir).map_err(|e| backing(path, e))?.st_dev;
         // (name, inode number in the listing)
         let live: Vec<(Vec<u8>, u64)> = sys::list_dir(dir)
             .map_err(|e| backing(path, e))?
@@ -649,7 +652,7 @@ impl<'a> Builder<'a> {
                 });
                 if let Some(e) = unchanged {
                     self.stats.entries_reused += 1;
-                    self.take(e, child_path, &mut totals, &mut entries);
+                    self.take(e, dev, child_path, &mut totals, &mut entries);
                     continue;
                 }
             }
@@ -676,9 +679,9 @@ impl<'a> Builder<'a> {
                     },
                     None => {
                         // another name of an inode built already
-                        if let Some(mut e) = self.built.get(&ino).cloned() {
+                        if let Some(mut e) = self.built.get(&(dev, ino)).cloned() {
                             e.name = name.clone();
-                            self.take(e, child_path, &mut totals, &mut entries);
+                            self.take(e, dev, child_path, &mut totals, &mut entries);
                             continue;
                         }
                         log::warn!("snapshot: {} is gone and was not kept", String::from_utf8_lossy(&child_path));
@@ -693,9 +696,9 @@ impl<'a> Builder<'a> {
             // Another name of a hard-linked inode built already: the same
             // entry (the inode is done: read again, it could show changes
             // made after the seal).
-            if let Some(mut e) = self.built.get(&st.st_ino).cloned() {
+            if let Some(mut e) = self.built.get(&(dev, st.st_ino)).filter(|_| st.st_dev == dev).cloned() {
                 e.name = name.clone();
-                self.take(e, child_path, &mut totals, &mut entries);
+                self.take(e, dev, child_path, &mut totals, &mut entries);
                 continue;
             }
             let prev_e = prev_tree
@@ -772,14 +775,14 @@ impl<'a> Builder<'a> {
                 }
                 _ => {}
             }
-            self.take(e, child_path, &mut totals, &mut entries);
+            self.take(e, dev, child_path, &mut totals, &mut entries);
         }
         let (id, _) = self.objects.put(ObjKind::Tree, &Tree { entries }.encode())?;
         Ok((id, totals))
     }
 
     /// Add a finished entry: totals, done for copy-before-write, hard links.
-    fn take(&mut self, e: Entry, path: Vec<u8>, totals: &mut Totals, entries: &mut Vec<Entry>) {
+    fn take(&mut self, e: Entry, dev: u64, path: Vec<u8>, totals: &mut Totals, entries: &mut Vec<Entry>) {
         match e.kind {
             EntryKind::Dir => {
                 totals.dirs += 1;
@@ -796,7 +799,7 @@ impl<'a> Builder<'a> {
         }
         if e.kind != EntryKind::Dir && e.nlink > 1 {
             self.links.insert(path, e.ino);
-            self.built.entry(e.ino).or_insert_with(|| e.clone());
+            self.built.entry((dev, e.ino)).or_insert_with(|| e.clone());
         }
         entries.push(e);
     }
