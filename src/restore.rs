@@ -118,6 +118,38 @@ fn remove_any(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
     Ok(())
 }
 
+/// The progress marker in the target, if there is one (a regular file:
+/// never followed, never a fifo that would hang us).
+fn read_marker(root: BorrowedFd<'_>) -> Option<Marker> {
+    let m = CString::new(MARKER).expect("no NUL");
+    let fd = sys::openat(root, &m, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK, 0).ok()?;
+    let st = sys::fstat(fd.as_fd()).ok()?;
+    if sys::file_type(&st) != libc::S_IFREG || st.st_size > 1 << 20 {
+        return None;
+    }
+    let mut buf = vec![0u8; st.st_size as usize];
+    let n = sys::pread_full(fd.as_fd(), &mut buf, 0).ok()?;
+    serde_json::from_slice(&buf[..n]).ok()
+}
+
+/// Write the progress marker: whatever has the name goes first, and the
+/// new file is created, never opened through a link.
+fn write_marker(root: BorrowedFd<'_>, marker: &Marker) -> Result<()> {
+    let m = CString::new(MARKER).expect("no NUL");
+    match cvt(unsafe { libc::unlinkat(root.as_raw_fd(), m.as_ptr(), 0) }) {
+        Ok(_) | Err(Errno::ENOENT) => {}
+        Err(e) => bail!("{e}"),
+    }
+    let fd = sys::openat(root, &m, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600)
+        .map_err(|e| anyhow!("{e}"))?;
+    let bytes = serde_json::to_vec(marker)?;
+    let n = sys::pwrite(fd.as_fd(), &bytes, 0).map_err(|e| anyhow!("{e}"))?;
+    if n != bytes.len() {
+        bail!("short write");
+    }
+    Ok(())
+}
+
 /// Set owner, mode, xattrs and times of `dir/name` as the entry says.
 fn set_meta(dir: BorrowedFd<'_>, name: &CStr, e: &Entry) -> Result<()> {
     let nofollow = libc::AT_SYMLINK_NOFOLLOW;
@@ -125,7 +157,9 @@ fn set_meta(dir: BorrowedFd<'_>, name: &CStr, e: &Entry) -> Result<()> {
         .map_err(|err| anyhow!("chown {name:?}: {err}"))?;
     if e.kind != EntryKind::Symlink {
         // after chown, which clears setuid/setgid
-        cvt(unsafe { libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), e.mode & 0o7777, 0) })
+        // never through a symlink put there meanwhile (glibc does this
+        // with O_PATH|O_NOFOLLOW; a symlink gives EOPNOTSUPP)
+        cvt(unsafe { libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), e.mode & 0o7777, nofollow) })
             .map_err(|err| anyhow!("chmod {name:?}: {err}"))?;
     }
     for (k, v) in &e.xattrs {
@@ -268,15 +302,18 @@ pub fn restore(
         sys::openat(unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) }, &tpath, libc::O_RDONLY | libc::O_DIRECTORY, 0)
             .map_err(|e| anyhow!("{}: {e}", target.display()))?;
     let marker = Marker { snapshot: snap.id.clone(), path: sub.to_string() };
-    let resuming = std::fs::read(target.join(MARKER))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Marker>(&b).ok())
-        .is_some_and(|m| m == marker);
+    if top.kind == EntryKind::Dir
+        && !top.content.is_zero()
+        && objects.tree(&top.content)?.get(MARKER.as_bytes()).is_some()
+    {
+        bail!("the snapshot has a {MARKER} of its own at the top, the name restore uses for its progress; restore the directories below it one by one");
+    }
+    let resuming = read_marker(root.as_fd()).is_some_and(|m| m == marker);
     let others: Vec<_> = sys::list_dir(root.as_fd())?.into_iter().filter(|e| e.name != MARKER).collect();
     if !others.is_empty() && !opts.overwrite && !resuming {
         bail!("{} is not empty; restore into an empty directory, or give --overwrite", target.display());
     }
-    std::fs::write(target.join(MARKER), serde_json::to_vec(&marker)?)?;
+    write_marker(root.as_fd(), &marker).with_context(|| format!("{}/{MARKER}", target.display()))?;
     let overwrite = opts.overwrite || resuming;
 
     // 1. directories and everything but regular files
@@ -403,9 +440,12 @@ pub fn restore(
             set_meta(d.as_fd(), &cname(name), e).with_context(|| show(path))?;
         }
     }
-    // the marker goes last: an interrupted restore can be continued
+    // everything on disk before the marker goes: an interrupted restore
+    // (power lost included) can be continued
+    cvt(unsafe { libc::syncfs(root.as_raw_fd()) }).map_err(|e| anyhow!("syncfs {}: {e}", target.display()))?;
     let m = CString::new(MARKER).expect("no NUL");
-    let _ = unsafe { libc::unlinkat(root.as_raw_fd(), m.as_ptr(), 0) };
+    cvt(unsafe { libc::unlinkat(root.as_raw_fd(), m.as_ptr(), 0) })
+        .map_err(|e| anyhow!("removing {}/{MARKER}: {e}", target.display()))?;
     // the marker's removal changed the target's mtime: set it again
     if top.kind == EntryKind::Dir {
         set_meta(root.as_fd(), c".", &top).with_context(|| target.display().to_string())?;

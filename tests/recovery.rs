@@ -344,6 +344,27 @@ fn restore_never_writes_outside_the_target() {
     assert!(fs::symlink_metadata(target.join("a")).unwrap().is_dir());
     assert_eq!(fs::read(target.join("a/inside")).unwrap(), b"data");
     assert_eq!(fs::read_link(target.join("escape")).unwrap(), outside);
+
+    // the progress marker's name is a symlink to a file outside, or a fifo
+    let victim = t.path().join("victim");
+    fs::write(&victim, b"keep").unwrap();
+    fs::set_permissions(&victim, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let target2 = t.path().join("target2");
+    fs::create_dir(&target2).unwrap();
+    std::os::unix::fs::symlink(&victim, target2.join(".snapfs-restore")).unwrap();
+    let out = restore(&["--overwrite", "--repo", d.join(".snapfs").to_str().unwrap(), "s1", target2.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read(&victim).unwrap(), b"keep", "the marker was written through a symlink");
+    assert!(!target2.join(".snapfs-restore").exists());
+    // a symlink where a file's metadata is set later is never followed
+    // (chmod of the restored entries goes through no link)
+    let target3 = t.path().join("target3");
+    fs::create_dir(&target3).unwrap();
+    let c = c(&target3.join(".snapfs-restore"));
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let out = restore(&["--overwrite", "--repo", d.join(".snapfs").to_str().unwrap(), "s1", target3.to_str().unwrap()]);
+    assert!(out.status.success(), "a fifo at the marker's name: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::metadata(&victim).unwrap().permissions().mode() & 0o7777, 0o644);
 }
 
 #[test]
