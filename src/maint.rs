@@ -371,17 +371,51 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
             }
         })
         .collect();
-    // where each object in use stays: the first kept pack holding it
+    // Where each object stays: the kept pack the index names (the copy mark
+    // read and checked), else the first kept pack holding it, if that copy
+    // checks out (a duplicate left by an interrupted prune or snapshot).
+    let kept: HashSet<&str> =
+        packs.iter().zip(&fates).filter(|(_, f)| **f == Fate::Keep).map(|(p, _)| p.name.as_str()).collect();
     let mut home: HashMap<ObjectId, Location> = HashMap::new();
     for (p, f) in packs.iter().zip(&fates) {
         if *f == Fate::Keep {
             for e in &p.entries {
-                if used.contains(&e.id) {
-                    home.entry(e.id).or_insert_with(|| Location { pack: p.name.clone(), entry: *e });
-                }
+                home.entry(e.id).or_insert_with(|| Location { pack: p.name.clone(), entry: *e });
             }
         }
     }
+    // (only objects held by more than one pack can have another copy)
+    let mut seen: HashSet<ObjectId> = HashSet::new();
+    let mut dups: HashSet<ObjectId> = HashSet::new();
+    for p in &packs {
+        for e in &p.entries {
+            if !seen.insert(e.id) {
+                dups.insert(e.id);
+            }
+        }
+    }
+    drop(seen);
+    for (id, loc) in home.iter_mut() {
+        if !used.contains(id) || !dups.contains(id) {
+            continue;
+        }
+        match objects.locate(id)? {
+            Some(l) if kept.contains(l.pack.as_str()) => *loc = l,
+            Some(_) => {
+                let ok = store
+                    .get_range(FileKind::Pack, &loc.pack, loc.entry.offset, loc.entry.stored as usize)
+                    .ok()
+                    .and_then(|b| crate::pack::decode_object(&loc.pack, &loc.entry, &b).ok())
+                    .is_some_and(|raw| ObjectId::of_object(loc.entry.kind, &raw) == *id);
+                if !ok {
+                    log::warn!("prune: the copy of {id} in pack {} is damaged; keeping another", loc.pack);
+                    loc.pack.clear(); // not a home: copied below
+                }
+            }
+            None => {}
+        }
+    }
+    home.retain(|_, l| !l.pack.is_empty());
     let mut to_copy: Vec<(usize, PackEntry)> = Vec::new();
     let mut copying: HashSet<ObjectId> = HashSet::new();
     for (i, (p, f)) in packs.iter().zip(&fates).enumerate() {

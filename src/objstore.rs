@@ -303,6 +303,12 @@ impl Objects {
         match &self.index {
             Index::Sled(db) => {
                 let (objects, indexed) = (db.tree("index")?, db.tree("indexed_packs")?);
+                // Packs first: killed half-way (sled recovers a prefix), a
+                // pack still there is no longer marked indexed and is indexed
+                // whole at the next open.
+                for p in packs {
+                    indexed.remove(p.as_bytes())?;
+                }
                 for chunk in changes.chunks(4096) {
                     let mut batch = sled::Batch::default();
                     for (id, loc) in chunk {
@@ -312,9 +318,6 @@ impl Objects {
                         }
                     }
                     objects.apply_batch(batch)?;
-                }
-                for p in packs {
-                    indexed.remove(p.as_bytes())?;
                 }
                 db.flush()?;
             }
