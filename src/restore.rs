@@ -170,6 +170,17 @@ fn set_meta(dir: BorrowedFd<'_>, name: &CStr, e: &Entry) -> Result<()> {
             }
         }
     }
+    // and those the snapshot does not have go (an ACL added since, say);
+    // security.* labels belong to the system
+    if e.kind != EntryKind::Symlink {
+        let now = sys::xattrs_at(dir, name).map_err(|err| anyhow!("xattrs of {name:?}: {err}"))?;
+        for (k, _) in now {
+            if !k.starts_with(b"security.") && !e.xattrs.iter().any(|(x, _)| *x == k) {
+                sys::remove_xattr_at(dir, name, &k)
+                    .map_err(|err| anyhow!("removing xattr {} of {name:?}: {err}", show(&k)))?;
+            }
+        }
+    }
     let ts = |t: crate::objects::Time| libc::timespec { tv_sec: t.sec, tv_nsec: t.nsec as i64 };
     let times = [ts(e.atime), ts(e.mtime)];
     cvt(unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), times.as_ptr(), nofollow) })

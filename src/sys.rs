@@ -457,9 +457,52 @@ pub fn set_xattr_at(dir: BorrowedFd<'_>, name: &CStr, key: &[u8], value: &[u8]) 
         )
     };
     if r < 0 {
-        return Err(Errno::last());
+        return match Errno::last() {
+            // before Linux 6.13: through /proc/self/fd, never a symlink
+            Errno::ENOSYS => xattr_via_proc(dir, name, |p| unsafe {
+                libc::setxattr(p, key.as_ptr(), value.as_ptr() as *const libc::c_void, value.len(), 0)
+            }),
+            e => Err(e),
+        };
     }
     Ok(())
+}
+
+/// Remove one extended attribute of `dir/name` (not following a symlink).
+pub fn remove_xattr_at(dir: BorrowedFd<'_>, name: &CStr, key: &[u8]) -> SysResult<()> {
+    const SYS_REMOVEXATTRAT: libc::c_long = 466;
+    let key = CString::new(key).map_err(|_| Errno::EINVAL)?;
+    let r = unsafe {
+        libc::syscall(
+            SYS_REMOVEXATTRAT,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+            key.as_ptr(),
+        )
+    };
+    if r < 0 {
+        return match Errno::last() {
+            Errno::ENOSYS => xattr_via_proc(dir, name, |p| unsafe { libc::removexattr(p, key.as_ptr()) }),
+            e => Err(e),
+        };
+    }
+    Ok(())
+}
+
+/// Run an xattr call on `/proc/self/fd/N` of `dir/name` opened `O_PATH |
+/// O_NOFOLLOW` (symlinks: EPERM, as for user attributes on them).
+fn xattr_via_proc(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    call: impl FnOnce(*const libc::c_char) -> libc::c_int,
+) -> SysResult<()> {
+    let fd = open_path(dir, name)?;
+    if file_type(&fstat(std::os::fd::AsFd::as_fd(&fd))?) == libc::S_IFLNK {
+        return Err(Errno::EPERM);
+    }
+    let p = proc_fd_path(fd.as_raw_fd());
+    cvt(call(p.as_ptr())).map(|_| ())
 }
 
 #[cfg(test)]

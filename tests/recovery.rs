@@ -302,7 +302,10 @@ fn restore_equals_every_snapshot_and_refuses_non_empty_targets() {
         }
     }
     // a non-empty target is refused, --overwrite rewrites only what differs
+    // (and removes attributes the snapshot does not have)
     let target = t.path().join("r-s1-1");
+    let cf = c(&target.join("sparse"));
+    assert_eq!(unsafe { libc::setxattr(cf.as_ptr(), c"user.extra".as_ptr(), b"x".as_ptr() as *const _, 1, 0) }, 0);
     let out = restore(&[m.dir.to_str().unwrap(), "s2", target.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
