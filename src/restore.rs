@@ -674,7 +674,15 @@ fn sync_entry(
             st.restored += 1;
         }
         (EntryKind::File, Some(h)) => {
-            if w.content != h.content || w.size != h.size {
+            if h.nlink > 1 && w.nlink == 1 && (w.content != h.content || w.size != h.size || meta_differs(w, h)) {
+                // linked since: patching the shared inode would change its
+                // other names too; this name gets a file of its own
+                remove_any(dir, &n)?;
+                let c = Counters::default();
+                write_file(objects, bs, dir, w, &c, &p)?;
+                st.written += c.written.load(Ordering::Relaxed);
+                st.restored += 1;
+            } else if w.content != h.content || w.size != h.size {
                 st.written += patch_file(objects, bs, dir, w, h, &p)?;
                 st.patched_files += 1;
             } else if meta_differs(w, h) {

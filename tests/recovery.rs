@@ -479,5 +479,15 @@ fn rollback_in_place_writes_only_what_changed() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(fs::read(m.path("a/b/f")).unwrap(), b"hello\n");
     assert_eq!(fs::read(m.path("big")).unwrap(), b"other", "outside the path: untouched");
+    // two files linked together since the snapshot: each gets its own back
+    fs::write(m.path("x1"), b"one").unwrap();
+    fs::write(m.path("x2"), b"two").unwrap();
+    snap(&m.dir, "pair");
+    fs::remove_file(m.path("x2")).unwrap();
+    fs::hard_link(m.path("x1"), m.path("x2")).unwrap();
+    let out = snapfs(&["rollback", m.dir.to_str().unwrap(), "pair"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read(m.path("x1")).unwrap(), b"one");
+    assert_eq!(fs::read(m.path("x2")).unwrap(), b"two");
     m.umount();
 }
