@@ -62,8 +62,9 @@ struct Snaps {
 /// Cache sizes.
 const TREE_CACHE: usize = 1024;
 const NODE_CACHE: usize = 1024;
-/// Decompressed blocks kept (64 MiB at the default block size).
-const BLOCK_CACHE: usize = 1024;
+/// Bytes of decompressed blocks kept (1,024 blocks at the default block
+/// size; at least 16 blocks whatever the size).
+const BLOCK_CACHE_BYTES: u64 = 64 << 20;
 
 pub struct View {
     objects: Arc<Objects>,
@@ -109,7 +110,7 @@ impl View {
             only,
             trees: Mutex::new(lru::LruCache::new(cap(TREE_CACHE))),
             fnodes: Mutex::new(lru::LruCache::new(cap(NODE_CACHE))),
-            blocks: Mutex::new(lru::LruCache::new(cap(BLOCK_CACHE))),
+            blocks: Mutex::new(lru::LruCache::new(cap((BLOCK_CACHE_BYTES / bs.max(1)).max(16) as usize))),
             ttl: Duration::from_secs(60),
             refreshed: Mutex::new(None),
         }
