@@ -226,10 +226,13 @@ impl Store for LocalStore {
         self.open_packs.lock().unwrap_or_else(|e| e.into_inner()).pop(name);
         let p = self.path(kind, name);
         match fs::remove_file(&p) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io(&p)(e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(&p)(e)),
         }
+        // the removal is durable before the caller goes on
+        let dir = self.dir_of(kind, name);
+        File::open(&dir).and_then(|d| d.sync_all()).map_err(io(&dir))
     }
 }
 
