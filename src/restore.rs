@@ -206,8 +206,20 @@ fn write_file(objects: &Objects, bs: u64, dir: BorrowedFd<'_>, e: &Entry, c: &Co
     if existing.as_ref().is_some_and(|st| !sys::is_reg(st) || st.st_nlink > 1) {
         remove_any(dir, &name)?;
     }
-    let fd = sys::openat(dir, &name, libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW, 0o600)
-        .map_err(|err| anyhow!("{}: {err}", show(path)))?;
+    let open = || sys::openat(dir, &name, libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW, 0o600);
+    let fd = match (open(), &existing) {
+        // read-only already (a resumed restore not run as root): writable
+        // for now, its mode is set at the end
+        (Err(Errno::EACCES), Some(st)) => {
+            cvt(unsafe {
+                libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), (st.st_mode & 0o7777) | 0o200, libc::AT_SYMLINK_NOFOLLOW)
+            })
+            .map_err(|err| anyhow!("{}: {err}", show(path)))?;
+            open()
+        }
+        (r, _) => r,
+    }
+    .map_err(|err| anyhow!("{}: {err}", show(path)))?;
     let size_now = sys::fstat(fd.as_fd())?.st_size as u64;
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), e.size as i64) }).map_err(|err| anyhow!("{}: {err}", show(path)))?;
     let mut buf = vec![0u8; bs as usize];
@@ -455,8 +467,14 @@ pub fn restore(
     // (power lost included) can be continued
     cvt(unsafe { libc::syncfs(root.as_raw_fd()) }).map_err(|e| anyhow!("syncfs {}: {e}", target.display()))?;
     let m = CString::new(MARKER).expect("no NUL");
-    cvt(unsafe { libc::unlinkat(root.as_raw_fd(), m.as_ptr(), 0) })
-        .map_err(|e| anyhow!("removing {}/{MARKER}: {e}", target.display()))?;
+    let unlink = || cvt(unsafe { libc::unlinkat(root.as_raw_fd(), m.as_ptr(), 0) });
+    match unlink() {
+        // the target's own mode has no write bit (not running as root):
+        // for a moment it has; its mode is set again just below
+        Err(Errno::EACCES) => cvt(unsafe { libc::fchmod(root.as_raw_fd(), 0o700) }).and_then(|_| unlink()),
+        r => r,
+    }
+    .map_err(|e| anyhow!("removing {}/{MARKER}: {e}", target.display()))?;
     // the marker's removal changed the target's mtime: set it again
     if top.kind == EntryKind::Dir {
         set_meta(root.as_fd(), c".", &top).with_context(|| target.display().to_string())?;

@@ -7,6 +7,7 @@ use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -490,4 +491,48 @@ fn rollback_in_place_writes_only_what_changed() {
     assert_eq!(fs::read(m.path("x1")).unwrap(), b"one");
     assert_eq!(fs::read(m.path("x2")).unwrap(), b"two");
     m.umount();
+}
+
+/// Not as root: a restore run again over files it made read-only goes
+/// through (they become writable for a moment, their mode is set after).
+#[test]
+fn restore_again_as_a_user_over_read_only_files() {
+    let t = tempfile::tempdir().unwrap();
+    fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let d = t.path().join("d");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("ro"), b"read only").unwrap();
+    fs::set_permissions(d.join("ro"), fs::Permissions::from_mode(0o444)).unwrap();
+    std::os::unix::fs::chown(d.join("ro"), Some(1001), Some(1001)).unwrap();
+    std::os::unix::fs::chown(&d, Some(1001), Some(1001)).unwrap();
+    let m = Mounted::new(&d);
+    snap(&m.dir, "s1");
+    m.umount();
+    // the repository readable by the user
+    let st = Command::new("chmod").args(["-R", "a+rX", d.join(".snapfs").to_str().unwrap()]).status().unwrap();
+    assert!(st.success());
+    let target = t.path().join("target");
+    fs::create_dir(&target).unwrap();
+    std::os::unix::fs::chown(&target, Some(1001), Some(1001)).unwrap();
+    let as_user = |extra: &[&str]| {
+        let mut cmd = Command::new(bin());
+        cmd.args(["restore", "--repo", d.join(".snapfs").to_str().unwrap()]);
+        cmd.args(extra).args(["s1", target.to_str().unwrap()]);
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setgid(1001) != 0 || libc::setuid(1001) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        cmd.output().unwrap()
+    };
+    let out = as_user(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::metadata(target.join("ro")).unwrap().permissions().mode() & 0o777, 0o444);
+    let out = as_user(&["--overwrite"]);
+    assert!(out.status.success(), "again: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read(target.join("ro")).unwrap(), b"read only");
+    assert_eq!(fs::metadata(target.join("ro")).unwrap().permissions().mode() & 0o777, 0o444);
 }
