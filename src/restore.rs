@@ -153,8 +153,17 @@ fn write_marker(root: BorrowedFd<'_>, marker: &Marker) -> Result<()> {
 /// Set owner, mode, xattrs and times of `dir/name` as the entry says.
 fn set_meta(dir: BorrowedFd<'_>, name: &CStr, e: &Entry) -> Result<()> {
     let nofollow = libc::AT_SYMLINK_NOFOLLOW;
-    cvt(unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), e.uid, e.gid, nofollow) })
-        .map_err(|err| anyhow!("chown {name:?}: {err}"))?;
+    match cvt(unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), e.uid, e.gid, nofollow) }) {
+        Ok(_) => {}
+        // not root: files are the user's own, as with tar (said once)
+        Err(Errno::EPERM) if unsafe { libc::geteuid() } != 0 => {
+            static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !SAID.swap(true, Ordering::Relaxed) {
+                eprintln!("snapfs: not running as root: owners are not restored (files belong to you)");
+            }
+        }
+        Err(err) => bail!("chown {name:?}: {err}"),
+    }
     if e.kind != EntryKind::Symlink {
         // after chown, which clears setuid/setgid
         // never through a symlink put there meanwhile (glibc does this
