@@ -61,6 +61,22 @@ struct Snaps {
 
 /// Cache sizes.
 const TREE_CACHE: usize = 1024;
+/// ... and at most about this many bytes of them.
+const TREE_CACHE_BYTES: usize = 64 << 20;
+
+/// Roughly what a decoded tree takes in memory.
+fn tree_bytes(t: &Tree) -> usize {
+    t.entries
+        .iter()
+        .map(|e| {
+            std::mem::size_of::<Entry>()
+                + e.name.len()
+                + e.target.len()
+                + e.xattrs.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>()
+        })
+        .sum::<usize>()
+        + 64
+}
 const NODE_CACHE: usize = 1024;
 /// Bytes of decompressed blocks kept (1,024 blocks at the default block
 /// size; at least 16 blocks whatever the size).
@@ -73,7 +89,8 @@ pub struct View {
     snaps: RwLock<Snaps>,
     /// Show only this snapshot (browse --snapshot).
     only: Option<String>,
-    trees: Mutex<lru::LruCache<ObjectId, Arc<Tree>>>,
+    /// Trees, with the bytes they hold in all (bounded by TREE_CACHE_BYTES too).
+    trees: Mutex<(lru::LruCache<ObjectId, Arc<Tree>>, usize)>,
     fnodes: Mutex<lru::LruCache<ObjectId, Arc<FileNode>>>,
     blocks: Mutex<lru::LruCache<ObjectId, Arc<Vec<u8>>>>,
     ttl: Duration,
@@ -108,7 +125,7 @@ impl View {
             nodes: RwLock::new(HashMap::new()),
             snaps: RwLock::new(Snaps { by_index: vec![None], by_name: HashMap::new(), by_id: HashMap::new() }),
             only,
-            trees: Mutex::new(lru::LruCache::new(cap(TREE_CACHE))),
+            trees: Mutex::new((lru::LruCache::new(cap(TREE_CACHE)), 0)),
             fnodes: Mutex::new(lru::LruCache::new(cap(NODE_CACHE))),
             blocks: Mutex::new(lru::LruCache::new(cap((BLOCK_CACHE_BYTES / bs.max(1)).max(16) as usize))),
             ttl: Duration::from_secs(60),
@@ -279,14 +296,26 @@ impl View {
     }
 
     fn tree(&self, id: &ObjectId) -> SysResult<Arc<Tree>> {
-        if let Some(t) = self.trees.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+        if let Some(t) = self.trees.lock().unwrap_or_else(|e| e.into_inner()).0.get(id) {
             return Ok(t.clone());
         }
         let t = Arc::new(self.objects.tree(id).map_err(|e| {
             log::error!("snapshot tree {id}: {e}");
             Errno::EIO
         })?);
-        self.trees.lock().unwrap_or_else(|e| e.into_inner()).put(*id, t.clone());
+        let mut c = self.trees.lock().unwrap_or_else(|e| e.into_inner());
+        let (cache, bytes) = &mut *c;
+        if let Some((_, old)) = cache.push(*id, t.clone()) {
+            *bytes -= tree_bytes(&old);
+        }
+        *bytes += tree_bytes(&t);
+        // a few huge directories must not hold gigabytes
+        while *bytes > TREE_CACHE_BYTES && cache.len() > 1 {
+            match cache.pop_lru() {
+                Some((_, old)) => *bytes -= tree_bytes(&old),
+                None => break,
+            }
+        }
         Ok(t)
     }
 
