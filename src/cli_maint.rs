@@ -217,7 +217,7 @@ pub fn forget(a: ForgetArgs) -> Result<()> {
         r.forget.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_else(|| "forget failed".into())))?
     } else {
         let r = lock_offline(a.dir, a.repo, "forget")?;
-        maint::forget(&*r.store(), &a.names, &a.policy, a.dry_run, None)?
+        maint::forget(&*r.store(), &a.names, &a.policy, a.dry_run, None, &Default::default())?
     };
     if a.json && !a.prune {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -56,6 +56,13 @@ pub enum Request {
     /// Compare the live directory with the latest snapshot and the dirty set
     /// (`snapfs verify DIR --live`).
     VerifyLive,
+    /// Keep snapshot `snapshot` (an id) from forget and retention for
+    /// `secs` seconds: a restore or rollback is reading it (renewed while
+    /// it runs).
+    Hold {
+        snapshot: String,
+        secs: u64,
+    },
     /// Remove snapshot records by name or by keep rules.
     Forget {
         #[serde(default)]

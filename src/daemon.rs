@@ -404,6 +404,10 @@ struct Shared {
     /// The sled database (tracking state, index, health): after an I/O
     /// error it is reopened and written back from memory.
     state: Arc<StateDb>,
+    /// Snapshots a restore or rollback is reading (id -> until when).
+    held: Mutex<std::collections::HashMap<String, Instant>>,
+    /// Taken by forget while it decides and removes, and by a new hold.
+    forgetting: Mutex<()>,
 }
 
 impl Shared {
@@ -461,6 +465,26 @@ impl Shared {
             "state database usable again (failing since {}: {why}); tracking state written back, {n} packs indexed",
             util::rfc3339(since)
         );
+        Ok(())
+    }
+
+    /// The snapshots held now.
+    fn held_ids(&self) -> std::collections::HashSet<String> {
+        let mut h = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        h.retain(|_, until| *until > now);
+        h.keys().cloned().collect()
+    }
+
+    /// Hold snapshot `id` for `secs` (it must still exist: checked while no
+    /// forget runs).
+    fn hold(&self, id: &str, secs: u64) -> Result<()> {
+        let _no_forget = self.forgetting.lock().unwrap_or_else(|e| e.into_inner());
+        if !snapshot::list(&**self.objects.store())?.iter().any(|s| s.id == id) {
+            bail!("snapshot {id} does not exist (forgotten?)");
+        }
+        let until = Instant::now() + Duration::from_secs(secs.min(3600));
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), until);
         Ok(())
     }
 
@@ -727,8 +751,11 @@ impl Shared {
 
     fn forget(&self, names: &[String], policy: &maint::Policy, dry_run: bool) -> Result<maint::ForgetReport> {
         let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
-        maint::forget(&**self.objects.store(), names, policy, dry_run, None)
-            .inspect_err(|e| self.health.error("forget", &format!("{e:#}")))
+        {
+            let _forgetting = self.forgetting.lock().unwrap_or_else(|e| e.into_inner());
+            maint::forget(&**self.objects.store(), names, policy, dry_run, None, &self.held_ids())
+        }
+        .inspect_err(|e| self.health.error("forget", &format!("{e:#}")))
     }
 
     /// One scheduled run: a snapshot named `auto-<time>`, then retention
@@ -748,7 +775,10 @@ impl Shared {
         }
         let forgot = {
             let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
-            maint::forget(&**self.objects.store(), &[], keep, false, Some(schedule::AUTO_PREFIX))?
+            {
+                let _forgetting = self.forgetting.lock().unwrap_or_else(|e| e.into_inner());
+                maint::forget(&**self.objects.store(), &[], keep, false, Some(schedule::AUTO_PREFIX), &self.held_ids())?
+            }
         };
         if !forgot.removed.is_empty() {
             let p = self.prune(&maint::PruneOptions::default())?;
@@ -980,6 +1010,8 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
         health: Health::open(&db)?,
         scheduler: Mutex::new(schedule::Scheduler::default()),
         state: db.clone(),
+        held: Mutex::new(std::collections::HashMap::new()),
+        forgetting: Mutex::new(()),
     });
 
     let t_close = tracker.clone();
@@ -1150,6 +1182,10 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
                         Err(e) => Reply::err(format!("verify failed: {e:#}")),
                     }
                 }
+                Request::Hold { snapshot, secs } => match shared.hold(&snapshot, secs) {
+                    Ok(()) => Reply::ok(),
+                    Err(e) => Reply::err(format!("{e:#}")),
+                },
                 Request::VerifyLive => match shared.verify_live() {
                     Ok(r) => Reply { live: Some(r), ..Reply::ok() },
                     Err(e) => Reply::err(format!("verify --live failed: {e:#}")),

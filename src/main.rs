@@ -364,6 +364,10 @@ fn run(cli: Cli) -> Result<()> {
             let objects = snapfs::objstore::Objects::open(r.store(), None)?;
             let all = snapfs::snapshot::list(&*r.store())?;
             let snap = snapfs::snapshot::find(&all, name)?;
+            let _hold = match (&dir, repo.is_none()) {
+                (Some(d), true) => Hold::start(d, &snap.id)?,
+                _ => None,
+            };
             let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
             let t0 = Instant::now();
             let opts =
@@ -514,6 +518,7 @@ fn rollback(dir: &Path, name: &str, path: &str, json: bool) -> Result<()> {
     let r = repo_for(Some(&dir), None)?;
     let all = snapfs::snapshot::list(&*r.store())?;
     let target = snapfs::snapshot::find(&all, name)?.clone();
+    let _hold = Hold::start(&dir, &target.id)?;
     // a safety snapshot of the directory as it is now
     daemon::syncfs(&dir);
     let base = format!("before-rollback-{}", snapfs::snapshot::default_name(util::unix_now()));
@@ -584,6 +589,38 @@ fn show_progress(dir: &Path, done: &std::sync::atomic::AtomicBool) {
 
 /// The repository of DIR (mounted or not) or given with --repo, reachable
 /// from this process.
+/// While a restore or rollback reads a snapshot, the daemon of the mount
+/// keeps it from forget and retention (renewed until dropped).
+struct Hold {
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+impl Hold {
+    const SECS: u64 = 60;
+
+    /// None when `dir` is not a mount (nothing can forget meanwhile).
+    fn start(dir: &Path, id: &str) -> Result<Option<Hold>> {
+        let d = daemon::canonical(dir);
+        if daemon::snapfs_mount_at(&d).is_none() {
+            return Ok(None);
+        }
+        let req = Request::Hold { snapshot: id.to_string(), secs: Self::SECS };
+        let r = control::call(&d, &req, Duration::from_secs(600))?;
+        if !r.ok {
+            bail!("{}", r.error.unwrap_or_else(|| "cannot hold the snapshot".into()));
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                rx.recv_timeout(Duration::from_secs(Self::SECS / 3))
+            {
+                let _ = control::call(&d, &req, Duration::from_secs(60));
+            }
+        });
+        Ok(Some(Hold { _stop: tx }))
+    }
+}
+
 fn repo_for(dir: Option<&Path>, repo: Option<&Path>) -> Result<Repo> {
     if let (Some(d), None) = (dir, repo) {
         let d = daemon::canonical(d);

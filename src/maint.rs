@@ -178,6 +178,7 @@ pub fn forget(
     policy: &Policy,
     dry_run: bool,
     only_prefix: Option<&str>,
+    held: &HashSet<String>,
 ) -> Result<ForgetReport> {
     let mut all = snapshot::list(store)?;
     if let Some(p) = only_prefix {
@@ -208,7 +209,9 @@ pub fn forget(
         }
     };
     for s in &all {
-        if doomed.contains(&s.id) {
+        if doomed.contains(&s.id) && held.contains(&s.id) {
+            report.kept.push(item(s, &["in use by a restore or rollback"]));
+        } else if doomed.contains(&s.id) {
             report.removed.push(item(s, &[]));
         } else if !names.is_empty() {
             report.kept.push(item(s, &[]));

@@ -439,3 +439,35 @@ fn browse_and_restore_beside_a_daemon_that_prunes() {
     drop(_g);
     m.umount();
 }
+
+#[test]
+fn a_snapshot_being_restored_is_not_forgotten() {
+    use snapfs::control::{call, Request};
+    let t = tempfile::tempdir().unwrap();
+    let dirs = Dirs::new(t.path());
+    let m = dirs.mount();
+    let d = m.dir.to_str().unwrap().to_string();
+    fs::write(m.path("f"), b"0").unwrap();
+    snap(&m.dir, "s0");
+    fs::write(m.path("f"), b"1").unwrap();
+    snap(&m.dir, "s1");
+    let (_, list) = json_of(&["list", "--json", &d]);
+    let id0 = list[0]["id"].as_str().unwrap().to_string();
+    let hold = |secs| call(&m.dir, &Request::Hold { snapshot: id0.clone(), secs }, std::time::Duration::from_secs(30));
+    assert!(hold(2).unwrap().ok);
+    // by name and by rules: kept while held, with the reason
+    let (ok, v) = json_of(&["forget", "--json", &d, "s0"]);
+    assert!(ok, "{v}");
+    assert_eq!(v["removed"], serde_json::json!([]), "{v}");
+    assert!(v["kept"].to_string().contains("in use by a restore or rollback"), "{v}");
+    let (_, v) = json_of(&["forget", "--json", "--keep-last", "1", &d]);
+    assert_eq!(v["removed"], serde_json::json!([]), "{v}");
+    // the hold ends by itself
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    let (ok, v) = json_of(&["forget", "--json", &d, "s0"]);
+    assert!(ok && v["removed"][0]["name"] == "s0", "{v}");
+    // a snapshot that is gone cannot be held
+    let r = hold(10).unwrap();
+    assert!(!r.ok && r.error.unwrap().contains("does not exist"));
+    m.umount();
+}
