@@ -523,6 +523,11 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
             crate::util::crash_point("prune-mid-delete");
         }
     }
+    // files interrupted writes left (an hour old: no write takes that long)
+    let swept = store.sweep(std::time::Duration::from_secs(3600))?;
+    if swept > 0 {
+        log::info!("prune: removed {swept} temporary files left by interrupted writes");
+    }
     let after = store.list(FileKind::Pack)?;
     report.packs_after = after.len() as u64;
     report.bytes_after = after.iter().map(|n| store.size(FileKind::Pack, n).unwrap_or(0)).sum();

@@ -62,6 +62,11 @@ pub trait Store: Send + Sync {
     fn size(&self, kind: FileKind, name: &str) -> StoreResult<u64>;
     fn list(&self, kind: FileKind) -> StoreResult<Vec<String>>;
     fn delete(&self, kind: FileKind, name: &str) -> StoreResult<()>;
+    /// Remove what interrupted writes left behind, older than `age`.
+    /// Returns how many.
+    fn sweep(&self, _age: std::time::Duration) -> StoreResult<u64> {
+        Ok(0)
+    }
 }
 
 /// A store in a local directory: `packs/<2 hex>/<name>`, `snapshots/<name>`.
@@ -222,6 +227,14 @@ impl Store for LocalStore {
         Ok(out)
     }
 
+    fn sweep(&self, age: std::time::Duration) -> StoreResult<u64> {
+        let mut n = 0;
+        for kind in [FileKind::Pack, FileKind::Snapshot] {
+            self.sweep_dir(&self.root.join(kind.dir()), age, &mut n)?;
+        }
+        Ok(n)
+    }
+
     fn delete(&self, kind: FileKind, name: &str) -> StoreResult<()> {
         self.open_packs.lock().unwrap_or_else(|e| e.into_inner()).pop(name);
         let p = self.path(kind, name);
@@ -233,6 +246,30 @@ impl Store for LocalStore {
         // the removal is durable before the caller goes on
         let dir = self.dir_of(kind, name);
         File::open(&dir).and_then(|d| d.sync_all()).map_err(io(&dir))
+    }
+}
+
+impl LocalStore {
+    fn sweep_dir(&self, d: &Path, age: std::time::Duration, n: &mut u64) -> StoreResult<()> {
+        let rd = match fs::read_dir(d) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(d)(e)),
+        };
+        for e in rd {
+            let e = e.map_err(io(d))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ft = e.file_type().map_err(io(d))?;
+            if ft.is_dir() && !name.starts_with('.') {
+                self.sweep_dir(&e.path(), age, n)?;
+            } else if ft.is_file() && name.starts_with('.') && name.ends_with(".tmp") {
+                let old = e.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+                if old.is_some_and(|o| o >= age) && fs::remove_file(e.path()).is_ok() {
+                    *n += 1;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -268,5 +305,12 @@ mod tests {
         assert!(matches!(s.get(FileKind::Snapshot, "nope"), Err(StoreError::NotFound { .. })));
         s.delete(FileKind::Snapshot, "s1").unwrap();
         assert!(s.list(FileKind::Snapshot).unwrap().is_empty());
+        // what an interrupted write leaves goes once it is old enough
+        let tmp = t.path().join("packs/ab/.abcdef.1234.tmp");
+        fs::write(&tmp, b"partial").unwrap();
+        assert_eq!(s.sweep(std::time::Duration::from_secs(3600)).unwrap(), 0);
+        assert_eq!(s.sweep(std::time::Duration::ZERO).unwrap(), 1);
+        assert!(!tmp.exists());
+        assert_eq!(s.list(FileKind::Pack).unwrap(), vec!["abcdef"]);
     }
 }
