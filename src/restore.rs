@@ -250,35 +250,54 @@ fn write_file(objects: &Objects, bs: u64, dir: BorrowedFd<'_>, e: &Entry, c: &Co
             c.kept.fetch_add(len as u64, Ordering::Relaxed);
             continue;
         }
-        if id.is_zero() {
-            // make it a hole again
-            let r = unsafe {
-                libc::fallocate(
-                    fd.as_raw_fd(),
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    off as i64,
-                    len as i64,
-                )
-            };
-            if r != 0 {
-                buf[..len].fill(0);
-                write_all_at(fd.as_fd(), &buf[..len], off).map_err(|err| anyhow!("{}: {err}", show(path)))?;
-            }
-        } else {
-            let data = objects.get(id, ObjKind::Blob).map_err(|err| anyhow!("{}: {err}", show(path)))?;
-            write_all_at(fd.as_fd(), &data, off).map_err(|err| anyhow!("{}: {err}", show(path)))?;
-            c.written.fetch_add(data.len() as u64, Ordering::Relaxed);
-        }
-        // verify what the file now holds
-        let got = sys::pread_full(fd.as_fd(), &mut buf[..len], off)?;
-        if got != len || block_id(&buf[..len]) != *id {
-            bail!("{}: block {b} does not read back as written", show(path));
-        }
+        let n = put_block(objects, fd.as_fd(), b, *id, off, &mut buf[..len], path)?;
+        c.written.fetch_add(n, Ordering::Relaxed);
     }
     drop(fd);
     set_meta(dir, &name, e).with_context(|| show(path))?;
     c.files.fetch_add(1, Ordering::Relaxed);
     Ok(())
+}
+
+/// Make block `b` (at `off`, `buf.len()` bytes) of the file `fd` hold the
+/// object `id`: a hole for a zero id, else its bytes; then read it back and
+/// check it. Returns the bytes written.
+fn put_block(
+    objects: &Objects,
+    fd: BorrowedFd<'_>,
+    b: usize,
+    id: ObjectId,
+    off: u64,
+    buf: &mut [u8],
+    path: &[u8],
+) -> Result<u64> {
+    let len = buf.len();
+    let mut written = 0;
+    if id.is_zero() {
+        // a hole again
+        let r = unsafe {
+            libc::fallocate(
+                fd.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off as i64,
+                len as i64,
+            )
+        };
+        if r != 0 {
+            buf.fill(0);
+            write_all_at(fd, buf, off).map_err(|e| anyhow!("{}: {e}", show(path)))?;
+        }
+    } else {
+        let data = objects.get(&id, ObjKind::Blob).map_err(|e| anyhow!("{}: {e}", show(path)))?;
+        write_all_at(fd, &data, off).map_err(|e| anyhow!("{}: {e}", show(path)))?;
+        written = data.len() as u64;
+    }
+    // verify what the file now holds
+    let got = sys::pread_full(fd, buf, off)?;
+    if got != len || block_id(buf) != id {
+        bail!("{}: block {b} does not read back as written", show(path));
+    }
+    Ok(written)
 }
 
 fn write_all_at(fd: BorrowedFd<'_>, mut data: &[u8], mut off: u64) -> Result<(), Errno> {
@@ -790,28 +809,7 @@ fn patch_file(objects: &Objects, bs: u64, dir: BorrowedFd<'_>, w: &Entry, h: &En
         if old.get(b) == Some(id) {
             continue;
         }
-        if id.is_zero() {
-            let r = unsafe {
-                libc::fallocate(
-                    fd.as_raw_fd(),
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    off as i64,
-                    len as i64,
-                )
-            };
-            if r != 0 {
-                buf[..len].fill(0);
-                write_all_at(fd.as_fd(), &buf[..len], off).map_err(|e| anyhow!("{}: {e}", show(path)))?;
-            }
-        } else {
-            let data = objects.get(id, ObjKind::Blob).map_err(|e| anyhow!("{}: {e}", show(path)))?;
-            write_all_at(fd.as_fd(), &data, off).map_err(|e| anyhow!("{}: {e}", show(path)))?;
-            written += data.len() as u64;
-        }
-        let got = sys::pread_full(fd.as_fd(), &mut buf[..len], off)?;
-        if got != len || block_id(&buf[..len]) != *id {
-            bail!("{}: block {b} does not read back as written", show(path));
-        }
+        written += put_block(objects, fd.as_fd(), b, *id, off, &mut buf[..len], path)?;
     }
     drop(fd);
     set_meta(dir, &n, w).with_context(|| show(path))?;
