@@ -197,23 +197,29 @@ fn browse_a_copy_of_the_repository() {
     assert!(!is_mounted(&mnt));
 }
 
-#[test]
-fn damaged_pack_reads_fail_with_eio_naming_the_file() {
-    let t = tempfile::tempdir().unwrap();
-    let d = t.path().join("d");
+/// `t/d` with one snapshot `s1` of one file, `victim`, whose blocks are all
+/// in the repository's only pack; one byte in the middle of that pack
+/// flipped. Returns `t/d`.
+fn damaged_repository(t: &Path) -> PathBuf {
+    let d = t.join("d");
     fs::create_dir(&d).unwrap();
-    // one file whose blocks are all in one pack
     fs::write(d.join("victim"), (0..200_000u32).map(|i| (i * 7 % 253) as u8).collect::<Vec<_>>()).unwrap();
     let m = Mounted::new(&d);
     snap(&m.dir, "s1");
     m.umount();
-    // flip one byte in the middle of the (only) pack
     let packs: Vec<PathBuf> = walk_files(&d.join(".snapfs/packs"));
     assert_eq!(packs.len(), 1);
     let mut bytes = fs::read(&packs[0]).unwrap();
     let mid = bytes.len() / 3;
     bytes[mid] ^= 0x40;
     fs::write(&packs[0], &bytes).unwrap();
+    d
+}
+
+#[test]
+fn damaged_pack_reads_fail_with_eio_naming_the_file() {
+    let t = tempfile::tempdir().unwrap();
+    let d = damaged_repository(t.path());
 
     let mnt = t.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
@@ -416,17 +422,7 @@ fn an_interrupted_restore_continues() {
 #[test]
 fn restore_of_damaged_data_fails_naming_the_file() {
     let t = tempfile::tempdir().unwrap();
-    let d = t.path().join("d");
-    fs::create_dir(&d).unwrap();
-    fs::write(d.join("victim"), (0..200_000u32).map(|i| (i * 7 % 253) as u8).collect::<Vec<_>>()).unwrap();
-    let m = Mounted::new(&d);
-    snap(&m.dir, "s1");
-    m.umount();
-    let pack = walk_files(&d.join(".snapfs/packs")).pop().unwrap();
-    let mut bytes = fs::read(&pack).unwrap();
-    let mid = bytes.len() / 3;
-    bytes[mid] ^= 0x40;
-    fs::write(&pack, &bytes).unwrap();
+    let d = damaged_repository(t.path());
     let target = t.path().join("target");
     let out = restore(&["--repo", d.join(".snapfs").to_str().unwrap(), "s1", target.to_str().unwrap()]);
     assert!(!out.status.success());
