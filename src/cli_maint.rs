@@ -62,23 +62,10 @@ fn task_line(v: &ProgressView, t0: Instant) -> String {
 
 /// Show a progress bar on stderr (a terminal only) until `done`.
 fn show_task(done: &AtomicBool, get: impl Fn() -> Option<ProgressView>) {
-    use std::io::Write;
     let t0 = Instant::now();
-    let mut shown = false;
-    while !done.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(100));
-        if t0.elapsed() < Duration::from_millis(500) {
-            continue;
-        }
-        if let Some(v) = get() {
-            eprint!("\r  {}   ", task_line(&v, t0));
-            let _ = std::io::stderr().flush();
-            shown = true;
-        }
-    }
-    if shown {
-        eprintln!();
-    }
+    util::progress_line(done, Duration::from_millis(500), Duration::from_millis(100), |_| {
+        get().map(|v| task_line(&v, t0))
+    })
 }
 
 /// Run `work` while a progress bar shows what `get` reports.

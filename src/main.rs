@@ -558,33 +558,16 @@ fn rollback(dir: &Path, name: &str, path: &str, json: bool) -> Result<()> {
 
 /// A progress line on stderr while a long snapshot runs.
 fn show_progress(dir: &Path, done: &std::sync::atomic::AtomicBool) {
-    use std::io::Write;
-    let t0 = Instant::now();
-    let mut shown = false;
-    let mut last = Instant::now();
-    while !done.load(std::sync::atomic::Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(10));
-        if t0.elapsed() < Duration::from_secs(2) || last.elapsed() < Duration::from_millis(250) {
-            continue;
-        }
-        last = Instant::now();
-        if let Ok(r) = control::call(dir, &Request::Progress, Duration::from_secs(5)) {
-            if let Some(p) = r.progress {
-                eprint!(
-                    "\r  {} files read, {} directories, {} read, {:.0} s   ",
-                    p.files_read,
-                    p.dirs_walked,
-                    util::human_bytes(p.read_bytes),
-                    t0.elapsed().as_secs_f64()
-                );
-                let _ = std::io::stderr().flush();
-                shown = true;
-            }
-        }
-    }
-    if shown {
-        eprintln!();
-    }
+    util::progress_line(done, Duration::from_secs(2), Duration::from_millis(250), |t| {
+        let p = control::call(dir, &Request::Progress, Duration::from_secs(5)).ok()?.progress?;
+        Some(format!(
+            "{} files read, {} directories, {} read, {:.0} s",
+            p.files_read,
+            p.dirs_walked,
+            util::human_bytes(p.read_bytes),
+            t.as_secs_f64()
+        ))
+    })
 }
 
 /// The repository of DIR (mounted or not) or given with --repo, reachable

@@ -575,28 +575,15 @@ fn place(
 }
 
 fn progress(c: &Counters, total: u64, done: &std::sync::atomic::AtomicBool) {
-    use std::io::Write;
-    let t0 = std::time::Instant::now();
-    let mut shown = false;
-    let mut last = std::time::Instant::now();
-    while !done.load(Ordering::SeqCst) {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        if t0.elapsed().as_secs() < 2 || last.elapsed().as_millis() < 250 {
-            continue;
-        }
-        last = std::time::Instant::now();
-        let f = c.files.load(Ordering::Relaxed);
-        eprint!(
-            "\r  restoring: {f}/{total} files, {} written, {:.0} s   ",
-            crate::util::human_bytes(c.written.load(Ordering::Relaxed)),
-            t0.elapsed().as_secs_f64()
-        );
-        let _ = std::io::stderr().flush();
-        shown = true;
-    }
-    if shown {
-        eprintln!();
-    }
+    let (after, every) = (std::time::Duration::from_secs(2), std::time::Duration::from_millis(250));
+    util::progress_line(done, after, every, |t| {
+        Some(format!(
+            "restoring: {}/{total} files, {} written, {:.0} s",
+            c.files.load(Ordering::Relaxed),
+            util::human_bytes(c.written.load(Ordering::Relaxed)),
+            t.as_secs_f64()
+        ))
+    })
 }
 
 /// What a rollback changed.

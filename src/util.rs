@@ -100,6 +100,36 @@ pub fn join_rel(dir: &[u8], name: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Keep one progress line on stderr up to date until `done`: from `after`
+/// on, every `every`, the line `line` makes (given the time since the start;
+/// `None`: nothing to show yet); a newline at the end if anything was shown.
+pub fn progress_line(
+    done: &std::sync::atomic::AtomicBool,
+    after: std::time::Duration,
+    every: std::time::Duration,
+    mut line: impl FnMut(std::time::Duration) -> Option<String>,
+) {
+    use std::io::Write;
+    let t0 = std::time::Instant::now();
+    let mut shown = false;
+    let mut last: Option<std::time::Instant> = None;
+    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        if t0.elapsed() < after || last.is_some_and(|l| l.elapsed() < every) {
+            continue;
+        }
+        last = Some(std::time::Instant::now());
+        if let Some(l) = line(t0.elapsed()) {
+            eprint!("\r  {l}   ");
+            let _ = std::io::stderr().flush();
+            shown = true;
+        }
+    }
+    if shown {
+        eprintln!();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
