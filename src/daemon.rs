@@ -354,15 +354,7 @@ fn serve_browse(args: BrowseArgs) -> Result<()> {
     }
     {
         let mnt = mnt.clone();
-        std::thread::Builder::new().name("signals".into()).spawn(move || loop {
-            let mut sig: libc::c_int = 0;
-            if unsafe { libc::sigwait(&sigset, &mut sig) } != 0 {
-                continue;
-            }
-            if umount(&mnt, false).is_err() {
-                let _ = umount(&mnt, true);
-            }
-        })?;
+        on_signals(sigset, move |lazy| umount(&mnt, lazy))?;
     }
     notify(args.ready_fd, "READY");
     let r = session.run();
@@ -510,12 +502,30 @@ impl Shared {
                 self.repo_display
             );
         }
-        let r = self.snapshot_locked(name, full);
-        if let Err(e) = &r {
-            if e.chain().any(|c| c.downcast_ref::<sled::Error>().is_some()) {
-                self.state.failed(e);
-            }
+        self.snapshot_locked(name, full).inspect_err(|e| self.note_state_error(e))
+    }
+
+    /// An error that came from the state database marks it failed (it is
+    /// reopened and written back later).
+    fn note_state_error(&self, e: &anyhow::Error) {
+        if e.chain().any(|c| c.downcast_ref::<sled::Error>().is_some()) {
+            self.state.failed(e);
         }
+    }
+
+    /// The hard-link table of snapshot `s` (empty if it has none).
+    fn links_of(&self, s: &SnapshotInfo) -> Result<snapshot::LinkTable> {
+        Ok(match ObjectId::from_hex(&s.record.links) {
+            Some(id) => snapshot::decode_links(&self.objects.get(&id, ObjKind::Meta)?).unwrap_or_default(),
+            None => Default::default(),
+        })
+    }
+
+    /// Run `work` with a progress that `snapfs` clients can ask for.
+    fn with_task<T>(&self, p: Arc<check::VerifyProgress>, work: impl FnOnce() -> T) -> T {
+        *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+        let r = work();
+        *self.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
         r
     }
 
@@ -556,8 +566,8 @@ impl Shared {
             Some(l) => Some(l.root_tree()?),
             None => None,
         };
-        let links_prev = match latest.and_then(|l| ObjectId::from_hex(&l.record.links)) {
-            Some(id) => snapshot::decode_links(&self.objects.get(&id, ObjKind::Meta)?).unwrap_or_default(),
+        let links_prev = match latest {
+            Some(l) => self.links_of(l)?,
             None => Default::default(),
         };
         let progress = Arc::new(snapshot::Progress::default());
@@ -682,24 +692,14 @@ impl Shared {
                 latest.record.name
             );
         }
-        let links = match ObjectId::from_hex(&latest.record.links) {
-            Some(id) => snapshot::decode_links(&self.objects.get(&id, ObjKind::Meta)?).unwrap_or_default(),
-            None => Default::default(),
-        };
+        let links = self.links_of(latest)?;
+        let top = latest.root_tree()?;
         let p = Arc::new(check::VerifyProgress::default());
         p.bytes_total.store(latest.record.stats.logical_bytes, std::sync::atomic::Ordering::Relaxed);
-        *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.clone());
-        let r = crate::livecheck::check(
-            &self.objects,
-            self.block_size,
-            self.live.root_fd(),
-            latest.root_tree()?,
-            &links,
-            &|ino| self.tracker.record(ino),
-            &p,
-        );
-        *self.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        let mut r = r?;
+        let mut r = self.with_task(p.clone(), || {
+            let record = |ino| self.tracker.record(ino);
+            crate::livecheck::check(&self.objects, self.block_size, self.live.root_fd(), top, &links, &record, &p)
+        })?;
         r.snapshot = latest.record.name.clone();
         r.snapshot_id = latest.id.clone();
         log::info!(
@@ -729,10 +729,8 @@ impl Shared {
         let r = {
             let _readers = self.maint.read().unwrap_or_else(|e| e.into_inner());
             let p = Arc::new(check::VerifyProgress::default());
-            *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.clone());
-            let r = check::verify(&self.objects, &opts, &p);
-            *self.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            r.inspect_err(|e| self.health.error("verify", &format!("{e:#}")))?
+            self.with_task(p.clone(), || check::verify(&self.objects, &opts, &p))
+                .inspect_err(|e| self.health.error("verify", &format!("{e:#}")))?
         };
         self.health.set_verify(&r);
         if !r.ok {
@@ -811,15 +809,8 @@ impl Shared {
         self.check_repository()?;
         self.recover_state().context("the state database cannot be written")?;
         let p = Arc::new(check::VerifyProgress::default());
-        *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.clone());
-        let r = maint::prune(&self.objects, opts, &p);
-        if let Err(e) = &r {
-            if e.chain().any(|c| c.downcast_ref::<sled::Error>().is_some()) {
-                self.state.failed(e);
-            }
-        }
-        *self.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        r.inspect_err(|e| {
+        self.with_task(p.clone(), || maint::prune(&self.objects, opts, &p)).inspect_err(|e| {
+            self.note_state_error(e);
             log::error!("PRUNE FAILED: {e:#}");
             self.health.error("prune", &format!("{e:#}"))
         })
@@ -876,6 +867,32 @@ fn block_signals() -> libc::sigset_t {
 }
 
 /// Report the outcome to the parent waiting on `ready_fd`.
+/// A thread that waits for the blocked signals (SIGTERM, SIGINT, SIGHUP)
+/// and unmounts; lazily if the mount is busy.
+fn on_signals(
+    sigset: libc::sigset_t,
+    unmount: impl Fn(bool) -> std::io::Result<()> + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new().name("signals".into()).spawn(move || loop {
+        let mut sig: libc::c_int = 0;
+        if unsafe { libc::sigwait(&sigset, &mut sig) } != 0 {
+            continue;
+        }
+        log::info!("signal {sig}: unmounting");
+        match unmount(false) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                log::warn!("mount busy; detaching lazily");
+                if let Err(e) = unmount(true) {
+                    log::error!("unmount failed: {e}");
+                }
+            }
+            Err(e) => log::error!("unmount failed: {e}"),
+        }
+    })?;
+    Ok(())
+}
+
 fn notify(ready_fd: Option<RawFd>, msg: &str) {
     if let Some(fd) = ready_fd {
         let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
@@ -1204,23 +1221,7 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
     // Signals: unmount cleanly.
     {
         let shared = shared.clone();
-        std::thread::Builder::new().name("signals".into()).spawn(move || loop {
-            let mut sig: libc::c_int = 0;
-            if unsafe { libc::sigwait(&sigset, &mut sig) } != 0 {
-                continue;
-            }
-            log::info!("signal {sig}: unmounting");
-            match shared.unmount(false) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    log::warn!("mount busy; detaching lazily");
-                    if let Err(e) = shared.unmount(true) {
-                        log::error!("unmount failed: {e}");
-                    }
-                }
-                Err(e) => log::error!("unmount failed: {e}"),
-            }
-        })?;
+        on_signals(sigset, move |lazy| shared.unmount(lazy))?;
     }
 
     // Automatic snapshots: the flags, or what was set on an earlier mount.
