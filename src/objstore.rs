@@ -217,12 +217,17 @@ impl Objects {
 
     /// Index every pack in the store the index does not know. Returns how many.
     pub fn index_new_packs(&self) -> ObjResult<usize> {
+        self.index_packs_into(&self.index)
+    }
+
+    /// Add every pack of the store that `index` does not know to it.
+    fn index_packs_into(&self, index: &Index) -> ObjResult<usize> {
         let mut n = 0;
         for name in self.store.list(FileKind::Pack)? {
-            if !self.index.has_pack(&name)? {
+            if !index.has_pack(&name)? {
                 match self.pack_entries(&name) {
                     Ok(entries) => {
-                        self.index.add_pack(&name, &entries)?;
+                        index.add_pack(&name, &entries)?;
                         n += 1;
                     }
                     Err(e) => log::error!("pack {name} cannot be indexed: {e}"),
@@ -236,21 +241,11 @@ impl Objects {
     /// put it in place of the old one at once (readers never see it empty).
     fn reload_memory_index(&self) -> ObjResult<()> {
         let Index::Memory { objects, packs } = &self.index else { return Ok(()) };
-        let mut o = HashMap::new();
-        let mut p = HashSet::new();
-        for name in self.store.list(FileKind::Pack)? {
-            match self.pack_entries(&name) {
-                Ok(entries) => {
-                    for e in entries {
-                        o.insert(e.id, Location { pack: name.clone(), entry: e });
-                    }
-                    p.insert(name);
-                }
-                Err(e) => log::error!("pack {name} cannot be indexed: {e}"),
-            }
-        }
-        *objects.write().unwrap_or_else(|e| e.into_inner()) = o;
-        *packs.write().unwrap_or_else(|e| e.into_inner()) = p;
+        let fresh = Index::Memory { objects: RwLock::new(HashMap::new()), packs: RwLock::new(HashSet::new()) };
+        self.index_packs_into(&fresh)?;
+        let Index::Memory { objects: o, packs: p } = fresh else { unreachable!("built above") };
+        *objects.write().unwrap_or_else(|e| e.into_inner()) = o.into_inner().unwrap_or_else(|e| e.into_inner());
+        *packs.write().unwrap_or_else(|e| e.into_inner()) = p.into_inner().unwrap_or_else(|e| e.into_inner());
         Ok(())
     }
 
