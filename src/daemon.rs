@@ -448,7 +448,7 @@ impl Shared {
     fn recover_state(&self) -> Result<()> {
         let Some((since, why)) = self.state.failure() else { return Ok(()) };
         self.state.reopen()?;
-        self.tracker.rewrite(&self.dir.display().to_string())?;
+        self.tracker.rewrite()?;
         let n = self.objects.index_new_packs()?;
         self.health.rewrite()?;
         self.state.flush()?;

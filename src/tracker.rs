@@ -234,6 +234,8 @@ struct State {
     changed_chunks: HashSet<(u64, u64)>,
     removed: HashSet<u64>,
     root: u64,
+    /// The directory's path, as recorded in `meta` at open.
+    root_path: String,
     epoch_start_ns: i128,
     /// A mount-time scan has not finished: do not advance `durable_at`.
     scan_pending: bool,
@@ -287,6 +289,25 @@ struct Db {
 }
 
 impl Db {
+    /// Record whose state this is and that a session runs (unclean).
+    fn session(&self, root: u64, root_path: &str) -> Result<(), sled::Error> {
+        self.meta.insert("root_ino", &root.to_le_bytes())?;
+        self.meta.insert("root_path", root_path.as_bytes())?;
+        self.meta.insert("clean", &[0u8])?;
+        Ok(())
+    }
+
+    /// Make what was written durable, then (unless a scan is pending) the
+    /// durable point `t`, after the data it covers.
+    fn durable(&self, t: i128, scan_pending: bool) -> Result<(), sled::Error> {
+        self.flush()?;
+        if !scan_pending {
+            self.meta.insert("durable_at", &t.to_le_bytes())?;
+            self.flush()?;
+        }
+        Ok(())
+    }
+
     fn of(state: &Arc<StateDb>) -> Result<Db, sled::Error> {
         Ok(Db {
             state: state.clone(),
@@ -418,15 +439,14 @@ impl Tracker {
         {
             let mut st = t.lock();
             st.root = root;
+            st.root_path = root_path.to_string();
             st.scan_pending = last.scan_threshold().is_some();
             db.meta.insert("epoch_start", &st.epoch_start_ns.to_le_bytes())?;
             if last == LastSession::First {
                 db.meta.insert("durable_at", &st.epoch_start_ns.to_le_bytes())?;
             }
         }
-        db.meta.insert("root_ino", &root.to_le_bytes())?;
-        db.meta.insert("root_path", root_path.as_bytes())?;
-        db.meta.insert("clean", &[0u8])?;
+        db.session(root, root_path)?;
         db.flush()?;
         Ok((t, last))
     }
@@ -816,22 +836,18 @@ impl Tracker {
                 None => db.blocks.remove(chunk_key(ino, c))?,
             };
         }
-        db.flush()?;
-        if !scan_pending {
-            db.meta.insert("durable_at", &t.to_le_bytes())?;
-            db.flush()?;
-        }
+        db.durable(t, scan_pending)?;
         Ok(())
     }
 
     /// Write the whole state to a database that may have lost recent
     /// flushes (reopened after a failure), and make it durable.
-    pub fn rewrite(&self, root_path: &str) -> Result<(), TrackerError> {
+    pub fn rewrite(&self) -> Result<(), TrackerError> {
         let Some(state) = &self.db else { return Ok(()) };
         let _one_at_a_time = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
         let db = Db::of(state)?;
         let t = sys::now_ns();
-        let (recs, chunks, root, start, base, scan_pending) = {
+        let (recs, chunks, root, root_path, start, base, scan_pending) = {
             let mut st = self.lock();
             st.removed.clear();
             st.changed.clear();
@@ -852,7 +868,7 @@ impl Tracker {
                     recs.push((ino, r.encode()));
                 }
             }
-            (recs, chunks, st.root, st.epoch_start_ns, st.base_snapshot.clone(), st.scan_pending)
+            (recs, chunks, st.root, st.root_path.clone(), st.epoch_start_ns, st.base_snapshot.clone(), st.scan_pending)
         };
         // Without a base the next snapshot compares everything: so a crash
         // while the records are rewritten (sled recovers a prefix of the
@@ -872,14 +888,8 @@ impl Tracker {
             Some(b) => db.meta.insert("base_snapshot", b.as_bytes())?,
             None => db.meta.remove("base_snapshot")?,
         };
-        db.meta.insert("root_ino", &root.to_le_bytes())?;
-        db.meta.insert("root_path", root_path.as_bytes())?;
-        db.meta.insert("clean", &[0u8])?;
-        db.flush()?;
-        if !scan_pending {
-            db.meta.insert("durable_at", &t.to_le_bytes())?;
-            db.flush()?;
-        }
+        db.session(root, &root_path)?;
+        db.durable(t, scan_pending)?;
         Ok(())
     }
 
@@ -1143,7 +1153,7 @@ mod tests {
                 .unwrap();
             db.tree("meta").unwrap().remove("base_snapshot").unwrap();
             t.meta(&a, 4, Kind::File); // in memory only
-            t.rewrite("/x").unwrap();
+            t.rewrite().unwrap();
         }
         let (t, last) = Tracker::open(&db_at(&p), BS, 1, "/x").unwrap();
         assert!(matches!(last, LastSession::Unclean { .. }));
