@@ -150,6 +150,15 @@ impl Checker<'_> {
         strict.is_some_and(|top| (self.record)(top).is_some())
     }
 
+    /// Whether a difference in the xattrs or target of `dir/name` (inode
+    /// `ino`) is a metadata change made during the check (its record is
+    /// there now, or the name changed).
+    fn meta_explained(&self, dir: BorrowedFd<'_>, name: &CString, ino: u64, strict: Option<u64>) -> bool {
+        changed_name(dir, name, ino)
+            || self.now_walked(strict)
+            || (strict.is_none() && (self.record)(ino).is_some_and(|r| r.flags & (META | FULL) != 0))
+    }
+
     /// The directory open at `fd`, at `path`, whose snapshot entry is `prev`
     /// (same inode and kind). `strict`: the inode of the directory from
     /// which down the snapshot would be reused whole.
@@ -221,20 +230,13 @@ impl Checker<'_> {
                     Err(e) => return Err(anyhow::anyhow!("{}: {e}", show(&child))),
                 };
                 if xattrs != prev_e.xattrs {
-                    let expl = changed_name(fd, &cname, live.ino)
-                        || self.now_walked(strict)
-                        || (strict.is_none() && (self.record)(live.ino).is_some_and(|r| r.flags & (META | FULL) != 0));
+                    let expl = self.meta_explained(fd, &cname, live.ino, strict);
                     self.differs(&child, "extended attributes changed, not recorded".into(), expl);
                 }
-                if live.kind == EntryKind::Symlink {
-                    let target = sys::readlink_at(fd, &cname).unwrap_or_default();
-                    if target != prev_e.target {
-                        let expl = changed_name(fd, &cname, live.ino)
-                            || self.now_walked(strict)
-                            || (strict.is_none()
-                                && (self.record)(live.ino).is_some_and(|r| r.flags & (META | FULL) != 0));
-                        self.differs(&child, "symlink target changed, not recorded".into(), expl);
-                    }
+                if live.kind == EntryKind::Symlink && sys::readlink_at(fd, &cname).unwrap_or_default() != prev_e.target
+                {
+                    let expl = self.meta_explained(fd, &cname, live.ino, strict);
+                    self.differs(&child, "symlink target changed, not recorded".into(), expl);
                 }
             }
             match live.kind {
