@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use snapfs::check::{self, ProgressView, VerifyOptions, VerifyProgress, VerifyReport};
 use snapfs::control::{self, Request};
-use snapfs::daemon;
 use snapfs::health::Health;
 use snapfs::maint::{self, ForgetReport, Policy, PruneOptions, PruneReport};
 use snapfs::objstore::Objects;
 use snapfs::repo::{Repo, RepoError};
 use snapfs::util;
+
+use crate::mounted;
 
 /// `[#####.....]`
 fn bar(done: u64, total: u64) -> String {
@@ -80,12 +81,6 @@ fn with_progress<T>(quiet: bool, get: impl Fn() -> Option<ProgressView> + Send, 
         done.store(true, Ordering::SeqCst);
         r
     })
-}
-
-/// The directory, if it is a snapfs mount (whose daemon then does the work).
-fn mounted(dir: Option<&Path>, repo: Option<&Path>) -> Option<std::path::PathBuf> {
-    let d = daemon::canonical(dir?);
-    (repo.is_none() && daemon::snapfs_mount_at(&d).is_some()).then_some(d)
 }
 
 /// Open an unmounted repository for exclusive maintenance.

@@ -583,10 +583,7 @@ impl Hold {
 
     /// None when `dir` is not a mount (nothing can forget meanwhile).
     fn start(dir: &Path, id: &str) -> Result<Option<Hold>> {
-        let d = daemon::canonical(dir);
-        if daemon::snapfs_mount_at(&d).is_none() {
-            return Ok(None);
-        }
+        let Some(d) = mounted(Some(dir), None) else { return Ok(None) };
         let req = Request::Hold { snapshot: id.to_string(), secs: Self::SECS };
         let r = control::call(&d, &req, Duration::from_secs(600))?;
         if !r.ok {
@@ -604,15 +601,19 @@ impl Hold {
     }
 }
 
+/// The directory, if it is a snapfs mount and no --repo was given (its
+/// daemon then does the work).
+fn mounted(dir: Option<&Path>, repo: Option<&Path>) -> Option<PathBuf> {
+    let d = daemon::canonical(dir?);
+    (repo.is_none() && daemon::snapfs_mount_at(&d).is_some()).then_some(d)
+}
+
 fn repo_for(dir: Option<&Path>, repo: Option<&Path>) -> Result<Repo> {
-    if let (Some(d), None) = (dir, repo) {
-        let d = daemon::canonical(d);
-        if daemon::snapfs_mount_at(&d).is_some() {
-            let r = control::call(&d, &Request::Status { files: false }, Duration::from_secs(30))
-                .with_context(|| format!("asking the daemon of {}", d.display()))?;
-            let s = r.status.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_default()))?;
-            return Ok(Repo::open(Path::new(&s.repository_access))?);
-        }
+    if let Some(d) = mounted(dir, repo) {
+        let r = control::call(&d, &Request::Status { files: false }, Duration::from_secs(30))
+            .with_context(|| format!("asking the daemon of {}", d.display()))?;
+        let s = r.status.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_default()))?;
+        return Ok(Repo::open(Path::new(&s.repository_access))?);
     }
     offline_repo(dir, repo)
 }
@@ -628,26 +629,20 @@ fn offline_repo(dir: Option<&Path>, repo: Option<&Path>) -> Result<Repo> {
 }
 
 fn list(dir: Option<&Path>, repo: Option<&Path>) -> Result<Vec<snapfs::snapshot::SnapshotInfo>> {
-    if let (Some(d), None) = (dir, repo) {
-        let d = daemon::canonical(d);
-        if daemon::snapfs_mount_at(&d).is_some() {
-            let r = control::call(&d, &Request::List, Duration::from_secs(60))
-                .with_context(|| format!("asking the daemon of {}", d.display()))?;
-            return r.snapshots.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_default()));
-        }
+    if let Some(d) = mounted(dir, repo) {
+        let r = control::call(&d, &Request::List, Duration::from_secs(60))
+            .with_context(|| format!("asking the daemon of {}", d.display()))?;
+        return r.snapshots.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_default()));
     }
     let r = offline_repo(dir, repo)?;
     Ok(snapfs::snapshot::list(&*r.store())?)
 }
 
 fn diff(dir: Option<&Path>, repo: Option<&Path>, a: &str, b: &str) -> Result<snapfs::snapshot::DiffReport> {
-    if let (Some(d), None) = (dir, repo) {
-        let d = daemon::canonical(d);
-        if daemon::snapfs_mount_at(&d).is_some() {
-            let r = control::call(&d, &Request::Diff { a: a.into(), b: b.into() }, Duration::from_secs(3600))
-                .with_context(|| format!("asking the daemon of {}", d.display()))?;
-            return r.diff.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_default()));
-        }
+    if let Some(d) = mounted(dir, repo) {
+        let r = control::call(&d, &Request::Diff { a: a.into(), b: b.into() }, Duration::from_secs(3600))
+            .with_context(|| format!("asking the daemon of {}", d.display()))?;
+        return r.diff.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_default()));
     }
     let r = offline_repo(dir, repo)?;
     // sled may be held by a daemon: an index in memory from the packs will do
