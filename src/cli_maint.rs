@@ -127,9 +127,13 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
         r.verify.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_else(|| "verify failed".into())))?
     } else {
         let r = lock_offline(a.dir, a.repo, "verify")?;
-        let db = r.open_state()?;
+        let (db, repaired) = r.open_state_repaired()?;
         let objects = Objects::open(r.store(), Some(&db))?;
         let health = Health::open(&db)?;
+        if let Some(note) = repaired {
+            eprintln!("snapfs: {note}");
+            health.error("state", &note);
+        }
         let p = Arc::new(VerifyProgress::default());
         let opts = VerifyOptions { read_data: a.read_data, subset: a.subset, jobs };
         let report = with_progress(a.json, || Some(p.view()), || check::verify(&objects, &opts, &p))?;
@@ -147,6 +151,19 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", check::render(&report));
+    }
+    if let Ok(r) = crate::repo_for(a.dir, a.repo) {
+        let exposed = snapfs::private::exposure(&r.path);
+        for line in &exposed {
+            eprintln!("snapfs: WARNING: repository not private: {line}");
+        }
+        if !exposed.is_empty() {
+            eprintln!(
+                "snapfs: other users can read or damage these backups; make it private with `chmod -R go= {}` \
+                 (a daemon mounting it does so itself)",
+                r.path.display()
+            );
+        }
     }
     if !report.ok {
         let hint = if !report.index_problems.is_empty() && !a.rebuild_index {
@@ -242,7 +259,10 @@ fn prune_report(
         return r.prune.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_else(|| "prune failed".into())));
     }
     let r = lock_offline(dir, repo, "prune")?;
-    let db = r.open_state()?;
+    let (db, repaired) = r.open_state_repaired()?;
+    if let Some(note) = repaired {
+        eprintln!("snapfs: {note}");
+    }
     let objects = Objects::open(r.store(), Some(&db))?;
     let p = Arc::new(VerifyProgress::default());
     let opts = PruneOptions { dry_run, max_unused: max_unused.unwrap_or(PruneOptions::default().max_unused) };

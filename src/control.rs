@@ -1,16 +1,22 @@
 //! The control socket: how `snapfs status`, `umount` (and later `snapshot`)
 //! talk to a running daemon.
 //!
-//! A Unix stream socket in the abstract namespace, named after the blake3
-//! hash of the mount point's canonical path, so it needs no file (nothing to
-//! clean up after a SIGKILL, nothing inside the mount). One JSON request per
-//! line, one JSON reply per line. Only root and the daemon's own user may talk
-//! to it (checked with `SO_PEERCRED`).
+//! A Unix stream socket `snapfs-<blake3(mount point)>.sock` in the daemon
+//! user's private runtime directory (root: `/run/snapfs`, 0700), beside a
+//! lock file the daemon holds for its life, with its pid in it. Nobody else
+//! can bind that name, so nobody can squat it or answer in the daemon's
+//! place; the client still checks the peer (`SO_PEERCRED`: the directory's
+//! owner, the pid in the lock) before it believes a reply. The daemon
+//! checks the peer before it reads anything (root and its own user only),
+//! reads one bounded request line within a deadline, and serves a bounded
+//! number of connections at once. One JSON request per line, one JSON
+//! reply per line.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -173,55 +179,168 @@ impl Reply {
     }
 }
 
-/// The abstract socket name for a mount point.
+/// The name of a mount point's socket and lock in the runtime directory.
 pub fn socket_name(mountpoint: &Path) -> String {
     let h = blake3::hash(mountpoint.as_os_str().as_encoded_bytes());
     format!("snapfs-{}", &h.to_hex()[..32])
 }
 
-fn abstract_addr(name: &str) -> (libc::sockaddr_un, libc::socklen_t) {
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = name.as_bytes();
-    // sun_path[0] = 0 marks the abstract namespace.
-    for (i, b) in bytes.iter().enumerate().take(addr.sun_path.len() - 1) {
-        addr.sun_path[i + 1] = *b as libc::c_char;
+/// Where daemons run by `uid` keep their control sockets, locks and
+/// (browse) logs: a directory only `uid` can enter. Root's is
+/// `/run/snapfs`; another user's `/run/user/UID/snapfs` when their
+/// runtime directory exists, else `/tmp/snapfs-UID`. Clients and daemons
+/// derive it from the uid alone.
+pub fn runtime_dir(uid: u32) -> PathBuf {
+    if uid == 0 {
+        return PathBuf::from("/run/snapfs");
     }
-    let len = std::mem::size_of::<libc::sa_family_t>() + 1 + bytes.len().min(addr.sun_path.len() - 1);
-    (addr, len as libc::socklen_t)
+    let user = PathBuf::from(format!("/run/user/{uid}"));
+    match std::fs::symlink_metadata(&user) {
+        Ok(m) if m.is_dir() && m.uid() == uid => user.join("snapfs"),
+        _ => PathBuf::from(format!("/tmp/snapfs-{uid}")),
+    }
 }
 
-fn unix_socket() -> std::io::Result<OwnedFd> {
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
+/// `dir` is a real directory owned by `uid` that nobody else can enter:
+/// then only `uid` (and root) can have put anything in it.
+pub fn check_private_dir(dir: &Path, uid: u32) -> std::io::Result<()> {
+    let m = std::fs::symlink_metadata(dir)?;
+    if !m.is_dir() || m.uid() != uid || m.mode() & 0o077 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not a private directory of uid {uid} (a {}, owner {}, mode {:o}): refusing to use it",
+                dir.display(),
+                if m.is_dir() { "directory" } else { "non-directory" },
+                m.uid(),
+                m.mode() & 0o7777
+            ),
+        ));
     }
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(())
 }
 
-/// Bind the control socket for `mountpoint`.
-pub fn listen(mountpoint: &Path) -> std::io::Result<UnixListener> {
-    let fd = unix_socket()?;
-    let (addr, len) = abstract_addr(&socket_name(mountpoint));
-    let r = unsafe { libc::bind(fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len) };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
+/// Our runtime directory, created (0700) if missing, and checked.
+pub fn own_runtime_dir() -> std::io::Result<PathBuf> {
+    let me = euid();
+    let dir = runtime_dir(me);
+    match crate::private::create_dir(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
     }
-    if unsafe { libc::listen(fd.as_raw_fd(), 16) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(UnixListener::from(fd))
+    check_private_dir(&dir, me)?;
+    Ok(dir)
 }
 
-/// Connect to the daemon of `mountpoint`, if one is listening.
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// A daemon's control socket: the listener, and the lock (held for the
+/// daemon's life, holding its pid) that makes it the only one for its
+/// mount point.
+pub struct Listener {
+    pub listener: UnixListener,
+    _lock: std::fs::File,
+}
+
+/// Claim the control socket for `mountpoint` in our runtime directory.
+/// Another live daemon for the same mount point holds the lock:
+/// `AddrInUse`. A socket file left by a killed daemon is replaced.
+pub fn listen(mountpoint: &Path) -> std::io::Result<Listener> {
+    let dir = own_runtime_dir()?;
+    let name = socket_name(mountpoint);
+    let lock_path = dir.join(format!("{name}.lock"));
+    let mut lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(crate::private::FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&lock_path)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            std::io::Error::from(std::io::ErrorKind::AddrInUse)
+        } else {
+            e
+        });
+    }
+    lock.set_len(0)?;
+    write!(lock, "{}", std::process::id())?;
+    lock.sync_all()?;
+    let sock = dir.join(format!("{name}.sock"));
+    match std::fs::remove_file(&sock) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(&sock)?;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
+    Ok(Listener { listener, _lock: lock })
+}
+
+/// The uid whose daemon serves `mountpoint`: the user that mounted it, or
+/// ourselves when nothing is mounted there.
+fn daemon_uid(mountpoint: &Path) -> u32 {
+    crate::mounts::snapfs_mount_at(mountpoint).and_then(|m| m.fuse_user()).unwrap_or_else(euid)
+}
+
+/// Connect to the daemon of `mountpoint`, if one is listening, and make
+/// sure it is the real one: only a daemon run by root or by ourselves is
+/// trusted; its socket must sit in that user's private runtime directory,
+/// and the peer must be that user's process whose pid the socket's lock
+/// holds.
 pub fn connect(mountpoint: &Path) -> std::io::Result<UnixStream> {
-    let fd = unix_socket()?;
-    let (addr, len) = abstract_addr(&socket_name(mountpoint));
-    let r = unsafe { libc::connect(fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len) };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
+    let uid = daemon_uid(mountpoint);
+    let me = euid();
+    if uid != 0 && uid != me {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "the daemon of {} runs as uid {uid}: only root's daemons and your own are trusted",
+                mountpoint.display()
+            ),
+        ));
     }
-    Ok(UnixStream::from(fd))
+    let dir = runtime_dir(uid);
+    match check_private_dir(&dir, uid) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no daemon"))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && uid != me => return Err(denied()),
+        r => r?,
+    }
+    let name = socket_name(mountpoint);
+    let s = match UnixStream::connect(dir.join(format!("{name}.sock"))) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(denied()),
+        r => r?,
+    };
+    let cred = peer_cred(&s)?;
+    let recorded: Option<i32> =
+        std::fs::read_to_string(dir.join(format!("{name}.lock"))).ok().and_then(|p| p.trim().parse().ok());
+    if cred.uid != uid || recorded != Some(cred.pid) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "the control socket of {} is served by pid {} (uid {}), not by the daemon that holds its lock ({}): not trusted",
+                mountpoint.display(),
+                cred.pid,
+                cred.uid,
+                recorded.map(|p| p.to_string()).unwrap_or_else(|| "none".into())
+            ),
+        ));
+    }
+    Ok(s)
+}
+
+fn denied() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        "permission denied: only root and the daemon's user may control it",
+    )
 }
 
 /// Send one request and read the reply.
@@ -231,19 +350,21 @@ pub fn call(mountpoint: &Path, req: &Request, timeout: Duration) -> std::io::Res
     let mut line = serde_json::to_string(req).map_err(std::io::Error::other)?;
     line.push('\n');
     s.write_all(line.as_bytes())?;
-    let mut r = BufReader::new(s);
     let mut out = String::new();
-    r.read_line(&mut out)?;
+    // a reply is bounded too (a status listing every dirty file is the largest)
+    BufReader::new(s).take(MAX_REPLY).read_line(&mut out)?;
     if out.is_empty() {
         return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "daemon closed the control connection"));
     }
     serde_json::from_str(&out).map_err(std::io::Error::other)
 }
 
-/// The uid of the process at the other end.
-pub fn peer_uid(s: &UnixStream) -> Option<u32> {
+/// The process at the other end of a Unix socket.
+pub fn peer_cred(s: &UnixStream) -> std::io::Result<libc::ucred> {
+    // SAFETY: ucred is plain data; zeroes are a valid value.
     let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: the buffer and its length describe `cred`, which outlives the call.
     let r = unsafe {
         libc::getsockopt(
             s.as_raw_fd(),
@@ -253,10 +374,51 @@ pub fn peer_uid(s: &UnixStream) -> Option<u32> {
             &mut len,
         )
     };
-    if r == 0 {
-        Some(cred.uid)
-    } else {
-        None
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cred)
+}
+
+/// The largest request a daemon reads (forget's list of names is the
+/// longest); anything longer is refused unread.
+pub const MAX_REQUEST: u64 = 1 << 20;
+/// The largest reply a client reads.
+pub const MAX_REPLY: u64 = 1 << 30;
+/// Connections served at once; more are answered "busy" and closed.
+pub const MAX_CONNECTIONS: usize = 64;
+/// The whole request line must arrive within this.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Read one request line of at most `MAX_REQUEST` bytes, all of it within
+/// `REQUEST_DEADLINE` (a client sending a byte at a time cannot hold a
+/// connection).
+fn read_request(s: &UnixStream) -> std::io::Result<String> {
+    let deadline = std::time::Instant::now() + REQUEST_DEADLINE;
+    let mut line = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "request not sent in time"));
+        }
+        s.set_read_timeout(Some(left))?;
+        let n = match (&*s).read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no request"));
+        }
+        let end = buf[..n].iter().position(|&b| b == b'\n');
+        line.extend_from_slice(&buf[..end.unwrap_or(n)]);
+        if line.len() as u64 > MAX_REQUEST {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "request too long"));
+        }
+        if end.is_some() {
+            return String::from_utf8(line).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData));
+        }
     }
 }
 
@@ -266,40 +428,53 @@ pub fn peer_uid(s: &UnixStream) -> Option<u32> {
 /// until its reply is sent, so the daemon can wait for the reply to an
 /// `unmount` before it exits.
 pub fn serve(
-    listener: UnixListener,
+    listener: Listener,
     in_flight: std::sync::Arc<std::sync::RwLock<()>>,
     handle: impl Fn(Request) -> Reply + Send + Sync + 'static,
 ) {
-    let me = unsafe { libc::geteuid() };
+    let me = euid();
     let handle = std::sync::Arc::new(handle);
-    for conn in listener.incoming() {
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for conn in listener.listener.incoming() {
         let Ok(mut s) = conn else { continue };
+        let send = |s: &mut UnixStream, reply: &Reply| {
+            let mut out = serde_json::to_string(reply).unwrap_or_else(|_| "{\"ok\":false}".into());
+            out.push('\n');
+            let _ = s.set_write_timeout(Some(REQUEST_DEADLINE));
+            let _ = s.write_all(out.as_bytes());
+        };
+        // who it is, before reading a byte
+        if !matches!(peer_cred(&s), Ok(c) if c.uid == 0 || c.uid == me) {
+            send(&mut s, &Reply::err("permission denied: only root and the daemon's user may control it"));
+            continue;
+        }
+        if open.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= MAX_CONNECTIONS {
+            open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            send(&mut s, &Reply::err(format!("busy: {MAX_CONNECTIONS} control connections are open")));
+            continue;
+        }
         let handle = handle.clone();
         let in_flight = in_flight.clone();
+        let open2 = open.clone();
         let spawned = std::thread::Builder::new().name("control-conn".into()).spawn(move || {
-            let allowed = matches!(peer_uid(&s), Some(u) if u == 0 || u == me);
-            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut line = String::new();
-            {
-                let mut r = BufReader::new(&s);
-                if r.read_line(&mut line).is_err() {
-                    return;
+            match read_request(&s) {
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+                Err(e) => send(&mut s, &Reply::err(format!("bad request: {e}"))),
+                Ok(line) => {
+                    // held until the reply is sent (the daemon waits for the
+                    // reply to an unmount before it exits)
+                    let _busy = in_flight.read().unwrap_or_else(|e| e.into_inner());
+                    let reply = match serde_json::from_str::<Request>(&line) {
+                        Ok(req) => handle(req),
+                        Err(e) => Reply::err(format!("bad request: {e}")),
+                    };
+                    send(&mut s, &reply);
                 }
             }
-            let _busy = in_flight.read().unwrap_or_else(|e| e.into_inner());
-            let reply = if !allowed {
-                Reply::err("permission denied: only root and the daemon's user may control it")
-            } else {
-                match serde_json::from_str::<Request>(&line) {
-                    Ok(req) => handle(req),
-                    Err(e) => Reply::err(format!("bad request: {e}")),
-                }
-            };
-            let mut out = serde_json::to_string(&reply).unwrap_or_else(|_| "{\"ok\":false}".into());
-            out.push('\n');
-            let _ = s.write_all(out.as_bytes());
+            open2.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         });
         if let Err(e) = spawned {
+            open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             log::error!("control connection: {e}");
         }
     }

@@ -55,6 +55,35 @@ fn capset(data: &[CapData; 2]) -> SysResult<()> {
     Ok(())
 }
 
+thread_local! {
+    static OWN_UMASK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The daemon runs with umask 077, so that everything it creates for
+/// itself (repository, sled, logs) is private. A request that creates an
+/// inode through the mount carries a mode the kernel has already masked
+/// with the caller's umask, so the thread serving it gets a umask of its
+/// own, 0: `unshare(CLONE_FS)` detaches this thread's umask (and cwd and
+/// root, which the daemon does not use) from the other threads. Done once
+/// per thread. Should the kernel refuse, the whole process falls back to
+/// umask 0 (repository files have explicit modes; sled's sit in a 0700
+/// directory).
+pub fn caller_umask() {
+    OWN_UMASK.with(|done| {
+        if done.get() {
+            return;
+        }
+        // SAFETY: unshare(CLONE_FS) only gives this thread a private copy of
+        // its filesystem attributes; it takes no pointers.
+        if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+            log::error!("unshare(CLONE_FS) failed ({}): the daemon runs with umask 0", std::io::Error::last_os_error());
+        }
+        // SAFETY: umask cannot fail.
+        unsafe { libc::umask(0) };
+        done.set(true);
+    });
+}
+
 /// While alive, the current thread acts on the filesystem as `uid:gid`.
 pub struct AsCaller {
     switched: bool,
@@ -64,6 +93,8 @@ impl AsCaller {
     /// Switch this thread's filesystem identity. When the daemon does not run
     /// as root (or the caller is root) this does nothing.
     pub fn new(uid: u32, gid: u32) -> AsCaller {
+        caller_umask();
+        // SAFETY: geteuid has no preconditions.
         let me = unsafe { libc::geteuid() };
         if me != 0 || (uid == 0 && gid == 0) {
             return AsCaller { switched: false };

@@ -33,6 +33,8 @@ use crate::control::{self, Reply, Request, StatusReport};
 use crate::fuse::{KernelOptions, SnapFuse};
 use crate::health::Health;
 use crate::live::{self, LiveFs};
+use crate::mounts::unescape;
+pub use crate::mounts::{canonical, mounts, snapfs_mount_at, syncfs, umount, MountEntry};
 use crate::objects::{ObjKind, ObjectId};
 use crate::objstore::Objects;
 use crate::repo::{Repo, DEFAULT_BLOCK_SIZE};
@@ -57,85 +59,8 @@ pub struct MountArgs {
     pub keep: Option<maint::Policy>,
 }
 
-/// Absolute, symlink-free path; lexical when the path cannot be resolved
-/// (a dead FUSE mount answers ENOTCONN to stat).
-pub fn canonical(p: &Path) -> PathBuf {
-    match p.canonicalize() {
-        Ok(c) => c,
-        Err(_) => std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()),
-    }
-}
-
-/// One line of `/proc/self/mountinfo`.
-#[derive(Debug, Clone)]
-pub struct MountEntry {
-    pub mountpoint: PathBuf,
-    pub fstype: String,
-    pub source: String,
-}
-
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-pub fn mounts() -> Vec<MountEntry> {
-    let Ok(s) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    s.lines()
-        .filter_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let mp = pre.split(' ').nth(4)?;
-            let mut post = post.split(' ');
-            let fstype = post.next()?.to_string();
-            let source = post.next().unwrap_or("").to_string();
-            Some(MountEntry { mountpoint: PathBuf::from(unescape(mp)), fstype, source: unescape(&source) })
-        })
-        .collect()
-}
-
-/// The snapfs mount at `dir`, if any.
-pub fn snapfs_mount_at(dir: &Path) -> Option<MountEntry> {
-    mounts().into_iter().rev().find(|m| {
-        m.mountpoint == dir
-            && m.fstype.starts_with("fuse")
-            && (m.source.starts_with("snapfs:") || m.source.starts_with("snapfs-browse:"))
-    })
-}
-
 fn cpath(p: &Path) -> Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| anyhow!("path contains a NUL byte"))
-}
-
-/// Unmount `dir`; with `lazy`, detach even if busy.
-pub fn umount(dir: &Path, lazy: bool) -> std::io::Result<()> {
-    let c = CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    let flags = if lazy { libc::MNT_DETACH } else { 0 };
-    if unsafe { libc::umount2(c.as_ptr(), flags) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Flush the kernel's cached writes of the filesystem at `dir` to its daemon.
-/// Called by clients (never by the daemon, whose own mount this would be).
-pub fn syncfs(dir: &Path) {
-    if let Ok(f) = std::fs::File::open(dir) {
-        unsafe { libc::syncfs(f.as_raw_fd()) };
-    }
 }
 
 /// Tune the mount's backing-device info in sysfs: read-ahead of 1 MiB, and
@@ -169,6 +94,53 @@ pub fn mount(args: MountArgs) -> Result<()> {
     } else {
         spawn_background(&args)
     }
+}
+
+/// Refuse layouts where the mount would serve itself or hold its own
+/// repository: `/`; a mount point inside its backing directory (every
+/// worker would wait on its own mount); a backing directory inside the
+/// mount point; a repository inside the backing directory other than the
+/// hidden `.snapfs` (it would show through the mount and go into its own
+/// snapshots) or inside the mount point.
+fn check_layout(dir: &Path, backing: &Path, repo: Option<&Path>) -> Result<()> {
+    if dir == Path::new("/") || backing == Path::new("/") {
+        bail!("refusing to protect / (the daemon's own files, /proc and the repository would be beneath the mount)");
+    }
+    if dir != backing && dir.starts_with(backing) {
+        bail!(
+            "{} is inside its backing directory {}: the mount would serve itself; choose a mount point outside it",
+            dir.display(),
+            backing.display()
+        );
+    }
+    if dir != backing && backing.starts_with(dir) {
+        bail!("backing directory {} is inside the mount point {}", backing.display(), dir.display());
+    }
+    if let Some(r) = repo {
+        if r.starts_with(dir) {
+            bail!(
+                "repository {} is inside the mount point {}; use the default ({}/{}) or a place outside",
+                r.display(),
+                dir.display(),
+                dir.display(),
+                live::REPO_NAME
+            );
+        }
+        if r.starts_with(backing) && r != backing.join(live::REPO_NAME) {
+            bail!(
+                "repository {} is inside the backing directory {}: it would show through the mount and go into \
+                 its own snapshots; use the default ({}/{}) or a place outside",
+                r.display(),
+                backing.display(),
+                backing.display(),
+                live::REPO_NAME
+            );
+        }
+        if backing.starts_with(r) || dir.starts_with(r) {
+            bail!("the protected directory is inside the repository {}", r.display());
+        }
+    }
+    Ok(())
 }
 
 fn check_dir(dir: &Path) -> Result<PathBuf> {
@@ -275,7 +247,7 @@ pub fn browse(args: BrowseArgs) -> Result<()> {
             "snapfs: snapshots of {} are at {} (read-only, pid {pid}, log {})",
             args.repo.display(),
             mnt.display(),
-            browse_log(&mnt).display()
+            browse_log(&mnt)?.display()
         );
         return Ok(());
     }
@@ -289,17 +261,21 @@ pub fn browse(args: BrowseArgs) -> Result<()> {
     }
 }
 
-/// Where a background browse daemon logs (damaged objects are reported there).
-fn browse_log(mnt: &Path) -> PathBuf {
-    std::env::temp_dir().join(format!("{}.log", control::socket_name(mnt)))
+/// Where a background browse daemon logs (damaged objects are reported
+/// there): our private runtime directory, never a shared one like /tmp.
+fn browse_log(mnt: &Path) -> Result<PathBuf> {
+    let dir = control::own_runtime_dir().context("runtime directory")?;
+    Ok(dir.join(format!("{}.log", control::socket_name(mnt))))
 }
 
 fn serve_browse(args: BrowseArgs) -> Result<()> {
     let sigset = block_signals();
+    // SAFETY: umask cannot fail. Everything the daemon creates is private.
+    unsafe { libc::umask(0o077) };
     let mnt = check_dir(&args.mnt)?;
     let listener = control::listen(&mnt).map_err(|e| anyhow!("control socket: {e}"))?;
     if args.ready_fd.is_some() {
-        redirect_output_to(&browse_log(&mnt))?;
+        redirect_output_to(&browse_log(&mnt)?)?;
     }
     let repo_path = canonical(&args.repo);
     let repo = Repo::open(&repo_path)?;
@@ -913,6 +889,10 @@ fn run(args: MountArgs) -> Result<()> {
 
 fn setup_and_serve(args: MountArgs) -> Result<()> {
     let sigset = block_signals();
+    // SAFETY: umask cannot fail. Everything the daemon creates for itself
+    // is private; threads serving creates through the mount get a umask of
+    // their own (`creds::caller_umask`).
+    unsafe { libc::umask(0o077) };
     let dir = check_dir(&args.dir)?;
     // A daemon that was just unmounted may hold its socket for a moment
     // while its last threads exit: wait a little before calling it taken.
@@ -942,6 +922,7 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
         }
         None => dir.clone(),
     };
+    check_layout(&dir, &backing, args.repo.as_deref().map(canonical).as_deref())?;
     // Opened before mounting: afterwards `dir` shows the mount, and this is
     // the only way to the real files.
     let bpath = cpath(&backing)?;
@@ -967,15 +948,6 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
         }
         Some(r) => {
             let r = canonical(r);
-            if r.starts_with(&dir) {
-                bail!(
-                    "repository {} is inside the mount point {}; use the default ({}/{}) or a place outside",
-                    r.display(),
-                    dir.display(),
-                    dir.display(),
-                    live::REPO_NAME
-                );
-            }
             let repo = Repo::open(&r).map_err(|e| match e {
                 crate::repo::RepoError::NotARepo(p) => {
                     anyhow!("{}: not a snapfs repository; create it with `snapfs init {}`", p.display(), p.display())
@@ -989,17 +961,40 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
     if ready_fd_is_background(&args) {
         redirect_output_to(&repo.log_path())?;
     }
+    // A repository made by an older snapfs (or by hand) others could read
+    // or write: make it private before anything goes into it.
+    let exposed = crate::private::exposure(&repo.path);
+    if !exposed.is_empty() {
+        let n = crate::private::tighten(&repo.path).with_context(|| format!("making {repo_display} private"))?;
+        log::warn!(
+            "repository {repo_display} was not private ({}); made {n} files and directories private",
+            exposed.join("; ")
+        );
+    }
     log::info!("protecting {} (backing {}, repository {})", dir.display(), backing.display(), repo_display);
 
     let bs = repo.block_size();
-    let db = repo.open_state()?;
-    let (tracker, last) = Tracker::open(&db, bs, root_st.st_ino, &dir.display().to_string())?;
+    // A damaged state database (sled refuses it, or it holds records that
+    // do not decode) is moved aside and started anew: it holds nothing
+    // that cannot be rebuilt.
+    let (mut db, mut repaired) = repo.open_state_repaired()?;
+    let (tracker, last) = loop {
+        match Tracker::open(&db, bs, root_st.st_ino, &dir.display().to_string()) {
+            Err(e @ (crate::tracker::TrackerError::Corrupt(_) | crate::tracker::TrackerError::Db(_)))
+                if repaired.is_none() =>
+            {
+                drop(db);
+                repaired = Some(repo.quarantine_state(&e.to_string())?);
+                db = repo.open_state()?;
+            }
+            r => break r?,
+        }
+    };
     let objects = Arc::new(Objects::open(repo.store(), Some(&db))?);
     let tracker = Arc::new(tracker);
     let live_opts = live::Options { writeback: args.writeback, ..Default::default() };
     let live = Arc::new(LiveFs::new(backing_fd.as_fd(), tracker.clone(), live_opts)?);
     sys::raise_nofile_limit();
-    unsafe { libc::umask(0) };
 
     let repo_access = match &args.repo {
         // through our descriptor of the backing directory: not via the mount
@@ -1024,7 +1019,13 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
         progress: Mutex::new(None),
         maint: std::sync::RwLock::new(()),
         task: Mutex::new(None),
-        health: Health::open(&db)?,
+        health: {
+            let h = Health::open(&db)?;
+            if let Some(note) = &repaired {
+                h.error("state", note);
+            }
+            h
+        },
         scheduler: Mutex::new(schedule::Scheduler::default()),
         state: db.clone(),
         held: Mutex::new(std::collections::HashMap::new()),
@@ -1154,6 +1155,9 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
                     let t = shared.task.lock().unwrap_or_else(|e| e.into_inner()).clone();
                     Reply { progress: p.map(|p| p.get()), task: t.map(|t| t.view()), ..Reply::ok() }
                 }
+                Request::Schedule { every: Some(e), .. } if schedule::check_interval(e).is_err() => {
+                    Reply::err(schedule::check_interval(e).unwrap_err())
+                }
                 Request::Schedule { every, keep, off } => {
                     let keep_given = keep.is_some();
                     let cur = shared.scheduler.lock().unwrap_or_else(|e| e.into_inner()).schedule().cloned();
@@ -1272,11 +1276,8 @@ fn ready_fd_is_background(args: &MountArgs) -> bool {
 }
 
 fn redirect_output_to(path: &Path) -> Result<()> {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("log {}", path.display()))?;
+    let f = crate::private::open_append(path).with_context(|| format!("log {}", path.display()))?;
+    // SAFETY: dup2 onto stdout/stderr of descriptors we own.
     unsafe {
         libc::dup2(f.as_raw_fd(), 1);
         libc::dup2(f.as_raw_fd(), 2);

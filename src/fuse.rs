@@ -713,6 +713,12 @@ impl Filesystem for BrowseFuse {
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         let _ = config.add_capabilities(InitFlags::FUSE_READDIRPLUS_AUTO);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // The kernel evaluates the snapshot's ACLs (system.posix_acl_*
+        // xattrs) as on the live mount; without it an ACL-denied user
+        // could read through a browse mount.
+        if let Err(e) = config.add_capabilities(InitFlags::FUSE_POSIX_ACL) {
+            log::warn!("kernel does not offer POSIX ACLs ({e:?}): a browse mount checks mode bits only");
+        }
         Ok(())
     }
 

@@ -243,6 +243,13 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Mount { .. } | Cmd::Browse { .. }) {
+        // A reader that goes away (`snapfs list | head`) ends us quietly,
+        // as it does other Unix tools, instead of a panic in println!.
+        // Daemons keep ignoring SIGPIPE (a client may hang up early).
+        // SAFETY: resetting a signal's disposition to its default.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -519,6 +526,10 @@ fn rollback(dir: &Path, name: &str, path: &str, json: bool) -> Result<()> {
     let all = snapfs::snapshot::list(&*r.store())?;
     let target = snapfs::snapshot::find(&all, name)?.clone();
     let _hold = Hold::start(&dir, &target.id)?;
+    let objects = snapfs::objstore::Objects::open(r.store(), None)?;
+    let root = std::fs::File::open(&dir).with_context(|| dir.display().to_string())?;
+    use std::os::fd::AsFd;
+    snapfs::restore::rollback_check(&objects, &target, path, root.as_fd())?;
     // a safety snapshot of the directory as it is now
     daemon::syncfs(&dir);
     let base = format!("before-rollback-{}", snapfs::snapshot::default_name(util::unix_now()));
@@ -533,9 +544,6 @@ fn rollback(dir: &Path, name: &str, path: &str, json: bool) -> Result<()> {
     let now = reply
         .snapshot
         .ok_or_else(|| anyhow::anyhow!(reply.error.unwrap_or_else(|| "safety snapshot failed".into())))?;
-    let objects = snapfs::objstore::Objects::open(r.store(), None)?;
-    let root = std::fs::File::open(&dir).with_context(|| dir.display().to_string())?;
-    use std::os::fd::AsFd;
     let st = snapfs::restore::rollback(&objects, &target, &now, path, root.as_fd())?;
     if json {
         println!("{}", serde_json::to_string_pretty(&st)?);
@@ -712,11 +720,16 @@ fn status(dir: &Path, files: bool, repo: Option<&Path>) -> Result<StatusReport> 
         // Writes still in the kernel's page cache reach the daemon first.
         daemon::syncfs(&dir);
     }
-    if let Ok(r) = control::call(&dir, &Request::Status { files }, Duration::from_secs(30)) {
-        if let Some(s) = r.status {
-            return Ok(s);
+    match control::call(&dir, &Request::Status { files }, Duration::from_secs(30)) {
+        Ok(r) => {
+            if let Some(s) = r.status {
+                return Ok(s);
+            }
+            bail!("{}", r.error.unwrap_or_else(|| "daemon gave no status".into()));
         }
-        bail!("{}", r.error.unwrap_or_else(|| "daemon gave no status".into()));
+        // someone answers, but not a daemon we may trust
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!("{e}"),
+        Err(_) => {}
     }
     if daemon::snapfs_mount_at(&dir).is_some() {
         bail!(
@@ -734,7 +747,12 @@ fn status(dir: &Path, files: bool, repo: Option<&Path>) -> Result<StatusReport> 
         ),
         e => e.into(),
     })?;
-    let db = r.open_state()?;
+    let db = r.open_state().map_err(|e| match e {
+        e @ repo::RepoError::StateCorrupt { .. } => {
+            anyhow::anyhow!("{e}; the next mount (or `snapfs verify --repo`) moves it aside and rebuilds it")
+        }
+        e => e.into(),
+    })?;
     let (t, last, _) = Tracker::load(&db, r.block_size())
         .with_context(|| format!("reading tracking state in {}", repo_path.display()))?;
     Ok(StatusReport {

@@ -15,6 +15,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -45,6 +46,9 @@ pub enum RepoError {
     Locked { path: PathBuf, pid: Option<u32> },
     #[error("{0}: the state database is in use by another process (a running snapfs daemon?)")]
     StateInUse(PathBuf),
+    /// sled refused the database or panicked reading it.
+    #[error("state database {path} is damaged: {why}")]
+    StateCorrupt { path: PathBuf, why: String },
     #[error("state database {path}: {source}")]
     State {
         path: PathBuf,
@@ -91,7 +95,12 @@ pub fn check_block_size(bs: u64) -> Result<(), RepoError> {
 pub fn write_durably(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     {
-        let mut f = File::create(&tmp)?;
+        // a leftover of an interrupted write goes first (never followed)
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut f = crate::private::new_file().open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
     }
@@ -110,7 +119,7 @@ impl Repo {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fs::create_dir_all(path).map_err(io_err(path))?;
+                crate::private::create_dir_all(path).map_err(io_err(path))?;
             }
             Err(e) => return Err(io_err(path)(e)),
         }
@@ -124,7 +133,7 @@ impl Repo {
         let json = serde_json::to_vec_pretty(&config).expect("config serializes");
         write_durably(path, "config", &json).map_err(io_err(path))?;
         for d in ["packs", "snapshots"] {
-            fs::create_dir(path.join(d)).map_err(io_err(path))?;
+            crate::private::create_dir(&path.join(d)).map_err(io_err(path))?;
         }
         Ok(Repo { path: path.to_path_buf(), config, lock: None })
     }
@@ -156,8 +165,15 @@ impl Repo {
     /// Take the repository's exclusive lock for a daemon, recording our pid.
     pub fn lock(&mut self) -> Result<(), RepoError> {
         let p = self.path.join("lock");
-        let mut f =
-            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&p).map_err(io_err(&p))?;
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(crate::private::FILE_MODE)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&p)
+            .map_err(io_err(&p))?;
         let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if r != 0 {
             let mut s = String::new();
@@ -176,8 +192,57 @@ impl Repo {
     }
 
     /// Open the local state database (tracking state, index): sled at `state/`.
+    /// A database sled refuses (or panics on) is `StateCorrupt`.
     pub fn open_state(&self) -> Result<std::sync::Arc<crate::state::StateDb>, RepoError> {
-        crate::state::StateDb::open(&self.state_path())
+        let p = self.state_path();
+        // sled creates its files with the process umask: a private
+        // directory keeps them out of reach whatever their mode
+        match crate::private::create_dir(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io_err(&p)(e)),
+            _ => {}
+        }
+        match std::panic::catch_unwind(|| crate::state::StateDb::open(&p)) {
+            Ok(Err(RepoError::State { path, source })) if is_corruption(&source) => {
+                Err(RepoError::StateCorrupt { path, why: source.to_string() })
+            }
+            Ok(r) => r,
+            Err(panic) => Err(RepoError::StateCorrupt { path: p, why: crate::util::panic_text(&panic) }),
+        }
+    }
+
+    /// Move a damaged state database aside (`state.corrupt-<time>`, kept
+    /// for inspection) so that a new one can take its place. Everything in
+    /// it can be rebuilt: the index from the packs, and the dirty set by a
+    /// full next snapshot. Returns a line saying what happened.
+    pub fn quarantine_state(&self, why: &str) -> Result<String, RepoError> {
+        let from = self.state_path();
+        let base = format!("state.corrupt-{}", crate::util::unix_now());
+        let mut to = self.path.join(&base);
+        let mut k = 1;
+        while to.exists() {
+            to = self.path.join(format!("{base}-{k}"));
+            k += 1;
+        }
+        fs::rename(&from, &to).map_err(io_err(&from))?;
+        let note = format!(
+            "the state database was damaged ({why}); moved aside to {}, a new one made: the index is rebuilt from \
+             the packs, the dirty set is lost, so the next snapshot reads everything",
+            to.file_name().unwrap_or_default().to_string_lossy()
+        );
+        log::error!("STATE DATABASE DAMAGED: {note}");
+        Ok(note)
+    }
+
+    /// Open the state database, moving a damaged one aside and starting a
+    /// new one (see `quarantine_state`); the note says so when it did.
+    pub fn open_state_repaired(&self) -> Result<(std::sync::Arc<crate::state::StateDb>, Option<String>), RepoError> {
+        match self.open_state() {
+            Err(RepoError::StateCorrupt { why, .. }) => {
+                let note = self.quarantine_state(&why)?;
+                Ok((self.open_state()?, Some(note)))
+            }
+            r => Ok((r?, None)),
+        }
     }
 
     /// The repository's file storage.
@@ -192,6 +257,12 @@ impl Repo {
     pub fn block_size(&self) -> u64 {
         self.config.block_size
     }
+}
+
+/// Whether sled's error means the database itself is damaged (rather than
+/// the device failing or the lock being held).
+fn is_corruption(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Corruption { .. } | sled::Error::Unsupported(_) | sled::Error::ReportableBug(_))
 }
 
 /// Open a sled database. sled releases its file lock a moment after the

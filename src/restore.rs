@@ -602,6 +602,20 @@ pub struct RollbackStats {
 /// to snapshot `to`, given `now`: a snapshot of the directory as it is (the
 /// safety snapshot, taken just before). Only what differs between the two
 /// (by hashes) is touched; only differing blocks are written.
+/// Whether `sub` can be rolled back to `to`: it names something in the
+/// snapshot, and its parent is a directory of the live tree at `root`.
+/// Checked before the safety snapshot is taken, so a bad PATH leaves
+/// nothing behind.
+pub fn rollback_check(objects: &Objects, to: &SnapshotInfo, sub: &str, root: BorrowedFd<'_>) -> Result<()> {
+    if sub.split('/').any(|p| p == "..") {
+        bail!("{sub}: a path in the directory may not contain ..");
+    }
+    find_entry(objects, to, sub)?;
+    let rel = sub.trim_matches('/').as_bytes();
+    let pdir = rel.iter().rposition(|b| *b == b'/').map_or(&rel[..0], |i| &rel[..i]);
+    open_dir(root, pdir).map(drop)
+}
+
 pub fn rollback(
     objects: &Objects,
     to: &SnapshotInfo,

@@ -26,7 +26,19 @@ pub struct Schedule {
     pub keep: Policy,
 }
 
-/// `30s`, `15m`, `1h`, `1d`, `90` (seconds).
+/// The longest interval between automatic snapshots: a year and a day.
+pub const MAX_INTERVAL: u64 = 366 * 86_400;
+
+/// An interval within 1 s ..= `MAX_INTERVAL`, or why not.
+pub fn check_interval(secs: u64) -> Result<u64, String> {
+    match secs {
+        0 => Err("the interval must be at least 1 s".into()),
+        s if s > MAX_INTERVAL => Err(format!("the interval must be at most {} (366d)", interval_text(MAX_INTERVAL))),
+        s => Ok(s),
+    }
+}
+
+/// `30s`, `15m`, `1h`, `1d`, `90` (seconds), at most `MAX_INTERVAL`.
 pub fn parse_interval(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -41,10 +53,7 @@ pub fn parse_interval(s: &str) -> Result<u64, String> {
         _ => return Err(format!("{s:?}: unknown unit {unit:?} (s, m, h, d, w)")),
     };
     let v = n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too long"))?;
-    if v == 0 {
-        return Err("the interval must be at least 1 s".into());
-    }
-    Ok(v)
+    check_interval(v)
 }
 
 pub fn interval_text(secs: u64) -> String {
@@ -83,9 +92,11 @@ impl Scheduler {
     /// Set or clear the schedule; `latest` is the time of the latest
     /// snapshot in the repository.
     pub fn set(&mut self, schedule: Option<Schedule>, latest: Option<i64>, now: i64) {
+        // whatever was stored or sent, the period stays within bounds
+        let schedule = schedule.map(|s| Schedule { every: s.every.clamp(1, MAX_INTERVAL), ..s });
         self.next = schedule.as_ref().map(|s| match latest {
             // overdue (missed while down, or a longer period before): once, now
-            Some(t) if t + (s.every as i64) > now => t + s.every as i64,
+            Some(t) if t.saturating_add(s.every as i64) > now => t.saturating_add(s.every as i64),
             _ => now,
         });
         self.status.every = schedule.as_ref().map(|s| interval_text(s.every)).unwrap_or_default();
@@ -110,10 +121,10 @@ impl Scheduler {
         self.status.last_run = Some(crate::util::rfc3339(started));
         self.next = Some(match &result {
             // a run longer than the period is followed by one run, not a burst
-            Ok(_) => (started + s.every as i64).max(now),
+            Ok(_) => started.saturating_add(s.every as i64).max(now),
             Err(_) => {
                 self.status.failures += 1;
-                now + (s.every as i64).min(60)
+                now.saturating_add((s.every as i64).min(60))
             }
         });
         self.status.last_result = Some(match result {
@@ -125,14 +136,14 @@ impl Scheduler {
 
     fn update_next(&mut self, now: i64) {
         self.status.next_run = self.next.map(crate::util::rfc3339);
-        self.status.next_run_in_sec = self.next.map(|n| (n - now).max(0));
+        self.status.next_run_in_sec = self.next.map(|n| n.saturating_sub(now).max(0));
     }
 
     /// The status as of `now`.
     pub fn status_at(&self, now: i64) -> Option<ScheduleStatus> {
         self.schedule.as_ref()?;
         let mut s = self.status.clone();
-        s.next_run_in_sec = self.next.map(|n| (n - now).max(0));
+        s.next_run_in_sec = self.next.map(|n| n.saturating_sub(now).max(0));
         Some(s)
     }
 }
@@ -227,6 +238,28 @@ mod tests {
         s.ran(t0 + 61, t0 + 62, Ok("auto-x".into()));
         assert!(!s.due(t0 + 61 + 3599));
         assert!(s.due(t0 + 61 + 3600));
+    }
+
+    #[test]
+    fn huge_intervals_are_bounded() {
+        // `schedule --every 9223372036854775807s` once wrapped round and
+        // snapshotted continuously
+        assert!(parse_interval("9223372036854775807s").is_err());
+        assert!(parse_interval("367d").is_err());
+        assert_eq!(parse_interval("366d"), Ok(MAX_INTERVAL));
+        assert!(check_interval(u64::MAX).is_err());
+        let t0 = 1_000_000;
+        for latest in [None, Some(t0), Some(i64::MAX - 5), Some(i64::MIN)] {
+            let mut s = Scheduler::default();
+            // a stored or sent value beyond the bound is clamped, never wraps
+            s.set(every(u64::MAX), latest, t0);
+            let runs = simulate(&mut s, t0, t0 + 100, 1);
+            assert!(runs.len() <= 1, "{latest:?}: {runs:?}");
+            s.ran(t0, t0 + 1, Ok("x".into()));
+            assert!(!s.due(t0 + 100));
+            s.ran(i64::MAX - 1, i64::MAX, Err("x".into()));
+            assert!(s.status_at(t0).is_some());
+        }
     }
 
     #[test]

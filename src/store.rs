@@ -7,7 +7,7 @@
 //! no-op; nothing relies on rename or on the order of `list`; no lock is
 //! needed for correctness. Only prune (not built yet) deletes.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -114,7 +114,7 @@ impl LocalStore {
 
     /// Create one directory of the repository (its parent must exist).
     fn make_dir(&self, dir: &Path) -> StoreResult<()> {
-        match fs::create_dir(dir) {
+        match crate::private::create_dir(dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.root.exists() => {
@@ -151,7 +151,7 @@ impl Store for LocalStore {
         }
         let tmp = dir.join(format!(".{name}.{}.tmp", crate::util::random_id()));
         let r = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            let mut f = crate::private::new_file().open(&tmp)?;
             f.write_all(data)?;
             f.sync_all()?;
             drop(f);

@@ -377,3 +377,36 @@ impl Drop for BrowseGuard {
         }
     }
 }
+
+/// The unprivileged second user the security tests act as (`tests`, which
+/// scripts/install-test-deps creates; made here if missing): (uid, gid).
+pub fn other_user() -> (u32, u32) {
+    let lookup = || {
+        let name = CString::new("tests").unwrap();
+        // SAFETY: a valid NUL-terminated name; the result is read at once.
+        let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+        // SAFETY: non-null getpwnam results point to a valid passwd.
+        (!pw.is_null()).then(|| unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+    };
+    if let Some(ids) = lookup() {
+        return ids;
+    }
+    let _ = Command::new("useradd").args(["-M", "-U", "-s", "/usr/sbin/nologin", "tests"]).status();
+    lookup().expect("a user named tests (useradd failed)")
+}
+
+/// Make `cmd` run as the second user.
+pub fn as_other(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    let (uid, gid) = other_user();
+    cmd.uid(uid).gid(gid).env_remove("HOME")
+}
+
+/// A temporary directory others can traverse (as /backup or /home would be),
+/// so that what keeps a second user out is the project's own modes.
+pub fn open_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    t
+}
