@@ -154,7 +154,7 @@ fn view_lseek(view: &View, ino: u64, offset: i64, whence: i32, reply: ReplyLseek
 }
 
 fn ctx(req: &Request) -> Ctx {
-    Ctx { uid: req.uid(), gid: req.gid(), pid: req.pid(), unique: req.unique().0 }
+    Ctx { uid: req.uid(), gid: req.gid(), pid: req.pid() }
 }
 
 fn time(t: Option<TimeOrNow>) -> Option<TimeSpec> {
@@ -430,7 +430,7 @@ impl Filesystem for SnapFuse {
             return reply.error(EROFS);
         }
         let kill = _write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        match self.live.write(fh.0, offset, data, kill, _req.unique().0) {
+        match self.live.write(fh.0, offset, data, kill) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e.into()),
         }

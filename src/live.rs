@@ -61,14 +61,11 @@ pub struct Ctx {
     pub uid: u32,
     pub gid: u32,
     pub pid: u32,
-    /// The kernel's request id (they increase in the order it sends them;
-    /// 0: not from the kernel).
-    pub unique: u64,
 }
 
 impl Ctx {
     pub fn root() -> Ctx {
-        Ctx { uid: 0, gid: 0, pid: 0, unique: 0 }
+        Ctx { uid: 0, gid: 0, pid: 0 }
     }
 }
 
@@ -112,12 +109,19 @@ pub struct Inode {
     /// most recent last. Every name change goes through us, so removed
     /// names are dropped here and the rest stay true.
     links: Mutex<Vec<(u64, OsString)>>,
-    /// The last times set by a request from the kernel: (its request id,
-    /// atime and mtime). With the writeback cache the kernel keeps mtime
-    /// itself and sends it after the data, but a multi-threaded daemon may
-    /// finish an earlier WRITE after that SETATTR: the write then puts the
-    /// kernel's times back (see [`LiveFs::write`]).
-    times: Mutex<Option<(u64, [libc::timespec; 2])>>,
+    /// A regular file's mtime as the kernel has it. With the writeback
+    /// cache the kernel keeps mtime itself: it takes ours once, when it
+    /// first learns the inode (the stat this starts as), and from then on
+    /// changes it on its own and sends it in a SETATTR (which updates this)
+    /// when it writes the inode back, before or after the data. So every
+    /// change we make to the file's data puts this back afterwards: the
+    /// backing mtime is always the kernel's (see "Times with the writeback
+    /// cache" in doc/DESIGN.md). Held while the backing mtime is set.
+    kmtime: Mutex<libc::timespec>,
+}
+
+fn mtime_of(st: &Stat) -> libc::timespec {
+    libc::timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec }
 }
 
 impl Inode {
@@ -346,7 +350,7 @@ impl LiveFs {
             nlookup: AtomicU64::new(1 << 40),
             no_caps: AtomicBool::new(false),
             links: Mutex::new(Vec::new()),
-            times: Mutex::new(None),
+            kmtime: Mutex::new(mtime_of(&st)),
         };
         let mut t = Table::default();
         t.by_key.insert((st.st_dev, st.st_ino), ROOT);
@@ -531,7 +535,7 @@ impl LiveFs {
             nlookup: AtomicU64::new(1),
             no_caps: AtomicBool::new(false),
             links: Mutex::new(vec![(parent_ino, name.to_os_string())]),
-            times: Mutex::new(None),
+            kmtime: Mutex::new(mtime_of(st)),
         };
         t.by_key.insert(key, node);
         t.by_node.insert(node, Arc::new(inode));
@@ -689,7 +693,9 @@ impl LiveFs {
         }
         if a.atime.is_some() || a.mtime.is_some() {
             let times = [timespec(a.atime), timespec(a.mtime)];
-            let mut last = i.times.lock().unwrap_or_else(|e| e.into_inner());
+            let mut k = i.kmtime.lock().unwrap_or_else(|e| e.into_inner());
+            // SAFETY: a valid descriptor, an empty name with AT_EMPTY_PATH,
+            // and two timespecs.
             cvt(unsafe {
                 libc::utimensat(
                     self.fd(&i)?.as_raw_fd(),
@@ -698,8 +704,17 @@ impl LiveFs {
                     libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
                 )
             })?;
-            if ctx.unique != 0 && matches!(a.mtime, Some(TimeSpec::At(_))) {
-                *last = Some((ctx.unique, times));
+            match a.mtime {
+                Some(TimeSpec::At(_)) => *k = times[1],
+                Some(TimeSpec::Now) => *k = mtime_of(&sys::fstat(self.fd(&i)?.as_fd())?),
+                None => {}
+            }
+        } else if a.size.is_some() {
+            // a truncate the kernel sent without its time
+            if let Some(h) = &handle {
+                self.keep_kernel_mtime(&i, h.fd.as_fd());
+            } else if let Ok(fd) = sys::reopen(self.fd(&i)?.as_fd(), libc::O_WRONLY) {
+                self.keep_kernel_mtime(&i, fd.as_fd());
             }
         }
         self.getattr(nodeid, a.fh)
@@ -943,6 +958,9 @@ impl LiveFs {
             let _kill = WithoutFsetid::new(trunc && ctx.uid != 0);
             sys::reopen(self.fd(&i)?.as_fd(), f)?
         };
+        if trunc {
+            self.keep_kernel_mtime(&i, fd.as_fd());
+        }
         Ok(OpenReply { fh: self.add_file(fd, i.ino, nodeid, f), direct_io: direct, keep_cache: !direct })
     }
 
@@ -996,9 +1014,8 @@ impl LiveFs {
 
     /// Write `data` at `off`. `kill_suidgid`: the writer lacks `CAP_FSETID`,
     /// so setuid/setgid bits must go (the backing filesystem does it).
-    /// Write `data` at `off` through handle `fh`; `unique` is the kernel's
-    /// request id (0: none).
-    pub fn write(&self, fh: u64, off: u64, data: &[u8], kill_suidgid: bool, unique: u64) -> SysResult<u32> {
+    /// Write `data` at `off` through handle `fh`.
+    pub fn write(&self, fh: u64, off: u64, data: &[u8], kill_suidgid: bool) -> SysResult<u32> {
         let _writers = self.writer();
         let h = self.file(fh)?;
         let st = sys::fstat(h.fd.as_fd())?;
@@ -1018,17 +1035,7 @@ impl LiveFs {
                 Err(_) => break,
             }
         }
-        // The kernel set the times after sending this write: they win.
-        if unique != 0 {
-            if let Ok(i) = self.inode(h.node) {
-                let last = i.times.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some((u, times)) = *last {
-                    if u > unique {
-                        let _ = cvt(unsafe { libc::futimens(h.fd.as_raw_fd(), times.as_ptr()) });
-                    }
-                }
-            }
-        }
+        self.keep_kernel_mtime_of(h.node, h.fd.as_fd());
         Ok(done as u32)
     }
 
@@ -1271,10 +1278,33 @@ impl LiveFs {
             }
         }
         cvt(unsafe { libc::fallocate(h.fd.as_raw_fd(), mode, off as i64, len as i64) })?;
+        self.keep_kernel_mtime_of(h.node, h.fd.as_fd());
         if let Ok(st) = sys::fstat(h.fd.as_fd()) {
             self.tracker.observe_size(h.ino, st.st_size as u64);
         }
         Ok(())
+    }
+
+    /// After a change to a regular file's data: with the writeback cache,
+    /// put the kernel's mtime back on the backing file (our write moved it
+    /// to the time the data reached us; the kernel shows, and later sends,
+    /// its own). `fd` is open for writing.
+    fn keep_kernel_mtime(&self, i: &Inode, fd: BorrowedFd<'_>) {
+        if !self.opts.writeback || i.mode & libc::S_IFMT != libc::S_IFREG {
+            return;
+        }
+        let k = i.kmtime.lock().unwrap_or_else(|e| e.into_inner());
+        let times = [libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT }, *k];
+        // SAFETY: a valid descriptor and two timespecs.
+        if let Err(e) = cvt(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) }) {
+            log::warn!("inode {}: cannot keep the kernel's mtime: {e}", i.ino);
+        }
+    }
+
+    fn keep_kernel_mtime_of(&self, node: u64, fd: BorrowedFd<'_>) {
+        if let Ok(i) = self.inode(node) {
+            self.keep_kernel_mtime(&i, fd);
+        }
     }
 
     pub fn lseek(&self, fh: u64, off: i64, whence: i32) -> SysResult<i64> {
@@ -1309,6 +1339,7 @@ impl LiveFs {
         let r = cvt(unsafe {
             libc::copy_file_range(hi.fd.as_raw_fd(), &mut oi, ho.fd.as_raw_fd(), &mut oo, len as usize, flags)
         })?;
+        self.keep_kernel_mtime_of(ho.node, ho.fd.as_fd());
         if let Ok(st) = sys::fstat(ho.fd.as_fd()) {
             self.tracker.observe_size(ho.ino, st.st_size as u64);
         }

@@ -71,14 +71,18 @@ fn data(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| seed.wrapping_add((i / 4096) as u8).wrapping_mul(31).wrapping_add(1)).collect()
 }
 
-/// Every regular file of a snapshot with its content.
-fn read_back(repo: &Path, id: &str) -> BTreeMap<String, Vec<u8>> {
+/// mtimes (seconds, nanoseconds) of regular files.
+type Times = BTreeMap<String, (i64, i64)>;
+
+/// Every regular file of a snapshot with its content, and their mtimes.
+fn read_back(repo: &Path, id: &str) -> (BTreeMap<String, Vec<u8>>, Times) {
     let store: Arc<dyn Store> = Arc::new(LocalStore::new(repo));
     let objects = Objects::open(store.clone(), None).unwrap();
     let all = snapshot::list(&*store).unwrap();
     let s = snapshot::find(&all, id).unwrap();
     let root = snapshot::root_entry(&objects, s.root_tree().unwrap()).unwrap();
     let mut out = BTreeMap::new();
+    let mut times = Times::new();
     let mut stack = vec![(root.content, String::new())];
     while let Some((tree, rel)) = stack.pop() {
         for e in objects.tree(&tree).unwrap().entries {
@@ -87,13 +91,31 @@ fn read_back(repo: &Path, id: &str) -> BTreeMap<String, Vec<u8>> {
             match e.kind {
                 EntryKind::Dir => stack.push((e.content, r)),
                 EntryKind::File => {
+                    times.insert(r.clone(), (e.mtime.sec, e.mtime.nsec as i64));
                     out.insert(r, snapshot::read_file(&objects, &e, BS).unwrap());
                 }
                 _ => {}
             }
         }
     }
-    out
+    (out, times)
+}
+
+/// What `stat` shows of the files of `files` under `dir`.
+fn live_times(dir: &Path, files: &Files) -> Times {
+    use std::os::unix::fs::MetadataExt;
+    files
+        .keys()
+        .map(|k| {
+            let m = fs::metadata(dir.join(k)).unwrap();
+            (k.clone(), (m.mtime(), m.mtime_nsec()))
+        })
+        .collect()
+}
+
+fn assert_times(want: &Times, got: &Times, what: &str) {
+    let bad: Vec<_> = want.iter().filter(|(k, v)| got.get(*k) != Some(v)).map(|(k, v)| (k, v, got.get(k))).collect();
+    assert!(bad.is_empty(), "{what}: mtimes differ from what stat showed: {bad:?}");
 }
 
 fn run(ops: &[Op]) {
@@ -124,7 +146,7 @@ fn run(ops: &[Op]) {
     let mut model = Model::default();
     let mut snaps = 0;
     // (snapshot name, the model at that point) for the restores at the end
-    let taken: std::cell::RefCell<Vec<(String, Files)>> = Default::default();
+    let taken: std::cell::RefCell<Vec<(String, Files, Times)>> = Default::default();
     let check = |model: &Model, full: bool, snaps: &mut usize| {
         if *snaps > 0 {
             // the dirty set explains every change since the last snapshot,
@@ -145,13 +167,23 @@ fn run(ops: &[Op]) {
         let out = snapfs(&args);
         assert!(out.status.success(), "snapshot: {}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let mut got = read_back(&raw.join(".snapfs"), v["id"].as_str().unwrap());
+        let (mut got, got_times) = read_back(&raw.join(".snapfs"), v["id"].as_str().unwrap());
         if let Some(busy) = got.remove("d1/busy") {
             // empty (not yet written) or one counter value
             assert!(busy.is_empty() || busy.len() == 8, "busy file of {} bytes in snapshot {snaps}", busy.len());
         }
         let want = model.view();
-        taken.borrow_mut().push((v["name"].as_str().unwrap().to_string(), want.clone()));
+        // the snapshot's mtimes are what stat shows through the mount at its
+        // instant (nothing but the busy writer writes until the next op)
+        let want_times = live_times(&mnt, &want);
+        assert_times(&want_times, &got_times, &format!("snapshot {snaps}"));
+        let name = v["name"].as_str().unwrap().to_string();
+        assert_times(
+            &want_times,
+            &live_times(&mnt.join(".snapshots").join(&name), &want),
+            &format!(".snapshots/{name}"),
+        );
+        taken.borrow_mut().push((name, want.clone(), want_times));
         if got != want {
             let short = |m: &BTreeMap<String, Vec<u8>>| -> Vec<(String, usize)> {
                 m.iter().map(|(k, v)| (k.clone(), v.len())).collect()
@@ -232,7 +264,7 @@ fn run(ops: &[Op]) {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(writer.join().unwrap() > 0);
     // every snapshot, restored and copied out of .snapshots, equals the model
-    for (k, (name, want)) in taken.borrow().iter().enumerate() {
+    for (k, (name, want, want_times)) in taken.borrow().iter().enumerate() {
         let target = t.path().join(format!("restore{k}"));
         let out = snapfs(&["restore", "-j", "2", mnt.to_str().unwrap(), name, target.to_str().unwrap()]);
         assert!(out.status.success(), "restore {name}: {}", String::from_utf8_lossy(&out.stderr));
@@ -245,6 +277,7 @@ fn run(ops: &[Op]) {
             .unwrap();
         assert!(st.success());
         for (what, dir) in [("restore", &target), ("cp -a", &copy)] {
+            assert_times(want_times, &live_times(dir, want), &format!("{what} of snapshot {name}"));
             let mut got = files_of(dir);
             got.remove("d1/busy");
             if &got != want {
@@ -255,6 +288,15 @@ fn run(ops: &[Op]) {
         }
     }
     m.umount();
+    // and a browse mount of the repository shows the same
+    let b = t.path().join("browse");
+    fs::create_dir(&b).unwrap();
+    let out = snapfs(&["browse", "--repo", raw.join(".snapfs").to_str().unwrap(), b.to_str().unwrap()]);
+    assert!(out.status.success(), "browse: {}", String::from_utf8_lossy(&out.stderr));
+    let _g = BrowseGuard(b.clone());
+    for (name, want, want_times) in taken.borrow().iter() {
+        assert_times(want_times, &live_times(&b.join(name), want), &format!("browse of snapshot {name}"));
+    }
 }
 
 /// Every regular file under `dir` with its content.
