@@ -30,6 +30,7 @@ pub mod pack;
 pub mod private;
 pub mod repo;
 pub mod restore;
+pub mod s3;
 pub mod scan;
 pub mod schedule;
 pub mod snapshot;

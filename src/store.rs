@@ -41,6 +41,9 @@ pub enum StoreError {
     Short { path: PathBuf, got: usize, want: usize },
     #[error("the repository at {0} is unreachable: its directory is gone (device not mounted?)")]
     Gone(PathBuf),
+    /// An object store failed or refused (after retries where retrying helps).
+    #[error("{location}: {msg}")]
+    Remote { location: String, msg: String },
 }
 
 impl StoreError {

@@ -410,3 +410,27 @@ pub fn open_tempdir() -> tempfile::TempDir {
     std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     t
 }
+
+/// A fresh repository URL in the test cluster's bucket (a prefix of its
+/// own per call). The cluster is started by scripts/test (or by hand:
+/// `scripts/garage run cargo nextest run ...`).
+pub fn s3_url(what: &str) -> String {
+    let base = std::env::var("SNAPFS_TEST_S3").unwrap_or_else(|_| {
+        panic!("S3 tests need the Garage cluster: run scripts/test, or `scripts/garage run cargo nextest run ...`")
+    });
+    format!("{base}/{what}-{}", snapfs::util::random_id())
+}
+
+/// The same repository through each node of the cluster.
+pub fn s3_nodes(url: &str) -> Vec<String> {
+    let base = std::env::var("SNAPFS_TEST_S3").unwrap();
+    let rest = url.strip_prefix(&base).unwrap();
+    std::env::var("SNAPFS_TEST_S3_NODES").unwrap().split_whitespace().map(|n| format!("{n}{rest}")).collect()
+}
+
+/// `scripts/garage ARGS` (fault injection on the test cluster).
+pub fn garage(args: &[&str]) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/garage");
+    let st = Command::new(script).args(args).status().unwrap();
+    assert!(st.success(), "scripts/garage {args:?} failed");
+}
