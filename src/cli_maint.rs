@@ -84,7 +84,7 @@ fn with_progress<T>(quiet: bool, get: impl Fn() -> Option<ProgressView> + Send, 
 }
 
 /// Open an unmounted repository for exclusive maintenance.
-fn lock_offline(dir: Option<&Path>, repo: Option<&Path>, what: &str) -> Result<Repo> {
+fn lock_offline(dir: Option<&Path>, repo: Option<&str>, what: &str) -> Result<Repo> {
     let mut r = crate::offline_repo(dir, repo)?;
     match r.lock() {
         Ok(()) => Ok(r),
@@ -101,7 +101,7 @@ fn lock_offline(dir: Option<&Path>, repo: Option<&Path>, what: &str) -> Result<R
 
 pub struct VerifyArgs<'a> {
     pub dir: Option<&'a Path>,
-    pub repo: Option<&'a Path>,
+    pub repo: Option<&'a str>,
     pub read_data: bool,
     pub subset: Option<f64>,
     pub rebuild_index: bool,
@@ -200,7 +200,7 @@ pub fn verify_live(dir: &Path, json: bool) -> Result<()> {
 
 pub struct ForgetArgs<'a> {
     pub dir: Option<&'a Path>,
-    pub repo: Option<&'a Path>,
+    pub repo: Option<&'a str>,
     pub names: Vec<String>,
     pub policy: Policy,
     pub dry_run: bool,
@@ -246,7 +246,7 @@ pub fn forget(a: ForgetArgs) -> Result<()> {
 
 fn prune_report(
     dir: Option<&Path>,
-    repo: Option<&Path>,
+    repo: Option<&str>,
     dry_run: bool,
     max_unused: Option<f64>,
     quiet: bool,
@@ -292,13 +292,7 @@ fn print_prune(p: &PruneReport) {
     );
 }
 
-pub fn prune(
-    dir: Option<&Path>,
-    repo: Option<&Path>,
-    dry_run: bool,
-    max_unused: Option<f64>,
-    json: bool,
-) -> Result<()> {
+pub fn prune(dir: Option<&Path>, repo: Option<&str>, dry_run: bool, max_unused: Option<f64>, json: bool) -> Result<()> {
     let p = prune_report(dir, repo, dry_run, max_unused, json)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&p)?);

@@ -47,7 +47,11 @@ use crate::{check, maint, scan, schedule, sys, util};
 pub struct MountArgs {
     pub dir: PathBuf,
     pub backing: Option<PathBuf>,
-    pub repo: Option<PathBuf>,
+    /// A local path or an `s3:` URL.
+    pub repo: Option<String>,
+    /// Where the local state of a repository elsewhere goes (default: the
+    /// backing directory's hidden `.snapfs/cache`).
+    pub cache: Option<PathBuf>,
     pub foreground: bool,
     pub threads: usize,
     pub writeback: bool,
@@ -162,7 +166,10 @@ fn spawn_background(args: &MountArgs) -> Result<()> {
         a.extend(["--backing".into(), canonical(b).into_os_string()]);
     }
     if let Some(r) = &args.repo {
-        a.extend(["--repo".into(), canonical(r).into_os_string()]);
+        a.extend(["--repo".into(), crate::repo::Location::parse_canonical(r)?.to_string().into()]);
+    }
+    if let Some(c) = &args.cache {
+        a.extend(["--cache".into(), canonical(c).into_os_string()]);
     }
     a.extend([
         "--threads".into(),
@@ -226,7 +233,8 @@ fn spawn_daemon(args: Vec<std::ffi::OsString>, dir: &Path) -> Result<u32> {
 
 #[derive(Debug, Clone)]
 pub struct BrowseArgs {
-    pub repo: PathBuf,
+    /// A local path or an `s3:` URL.
+    pub repo: String,
     pub mnt: PathBuf,
     pub snapshot: Option<String>,
     pub foreground: bool,
@@ -238,14 +246,15 @@ pub struct BrowseArgs {
 pub fn browse(args: BrowseArgs) -> Result<()> {
     if !args.foreground {
         let mnt = check_dir(&args.mnt)?;
-        let mut a: Vec<std::ffi::OsString> = vec!["browse".into(), "--repo".into(), canonical(&args.repo).into()];
+        let loc = crate::repo::Location::parse_canonical(&args.repo)?;
+        let mut a: Vec<std::ffi::OsString> = vec!["browse".into(), "--repo".into(), loc.to_string().into()];
         if let Some(s) = &args.snapshot {
             a.extend(["--snapshot".into(), s.into()]);
         }
         let pid = spawn_daemon(a, &mnt)?;
         println!(
             "snapfs: snapshots of {} are at {} (read-only, pid {pid}, log {})",
-            args.repo.display(),
+            loc,
             mnt.display(),
             browse_log(&mnt)?.display()
         );
@@ -277,12 +286,12 @@ fn serve_browse(args: BrowseArgs) -> Result<()> {
     if args.ready_fd.is_some() {
         redirect_output_to(&browse_log(&mnt)?)?;
     }
-    let repo_path = canonical(&args.repo);
-    let repo = Repo::open(&repo_path)?;
+    let repo = Repo::open_at(&crate::repo::Location::parse_canonical(&args.repo)?, None)?;
+    let repo_path = repo.location.to_string();
     let objects = Arc::new(Objects::open(repo.store(), None)?);
     let all = snapshot::list(&**objects.store())?;
     if all.is_empty() {
-        log::warn!("{} has no snapshots yet", repo_path.display());
+        log::warn!("{repo_path} has no snapshots yet");
     }
     let view = Arc::new(crate::view::View::new(objects, repo.block_size(), args.snapshot.clone()));
     let root = match &args.snapshot {
@@ -294,7 +303,7 @@ fn serve_browse(args: BrowseArgs) -> Result<()> {
     };
     let mut config = fuser::Config::default();
     config.mount_options = vec![
-        fuser::MountOption::FSName(format!("snapfs-browse:{}", repo_path.display())),
+        fuser::MountOption::FSName(format!("snapfs-browse:{repo_path}")),
         fuser::MountOption::Subtype("snapfs".into()),
         fuser::MountOption::DefaultPermissions,
         fuser::MountOption::RO,
@@ -317,7 +326,7 @@ fn serve_browse(args: BrowseArgs) -> Result<()> {
                     status: Some(StatusReport {
                         mounted: true,
                         mountpoint: mnt.display().to_string(),
-                        repository: repo_path.display().to_string(),
+                        repository: repo_path.clone(),
                         pid: Some(std::process::id()),
                         last_session: "browse".into(),
                         ..Default::default()
@@ -458,7 +467,7 @@ impl Shared {
 
     /// The repository answers and is the one we mounted with.
     fn check_repository(&self) -> Result<()> {
-        match crate::repo::Repo::open(Path::new(&self.repo_access)) {
+        match crate::repo::Location::parse(&self.repo_access).and_then(|l| Repo::open_at(&l, None)) {
             Ok(r) if r.config.id == self.repo_id => Ok(()),
             Ok(_) => anyhow::bail!(
                 "the repository at {} is not the one this mount started with (another repository mounted there?)",
@@ -922,7 +931,15 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
         }
         None => dir.clone(),
     };
-    check_layout(&dir, &backing, args.repo.as_deref().map(canonical).as_deref())?;
+    let location = args.repo.as_deref().map(crate::repo::Location::parse_canonical).transpose()?;
+    let local_repo = match &location {
+        Some(crate::repo::Location::Local(p)) => Some(p.clone()),
+        _ => None,
+    };
+    check_layout(&dir, &backing, local_repo.as_deref())?;
+    if let Some(c) = &args.cache {
+        check_layout(&dir, &backing, Some(&canonical(c)))?;
+    }
     // Opened before mounting: afterwards `dir` shows the mount, and this is
     // the only way to the real files.
     let bpath = cpath(&backing)?;
@@ -933,7 +950,7 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
     let backing_fd = unsafe { OwnedFd::from_raw_fd(braw) };
     let root_st = sys::fstat(backing_fd.as_fd()).map_err(|e| anyhow!("{}: {e}", backing.display()))?;
 
-    let (mut repo, repo_display) = match &args.repo {
+    let (mut repo, repo_display) = match location {
         None => {
             let p = PathBuf::from(format!("/proc/self/fd/{}/{}", backing_fd.as_raw_fd(), live::REPO_NAME));
             let shown = backing.join(live::REPO_NAME).display().to_string();
@@ -946,15 +963,31 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
             };
             (repo, shown)
         }
-        Some(r) => {
-            let r = canonical(r);
-            let repo = Repo::open(&r).map_err(|e| match e {
+        Some(loc) => {
+            // a repository elsewhere keeps its local state in a cache: by
+            // default the backing directory's hidden .snapfs
+            let cache = match &args.cache {
+                Some(c) => canonical(c),
+                None => {
+                    let hidden = PathBuf::from(format!("/proc/self/fd/{}/{}", backing_fd.as_raw_fd(), live::REPO_NAME));
+                    if !loc.is_local() {
+                        match crate::private::create_dir(&hidden) {
+                            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                                bail!("{}/{}: {e}", backing.display(), live::REPO_NAME)
+                            }
+                            _ => {}
+                        }
+                    }
+                    hidden.join("cache")
+                }
+            };
+            let repo = Repo::open_at(&loc, Some(&cache)).map_err(|e| match e {
                 crate::repo::RepoError::NotARepo(p) => {
                     anyhow!("{}: not a snapfs repository; create it with `snapfs init {}`", p.display(), p.display())
                 }
                 e => e.into(),
             })?;
-            (repo, r.display().to_string())
+            (repo, loc.to_string())
         }
     };
     repo.lock()?;

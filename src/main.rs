@@ -30,16 +30,21 @@ enum Cmd {
         /// Block size, fixed for the repository's life (e.g. 64K, 1M).
         #[arg(long, default_value = "64K")]
         block_size: String,
-        repo: PathBuf,
+        repo: String,
     },
     /// Protect DIR: mount snapfs over it (in place) or show --backing RAW at DIR.
     Mount {
         /// Show this directory at DIR instead of protecting DIR in place.
         #[arg(long, value_name = "RAW")]
         backing: Option<PathBuf>,
-        /// Repository to use (default: DIR/.snapfs inside the backing directory).
+        /// Repository to use: a path, or s3:https://HOST[:PORT]/BUCKET[/PREFIX]
+        /// (default: DIR/.snapfs inside the backing directory).
         #[arg(long)]
-        repo: Option<PathBuf>,
+        repo: Option<String>,
+        /// Where the local state of a repository elsewhere goes (default: the
+        /// backing directory's hidden .snapfs/cache).
+        #[arg(long, value_name = "DIR")]
+        cache: Option<PathBuf>,
         /// Stay attached to the terminal (for systemd).
         #[arg(long)]
         foreground: bool,
@@ -100,7 +105,7 @@ enum Cmd {
     /// List the snapshots of a directory or a repository.
     List {
         #[arg(long)]
-        repo: Option<PathBuf>,
+        repo: Option<String>,
         #[arg(long)]
         json: bool,
         dir: Option<PathBuf>,
@@ -108,7 +113,7 @@ enum Cmd {
     /// What changed between two snapshots (names or ids).
     Diff {
         #[arg(long)]
-        repo: Option<PathBuf>,
+        repo: Option<String>,
         #[arg(long)]
         json: bool,
         /// DIR A B, or with --repo just A B.
@@ -118,7 +123,7 @@ enum Cmd {
     /// Mount a repository's snapshots read-only (no live daemon needed).
     Browse {
         #[arg(long)]
-        repo: PathBuf,
+        repo: String,
         /// Show just this snapshot at MNT.
         #[arg(long)]
         snapshot: Option<String>,
@@ -131,7 +136,7 @@ enum Cmd {
     /// Restore a snapshot (or SNAPSHOT:PATH) into TARGET with parallel workers.
     Restore {
         #[arg(long)]
-        repo: Option<PathBuf>,
+        repo: Option<String>,
         /// Workers (default: the number of cores).
         #[arg(short = 'j', long)]
         jobs: Option<usize>,
@@ -158,7 +163,7 @@ enum Cmd {
     /// any damage, naming the damaged objects and the paths that need them.
     Verify {
         #[arg(long)]
-        repo: Option<std::path::PathBuf>,
+        repo: Option<String>,
         /// Read and re-hash stored data (all packs, or --subset of them).
         #[arg(long)]
         read_data: bool,
@@ -183,7 +188,7 @@ enum Cmd {
     /// Their space comes back with `prune` (or --prune).
     Forget {
         #[arg(long)]
-        repo: Option<PathBuf>,
+        repo: Option<String>,
         /// Keep the newest N snapshots.
         #[arg(long, value_name = "N", default_value_t = 0)]
         keep_last: u32,
@@ -213,7 +218,7 @@ enum Cmd {
     /// Reclaim the space of objects no snapshot references.
     Prune {
         #[arg(long)]
-        repo: Option<PathBuf>,
+        repo: Option<String>,
         /// Show what would be done; change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -233,7 +238,7 @@ enum Cmd {
         files: bool,
         /// Repository, when DIR is not mounted and the repository is not DIR/.snapfs.
         #[arg(long)]
-        repo: Option<PathBuf>,
+        repo: Option<String>,
         dir: PathBuf,
     },
 }
@@ -263,21 +268,29 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Init { block_size, repo } => {
             let bs = util::parse_size(&block_size).with_context(|| format!("cannot read block size {block_size:?}"))?;
-            let r = Repo::init(&repo, bs)?;
-            println!(
-                "created repository {} (id {}, block size {})",
-                repo.display(),
-                r.config.id,
-                util::human_bytes(bs)
-            );
+            let r = Repo::init_at(&repo::Location::parse(&repo)?, bs, None)?;
+            println!("created repository {} (id {}, block size {})", r.location, r.config.id, util::human_bytes(bs));
             Ok(())
         }
-        Cmd::Mount { backing, repo, foreground, threads, no_writeback, flush_ms, every, keep, ready_fd, dir } => {
+        Cmd::Mount {
+            backing,
+            repo,
+            cache,
+            foreground,
+            threads,
+            no_writeback,
+            flush_ms,
+            every,
+            keep,
+            ready_fd,
+            dir,
+        } => {
             let writeback = !no_writeback;
             daemon::mount(MountArgs {
                 dir,
                 backing,
                 repo,
+                cache,
                 foreground,
                 threads,
                 writeback,
@@ -611,32 +624,36 @@ impl Hold {
 
 /// The directory, if it is a snapfs mount and no --repo was given (its
 /// daemon then does the work).
-fn mounted(dir: Option<&Path>, repo: Option<&Path>) -> Option<PathBuf> {
+fn mounted(dir: Option<&Path>, repo: Option<&str>) -> Option<PathBuf> {
     let d = daemon::canonical(dir?);
     (repo.is_none() && daemon::snapfs_mount_at(&d).is_some()).then_some(d)
 }
 
-fn repo_for(dir: Option<&Path>, repo: Option<&Path>) -> Result<Repo> {
+fn repo_for(dir: Option<&Path>, repo: Option<&str>) -> Result<Repo> {
     if let Some(d) = mounted(dir, repo) {
         let r = control::call(&d, &Request::Status { files: false }, Duration::from_secs(30))
             .with_context(|| format!("asking the daemon of {}", d.display()))?;
         let s = r.status.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_default()))?;
-        return Ok(Repo::open(Path::new(&s.repository_access))?);
+        // (a path through the daemon's descriptor, or a URL: used as is)
+        return Ok(Repo::open_at(&repo::Location::parse(&s.repository_access)?, None)?);
     }
     offline_repo(dir, repo)
 }
 
-/// The repository of an unmounted directory or given with --repo.
-fn offline_repo(dir: Option<&Path>, repo: Option<&Path>) -> Result<Repo> {
-    let p = match (repo, dir) {
-        (Some(r), _) => r.to_path_buf(),
-        (None, Some(d)) => daemon::canonical(d).join(snapfs::live::REPO_NAME),
+/// The repository of an unmounted directory or given with --repo (a path
+/// or an s3: URL; a repository elsewhere keeps its local state in DIR's
+/// hidden .snapfs/cache when DIR is given, else in ~/.cache/snapfs).
+fn offline_repo(dir: Option<&Path>, repo: Option<&str>) -> Result<Repo> {
+    let cache = dir.map(|d| daemon::canonical(d).join(snapfs::live::REPO_NAME).join("cache"));
+    let loc = match (repo, dir) {
+        (Some(r), _) => repo::Location::parse_canonical(r)?,
+        (None, Some(d)) => repo::Location::Local(daemon::canonical(d).join(snapfs::live::REPO_NAME)),
         (None, None) => bail!("give DIR or --repo REPO"),
     };
-    Ok(Repo::open(&p)?)
+    Ok(Repo::open_at(&loc, cache.as_deref())?)
 }
 
-fn list(dir: Option<&Path>, repo: Option<&Path>) -> Result<Vec<snapfs::snapshot::SnapshotInfo>> {
+fn list(dir: Option<&Path>, repo: Option<&str>) -> Result<Vec<snapfs::snapshot::SnapshotInfo>> {
     if let Some(d) = mounted(dir, repo) {
         let r = control::call(&d, &Request::List, Duration::from_secs(60))
             .with_context(|| format!("asking the daemon of {}", d.display()))?;
@@ -646,7 +663,7 @@ fn list(dir: Option<&Path>, repo: Option<&Path>) -> Result<Vec<snapfs::snapshot:
     Ok(snapfs::snapshot::list(&*r.store())?)
 }
 
-fn diff(dir: Option<&Path>, repo: Option<&Path>, a: &str, b: &str) -> Result<snapfs::snapshot::DiffReport> {
+fn diff(dir: Option<&Path>, repo: Option<&str>, a: &str, b: &str) -> Result<snapfs::snapshot::DiffReport> {
     if let Some(d) = mounted(dir, repo) {
         let r = control::call(&d, &Request::Diff { a: a.into(), b: b.into() }, Duration::from_secs(3600))
             .with_context(|| format!("asking the daemon of {}", d.display()))?;
@@ -714,7 +731,7 @@ fn process_alive(pid: u32) -> bool {
     tasks.flatten().any(|t| std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| live(&s)))
 }
 
-fn status(dir: &Path, files: bool, repo: Option<&Path>) -> Result<StatusReport> {
+fn status(dir: &Path, files: bool, repo: Option<&str>) -> Result<StatusReport> {
     let dir = daemon::canonical(dir);
     if daemon::snapfs_mount_at(&dir).is_some() {
         // Writes still in the kernel's page cache reach the daemon first.
@@ -738,15 +755,13 @@ fn status(dir: &Path, files: bool, repo: Option<&Path>) -> Result<StatusReport> 
             dir.display()
         );
     }
-    let repo_path = repo.map(Path::to_path_buf).unwrap_or_else(|| dir.join(snapfs::live::REPO_NAME));
-    let r = Repo::open(&repo_path).map_err(|e| match e {
-        repo::RepoError::NotARepo(_) => anyhow::anyhow!(
-            "{} is not mounted and has no repository at {} (give --repo)",
-            dir.display(),
-            repo_path.display()
-        ),
-        e => e.into(),
+    let r = offline_repo(Some(&dir), repo).map_err(|e| match e.downcast_ref::<repo::RepoError>() {
+        Some(repo::RepoError::NotARepo(p)) => {
+            anyhow::anyhow!("{} is not mounted and has no repository at {} (give --repo)", dir.display(), p.display())
+        }
+        _ => e,
     })?;
+    let repo_path = r.location.to_string();
     let db = r.open_state().map_err(|e| match e {
         e @ repo::RepoError::StateCorrupt { .. } => {
             anyhow::anyhow!("{e}; the next mount (or `snapfs verify --repo`) moves it aside and rebuilds it")
@@ -754,13 +769,13 @@ fn status(dir: &Path, files: bool, repo: Option<&Path>) -> Result<StatusReport> 
         e => e.into(),
     })?;
     let (t, last, _) = Tracker::load(&db, r.block_size())
-        .with_context(|| format!("reading tracking state in {}", repo_path.display()))?;
+        .with_context(|| format!("reading tracking state in {}", r.path.display()))?;
     Ok(StatusReport {
         mounted: false,
         mountpoint: dir.display().to_string(),
         backing: dir.display().to_string(),
-        repository: repo_path.display().to_string(),
-        repository_access: repo_path.display().to_string(),
+        repository: repo_path.clone(),
+        repository_access: repo_path,
         repository_id: r.config.id.clone(),
         block_size: r.block_size(),
         pid: None,

@@ -1,16 +1,26 @@
-//! The repository: where tracking state and (later) snapshots live.
+//! The repository: where snapshots and their objects live, and the local
+//! directory beside it for what only this machine needs.
 //!
-//! Today a repository is a directory holding
+//! A repository is a local directory or a prefix in an S3 bucket
+//! ([`Location`]), holding
 //!
 //! ```text
-//! config   JSON: magic, format version, repository id, block size, creation time
-//! lock     flock()ed by the daemon that uses the repository; holds its pid
-//! state/   sled database with the dirty-set tracking state (rebuildable)
+//! config      JSON: magic, format version, repository id, block size, creation time
+//! packs/      pack files (through the `Store` trait)
+//! snapshots/  snapshot records
+//! ```
+//!
+//! and a local directory (`Repo::path`: the repository itself when local,
+//! else a cache directory per repository id) holding
+//!
+//! ```text
+//! lock     flock()ed by the daemon that uses it; holds its pid
+//! state/   sled database with the dirty-set tracking state and index (rebuildable)
 //! log      the daemon's log when it runs in the background
 //! ```
 //!
-//! The config is written once, at `init`, with the durable-write sequence
-//! (temporary name, fsync, rename, fsync of the directory).
+//! A local config is written once, at `init`, with the durable-write
+//! sequence (temporary name, fsync, rename, fsync of the directory).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -21,7 +31,60 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::s3::{S3Location, S3Store};
+use crate::store::{LocalStore, Store, StoreError};
 use crate::util;
+
+/// Where a repository lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Local(PathBuf),
+    S3(S3Location),
+}
+
+impl Location {
+    /// `s3:http[s]://HOST[:PORT]/BUCKET[/PREFIX]`, or a local path (as
+    /// given: never resolved here, so that a daemon's own
+    /// `/proc/self/fd/N/...` paths never touch its mount).
+    pub fn parse(s: &str) -> Result<Location, RepoError> {
+        if crate::s3::is_s3(s) {
+            return S3Location::parse(s).map(Location::S3).map_err(RepoError::BadLocation);
+        }
+        Ok(Location::Local(PathBuf::from(s)))
+    }
+
+    /// As `parse`, with a local path made absolute and symlink-free (for
+    /// what a user typed).
+    pub fn parse_canonical(s: &str) -> Result<Location, RepoError> {
+        Ok(match Location::parse(s)? {
+            Location::Local(p) => Location::Local(crate::mounts::canonical(&p)),
+            l => l,
+        })
+    }
+
+    pub fn is_local(&self) -> bool {
+        matches!(self, Location::Local(_))
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Local(p) => write!(f, "{}", p.display()),
+            Location::S3(l) => write!(f, "{l}"),
+        }
+    }
+}
+
+/// The default place for the local state of a repository elsewhere:
+/// `$XDG_CACHE_HOME/snapfs` or `~/.cache/snapfs`.
+pub fn default_cache() -> PathBuf {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    env("XDG_CACHE_HOME")
+        .or_else(|| env("HOME").map(|h| h.join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"))
+        .join("snapfs")
+}
 
 pub const MAGIC: &str = "snapfs-repository";
 /// The repository format this build reads and writes.
@@ -32,6 +95,12 @@ pub const MAX_BLOCK_SIZE: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, Error)]
 pub enum RepoError {
+    #[error("{0}")]
+    BadLocation(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}: already holds a snapfs repository")]
+    Exists(String),
     #[error("{0}: not a snapfs repository (no valid config file)")]
     NotARepo(PathBuf),
     #[error(
@@ -77,11 +146,49 @@ pub struct Config {
 }
 
 /// An opened repository.
-#[derive(Debug)]
 pub struct Repo {
+    pub location: Location,
+    /// The local directory for lock, state and log: the repository itself,
+    /// or (for a repository elsewhere) its cache directory.
     pub path: PathBuf,
     pub config: Config,
     lock: Option<File>,
+    store: std::sync::Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for Repo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repo").field("location", &self.location).field("path", &self.path).finish()
+    }
+}
+
+/// Read a config, checking that it is one and that we can read its format.
+fn parse_config(data: &[u8], shown: &Path) -> Result<Config, RepoError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(data).map_err(|_| RepoError::NotARepo(shown.to_path_buf()))?;
+    if value.get("magic").and_then(|m| m.as_str()) != Some(MAGIC) {
+        return Err(RepoError::NotARepo(shown.to_path_buf()));
+    }
+    let found = value.get("format").and_then(|f| f.as_u64()).unwrap_or(0) as u32;
+    if found > FORMAT_VERSION {
+        return Err(RepoError::NewerFormat { path: shown.to_path_buf(), found });
+    }
+    let config: Config = serde_json::from_value(value).map_err(|_| RepoError::NotARepo(shown.to_path_buf()))?;
+    check_block_size(config.block_size)?;
+    if config.id.is_empty() || !config.id.bytes().all(|b| b.is_ascii_hexdigit()) || config.id.len() > 64 {
+        return Err(RepoError::NotARepo(shown.to_path_buf()));
+    }
+    Ok(config)
+}
+
+fn new_config(block_size: u64) -> Config {
+    Config {
+        magic: MAGIC.into(),
+        format: FORMAT_VERSION,
+        id: util::random_id(),
+        block_size,
+        created: util::rfc3339(util::unix_now()),
+    }
 }
 
 pub fn check_block_size(bs: u64) -> Result<(), RepoError> {
@@ -123,19 +230,18 @@ impl Repo {
             }
             Err(e) => return Err(io_err(path)(e)),
         }
-        let config = Config {
-            magic: MAGIC.into(),
-            format: FORMAT_VERSION,
-            id: util::random_id(),
-            block_size,
-            created: util::rfc3339(util::unix_now()),
-        };
+        let config = new_config(block_size);
         let json = serde_json::to_vec_pretty(&config).expect("config serializes");
         write_durably(path, "config", &json).map_err(io_err(path))?;
         for d in ["packs", "snapshots"] {
             crate::private::create_dir(&path.join(d)).map_err(io_err(path))?;
         }
-        Ok(Repo { path: path.to_path_buf(), config, lock: None })
+        Ok(Repo::local(path, config))
+    }
+
+    fn local(path: &Path, config: Config) -> Repo {
+        let store = std::sync::Arc::new(LocalStore::new(path));
+        Repo { location: Location::Local(path.to_path_buf()), path: path.to_path_buf(), config, lock: None, store }
     }
 
     /// Open an existing repository, checking that it is one and that we can read its format.
@@ -148,22 +254,71 @@ impl Repo {
             }
             Err(e) => return Err(io_err(&cfg_path)(e)),
         };
-        let value: serde_json::Value =
-            serde_json::from_slice(&data).map_err(|_| RepoError::NotARepo(path.to_path_buf()))?;
-        if value.get("magic").and_then(|m| m.as_str()) != Some(MAGIC) {
-            return Err(RepoError::NotARepo(path.to_path_buf()));
+        Ok(Repo::local(path, parse_config(&data, path)?))
+    }
+
+    /// Create a repository at `loc`; a remote one keeps its local state in
+    /// `cache` (default: [`default_cache`]) under its id.
+    pub fn init_at(loc: &Location, block_size: u64, cache: Option<&Path>) -> Result<Repo, RepoError> {
+        let s3 = match loc {
+            Location::Local(p) => return Repo::init(p, block_size),
+            Location::S3(l) => l,
+        };
+        check_block_size(block_size)?;
+        let store = S3Store::from_env(s3.clone())?;
+        // the bucket answers with these credentials (a clear error for a
+        // typo, wrong credentials or a missing bucket: nothing is created)
+        store.check_bucket()?;
+        let prefix = if s3.prefix.is_empty() { String::new() } else { format!("{}/", s3.prefix) };
+        let keys = store.list_keys(&prefix)?;
+        if keys.iter().any(|k| *k == s3.key("config")) {
+            return Err(RepoError::Exists(s3.to_string()));
         }
-        let found = value.get("format").and_then(|f| f.as_u64()).unwrap_or(0) as u32;
-        if found > FORMAT_VERSION {
-            return Err(RepoError::NewerFormat { path: path.to_path_buf(), found });
+        if !keys.is_empty() {
+            return Err(RepoError::NotEmpty(PathBuf::from(s3.to_string())));
         }
-        let config: Config = serde_json::from_value(value).map_err(|_| RepoError::NotARepo(path.to_path_buf()))?;
-        check_block_size(config.block_size)?;
-        Ok(Repo { path: path.to_path_buf(), config, lock: None })
+        let config = new_config(block_size);
+        store.put_key(&s3.key("config"), &serde_json::to_vec_pretty(&config).expect("config serializes"))?;
+        Repo::remote(loc.clone(), store, config, cache)
+    }
+
+    /// Open the repository at `loc` (see [`Repo::init_at`] for `cache`).
+    pub fn open_at(loc: &Location, cache: Option<&Path>) -> Result<Repo, RepoError> {
+        let s3 = match loc {
+            Location::Local(p) => return Repo::open(p),
+            Location::S3(l) => l,
+        };
+        let store = S3Store::from_env(s3.clone())?;
+        let shown = PathBuf::from(s3.to_string());
+        let data = match store.get_key(&s3.key("config"), None, (crate::store::FileKind::Snapshot, "config")) {
+            Ok(d) => d,
+            Err(StoreError::NotFound { .. }) => {
+                // say whether the bucket itself is the trouble
+                store.check_bucket()?;
+                return Err(RepoError::NotARepo(shown));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let config = parse_config(&data, &shown)?;
+        Repo::remote(loc.clone(), store, config, cache)
+    }
+
+    fn remote(location: Location, store: S3Store, config: Config, cache: Option<&Path>) -> Result<Repo, RepoError> {
+        let path = cache.map(Path::to_path_buf).unwrap_or_else(default_cache).join(&config.id);
+        Ok(Repo { location, path, config, lock: None, store: std::sync::Arc::new(store) })
+    }
+
+    /// Make the local directory (a remote repository's cache) exist.
+    fn local_dir(&self) -> Result<(), RepoError> {
+        if !self.location.is_local() {
+            crate::private::create_dir_all(&self.path).map_err(io_err(&self.path))?;
+        }
+        Ok(())
     }
 
     /// Take the repository's exclusive lock for a daemon, recording our pid.
     pub fn lock(&mut self) -> Result<(), RepoError> {
+        self.local_dir()?;
         let p = self.path.join("lock");
         let mut f = OpenOptions::new()
             .read(true)
@@ -194,6 +349,7 @@ impl Repo {
     /// Open the local state database (tracking state, index): sled at `state/`.
     /// A database sled refuses (or panics on) is `StateCorrupt`.
     pub fn open_state(&self) -> Result<std::sync::Arc<crate::state::StateDb>, RepoError> {
+        self.local_dir()?;
         let p = self.state_path();
         // sled creates its files with the process umask: a private
         // directory keeps them out of reach whatever their mode
@@ -247,7 +403,7 @@ impl Repo {
 
     /// The repository's file storage.
     pub fn store(&self) -> std::sync::Arc<dyn crate::store::Store> {
-        std::sync::Arc::new(crate::store::LocalStore::new(&self.path))
+        self.store.clone()
     }
 
     pub fn log_path(&self) -> PathBuf {

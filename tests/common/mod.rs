@@ -51,7 +51,7 @@ pub struct Mounted {
 #[derive(Default, Clone)]
 pub struct MountOpts {
     pub backing: Option<PathBuf>,
-    pub repo: Option<PathBuf>,
+    pub repo: Option<PathBuf>, // a path or an s3: URL
     pub extra: Vec<String>,
 }
 
