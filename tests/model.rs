@@ -75,8 +75,11 @@ fn data(len: usize, seed: u8) -> Vec<u8> {
 type Times = BTreeMap<String, (i64, i64)>;
 
 /// Every regular file of a snapshot with its content, and their mtimes.
-fn read_back(repo: &Path, id: &str) -> (BTreeMap<String, Vec<u8>>, Times) {
-    let store: Arc<dyn Store> = Arc::new(LocalStore::new(repo));
+fn read_back(repo: &str, id: &str) -> (BTreeMap<String, Vec<u8>>, Times) {
+    let store: Arc<dyn Store> = match snapfs::s3::S3Location::parse(repo) {
+        Ok(loc) => Arc::new(snapfs::s3::S3Store::from_env(loc).unwrap()),
+        Err(_) => Arc::new(LocalStore::new(Path::new(repo))),
+    };
     let objects = Objects::open(store.clone(), None).unwrap();
     let all = snapshot::list(&*store).unwrap();
     let s = snapshot::find(&all, id).unwrap();
@@ -119,6 +122,11 @@ fn assert_times(want: &Times, got: &Times, what: &str) {
 }
 
 fn run(ops: &[Op]) {
+    run_on(ops, None)
+}
+
+/// Run `ops` with the repository in the backing directory, or at `s3`.
+fn run_on(ops: &[Op], s3: Option<String>) {
     let t = tempfile::tempdir().unwrap();
     let raw = t.path().join("raw");
     let mnt = t.path().join("mnt");
@@ -126,7 +134,17 @@ fn run(ops: &[Op]) {
         fs::create_dir_all(raw.join(d)).unwrap();
     }
     fs::create_dir(&mnt).unwrap();
-    let m = Mounted::with(&mnt, MountOpts { backing: Some(raw.clone()), ..Default::default() });
+    let repo = match &s3 {
+        Some(url) => {
+            run_ok(&["init", url]);
+            url.clone()
+        }
+        None => raw.join(".snapfs").to_str().unwrap().to_string(),
+    };
+    let m = Mounted::with(
+        &mnt,
+        MountOpts { backing: Some(raw.clone()), repo: s3.as_ref().map(Into::into), ..Default::default() },
+    );
     // A writer runs all along, outside the model's files: every snapshot
     // must show one of the values it wrote (8 bytes in one page: with the
     // kernel's writeback cache a longer write may reach the daemon in parts).
@@ -167,7 +185,7 @@ fn run(ops: &[Op]) {
         let out = snapfs(&args);
         assert!(out.status.success(), "snapshot: {}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let (mut got, got_times) = read_back(&raw.join(".snapfs"), v["id"].as_str().unwrap());
+        let (mut got, got_times) = read_back(&repo, v["id"].as_str().unwrap());
         if let Some(busy) = got.remove("d1/busy") {
             // empty (not yet written) or one counter value
             assert!(busy.is_empty() || busy.len() == 8, "busy file of {} bytes in snapshot {snaps}", busy.len());
@@ -291,7 +309,7 @@ fn run(ops: &[Op]) {
     // and a browse mount of the repository shows the same
     let b = t.path().join("browse");
     fs::create_dir(&b).unwrap();
-    let out = snapfs(&["browse", "--repo", raw.join(".snapfs").to_str().unwrap(), b.to_str().unwrap()]);
+    let out = snapfs(&["browse", "--repo", &repo, b.to_str().unwrap()]);
     assert!(out.status.success(), "browse: {}", String::from_utf8_lossy(&out.stderr));
     let _g = BrowseGuard(b.clone());
     for (name, want, want_times) in taken.borrow().iter() {
@@ -331,6 +349,22 @@ proptest! {
     #[test]
     fn snapshots_equal_the_model(ops in prop::collection::vec(op(), 1..45)) {
         run(&ops);
+    }
+}
+
+proptest! {
+    // The same against a repository in the S3 bucket (scripts/test's
+    // Garage cluster): fewer cases, each is slower.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("SNAPFS_MODEL_S3_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3),
+        max_shrink_iters: 16,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn snapshots_equal_the_model_on_s3(ops in prop::collection::vec(op(), 1..30)) {
+        run_on(&ops, Some(s3_url("model")));
     }
 }
 
