@@ -87,6 +87,15 @@ pub enum Request {
         #[serde(default)]
         off: bool,
     },
+    /// Show, add, remove or bring up to date the replicas.
+    Replica {
+        #[serde(default)]
+        add: Option<String>,
+        #[serde(default)]
+        remove: Option<String>,
+        #[serde(default)]
+        sync: bool,
+    },
     /// Remove objects no snapshot references.
     Prune {
         #[serde(default)]
@@ -124,6 +133,12 @@ pub struct StatusReport {
     pub scan: Option<crate::scan::ScanStats>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<crate::health::HealthReport>,
+    /// Copies of the repository elsewhere, and how far behind each is.
+    #[serde(default)]
+    pub replicas: Vec<crate::replica::ReplicaStatus>,
+    /// Loud facts about the protection (e.g. no copy off this disk).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -154,6 +169,8 @@ pub struct Reply {
     pub forget: Option<crate::maint::ForgetReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prune: Option<crate::maint::PruneReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Vec<crate::replica::ReplicaStatus>>,
 }
 
 impl Reply {
@@ -172,6 +189,7 @@ impl Reply {
             live: None,
             forget: None,
             prune: None,
+            replicas: None,
         }
     }
     pub fn err(msg: impl Into<String>) -> Reply {

@@ -61,6 +61,8 @@ pub struct MountArgs {
     pub every: Option<u64>,
     /// Retention for automatic snapshots.
     pub keep: Option<maint::Policy>,
+    /// Replicas to add (kept with the repository; earlier ones stay).
+    pub replicas: Vec<String>,
 }
 
 fn cpath(p: &Path) -> Result<CString> {
@@ -185,6 +187,9 @@ fn spawn_background(args: &MountArgs) -> Result<()> {
     }
     if let Some(k) = &args.keep {
         a.extend(["--keep".into(), k.to_string().into()]);
+    }
+    for r in &args.replicas {
+        a.extend(["--replica".into(), r.into()]);
     }
     let pid = spawn_daemon(a, &dir)?;
     println!("snapfs: {} is protected (daemon pid {pid})", dir.display());
@@ -385,6 +390,11 @@ struct Shared {
     held: Mutex<std::collections::HashMap<String, Instant>>,
     /// Taken by forget while it decides and removes, and by a new hold.
     forgetting: Mutex<()>,
+    /// Copies of the repository elsewhere, brought up to date after each
+    /// snapshot in the background.
+    replicas: Arc<crate::replica::Replicas>,
+    /// Whether the repository sits on the device of the data it protects.
+    same_device: bool,
 }
 
 impl Shared {
@@ -404,12 +414,27 @@ impl Shared {
             files: if files { Some(self.tracker.entries_list()) } else { None },
             inodes: Some(self.live.inode_count()),
             scan: self.scan.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            replicas: self.replicas.statuses(),
+            warnings: self.warnings(),
             health: Some({
                 let mut h = crate::health::report(&**self.objects.store(), Some(&self.health));
                 h.schedule = self.scheduler.lock().unwrap_or_else(|e| e.into_inner()).status_at(util::unix_now());
                 h
             }),
         }
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.same_device && self.replicas.is_empty() {
+            w.push(format!(
+                "NOT A BACKUP AGAINST DISK FAILURE: the only repository ({}) is on the same device as the data; \
+                 add a replica elsewhere (`snapfs replica add {} s3:https://HOST/BUCKET/PREFIX`)",
+                self.repo_display,
+                self.dir.display()
+            ));
+        }
+        w
     }
 
     /// Take a snapshot: pause writers, seal the epoch, store what changed,
@@ -631,6 +656,7 @@ impl Shared {
                     log::error!("TRACKING STATE NOT SAVED after snapshot {}: {e}", info.record.name);
                     self.state.failed(&e);
                 }
+                self.replicas.snapshot_committed(info.record.stats.added_bytes);
                 Ok(info)
             }
             Err(e) => {
@@ -738,6 +764,7 @@ impl Shared {
             let _forgetting = self.forgetting.lock().unwrap_or_else(|e| e.into_inner());
             maint::forget(&**self.objects.store(), names, policy, dry_run, None, &self.held_ids())
         }
+        .inspect(|_| self.replicas.wake())
         .inspect_err(|e| self.health.error("forget", &format!("{e:#}")))
     }
 
@@ -1029,6 +1056,19 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
     let live = Arc::new(LiveFs::new(backing_fd.as_fd(), tracker.clone(), live_opts)?);
     sys::raise_nofile_limit();
 
+    // Replicas: those kept with the repository, and any new ones named now.
+    let replicas =
+        Arc::new(crate::replica::Replicas::open(&repo.path, repo.store(), repo.config.clone(), Box::new(|_| {})));
+    for url in &args.replicas {
+        match replicas.add(url) {
+            Ok(u) => log::info!("replica {u} added"),
+            Err(e) if e.to_string().contains("is a replica already") => {}
+            Err(e) => bail!("replica {url}: {e:#}"),
+        }
+    }
+    // The repository on the disk it protects is no backup against that disk.
+    let same_device = repo.location.is_local()
+        && std::fs::metadata(&repo.path).map(|m| std::os::unix::fs::MetadataExt::dev(&m)).ok() == Some(root_st.st_dev);
     let repo_access = match &args.repo {
         // through our descriptor of the backing directory: not via the mount
         None => format!("/proc/{}/fd/{}/{}", std::process::id(), backing_fd.as_raw_fd(), live::REPO_NAME),
@@ -1063,6 +1103,8 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
         state: db.clone(),
         held: Mutex::new(std::collections::HashMap::new()),
         forgetting: Mutex::new(()),
+        replicas: replicas.clone(),
+        same_device,
     });
 
     let t_close = tracker.clone();
@@ -1240,6 +1282,26 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
                     Ok(()) => Reply::ok(),
                     Err(e) => Reply::err(format!("{e:#}")),
                 },
+                Request::Replica { add, remove, sync } => {
+                    let r = (|| -> Result<()> {
+                        if let Some(u) = add {
+                            let u = shared.replicas.add(&u)?;
+                            log::info!("replica {u} added");
+                        }
+                        if let Some(u) = remove {
+                            shared.replicas.remove(&u)?;
+                            log::info!("replica {u} removed");
+                        }
+                        Ok(())
+                    })();
+                    match r {
+                        Err(e) => Reply::err(format!("{e:#}")),
+                        Ok(()) => {
+                            let st = if sync { shared.replicas.sync_all() } else { shared.replicas.statuses() };
+                            Reply { replicas: Some(st), ..Reply::ok() }
+                        }
+                    }
+                }
                 Request::VerifyLive => match shared.verify_live() {
                     Ok(r) => Reply { live: Some(r), ..Reply::ok() },
                     Err(e) => Reply::err(format!("verify --live failed: {e:#}")),
@@ -1255,6 +1317,7 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
             })
         })?;
     }
+    std::thread::Builder::new().name("replicas".into()).spawn(move || replicas.run())?;
     // Signals: unmount cleanly.
     {
         let shared = shared.clone();

@@ -28,6 +28,7 @@ pub mod objects;
 pub mod objstore;
 pub mod pack;
 pub mod private;
+pub mod replica;
 pub mod repo;
 pub mod restore;
 pub mod s3;

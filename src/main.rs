@@ -45,6 +45,10 @@ enum Cmd {
         /// backing directory's hidden .snapfs/cache).
         #[arg(long, value_name = "DIR")]
         cache: Option<PathBuf>,
+        /// Keep a copy of the repository there too (a path or an s3: URL),
+        /// brought up to date after each snapshot; repeatable, remembered.
+        #[arg(long = "replica", value_name = "URL")]
+        replicas: Vec<String>,
         /// Stay attached to the terminal (for systemd).
         #[arg(long)]
         foreground: bool,
@@ -229,6 +233,12 @@ enum Cmd {
         json: bool,
         dir: Option<PathBuf>,
     },
+    /// Copies of a mounted directory's repository elsewhere (a bucket,
+    /// another disk): add, remove, bring up to date now, or list them.
+    Replica {
+        #[command(subcommand)]
+        what: ReplicaCmd,
+    },
     /// Show the mount, the repository and the dirty set.
     Status {
         #[arg(long)]
@@ -239,6 +249,32 @@ enum Cmd {
         /// Repository, when DIR is not mounted and the repository is not DIR/.snapfs.
         #[arg(long)]
         repo: Option<String>,
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReplicaCmd {
+    /// Make URL a replica (a path or s3:https://HOST/BUCKET/PREFIX); the
+    /// history is copied in the background (`replica sync` waits for it).
+    Add {
+        #[arg(long)]
+        json: bool,
+        dir: PathBuf,
+        url: String,
+    },
+    /// Stop replicating to URL (its copy stays as it is).
+    Remove { dir: PathBuf, url: String },
+    /// Copy what each replica lacks now, and wait.
+    Sync {
+        #[arg(long)]
+        json: bool,
+        dir: PathBuf,
+    },
+    /// Each replica and how far behind it is.
+    List {
+        #[arg(long)]
+        json: bool,
         dir: PathBuf,
     },
 }
@@ -268,7 +304,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Init { block_size, repo } => {
             let bs = util::parse_size(&block_size).with_context(|| format!("cannot read block size {block_size:?}"))?;
-            let r = Repo::init_at(&repo::Location::parse(&repo)?, bs, None)?;
+            let r = Repo::init_at(&repo::Location::parse_canonical(&repo)?, bs, None)?;
             println!("created repository {} (id {}, block size {})", r.location, r.config.id, util::human_bytes(bs));
             Ok(())
         }
@@ -276,6 +312,7 @@ fn run(cli: Cli) -> Result<()> {
             backing,
             repo,
             cache,
+            replicas,
             foreground,
             threads,
             no_writeback,
@@ -291,6 +328,7 @@ fn run(cli: Cli) -> Result<()> {
                 backing,
                 repo,
                 cache,
+                replicas,
                 foreground,
                 threads,
                 writeback,
@@ -437,6 +475,48 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&d)?);
             } else {
                 print_diff(&d);
+            }
+            Ok(())
+        }
+        Cmd::Replica { what } => {
+            let (dir, req, json) = match what {
+                ReplicaCmd::Add { json, dir, url } => {
+                    (dir, Request::Replica { add: Some(url), remove: None, sync: false }, json)
+                }
+                ReplicaCmd::Remove { dir, url } => {
+                    (dir, Request::Replica { add: None, remove: Some(url), sync: false }, false)
+                }
+                ReplicaCmd::Sync { json, dir } => (dir, Request::Replica { add: None, remove: None, sync: true }, json),
+                ReplicaCmd::List { json, dir } => {
+                    (dir, Request::Replica { add: None, remove: None, sync: false }, json)
+                }
+            };
+            let Some(d) = mounted(Some(&dir), None) else {
+                bail!(
+                    "{} is not a snapfs mount: replicas are kept by the daemon of a mounted directory",
+                    dir.display()
+                );
+            };
+            if matches!(req, Request::Replica { sync: true, .. }) {
+                daemon::syncfs(&d);
+            }
+            let r = control::call(&d, &req, Duration::from_secs(30 * 86400))
+                .with_context(|| format!("asking the daemon of {}", d.display()))?;
+            let list = r.replicas.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_else(|| "replica failed".into())))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                if list.is_empty() {
+                    println!("no replicas");
+                }
+                for s in &list {
+                    print_replica(s);
+                }
+            }
+            if matches!(req, Request::Replica { sync: true, .. }) {
+                if let Some(bad) = list.iter().find(|s| s.lag.snapshots_behind > 0 || s.lag.packs_behind > 0) {
+                    bail!("replica {} is still behind: {}", bad.url, bad.last_error.clone().unwrap_or_default());
+                }
             }
             Ok(())
         }
@@ -785,8 +865,33 @@ fn status(dir: &Path, files: bool, repo: Option<&str>) -> Result<StatusReport> {
         files: if files { Some(t.entries_list()) } else { None },
         inodes: None,
         scan: None,
+        replicas: Vec::new(),
+        warnings: Vec::new(),
         health: Some(snapfs::health::report(&*r.store(), snapfs::health::Health::open(&db).ok().as_ref())),
     })
+}
+
+fn print_replica(s: &snapfs::replica::ReplicaStatus) {
+    let l = &s.lag;
+    let state = if l.snapshots_behind == 0 && l.packs_behind == 0 && s.last_success.is_some() {
+        "up to date".to_string()
+    } else {
+        format!("{} snapshots, {} behind", l.snapshots_behind, util::human_bytes(l.bytes_behind))
+    };
+    println!("  replica:     {} ({state})", s.url);
+    if let Some((done, total)) = s.syncing {
+        println!("               copying: {} of {}", util::human_bytes(done), util::human_bytes(total));
+    }
+    match (&s.last_success, &s.last_error) {
+        (Some(t), _) => println!("               last success {t}"),
+        (None, None) => println!("               not synced yet"),
+        _ => {}
+    }
+    if let (Some(e), Some(t)) = (&s.last_error, &s.last_error_time) {
+        if s.last_success_sec.is_none() || s.last_error_time.as_deref() > s.last_success.as_deref() {
+            println!("               LAST ERROR {t}: {e}");
+        }
+    }
 }
 
 fn print_schedule(s: &snapfs::schedule::ScheduleStatus) {
@@ -902,6 +1007,12 @@ fn print_status(s: &StatusReport) {
     }
     if let Some(h) = &s.health {
         print_health(h);
+    }
+    for r in &s.replicas {
+        print_replica(r);
+    }
+    for w in &s.warnings {
+        println!("  {w}");
     }
     if let Some(files) = &s.files {
         for f in files {

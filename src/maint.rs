@@ -264,7 +264,7 @@ pub struct PruneReport {
 }
 
 /// Every object id the snapshots reference.
-fn mark(objects: &Objects, snaps: &[SnapshotInfo], progress: &VerifyProgress) -> Result<HashSet<ObjectId>> {
+pub(crate) fn mark(objects: &Objects, snaps: &[SnapshotInfo], progress: &VerifyProgress) -> Result<HashSet<ObjectId>> {
     let mut used: HashSet<ObjectId> = HashSet::new();
     let what = |id: &ObjectId, s: &SnapshotInfo, e: crate::objstore::ObjError| {
         anyhow!(

@@ -101,6 +101,8 @@ pub enum RepoError {
     Store(#[from] StoreError),
     #[error("{0}: already holds a snapfs repository")]
     Exists(String),
+    #[error("{at} holds another repository (id {id}): not a replica of this one")]
+    OtherRepository { at: String, id: String },
     #[error("{0}: not a snapfs repository (no valid config file)")]
     NotARepo(PathBuf),
     #[error(
@@ -280,6 +282,45 @@ impl Repo {
         let config = new_config(block_size);
         store.put_key(&s3.key("config"), &serde_json::to_vec_pretty(&config).expect("config serializes"))?;
         Repo::remote(loc.clone(), store, config, cache)
+    }
+
+    /// Make `loc` a replica of the repository whose config is `config`: a
+    /// new repository with the same config (id, block size), or one that
+    /// already is a replica of it (a resumed `replica add`). Anything else
+    /// there is refused.
+    pub fn init_replica(loc: &Location, config: &Config) -> Result<Repo, RepoError> {
+        let json = serde_json::to_vec_pretty(config).expect("config serializes");
+        let same = |r: Repo| {
+            if r.config.id == config.id && r.config.block_size == config.block_size {
+                Ok(r)
+            } else {
+                Err(RepoError::OtherRepository { at: loc.to_string(), id: r.config.id })
+            }
+        };
+        match Repo::open_at(loc, None) {
+            Ok(r) => return same(r),
+            Err(RepoError::NotARepo(_)) => {}
+            Err(e) => return Err(e),
+        }
+        match loc {
+            Location::Local(path) => {
+                // an empty or missing directory only, as for init
+                let r = Repo::init(path, config.block_size)?;
+                write_durably(path, "config", &json).map_err(io_err(path))?;
+                drop(r);
+                Repo::open(path)
+            }
+            Location::S3(s3) => {
+                let store = S3Store::from_env(s3.clone())?;
+                store.check_bucket()?;
+                let prefix = if s3.prefix.is_empty() { String::new() } else { format!("{}/", s3.prefix) };
+                if !store.list_keys(&prefix)?.is_empty() {
+                    return Err(RepoError::NotEmpty(PathBuf::from(s3.to_string())));
+                }
+                store.put_key(&s3.key("config"), &json)?;
+                Repo::open_at(loc, None)
+            }
+        }
     }
 
     /// Open the repository at `loc` (see [`Repo::init_at`] for `cache`).

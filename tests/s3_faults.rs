@@ -125,3 +125,40 @@ fn a_hung_node_is_timed_out_and_retried_not_waited_on() {
     s.put(FileKind::Pack, "bb01", b"during").unwrap();
     assert_eq!(s.get(FileKind::Pack, "bb01").unwrap(), b"during");
 }
+
+#[test]
+fn a_replica_behind_an_outage_catches_up_and_nothing_is_half_committed() {
+    let c = Cluster::start(4300);
+    for k in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"] {
+        std::env::set_var(k, c.var(k));
+    }
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("d");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::write(d.join("f"), noise(1, 500_000)).unwrap();
+    let url = format!("s3:http://127.0.0.1:{}/snapfs-test/outage", c.port);
+    let m = Mounted::with(&d, MountOpts { extra: vec!["--replica".into(), url.clone()], ..Default::default() });
+    let dir = m.dir.to_str().unwrap().to_string();
+    run_ok(&["snapshot", "--name", "s1", &dir]);
+    run_ok(&["replica", "sync", &dir]);
+    // two of three nodes down: snapshots go on locally, the replica falls behind
+    c.run(&["kill", "2"]);
+    c.run(&["kill", "3"]);
+    std::fs::write(m.path("g"), noise(2, 300_000)).unwrap();
+    run_ok(&["snapshot", "--name", "s2", &dir]);
+    let o = snapfs(&["replica", "sync", &dir]);
+    let text = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success() && text.contains("behind"), "{text}");
+    let st = status(&m.dir);
+    let r = &st["replicas"][0];
+    assert!(r["lag"]["snapshots_behind"].as_u64().unwrap() >= 1, "{st}");
+    assert!(r["last_error"].as_str().unwrap().contains("gave up") || r["last_error"].is_string(), "{st}");
+    // the nodes return: the replica catches up, complete
+    c.run(&["start-node", "2"]);
+    c.run(&["start-node", "3"]);
+    run_ok(&["replica", "sync", &dir]);
+    m.umount();
+    let list = run_ok(&["list", "--repo", &url]);
+    assert!(list.contains("s1") && list.contains("s2"), "{list}");
+    run_ok(&["verify", "--read-data", "--repo", &url]);
+}
