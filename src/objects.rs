@@ -684,6 +684,43 @@ pub fn decode_links(b: &[u8]) -> Result<LinkTable, DecodeError> {
 }
 
 #[cfg(test)]
+/// The format 1 encoding, byte for byte as snapfs wrote it before
+/// format 2 (kept here to prove old repositories stay readable).
+pub(crate) fn encode_v1(t: &Tree) -> Vec<u8> {
+    let mut v = vec![1u8];
+    v.extend_from_slice(&(t.entries.len() as u32).to_le_bytes());
+    for e in &t.entries {
+        put16(&mut v, &e.name);
+        v.push(e.kind as u8);
+        v.extend_from_slice(&e.mode.to_le_bytes());
+        v.extend_from_slice(&e.uid.to_le_bytes());
+        v.extend_from_slice(&e.gid.to_le_bytes());
+        v.extend_from_slice(&e.size.to_le_bytes());
+        put_time(&mut v, e.mtime);
+        put_time(&mut v, e.atime);
+        put_time(&mut v, e.ctime);
+        v.extend_from_slice(&e.ino.to_le_bytes());
+        v.extend_from_slice(&e.nlink.to_le_bytes());
+        v.extend_from_slice(&e.rdev.to_le_bytes());
+        v.extend_from_slice(&e.content.0);
+        v.push(e.levels);
+        put16(&mut v, &e.target);
+        v.extend_from_slice(&(e.xattrs.len() as u16).to_le_bytes());
+        for (k, val) in &e.xattrs {
+            put16(&mut v, k);
+            v.extend_from_slice(&(val.len() as u32).to_le_bytes());
+            v.extend_from_slice(val);
+        }
+        if e.kind == EntryKind::Dir {
+            for n in [e.totals.files, e.totals.dirs, e.totals.others, e.totals.bytes] {
+                v.extend_from_slice(&n.to_le_bytes());
+            }
+        }
+    }
+    v
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -741,42 +778,6 @@ mod tests {
         assert_eq!(levels_for(256), 0);
         assert_eq!(levels_for(257), 1);
         assert_eq!(levels_for(256 * 256 + 1), 2);
-    }
-
-    /// The format 1 encoding, byte for byte as snapfs wrote it before
-    /// format 2 (kept here to prove old repositories stay readable).
-    fn encode_v1(t: &Tree) -> Vec<u8> {
-        let mut v = vec![1u8];
-        v.extend_from_slice(&(t.entries.len() as u32).to_le_bytes());
-        for e in &t.entries {
-            put16(&mut v, &e.name);
-            v.push(e.kind as u8);
-            v.extend_from_slice(&e.mode.to_le_bytes());
-            v.extend_from_slice(&e.uid.to_le_bytes());
-            v.extend_from_slice(&e.gid.to_le_bytes());
-            v.extend_from_slice(&e.size.to_le_bytes());
-            put_time(&mut v, e.mtime);
-            put_time(&mut v, e.atime);
-            put_time(&mut v, e.ctime);
-            v.extend_from_slice(&e.ino.to_le_bytes());
-            v.extend_from_slice(&e.nlink.to_le_bytes());
-            v.extend_from_slice(&e.rdev.to_le_bytes());
-            v.extend_from_slice(&e.content.0);
-            v.push(e.levels);
-            put16(&mut v, &e.target);
-            v.extend_from_slice(&(e.xattrs.len() as u16).to_le_bytes());
-            for (k, val) in &e.xattrs {
-                put16(&mut v, k);
-                v.extend_from_slice(&(val.len() as u32).to_le_bytes());
-                v.extend_from_slice(val);
-            }
-            if e.kind == EntryKind::Dir {
-                for n in [e.totals.files, e.totals.dirs, e.totals.others, e.totals.bytes] {
-                    v.extend_from_slice(&n.to_le_bytes());
-                }
-            }
-        }
-        v
     }
 
     #[test]

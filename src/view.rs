@@ -881,3 +881,219 @@ impl View {
         Ok(list)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::Totals;
+    use crate::snapshot::{SnapshotRecord, SnapshotStats};
+    use crate::store::{LocalStore, Store};
+
+    const BS: u64 = 4096;
+
+    fn entry(name: &str, kind: EntryKind, ino: u64, dev: Option<u64>) -> Entry {
+        let t = Time { sec: 1_700_000_000, nsec: 5 };
+        Entry {
+            name: name.as_bytes().to_vec(),
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: t,
+            atime: t,
+            ctime: t,
+            ino,
+            dev,
+            nlink: 1,
+            rdev: 0,
+            blocks: None,
+            content: ObjectId::ZERO,
+            levels: 0,
+            target: Vec::new(),
+            xattrs: Vec::new(),
+            totals: Totals::default(),
+        }
+    }
+
+    /// A file entry holding `blocks` (None: a hole) in a block list.
+    fn file(o: &Objects, name: &str, ino: u64, dev: Option<u64>, blocks: &[Option<&[u8]>], size: u64) -> Entry {
+        let mut e = entry(name, EntryKind::File, ino, dev);
+        e.size = size;
+        let ids: Vec<ObjectId> =
+            blocks.iter().map(|b| b.map_or(ObjectId::ZERO, |b| o.put(ObjKind::Blob, b).unwrap().0)).collect();
+        let n = ids.len() as u64;
+        let (root, levels) = crate::snapshot::build_block_list(o, n, None, &[(0, n)], |b| Ok(ids[b as usize])).unwrap();
+        e.content = root;
+        e.levels = levels;
+        e
+    }
+
+    /// A repository with one snapshot `s` whose root holds `entries`, its
+    /// trees encoded by `enc`; and a view of it.
+    fn repo(
+        make: impl FnOnce(&Objects) -> Vec<Entry>,
+        enc: fn(&Tree) -> Vec<u8>,
+        bs: u64,
+    ) -> (tempfile::TempDir, Arc<Objects>, View) {
+        let t = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(LocalStore::new(t.path()));
+        let o = Arc::new(Objects::open(store.clone(), None).unwrap());
+        let mut entries = make(&o);
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        let (dir, _) = o.put(ObjKind::Tree, &enc(&Tree { entries })).unwrap();
+        let mut root = entry(".", EntryKind::Dir, 2, Some(1));
+        root.content = dir;
+        let (top, _) = o.put(ObjKind::Tree, &enc(&Tree { entries: vec![root] })).unwrap();
+        let (links, _) = o.put(ObjKind::Meta, &objects::encode_links(&Default::default())).unwrap();
+        o.flush().unwrap();
+        let rec = SnapshotRecord {
+            format: 1,
+            name: "s".into(),
+            time: "2026-01-01T00:00:00Z".into(),
+            time_sec: 1,
+            time_nsec: 0,
+            tree: top.hex(),
+            links: links.hex(),
+            parent: None,
+            full: true,
+            source: String::new(),
+            host: String::new(),
+            block_size: bs,
+            stats: SnapshotStats::default(),
+        };
+        snapshot::commit(&*store, &rec).unwrap();
+        let v = View::new(o.clone(), BS, None);
+        (t, o, v)
+    }
+
+    fn look(v: &View, path: &str) -> SysResult<FileAttr> {
+        let mut cur = VIEW_ROOT;
+        let mut a = v.getattr(VIEW_ROOT)?;
+        for part in std::iter::once("s").chain(path.split('/').filter(|p| !p.is_empty())) {
+            a = v.lookup(cur, OsStr::new(part))?;
+            cur = a.ino.0;
+        }
+        Ok(a)
+    }
+
+    #[test]
+    fn inodes_are_told_apart_by_device_and_all_64_bits() {
+        let big = (1u64 << 40) + 7;
+        let (_t, _o, v) = repo(
+            |o| {
+                vec![
+                    file(o, "a", 7, Some(1), &[Some(b"on device 1")], 11),
+                    file(o, "b", 7, Some(2), &[Some(b"on device 2")], 11),
+                    file(o, "c", big, Some(1), &[Some(b"a large inode number")], 20),
+                    file(o, "d", 7, Some(1), &[Some(b"on device 1")], 11), // a hard link of a
+                ]
+            },
+            Tree::encode,
+            BS,
+        );
+        let ids: Vec<u64> = ["a", "b", "c", "d"].iter().map(|n| look(&v, n).unwrap().ino.0).collect();
+        assert_eq!(ids[0], ids[3], "hard links share a node");
+        assert!(ids[0] != ids[1] && ids[0] != ids[2] && ids[1] != ids[2], "{ids:x?}");
+        assert_eq!(ids[0] & INO_MASK, 7, "the root's device shows the backing number");
+        assert_eq!(v.read(ids[1], 0, 100).unwrap(), b"on device 2");
+        assert_eq!(v.read(ids[2], 0, 100).unwrap(), b"a large inode number");
+        // readdir gives the same ids
+        let root = look(&v, "").unwrap().ino.0;
+        let mut listed = HashMap::new();
+        v.readdir(root, 0, |node, _, _, name| {
+            listed.insert(name.to_string_lossy().into_owned(), node);
+            false
+        })
+        .unwrap();
+        assert_eq!(listed["b"], ids[1]);
+        assert_eq!(listed["c"], ids[2]);
+        // forgotten and looked up again: still right
+        v.forget(ids[1], 1);
+        assert_eq!(v.read(look(&v, "b").unwrap().ino.0, 0, 100).unwrap(), b"on device 2");
+    }
+
+    #[test]
+    fn holes_blocks_and_lseek() {
+        let data = vec![7u8; BS as usize];
+        let mut blocks: Vec<Option<&[u8]>> = vec![None; 3 * 256 + 10];
+        blocks[300] = Some(&data);
+        blocks[301] = Some(&data);
+        blocks[3 * 256 + 9] = Some(&data[..100]);
+        let size = (3 * 256 + 9) * BS + 100;
+        for (enc, v1) in [(Tree::encode as fn(&Tree) -> Vec<u8>, false), (objects::encode_v1, true)] {
+            let (_t, _o, v) = repo(
+                |o| {
+                    let mut f = file(o, "f", 9, Some(1), &blocks, size);
+                    f.blocks = Some(40); // as stat showed it (format 2 only)
+                    vec![f, file(o, "holes", 10, Some(1), &vec![None; 70_000], 70_000 * BS)]
+                },
+                enc,
+                BS,
+            );
+            let a = look(&v, "f").unwrap();
+            // format 1: counted from the block list: 2 full blocks and 100 bytes
+            assert_eq!(a.blocks, if v1 { 2 * 8 + 1 } else { 40 });
+            let id = a.ino.0;
+            let d = 300 * BS as i64;
+            assert_eq!(v.lseek(id, 0, libc::SEEK_DATA), Ok(d));
+            assert_eq!(v.lseek(id, 0, libc::SEEK_HOLE), Ok(0));
+            assert_eq!(v.lseek(id, d + 1, libc::SEEK_HOLE), Ok(d + 2 * BS as i64));
+            assert_eq!(v.lseek(id, d + 2 * BS as i64, libc::SEEK_DATA), Ok((3 * 256 + 9) * BS as i64));
+            assert_eq!(v.lseek(id, (3 * 256 + 9) * BS as i64, libc::SEEK_HOLE), Ok(size as i64));
+            assert_eq!(v.lseek(id, size as i64, libc::SEEK_DATA), Err(Errno(libc::ENXIO)));
+            assert_eq!(v.read(id, d as u64 - 2, 4).unwrap(), vec![0, 0, 7, 7]);
+            // a file all holes: skipped by id, no node read past the first level
+            let h = look(&v, "holes").unwrap();
+            assert_eq!(h.blocks, 0);
+            assert_eq!(v.lseek(h.ino.0, 5, libc::SEEK_DATA), Err(Errno(libc::ENXIO)));
+            assert_eq!(v.lseek(h.ino.0, 5, libc::SEEK_HOLE), Ok(5));
+        }
+    }
+
+    #[test]
+    fn hostile_block_lists_and_records_give_eio() {
+        // levels = 7 (node_span overflowed: a division by zero) and a node of level 7
+        let (_t, _o, v) = repo(
+            |o| {
+                let (blob, _) = o.put(ObjKind::Blob, b"x").unwrap();
+                let (leaf, _) = o.put(ObjKind::FileNode, &FileNode { level: 0, entries: vec![blob] }.encode()).unwrap();
+                let (n7, _) = o.put(ObjKind::FileNode, &FileNode { level: 7, entries: vec![leaf] }.encode()).unwrap();
+                let (n1, _) = o.put(ObjKind::FileNode, &FileNode { level: 1, entries: vec![leaf] }.encode()).unwrap();
+                let mut a = file(o, "node7", 3, Some(1), &[], 1);
+                a.content = n7;
+                let mut b = file(o, "wrong_level", 4, Some(1), &[], 1);
+                b.content = n1; // a level-1 node where level 0 belongs
+                let mut c = file(o, "too_big", 5, Some(1), &[], 1 << 40);
+                c.content = leaf; // levels 0 for 2^28 blocks
+                vec![a, b, c]
+            },
+            Tree::encode,
+            BS,
+        );
+        for n in ["node7", "wrong_level", "too_big"] {
+            let id = look(&v, n).unwrap().ino.0;
+            assert_eq!(v.read(id, 0, 10), Err(Errno::EIO), "{n}");
+            assert_eq!(v.lseek(id, 0, libc::SEEK_DATA), Err(Errno::EIO), "{n}");
+            assert_eq!(v.lseek(id, 0, libc::SEEK_HOLE), Err(Errno::EIO), "{n}");
+        }
+        // an entry with levels 7: its tree does not decode
+        let (_t, _o, v) = repo(
+            |o| {
+                let mut e = file(o, "levels7", 3, Some(1), &[Some(b"x")], 1);
+                e.levels = 7;
+                vec![e]
+            },
+            Tree::encode,
+            BS,
+        );
+        assert_eq!(look(&v, "levels7").unwrap_err(), Errno::EIO);
+        // a record whose block size is 2^50, or not the repository's
+        for bs in [1 << 50, 2 * BS] {
+            let (_t, _o, v) = repo(|o| vec![file(o, "f", 3, Some(1), &[Some(b"x")], 1)], Tree::encode, bs);
+            let root = look(&v, "").expect("the damaged snapshot is there");
+            assert_eq!(v.lookup(root.ino.0, OsStr::new("f")).unwrap_err(), Errno::EIO);
+            assert_eq!(v.readdir(root.ino.0, 0, |_, _, _, _| false).unwrap_err(), Errno::EIO);
+        }
+    }
+}
