@@ -829,9 +829,11 @@ impl View {
                 out.resize(out.len() + take, 0);
             } else {
                 let data = self.block(&bid).map_err(fail)?;
-                let avail = data.len().saturating_sub(in_block).min(take);
-                out.extend_from_slice(&data[in_block..in_block + avail]);
-                out.resize(out.len() + (take - avail), 0);
+                // every block is whole but the last, which ends at the size
+                if data.len() as u64 != self.bs.min(e.size - b * self.bs) {
+                    return Err(fail(shape(bid, "blob (not the length its place in the file needs)")));
+                }
+                out.extend_from_slice(&data[in_block..in_block + take]);
             }
             pos += take as u64;
         }
