@@ -218,7 +218,7 @@ impl Walker<'_> {
                         "a snapshot's top tree that is not one entry \".\"".into()
                     })
                 } else {
-                    t.entries.iter().find(|e| e.check_blocks(self.bs).is_err()).map(|e| {
+                    t.entries.iter().find(|e| e.kind == EntryKind::File && e.check_blocks(self.bs).is_err()).map(|e| {
                         format!(
                             "file {:?}: its block list's levels do not fit its size",
                             String::from_utf8_lossy(&e.name)

@@ -499,3 +499,70 @@ fn a_crafted_repository_gets_errors_not_a_dead_browse_mount() {
     let out = snapfs(&["restore", "--repo", repo.to_str().unwrap(), "evil", t.path().join("out").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn a_small_shared_subtree_cannot_expand_past_what_the_snapshot_records() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    run(Command::new(bin()).arg("init").arg(&repo));
+    let store: Arc<dyn Store> = Arc::new(LocalStore::new(&repo));
+    let o = Objects::open(store.clone(), None).unwrap();
+    let (blob, _) = o.put(ObjKind::Blob, b"x").unwrap();
+    let (leaf, _) = o.put(ObjKind::FileNode, &FileNode { level: 0, entries: vec![blob] }.encode()).unwrap();
+    // one directory of 20 files, referenced 20 times: 400 files, 20 claimed
+    let files: Vec<Entry> = (0..20).map(|i| file_entry(&format!("f{i:02}"), 1, leaf, 0)).collect();
+    let (shared, _) = o.put(ObjKind::Tree, &Tree { entries: files }.encode()).unwrap();
+    let dirs: Vec<Entry> = (0..20)
+        .map(|i| {
+            let mut d = file_entry(&format!("d{i:02}"), 0, shared, 0);
+            d.kind = EntryKind::Dir;
+            d.mode = 0o755;
+            d.totals = Totals { files: 1, dirs: 0, others: 0, bytes: 1 };
+            d
+        })
+        .collect();
+    let (mid, _) = o.put(ObjKind::Tree, &Tree { entries: dirs }.encode()).unwrap();
+    let mut root = file_entry(".", 0, mid, 0);
+    root.kind = EntryKind::Dir;
+    root.mode = 0o755;
+    root.totals = Totals { files: 20, dirs: 20, others: 0, bytes: 20 };
+    let (top, _) = o.put(ObjKind::Tree, &Tree { entries: vec![root] }.encode()).unwrap();
+    let (links, _) = o.put(ObjKind::Meta, &snapshot::encode_links(&Default::default())).unwrap();
+    o.flush().unwrap();
+    let record = SnapshotRecord {
+        format: snapshot::RECORD_FORMAT,
+        name: "bomb".into(),
+        time: "2026-01-01T00:00:00Z".into(),
+        time_sec: 1_767_225_600,
+        time_nsec: 0,
+        tree: top.hex(),
+        links: links.hex(),
+        parent: None,
+        full: true,
+        source: "crafted".into(),
+        host: "test".into(),
+        block_size: BS,
+        stats: SnapshotStats { files: 20, dirs: 21, logical_bytes: 20, ..Default::default() },
+    };
+    snapshot::commit(&*store, &record).unwrap();
+    let out_dir = t.path().join("out");
+    let out = snapfs(&["restore", "--repo", repo.to_str().unwrap(), "bomb", out_dir.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("refusing to expand"), "{err}");
+    let made = walk(&out_dir);
+    assert!(made <= 41, "restore made {made} entries of a snapshot recording 40");
+    // verify says the directories' totals are false
+    let (ok, v) = json_of(&["verify", "--json", "--repo", repo.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(v.to_string().contains("claims 1 files"), "{v}");
+}
+
+fn walk(d: &Path) -> usize {
+    let Ok(rd) = fs::read_dir(d) else { return 0 };
+    rd.map(|e| {
+        let e = e.unwrap();
+        1 + if e.file_type().unwrap().is_dir() { walk(&e.path()) } else { 0 }
+    })
+    .sum()
+}
