@@ -1340,4 +1340,74 @@ mod tests {
         t.insert(b"c".to_vec(), 5);
         assert_eq!(decode_links(&encode_links(&t)), Some(t));
     }
+
+    /// Every tree below `id` re-encoded in format 1 (as snapfs wrote it
+    /// before format 2): the ids of the format 1 copy.
+    fn to_format_1(o: &Objects, id: ObjectId) -> ObjectId {
+        let mut t = o.tree(&id).unwrap();
+        for e in &mut t.entries {
+            if e.kind == EntryKind::Dir {
+                e.content = to_format_1(o, e.content);
+            }
+            e.dev = None;
+            e.blocks = None;
+        }
+        o.put(ObjKind::Tree, &objects::encode_v1(&t)).unwrap().0
+    }
+
+    #[test]
+    fn incremental_snapshots_build_on_format_1_trees() {
+        use crate::tracker::{Kind, ENTRIES};
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        std::fs::write(p.join("a"), vec![1u8; 100_000]).unwrap();
+        std::fs::write(p.join("b1"), b"linked").unwrap();
+        std::fs::hard_link(p.join("b1"), p.join("b2")).unwrap();
+        std::fs::create_dir(p.join("sub")).unwrap();
+        std::fs::write(p.join("sub/c"), b"below").unwrap();
+        let fd: OwnedFd = std::fs::File::open(p).unwrap().into();
+        let (_t, o) = objects();
+        let bs = 4096;
+        let top1 = Builder::new(&o, bs, None, LinkTable::new()).build(fd.as_fd(), None).unwrap();
+        let old = to_format_1(&o, top1);
+        let root_v1 = root_entry(&o, old).unwrap();
+        assert_eq!((root_v1.dev, root_v1.blocks), (None, None));
+        // a changed name in the root: the root is walked, the rest kept
+        std::fs::write(p.join("new"), b"n").unwrap();
+        let root_ino = sys::fstat(fd.as_fd()).unwrap().st_ino;
+        let mut sealed = HashMap::new();
+        let new_ino = std::fs::metadata(p.join("new")).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
+        let rec = |kind, flags| Record {
+            kind,
+            flags,
+            parent: root_ino,
+            name: Default::default(),
+            size: 0,
+            grown_from: None,
+            blocks: Default::default(),
+        };
+        sealed.insert(root_ino, rec(Kind::Dir, ENTRIES));
+        sealed.insert(new_ino, rec(Kind::File, FULL | META));
+        let mut b = Builder::new(&o, bs, Some(&sealed), LinkTable::new());
+        let top2 = b.build(fd.as_fd(), Some(old)).unwrap();
+        let root = root_entry(&o, top2).unwrap();
+        let raw = o.get(&root.content, ObjKind::Tree).unwrap();
+        assert_eq!(raw[0], 2, "the walked directory is written in format 2");
+        let t = o.tree(&root.content).unwrap();
+        let dev = sys::fstat(fd.as_fd()).unwrap().st_dev;
+        for n in [&b"a"[..], b"b1", b"b2"] {
+            let e = t.get(n).unwrap();
+            assert_eq!(e.dev, Some(dev), "{n:?}: kept from format 1, on the directory's device");
+            assert_eq!(e.blocks, None, "{n:?}: st_blocks not recorded in format 1");
+        }
+        assert_eq!(read_file(&o, t.get(b"a").unwrap(), bs).unwrap(), vec![1u8; 100_000]);
+        assert!(t.get(b"new").unwrap().blocks.is_some());
+        // the unchanged directory is the format 1 tree, by id
+        assert_eq!(t.get(b"sub").unwrap().content, root_v1_sub(&o, &root_v1));
+        assert_eq!(b.links().len(), 2);
+    }
+
+    fn root_v1_sub(o: &Objects, root: &Entry) -> ObjectId {
+        o.tree(&root.content).unwrap().get(b"sub").unwrap().content
+    }
 }
