@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::objects::{EntryKind, ObjKind, ObjectId};
+use crate::objects::{EntryKind, ObjKind, ObjectId, Totals};
 use crate::objstore::{ObjResult, Objects};
 use crate::pack::{self, PackEntry};
 use crate::snapshot::{self, SnapshotInfo};
@@ -35,6 +35,8 @@ pub struct VerifyOptions {
     pub subset: Option<f64>,
     /// Parallel pack readers.
     pub jobs: usize,
+    /// The repository's block size: every record must have it.
+    pub block_size: Option<u64>,
 }
 
 /// Live counters, for a progress bar.
@@ -158,6 +160,12 @@ struct Walker<'a> {
     /// Objects known to be damaged, with what is wrong.
     bad: HashMap<ObjectId, (ObjKind, String)>,
     trees: HashMap<ObjectId, Problems>,
+    /// What each tree holds below it, counted (None: not known, damaged).
+    sums: HashMap<ObjectId, Option<Totals>>,
+    /// Depth of the tree being walked (0: a snapshot's top tree).
+    depth: usize,
+    /// The block size of the snapshot being walked.
+    bs: u64,
     files: HashMap<(ObjectId, u8), Problems>,
     none: Problems,
 }
@@ -194,12 +202,68 @@ impl Walker<'_> {
             return p.clone();
         }
         let mut out = Vec::new();
+        let mut sum = Some(Totals::default());
         match self.fetch(id, ObjKind::Tree, |o| o.tree(&id)) {
-            None => out.push((Vec::new(), id)),
+            None => {
+                out.push((Vec::new(), id));
+                sum = None;
+            }
             Some(t) => {
+                // what decode lets through but the tree's place forbids
+                let top = t.is_top();
+                let wrong = if top != (self.depth == 0) {
+                    Some(if top {
+                        "a directory shaped as a snapshot's top tree".to_string()
+                    } else {
+                        "a snapshot's top tree that is not one entry \".\"".into()
+                    })
+                } else {
+                    t.entries.iter().find(|e| e.kind == EntryKind::File && e.check_blocks(self.bs).is_err()).map(|e| {
+                        format!(
+                            "file {:?}: its block list's levels do not fit its size",
+                            String::from_utf8_lossy(&e.name)
+                        )
+                    })
+                };
+                if let Some(problem) = wrong {
+                    self.note(id, ObjKind::Tree, problem);
+                    out.push((Vec::new(), id));
+                }
+                self.depth += 1;
                 for e in &t.entries {
+                    if let Some(s) = &mut sum {
+                        match e.kind {
+                            EntryKind::Dir => s.dirs += 1,
+                            EntryKind::File => {
+                                s.files += 1;
+                                s.bytes = s.bytes.wrapping_add(e.size);
+                            }
+                            _ => s.others += 1,
+                        }
+                    }
                     let sub = match e.kind {
-                        EntryKind::Dir => self.tree(e.content),
+                        EntryKind::Dir => {
+                            let sub = self.tree(e.content);
+                            match (self.sums.get(&e.content).copied().flatten(), &mut sum) {
+                                (Some(below), Some(s)) => {
+                                    if below != e.totals {
+                                        self.note(id, ObjKind::Tree, format!(
+                                            "directory {:?} claims {} files, {} directories, {} others, {} bytes below it; it holds {}, {}, {}, {}",
+                                            String::from_utf8_lossy(&e.name),
+                                            e.totals.files, e.totals.dirs, e.totals.others, e.totals.bytes,
+                                            below.files, below.dirs, below.others, below.bytes
+                                        ));
+                                        out.push((Vec::new(), id));
+                                    }
+                                    s.files = s.files.wrapping_add(e.totals.files);
+                                    s.dirs = s.dirs.wrapping_add(e.totals.dirs);
+                                    s.others = s.others.wrapping_add(e.totals.others);
+                                    s.bytes = s.bytes.wrapping_add(e.totals.bytes);
+                                }
+                                _ => sum = None,
+                            }
+                            sub
+                        }
                         EntryKind::File => self.file(e.content, e.levels),
                         _ => continue,
                     };
@@ -214,10 +278,12 @@ impl Walker<'_> {
                         out.push((path, *bad));
                     }
                 }
+                self.depth -= 1;
             }
         }
         let p = if out.is_empty() { self.none.clone() } else { Arc::new(out) };
         self.trees.insert(id, p.clone());
+        self.sums.insert(id, sum);
         p
     }
 
@@ -235,8 +301,18 @@ impl Walker<'_> {
                 out.push((Vec::new(), id));
                 continue;
             };
+            if n.level != level {
+                self.note(id, ObjKind::FileNode, format!("a node of level {} where level {level} belongs", n.level));
+                out.push((Vec::new(), id));
+                continue;
+            }
             for c in n.entries {
-                if c.is_zero() {
+                if crate::objects::is_hole(&c, level) {
+                    continue;
+                }
+                if level == 0 && self.located.get(&c).is_some_and(|(_, e)| e.raw as u64 > self.bs) {
+                    self.note(c, ObjKind::Blob, format!("a block larger than the block size {}", self.bs));
+                    out.push((Vec::new(), c));
                     continue;
                 }
                 if level > 0 {
@@ -440,6 +516,9 @@ pub fn verify(objects: &Objects, opts: &VerifyOptions, progress: &VerifyProgress
         located: &located,
         bad,
         trees: HashMap::new(),
+        sums: HashMap::new(),
+        depth: 0,
+        bs: opts.block_size.unwrap_or(0),
         files: HashMap::new(),
         none: Arc::new(Vec::new()),
     };
@@ -447,6 +526,19 @@ pub fn verify(objects: &Objects, opts: &VerifyOptions, progress: &VerifyProgress
     let mut users: HashMap<ObjectId, BTreeMap<usize, (Vec<String>, u64)>> = HashMap::new();
     for (si, s) in snaps.iter().enumerate() {
         let mut found: Vec<(Vec<u8>, ObjectId)> = Vec::new();
+        if opts.block_size.is_some_and(|bs| bs != s.record.block_size) {
+            report.damaged_records.push(DamagedFile {
+                name: s.id.clone(),
+                problem: format!(
+                    "its block size {} is not the repository's {}",
+                    s.record.block_size,
+                    opts.block_size.unwrap_or(0)
+                ),
+            });
+            progress.snapshots_done.store(si as u64 + 1, Ordering::Relaxed);
+            continue;
+        }
+        w.bs = s.record.block_size;
         match ObjectId::from_hex(&s.record.tree) {
             Some(top) => found.extend(w.tree(top).iter().cloned()),
             None => report.damaged_records.push(DamagedFile { name: s.id.clone(), problem: "no valid tree id".into() }),
@@ -541,16 +633,11 @@ fn read_pack(store: &dyn crate::store::Store, name: &str, entries: &[PackEntry])
 }
 
 fn read_record(store: &dyn crate::store::Store, id: &str) -> Result<SnapshotInfo, String> {
-    let bytes = store.get(FileKind::Snapshot, id).map_err(|e| e.to_string())?;
-    if ObjectId::of(&bytes).hex() != id {
-        return Err("its contents do not match its name (damaged)".into());
+    let all = snapshot::read_one(store, id).map_err(|e| e.to_string())?;
+    match all.damaged {
+        Some(problem) => Err(problem),
+        None => Ok(all),
     }
-    let record: snapshot::SnapshotRecord =
-        serde_json::from_slice(&bytes).map_err(|e| format!("cannot be parsed: {e}"))?;
-    if record.format > snapshot::RECORD_FORMAT {
-        return Err(format!("record format {} is newer than this snapfs understands", record.format));
-    }
-    Ok(SnapshotInfo { id: id.to_string(), record })
 }
 
 /// A short human summary, one line.

@@ -135,7 +135,7 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
             health.error("state", &note);
         }
         let p = Arc::new(VerifyProgress::default());
-        let opts = VerifyOptions { read_data: a.read_data, subset: a.subset, jobs };
+        let opts = VerifyOptions { read_data: a.read_data, subset: a.subset, jobs, block_size: Some(r.block_size()) };
         let report = with_progress(a.json, || Some(p.view()), || check::verify(&objects, &opts, &p))?;
         health.set_verify(&report);
         if !report.ok {

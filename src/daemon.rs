@@ -1273,7 +1273,8 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
                 }
                 Request::Verify { read_data, subset, rebuild_index } => {
                     let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-                    match shared.verify(check::VerifyOptions { read_data, subset, jobs }, rebuild_index) {
+                    let opts = check::VerifyOptions { read_data, subset, jobs, block_size: Some(shared.block_size) };
+                    match shared.verify(opts, rebuild_index) {
                         Ok(r) => Reply { verify: Some(r), ..Reply::ok() },
                         Err(e) => Reply::err(format!("verify failed: {e:#}")),
                     }
@@ -1306,7 +1307,7 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
                     Ok(r) => Reply { live: Some(r), ..Reply::ok() },
                     Err(e) => Reply::err(format!("verify --live failed: {e:#}")),
                 },
-                Request::List => match snapshot::list(&**shared.objects.store()) {
+                Request::List => match snapshot::list_all(&**shared.objects.store()) {
                     Ok(l) => Reply { snapshots: Some(l), ..Reply::ok() },
                     Err(e) => Reply::err(e.to_string()),
                 },

@@ -141,15 +141,9 @@ fn view_xattr(r: crate::errno::SysResult<Vec<u8>>, size: u32, reply: ReplyXattr)
 }
 
 fn view_lseek(view: &View, ino: u64, offset: i64, whence: i32, reply: ReplyLseek) {
-    let size = match view.getattr(ino) {
-        Ok(a) => a.size as i64,
-        Err(e) => return reply.error(e.into()),
-    };
-    match whence {
-        libc::SEEK_DATA if offset < size => reply.offset(offset),
-        libc::SEEK_HOLE if offset < size => reply.offset(size),
-        libc::SEEK_DATA | libc::SEEK_HOLE => reply.error(fuser::Errno::from_i32(libc::ENXIO)),
-        _ => reply.error(fuser::Errno::EINVAL),
+    match view.lseek(ino, offset, whence) {
+        Ok(o) => reply.offset(o),
+        Err(e) => reply.error(e.into()),
     }
 }
 

@@ -740,7 +740,7 @@ fn list(dir: Option<&Path>, repo: Option<&str>) -> Result<Vec<snapfs::snapshot::
         return r.snapshots.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_default()));
     }
     let r = offline_repo(dir, repo)?;
-    Ok(snapfs::snapshot::list(&*r.store())?)
+    Ok(snapfs::snapshot::list_all(&*r.store())?)
 }
 
 fn diff(dir: Option<&Path>, repo: Option<&str>, a: &str, b: &str) -> Result<snapfs::snapshot::DiffReport> {
@@ -764,17 +764,23 @@ fn print_list(all: &[snapfs::snapshot::SnapshotInfo]) {
         return;
     }
     println!("{:<28} {:<12} {:<20} {:>12} {:>12} {:>8}", "NAME", "ID", "TIME", "ADDED", "SIZE", "FILES");
-    for s in all {
+    for s in all.iter().filter(|s| s.damaged.is_none()) {
         let r = &s.record;
         println!(
             "{:<28} {:<12} {:<20} {:>12} {:>12} {:>8}",
             r.name,
-            &s.id[..12],
+            &s.id[..12.min(s.id.len())],
             r.time,
             util::human_bytes(r.stats.added_bytes),
             util::human_bytes(r.stats.logical_bytes),
             r.stats.files
         );
+    }
+    for s in all {
+        if let Some(problem) = &s.damaged {
+            let name = if s.record.name.is_empty() { String::new() } else { format!(" (named {:?})", s.record.name) };
+            println!("DAMAGED snapshot record {}{name}: {problem}; run `snapfs verify`", s.id);
+        }
     }
 }
 

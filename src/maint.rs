@@ -180,7 +180,8 @@ pub fn forget(
     only_prefix: Option<&str>,
     held: &HashSet<String>,
 ) -> Result<ForgetReport> {
-    let mut all = snapshot::list(store)?;
+    let with_damaged = snapshot::list_all(store)?;
+    let mut all: Vec<_> = with_damaged.iter().filter(|s| s.damaged.is_none()).cloned().collect();
     if let Some(p) = only_prefix {
         all.retain(|s| s.record.name.starts_with(p));
     }
@@ -193,7 +194,8 @@ pub fn forget(
         (false, true) => {
             let mut d = HashSet::new();
             for n in names {
-                d.insert(snapshot::find(&all, n)?.id.clone());
+                // (a damaged record too, by its id)
+                d.insert(snapshot::find(&all, n).or_else(|_| snapshot::find(&with_damaged, n))?.id.clone());
             }
             d
         }
@@ -216,6 +218,9 @@ pub fn forget(
         } else if !names.is_empty() {
             report.kept.push(item(s, &[]));
         }
+    }
+    for s in with_damaged.iter().filter(|s| s.damaged.is_some() && doomed.contains(&s.id)) {
+        report.removed.push(item(s, &[]));
     }
     if !dry_run {
         for s in &report.removed {
@@ -321,13 +326,13 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
     let store = objects.store().clone();
     let mut report = PruneReport { dry_run: opts.dry_run, ..Default::default() };
     // every record must be readable: an unreadable one could reference anything
-    for id in store.list(FileKind::Snapshot)? {
-        let b = store.get(FileKind::Snapshot, &id)?;
-        if ObjectId::of(&b).hex() != id {
-            bail!("snapshot record {id} is damaged; prune stops so as not to drop data: run `snapfs verify`");
-        }
+    let snaps = snapshot::list_all(&*store)?;
+    if let Some(s) = snaps.iter().find(|s| s.damaged.is_some()) {
+        bail!(
+            "snapshot record {} is damaged; prune stops so as not to drop data: run `snapfs verify` (or forget it by its id)",
+            s.id
+        );
     }
-    let snaps = snapshot::list(&*store)?;
     report.snapshots = snaps.len() as u64;
     progress.phase.store(3, Ordering::Relaxed);
     let used = mark(objects, &snaps, progress)?;

@@ -34,6 +34,8 @@ pub enum ObjError {
     Decode { id: ObjectId, err: DecodeError },
     #[error("object {id} is a {found:?}, expected a {want:?}")]
     WrongKind { id: ObjectId, found: ObjKind, want: ObjKind },
+    #[error("a {kind:?} object of {len} bytes is larger than the format allows")]
+    TooLarge { kind: ObjKind, len: usize },
     #[error("index database: {0}")]
     Db(#[from] sled::Error),
 }
@@ -366,6 +368,9 @@ impl Objects {
 
     /// Store an object unless it is there already. Returns its id and whether it was new.
     pub fn put(&self, kind: ObjKind, raw: &[u8]) -> ObjResult<(ObjectId, bool)> {
+        if raw.len() > crate::objects::max_object_bytes(kind) {
+            return Err(ObjError::TooLarge { kind, len: raw.len() });
+        }
         let id = ObjectId::of_object(kind, raw);
         if self.index.get(&id)?.is_some() {
             return Ok((id, false));

@@ -116,13 +116,31 @@ impl PackWriter {
     }
 }
 
+impl PackEntry {
+    /// Whether the entry is within the format's limits: a known codec, a
+    /// raw size its kind may have, stored bytes no more than the raw ones
+    /// (zstd is kept only when smaller), all of it in the pack before
+    /// `trailer_off`. Every decoder checks this before it allocates.
+    pub fn valid(&self, trailer_off: u64) -> bool {
+        let sizes = match self.codec {
+            CODEC_RAW => self.stored == self.raw,
+            CODEC_ZSTD => self.stored < self.raw,
+            _ => false,
+        };
+        sizes
+            && self.raw as usize <= crate::objects::max_object_bytes(self.kind)
+            && self.offset >= MAGIC.len() as u64
+            && self.offset.checked_add(self.stored as u64).is_some_and(|end| end <= trailer_off)
+    }
+}
+
 /// Where the trailer starts, from the last 16 bytes of a pack.
 pub fn parse_footer(pack: &str, footer: &[u8], size: u64) -> Result<u64, PackError> {
     if footer.len() != 16 || &footer[8..] != FOOTER_MAGIC {
         return Err(PackError::Malformed(pack.into()));
     }
     let off = u64::from_le_bytes(footer[..8].try_into().unwrap());
-    if off < MAGIC.len() as u64 || off + 4 + 16 > size {
+    if off < MAGIC.len() as u64 || off.checked_add(4 + 16).is_none_or(|end| end > size) {
         return Err(PackError::Malformed(pack.into()));
     }
     Ok(off)
@@ -135,7 +153,7 @@ pub fn parse_trailer(pack: &str, t: &[u8], trailer_off: u64) -> Result<Vec<PackE
         return Err(bad());
     }
     let n = u32::from_le_bytes(t[..4].try_into().unwrap()) as usize;
-    if t.len() != 4 + n * ENTRY_LEN {
+    if n.checked_mul(ENTRY_LEN).and_then(|x| x.checked_add(4)) != Some(t.len()) {
         return Err(bad());
     }
     let mut out = Vec::with_capacity(n);
@@ -150,7 +168,7 @@ pub fn parse_trailer(pack: &str, t: &[u8], trailer_off: u64) -> Result<Vec<PackE
             stored: u32::from_le_bytes(e[42..46].try_into().unwrap()),
             raw: u32::from_le_bytes(e[46..50].try_into().unwrap()),
         };
-        if entry.offset < MAGIC.len() as u64 || entry.offset + entry.stored as u64 > trailer_off {
+        if !entry.valid(trailer_off) {
             return Err(bad());
         }
         out.push(entry);
@@ -166,6 +184,10 @@ thread_local! {
 
 /// Decode the stored bytes of an object and check them against its id.
 pub fn decode_object(pack: &str, e: &PackEntry, stored: &[u8]) -> Result<Vec<u8>, PackError> {
+    // (an entry from the index, or a trailer: never allocate what it claims unchecked)
+    if !e.valid(u64::MAX) || stored.len() != e.stored as usize {
+        return Err(PackError::Malformed(pack.into()));
+    }
     let raw = match e.codec {
         CODEC_RAW => stored.to_vec(),
         CODEC_ZSTD => DECOMPRESSOR

@@ -37,7 +37,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::errno::{cvt, Errno};
-use crate::objects::{Entry, EntryKind, ObjKind, ObjectId};
+use crate::objects::{Entry, EntryKind, ObjKind, ObjectId, Totals};
 use crate::objstore::Objects;
 use crate::snapshot::{self, SnapshotInfo};
 use crate::sys;
@@ -209,7 +209,6 @@ fn block_id(data: &[u8]) -> ObjectId {
 /// Write one file (`dir/name`), verifying what was written.
 fn write_file(objects: &Objects, bs: u64, dir: BorrowedFd<'_>, e: &Entry, c: &Counters, path: &[u8]) -> Result<()> {
     let name = cname(&e.name);
-    let ids = snapshot::block_ids(objects, e.content, e.levels).with_context(|| show(path))?;
     // An existing regular file is updated in place; anything else replaced.
     let existing = sys::fstatat(dir, &name).ok();
     if existing.as_ref().is_some_and(|st| !sys::is_reg(st) || st.st_nlink > 1) {
@@ -232,27 +231,33 @@ fn write_file(objects: &Objects, bs: u64, dir: BorrowedFd<'_>, e: &Entry, c: &Co
     let size_now = sys::fstat(fd.as_fd())?.st_size as u64;
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), e.size as i64) }).map_err(|err| anyhow!("{}: {err}", show(path)))?;
     let mut buf = vec![0u8; bs as usize];
-    for (b, id) in ids.iter().enumerate() {
-        let off = b as u64 * bs;
-        if off >= e.size {
-            break;
+    // runs of holes past the old end are holes already (the truncate made
+    // them): a sparse file costs what it stores
+    snapshot::visit_blocks(objects, e, bs, |first, count, id| -> Result<()> {
+        for b in first..first + count {
+            let off = b * bs;
+            if off >= e.size || (id.is_zero() && off >= size_now) {
+                break;
+            }
+            let len = bs.min(e.size - off) as usize;
+            // what is there now (after truncate: zeros past the old end)
+            let have = if off < size_now {
+                let got = sys::pread_full(fd.as_fd(), &mut buf[..len], off)?;
+                buf[got..len].fill(0);
+                block_id(&buf[..len])
+            } else {
+                ObjectId::ZERO
+            };
+            if have == id {
+                c.kept.fetch_add(len as u64, Ordering::Relaxed);
+                continue;
+            }
+            let n = put_block(objects, fd.as_fd(), b as usize, id, off, &mut buf[..len], path)?;
+            c.written.fetch_add(n, Ordering::Relaxed);
         }
-        let len = bs.min(e.size - off) as usize;
-        // what is there now (after truncate: zeros past the old end)
-        let have = if off < size_now {
-            let got = sys::pread_full(fd.as_fd(), &mut buf[..len], off)?;
-            buf[got..len].fill(0);
-            block_id(&buf[..len])
-        } else {
-            ObjectId::ZERO
-        };
-        if have == *id {
-            c.kept.fetch_add(len as u64, Ordering::Relaxed);
-            continue;
-        }
-        let n = put_block(objects, fd.as_fd(), b, *id, off, &mut buf[..len], path)?;
-        c.written.fetch_add(n, Ordering::Relaxed);
-    }
+        Ok(())
+    })
+    .with_context(|| show(path))?;
     drop(fd);
     set_meta(dir, &name, e).with_context(|| show(path))?;
     c.files.fetch_add(1, Ordering::Relaxed);
@@ -289,6 +294,9 @@ fn put_block(
         }
     } else {
         let data = objects.get(&id, ObjKind::Blob).map_err(|e| anyhow!("{}: {e}", show(path)))?;
+        if data.len() != len {
+            bail!("{}: block {b} holds {} bytes where the file needs {len}: damaged", show(path), data.len());
+        }
         write_all_at(fd, &data, off).map_err(|e| anyhow!("{}: {e}", show(path)))?;
         written = data.len() as u64;
     }
@@ -313,6 +321,55 @@ fn write_all_at(fd: BorrowedFd<'_>, mut data: &[u8], mut off: u64) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// A record restore can use: sound, and of a block size a repository may
+/// have (it sizes the buffers).
+fn check_record(snap: &SnapshotInfo) -> Result<()> {
+    if let Some(problem) = &snap.damaged {
+        bail!("snapshot record {} is damaged: {problem}", snap.id);
+    }
+    snapshot::check_record(&snap.record).map_err(|p| anyhow!("snapshot record {} is damaged: {p}", snap.id))
+}
+
+/// How much a restore may create: what the entry at its top (and the
+/// record) says lies below it.
+struct Expansion(Totals);
+
+impl Expansion {
+    fn of(snap: &SnapshotInfo, top: &Entry) -> Expansion {
+        let s = &snap.record.stats;
+        let t = &top.totals;
+        Expansion(Totals {
+            files: t.files.min(s.files),
+            dirs: t.dirs.min(s.dirs),
+            others: t.others.min(s.others),
+            bytes: t.bytes.min(s.logical_bytes),
+        })
+    }
+
+    /// Count entry `e` (one name) into `placed`; an error past the limit.
+    fn count(&self, placed: &mut Totals, e: &Entry) -> Result<()> {
+        match e.kind {
+            EntryKind::Dir => placed.dirs += 1,
+            EntryKind::File => {
+                placed.files += 1;
+                placed.bytes = placed.bytes.saturating_add(e.size);
+            }
+            _ => placed.others += 1,
+        }
+        let l = &self.0;
+        if placed.files > l.files || placed.dirs > l.dirs || placed.others > l.others || placed.bytes > l.bytes {
+            bail!(
+                "the snapshot holds more than its record and directories say ({} files, {} directories, {} others, {} bytes): damaged; refusing to expand it",
+                l.files,
+                l.dirs,
+                l.others,
+                l.bytes
+            );
+        }
+        Ok(())
+    }
 }
 
 #[derive(Serialize, Deserialize, PartialEq, Eq)]
@@ -346,7 +403,12 @@ pub fn restore(
     opts: &RestoreOptions,
 ) -> Result<RestoreStats> {
     let bs = snap.record.block_size;
+    check_record(snap)?;
     let top = find_entry(objects, snap, sub)?;
+    // What the snapshot says it holds bounds what it may expand to (a
+    // small subtree referenced many times must not make millions of files).
+    let limit = Expansion::of(snap, &top);
+    let mut placed = Totals::default();
     std::fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
     let tpath = CString::new(target.as_os_str().as_encoded_bytes()).map_err(|_| anyhow!("bad target path"))?;
     let root =
@@ -372,7 +434,7 @@ pub fn restore(
     let mut jobs: Vec<Job> = Vec::new();
     let mut dirs: Vec<(Vec<u8>, Entry)> = Vec::new(); // (path, entry) in creation order
     let mut links: Vec<(Vec<u8>, Vec<u8>, Entry)> = Vec::new(); // (first path, this dir, entry)
-    let mut first_path: HashMap<u64, Vec<u8>> = HashMap::new();
+    let mut first_path: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     let mut stack: Vec<(Vec<u8>, Entry)> = Vec::new();
     match top.kind {
         EntryKind::Dir => {
@@ -389,8 +451,12 @@ pub fn restore(
     while let Some((path, dir)) = stack.pop() {
         let fd = open_dir(root.as_fd(), &path)?;
         let tree = objects.tree(&dir.content).with_context(|| format!("directory {}", show(&path)))?;
+        if tree.is_top() {
+            bail!("directory {}: its tree is shaped as a snapshot's top tree: damaged", show(&path));
+        }
         for e in &tree.entries {
             check_name(&e.name)?;
+            limit.count(&mut placed, e)?;
             let p = util::join_rel(&path, &e.name);
             if e.kind == EntryKind::Dir {
                 let n = cname(&e.name);
@@ -520,16 +586,19 @@ fn place(
     overwrite: bool,
     jobs: &mut Vec<Job>,
     links: &mut Vec<(Vec<u8>, Vec<u8>, Entry)>,
-    first_path: &mut HashMap<u64, Vec<u8>>,
+    first_path: &mut HashMap<(u64, u64), Vec<u8>>,
     stats: &mut RestoreStats,
 ) -> Result<()> {
     let p = util::join_rel(path, &e.name);
     if e.nlink > 1 {
-        if let Some(first) = first_path.get(&e.ino) {
+        // an inode is (device, inode number): equal numbers on two
+        // filesystems are two files (format 1 trees: no device, one group)
+        let key = (e.dev.unwrap_or(0), e.ino);
+        if let Some(first) = first_path.get(&key) {
             links.push((first.clone(), path.to_vec(), e.clone()));
             return Ok(());
         }
-        first_path.insert(e.ino, p.clone());
+        first_path.insert(key, p.clone());
     }
     let n = cname(&e.name);
     let exists = sys::fstatat(dir, &n).is_ok();
@@ -624,6 +693,8 @@ pub fn rollback(
     root: BorrowedFd<'_>,
 ) -> Result<RollbackStats> {
     let bs = to.record.block_size;
+    check_record(to)?;
+    check_record(now)?;
     let want = find_entry(objects, to, sub)?;
     let have = find_entry(objects, now, sub).ok();
     let mut st = RollbackStats { safety_snapshot: now.record.name.clone(), ..Default::default() };
@@ -797,8 +868,8 @@ fn fill_new_dir(
 /// the bytes written.
 fn patch_file(objects: &Objects, bs: u64, dir: BorrowedFd<'_>, w: &Entry, h: &Entry, path: &[u8]) -> Result<u64> {
     let n = cname(&w.name);
-    let new = snapshot::block_ids(objects, w.content, w.levels)?;
-    let old = snapshot::block_ids(objects, h.content, h.levels)?;
+    let new = snapshot::entry_blocks(objects, w, bs)?;
+    let old = snapshot::entry_blocks(objects, h, bs)?;
     let fd = sys::openat(dir, &n, libc::O_RDWR | libc::O_NOFOLLOW, 0).map_err(|e| anyhow!("{}: {e}", show(path)))?;
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), w.size as i64) }).map_err(|e| anyhow!("{}: {e}", show(path)))?;
     let mut written = 0;

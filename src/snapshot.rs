@@ -22,7 +22,7 @@
 //! (harmless; prune removes them) and the tracker still holds the sealed
 //! changes for the next attempt.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Instant;
@@ -132,6 +132,11 @@ pub struct SnapshotInfo {
     pub id: String,
     #[serde(flatten)]
     pub record: SnapshotRecord,
+    /// Set for a damaged record (only [`list_all`] gives those): what is
+    /// wrong. The record is then what could be read of it, perhaps nothing
+    /// but defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
 }
 
 impl SnapshotInfo {
@@ -153,29 +158,125 @@ pub fn valid_name(n: &str) -> bool {
         && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
-/// Every snapshot in the repository, oldest first.
-pub fn list(store: &dyn Store) -> SnapResult<Vec<SnapshotInfo>> {
-    let mut out = Vec::new();
-    for id in store.list(FileKind::Snapshot)? {
-        let bytes = store.get(FileKind::Snapshot, &id)?;
-        if ObjectId::of(&bytes).hex() != id {
-            log::error!("snapshot record {id} does not match its name: damaged, skipped");
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| SnapError::BadRecord(id.clone()))?;
-        let found = v.get("format").and_then(|f| f.as_u64()).unwrap_or(0) as u32;
-        if found > RECORD_FORMAT {
-            return Err(SnapError::NewerRecord { id, found });
-        }
-        let record: SnapshotRecord = serde_json::from_value(v).map_err(|_| SnapError::BadRecord(id.clone()))?;
-        out.push(SnapshotInfo { id, record });
+/// What is wrong with a record's fields, if anything: the name rules,
+/// object ids in hex, a block size a repository may have, nanoseconds.
+pub fn check_record(r: &SnapshotRecord) -> Result<(), String> {
+    if !valid_name(&r.name) {
+        return Err(format!("its name {:?} is not a valid snapshot name", r.name));
     }
+    if ObjectId::from_hex(&r.tree).is_none() || ObjectId::from_hex(&r.links).is_none() {
+        return Err("its tree or link table id is not an object id".into());
+    }
+    if r.parent.as_ref().is_some_and(|p| ObjectId::from_hex(p).is_none()) {
+        return Err("its parent is not a snapshot id".into());
+    }
+    if !objects::valid_block_size(r.block_size) {
+        return Err(format!("its block size {} is not one a repository can have", r.block_size));
+    }
+    if r.time_nsec >= 1_000_000_000 {
+        return Err("its time is malformed".into());
+    }
+    Ok(())
+}
+
+/// Read and check one record: it must hash to its name, parse, be of a
+/// format we know (a newer one is an error of its own) and pass
+/// [`check_record`]. `Ok(Err(..))`: damaged, with what could be read.
+fn read_record(store: &dyn Store, id: &str) -> SnapResult<Result<SnapshotInfo, SnapshotInfo>> {
+    let bytes = store.get(FileKind::Snapshot, id)?;
+    let v: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+    let damaged = |problem: String| {
+        let mut record: SnapshotRecord = v
+            .clone()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_else(|| SnapshotRecord::unreadable(v.as_ref()));
+        if !valid_name(&record.name) {
+            record.name = String::new();
+        }
+        Ok(Err(SnapshotInfo { id: id.to_string(), record, damaged: Some(problem) }))
+    };
+    if ObjectId::of(&bytes).hex() != id {
+        return damaged("its contents do not match its name".into());
+    }
+    let Some(v) = v.clone() else { return damaged("it is not JSON".into()) };
+    let found = v.get("format").and_then(|f| f.as_u64()).unwrap_or(0);
+    if found > RECORD_FORMAT as u64 {
+        return Err(SnapError::NewerRecord { id: id.to_string(), found: found.min(u32::MAX as u64) as u32 });
+    }
+    let record: SnapshotRecord = match serde_json::from_value(v) {
+        Ok(r) => r,
+        Err(e) => return damaged(format!("it cannot be parsed: {e}")),
+    };
+    if let Err(problem) = check_record(&record) {
+        return damaged(problem);
+    }
+    Ok(Ok(SnapshotInfo { id: id.to_string(), record, damaged: None }))
+}
+
+impl SnapshotRecord {
+    /// What a damaged record shows: its name and time if those parse.
+    fn unreadable(v: Option<&serde_json::Value>) -> SnapshotRecord {
+        let s = |k: &str| v.and_then(|v| v.get(k)).and_then(|x| x.as_str()).unwrap_or_default().to_string();
+        SnapshotRecord {
+            format: RECORD_FORMAT,
+            name: s("name"),
+            time: s("time"),
+            time_sec: v.and_then(|v| v.get("time_sec")).and_then(|x| x.as_i64()).unwrap_or(0),
+            time_nsec: 0,
+            tree: String::new(),
+            links: String::new(),
+            parent: None,
+            full: false,
+            source: String::new(),
+            host: String::new(),
+            block_size: 0,
+            stats: SnapshotStats::default(),
+        }
+    }
+}
+
+/// One record, by id, read and checked as [`list_all`] does.
+pub fn read_one(store: &dyn Store, id: &str) -> SnapResult<SnapshotInfo> {
+    read_record(store, id).map(|r| r.unwrap_or_else(|d| d))
+}
+
+fn sort_infos(out: &mut [SnapshotInfo]) {
     out.sort_by(|a, b| {
-        (a.record.time_sec, a.record.time_nsec, &a.record.name).cmp(&(
+        (a.record.time_sec, a.record.time_nsec, &a.record.name, &a.id).cmp(&(
             b.record.time_sec,
             b.record.time_nsec,
             &b.record.name,
+            &b.id,
         ))
+    });
+}
+
+/// Every snapshot record in the repository, oldest first, damaged ones
+/// included (`damaged` says what is wrong; a record forgotten while we
+/// listed is left out).
+pub fn list_all(store: &dyn Store) -> SnapResult<Vec<SnapshotInfo>> {
+    let mut out = Vec::new();
+    for id in store.list(FileKind::Snapshot)? {
+        match read_record(store, &id) {
+            Ok(Ok(s)) | Ok(Err(s)) => out.push(s),
+            Err(SnapError::Store(StoreError::NotFound { .. })) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    sort_infos(&mut out);
+    Ok(out)
+}
+
+/// Every sound snapshot in the repository, oldest first. A damaged record
+/// is left out (and logged): [`list_all`] shows it.
+pub fn list(store: &dyn Store) -> SnapResult<Vec<SnapshotInfo>> {
+    let mut out = list_all(store)?;
+    out.retain(|s| match &s.damaged {
+        Some(problem) => {
+            log::error!("snapshot record {} is damaged ({problem}): skipped", s.id);
+            false
+        }
+        None => true,
     });
     Ok(out)
 }
@@ -197,43 +298,18 @@ pub fn commit(store: &dyn Store, record: &SnapshotRecord) -> SnapResult<Snapshot
     let bytes = serde_json::to_vec_pretty(record).expect("record serializes");
     let id = ObjectId::of(&bytes).hex();
     store.put(FileKind::Snapshot, &id, &bytes)?;
-    Ok(SnapshotInfo { id, record: record.clone() })
+    Ok(SnapshotInfo { id, record: record.clone(), damaged: None })
 }
 
 // ---------------------------------------------------------------------------
 // link tables
 
-/// path (relative, '/'-separated) -> inode, for non-directories with nlink > 1.
-pub type LinkTable = BTreeMap<Vec<u8>, u64>;
+pub use crate::objects::{encode_links, LinkTable};
 
-pub fn encode_links(t: &LinkTable) -> Vec<u8> {
-    let mut v = vec![1u8];
-    v.extend_from_slice(&(t.len() as u32).to_le_bytes());
-    for (p, ino) in t {
-        v.extend_from_slice(&(p.len() as u32).to_le_bytes());
-        v.extend_from_slice(p);
-        v.extend_from_slice(&ino.to_le_bytes());
-    }
-    v
-}
-
+/// A link table, or `None` if its bytes are malformed (see
+/// [`objects::decode_links`]).
 pub fn decode_links(b: &[u8]) -> Option<LinkTable> {
-    if b.first() != Some(&1) || b.len() < 5 {
-        return None;
-    }
-    let n = u32::from_le_bytes(b[1..5].try_into().ok()?) as usize;
-    let mut pos = 5;
-    let mut t = LinkTable::new();
-    for _ in 0..n {
-        let l = u32::from_le_bytes(b.get(pos..pos + 4)?.try_into().ok()?) as usize;
-        pos += 4;
-        let p = b.get(pos..pos + l)?.to_vec();
-        pos += l;
-        let ino = u64::from_le_bytes(b.get(pos..pos + 8)?.try_into().ok()?);
-        pos += 8;
-        t.insert(p, ino);
-    }
-    (pos == b.len()).then_some(t)
+    objects::decode_links(b).ok()
 }
 
 fn parent_of(path: &[u8]) -> &[u8] {
@@ -362,7 +438,81 @@ pub fn build_block_list(
     Ok((root, levels))
 }
 
-/// Every block id of a file, in order (zero id: a hole).
+fn bad_list(id: ObjectId, what: &'static str) -> ObjError {
+    ObjError::Decode { id, err: objects::DecodeError { what } }
+}
+
+/// Visit the block list of file `e` at block size `bs` in order: `f(first
+/// block, count, id)` gets each stored block (count 1) and each run of
+/// holes (zero id), which is skipped without reading it when a whole node
+/// is holes (see [`objects::hole_node`]). The list must have the shape the
+/// size needs: exactly `ceil(size / bs)` blocks, every node at its level.
+/// Memory: one path of nodes; the cost grows with the stored blocks.
+pub fn visit_blocks<E: From<ObjError>>(
+    objects: &Objects,
+    e: &Entry,
+    bs: u64,
+    mut f: impl FnMut(u64, u64, ObjectId) -> Result<(), E>,
+) -> Result<(), E> {
+    let n = e.block_count(bs);
+    e.check_blocks(bs).map_err(|err| ObjError::Decode { id: e.content, err })?;
+    if e.content.is_zero() {
+        return if n > 0 { f(0, n, ObjectId::ZERO) } else { Ok(()) };
+    }
+    let node_of = |id: &ObjectId| objects.node(id);
+    // (node, level, first block), depth first, children in order
+    let mut stack = vec![(e.content, e.levels, 0u64)];
+    let mut next = 0u64;
+    while let Some((id, level, start)) = stack.pop() {
+        if start != next || start >= n {
+            return Err(bad_list(e.content, "block list (more blocks than its size)").into());
+        }
+        let span = objects::node_span(level).min(n - start);
+        if objects::is_hole(&id, level) {
+            f(start, span, ObjectId::ZERO)?;
+            next = start + span;
+            continue;
+        }
+        let node = node_of(&id)?;
+        if node.level != level {
+            return Err(bad_list(id, "block list (a node at the wrong level)").into());
+        }
+        if level == 0 {
+            for (k, b) in node.entries.iter().enumerate() {
+                let blk = start + k as u64;
+                if blk >= n {
+                    return Err(bad_list(id, "block list (more blocks than its size)").into());
+                }
+                f(blk, 1, *b)?;
+            }
+            next = start + node.entries.len() as u64;
+        } else {
+            let cspan = objects::node_span(level - 1);
+            for (k, c) in node.entries.iter().enumerate().rev() {
+                stack.push((*c, level - 1, start + k as u64 * cspan));
+            }
+        }
+    }
+    if next != n {
+        return Err(bad_list(e.content, "block list (fewer blocks than its size)").into());
+    }
+    Ok(())
+}
+
+/// Every block id of file `e`, in order (zero id: a hole): `ceil(size/bs)`
+/// of them, checked as in [`visit_blocks`].
+pub fn entry_blocks(objects: &Objects, e: &Entry, bs: u64) -> Result<Vec<ObjectId>, ObjError> {
+    let mut out = Vec::new();
+    visit_blocks(objects, e, bs, |_, count, id| {
+        out.extend(std::iter::repeat_n(id, count as usize));
+        Ok::<_, ObjError>(())
+    })?;
+    Ok(out)
+}
+
+/// Every block id of a block list (root, levels) in order, as stored
+/// (zero id: a hole). Prefer [`entry_blocks`], which checks the list
+/// against the file's size.
 pub fn block_ids(objects: &Objects, root: ObjectId, levels: u8) -> Result<Vec<ObjectId>, ObjError> {
     if root.is_zero() {
         return Ok(Vec::new());
@@ -372,6 +522,9 @@ pub fn block_ids(objects: &Objects, root: ObjectId, levels: u8) -> Result<Vec<Ob
     // depth-first, children in order
     while let Some((id, level)) = stack.pop() {
         let n = objects.node(&id)?;
+        if n.level != level {
+            return Err(bad_list(id, "block list (a node at the wrong level)"));
+        }
         if level == 0 {
             out.extend(n.entries);
         } else {
@@ -385,15 +538,16 @@ pub fn block_ids(objects: &Objects, root: ObjectId, levels: u8) -> Result<Vec<Ob
 
 /// The bytes of a file in a snapshot.
 pub fn read_file(objects: &Objects, e: &Entry, bs: u64) -> Result<Vec<u8>, ObjError> {
-    let mut out = Vec::with_capacity(e.size as usize);
-    for id in block_ids(objects, e.content, e.levels)? {
+    let mut out = Vec::with_capacity(e.size.min(1 << 30) as usize);
+    visit_blocks(objects, e, bs, |b, count, id| {
+        out.resize((b * bs) as usize, 0);
         if id.is_zero() {
-            out.resize(out.len() + bs as usize, 0);
+            out.resize(((b + count) * bs).min(e.size) as usize, 0);
         } else {
             out.extend_from_slice(&objects.get(&id, ObjKind::Blob)?);
-            // a short block is only ever the last one
         }
-    }
+        Ok::<_, ObjError>(())
+    })?;
     out.resize(e.size as usize, 0);
     Ok(out)
 }
@@ -417,8 +571,10 @@ pub(crate) fn entry_from_stat(name: &[u8], st: &sys::Stat) -> Entry {
         atime: time(st.st_atime, st.st_atime_nsec),
         ctime: time(st.st_ctime, st.st_ctime_nsec),
         ino: st.st_ino,
+        dev: Some(st.st_dev),
         nlink: st.st_nlink as u32,
         rdev: st.st_rdev,
+        blocks: Some(st.st_blocks as u64),
         content: ObjectId::ZERO,
         levels: 0,
         target: Vec::new(),
@@ -782,7 +938,11 @@ impl<'a> Builder<'a> {
     }
 
     /// Add a finished entry: totals, done for copy-before-write, hard links.
-    fn take(&mut self, e: Entry, dev: u64, path: Vec<u8>, totals: &mut Totals, entries: &mut Vec<Entry>) {
+    fn take(&mut self, mut e: Entry, dev: u64, path: Vec<u8>, totals: &mut Totals, entries: &mut Vec<Entry>) {
+        // an entry of a format 1 tree, kept as it was: on this directory's device
+        if e.dev.is_none() {
+            e.dev = Some(dev);
+        }
         match e.kind {
             EntryKind::Dir => {
                 totals.dirs += 1;
@@ -988,8 +1148,8 @@ fn changed_file_bytes(objects: &Objects, a: &Entry, b: &Entry, bs: u64) -> Resul
     if a.content == b.content {
         return Ok(a.size.abs_diff(b.size));
     }
-    let x = block_ids(objects, a.content, a.levels)?;
-    let y = block_ids(objects, b.content, b.levels)?;
+    let x = entry_blocks(objects, a, bs)?;
+    let y = entry_blocks(objects, b, bs)?;
     let n = x.len().max(y.len());
     let mut bytes = 0;
     for i in 0..n {
@@ -1081,9 +1241,11 @@ fn diff_trees(
                 } else {
                     let mut xs = x.clone();
                     let mut ys = y.clone();
-                    // inode numbers, link counts, ctime and atime do not make a change
+                    // inode numbers, devices, link counts, allocation, ctime and
+                    // atime do not make a change
                     xs.ino = 0;
                     ys.ino = 0;
+                    (xs.dev, ys.dev, xs.blocks, ys.blocks) = (None, None, None, None);
                     xs.nlink = 0;
                     ys.nlink = 0;
                     xs.ctime = Time::default();
@@ -1177,5 +1339,75 @@ mod tests {
         t.insert(b"a/b".to_vec(), 5);
         t.insert(b"c".to_vec(), 5);
         assert_eq!(decode_links(&encode_links(&t)), Some(t));
+    }
+
+    /// Every tree below `id` re-encoded in format 1 (as snapfs wrote it
+    /// before format 2): the ids of the format 1 copy.
+    fn to_format_1(o: &Objects, id: ObjectId) -> ObjectId {
+        let mut t = o.tree(&id).unwrap();
+        for e in &mut t.entries {
+            if e.kind == EntryKind::Dir {
+                e.content = to_format_1(o, e.content);
+            }
+            e.dev = None;
+            e.blocks = None;
+        }
+        o.put(ObjKind::Tree, &objects::encode_v1(&t)).unwrap().0
+    }
+
+    #[test]
+    fn incremental_snapshots_build_on_format_1_trees() {
+        use crate::tracker::{Kind, ENTRIES};
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        std::fs::write(p.join("a"), vec![1u8; 100_000]).unwrap();
+        std::fs::write(p.join("b1"), b"linked").unwrap();
+        std::fs::hard_link(p.join("b1"), p.join("b2")).unwrap();
+        std::fs::create_dir(p.join("sub")).unwrap();
+        std::fs::write(p.join("sub/c"), b"below").unwrap();
+        let fd: OwnedFd = std::fs::File::open(p).unwrap().into();
+        let (_t, o) = objects();
+        let bs = 4096;
+        let top1 = Builder::new(&o, bs, None, LinkTable::new()).build(fd.as_fd(), None).unwrap();
+        let old = to_format_1(&o, top1);
+        let root_v1 = root_entry(&o, old).unwrap();
+        assert_eq!((root_v1.dev, root_v1.blocks), (None, None));
+        // a changed name in the root: the root is walked, the rest kept
+        std::fs::write(p.join("new"), b"n").unwrap();
+        let root_ino = sys::fstat(fd.as_fd()).unwrap().st_ino;
+        let mut sealed = HashMap::new();
+        let new_ino = std::fs::metadata(p.join("new")).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
+        let rec = |kind, flags| Record {
+            kind,
+            flags,
+            parent: root_ino,
+            name: Default::default(),
+            size: 0,
+            grown_from: None,
+            blocks: Default::default(),
+        };
+        sealed.insert(root_ino, rec(Kind::Dir, ENTRIES));
+        sealed.insert(new_ino, rec(Kind::File, FULL | META));
+        let mut b = Builder::new(&o, bs, Some(&sealed), LinkTable::new());
+        let top2 = b.build(fd.as_fd(), Some(old)).unwrap();
+        let root = root_entry(&o, top2).unwrap();
+        let raw = o.get(&root.content, ObjKind::Tree).unwrap();
+        assert_eq!(raw[0], 2, "the walked directory is written in format 2");
+        let t = o.tree(&root.content).unwrap();
+        let dev = sys::fstat(fd.as_fd()).unwrap().st_dev;
+        for n in [&b"a"[..], b"b1", b"b2"] {
+            let e = t.get(n).unwrap();
+            assert_eq!(e.dev, Some(dev), "{n:?}: kept from format 1, on the directory's device");
+            assert_eq!(e.blocks, None, "{n:?}: st_blocks not recorded in format 1");
+        }
+        assert_eq!(read_file(&o, t.get(b"a").unwrap(), bs).unwrap(), vec![1u8; 100_000]);
+        assert!(t.get(b"new").unwrap().blocks.is_some());
+        // the unchanged directory is the format 1 tree, by id
+        assert_eq!(t.get(b"sub").unwrap().content, root_v1_sub(&o, &root_v1));
+        assert_eq!(b.links().len(), 2);
+    }
+
+    fn root_v1_sub(o: &Objects, root: &Entry) -> ObjectId {
+        o.tree(&root.content).unwrap().get(b"sub").unwrap().content
     }
 }

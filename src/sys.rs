@@ -68,12 +68,20 @@ pub fn is_reg(st: &Stat) -> bool {
     file_type(st) == libc::S_IFREG
 }
 
+/// (Total: times a `SystemTime` cannot hold, from a damaged or hostile
+/// repository, become the nearest one it can.)
 pub fn time_from(sec: i64, nsec: i64) -> SystemTime {
-    if sec >= 0 {
-        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    let nsec = Duration::from_nanos(nsec.clamp(0, 999_999_999) as u64);
+    let t = if sec >= 0 {
+        UNIX_EPOCH.checked_add(Duration::from_secs(sec as u64))
     } else {
-        UNIX_EPOCH - Duration::new((-sec) as u64, 0) + Duration::new(0, nsec as u32)
-    }
+        UNIX_EPOCH.checked_sub(Duration::from_secs(sec.unsigned_abs()))
+    };
+    t.and_then(|t| t.checked_add(nsec)).unwrap_or(if sec >= 0 {
+        UNIX_EPOCH + Duration::from_secs(i64::MAX as u64 / 2)
+    } else {
+        UNIX_EPOCH
+    })
 }
 
 /// ctime of a stat as nanoseconds since the epoch.

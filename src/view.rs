@@ -5,9 +5,26 @@
 //! Every view node has bit 63 set, so it never collides with a live node
 //! (backing inode numbers). `VIEW_ROOT` is the folder of snapshots. A
 //! snapshot gets an index (1, 2, ...) the first time the view sees it, fixed
-//! for the life of the view; a node inside it is `bit 63 | index << 40 |
-//! backing inode number`, so hard links in a snapshot share a node (and
-//! `cp -a` out of it keeps them) and ids are stable for the mount's life.
+//! for the life of the view. An inode is identified by (snapshot, device,
+//! inode number), so hard links in a snapshot share a node (and `cp -a` out
+//! of it keeps them) and files of two filesystems never do. A node on the
+//! snapshot root's device with an inode number below 2^40 is `bit 63 |
+//! index << 40 | inode number` (stable for the mount's life, and `stat`
+//! shows the backing number); any other gets `bit 63 | bit 62 | counter`,
+//! kept while the kernel knows the node.
+//!
+//! # Holes
+//! `st_blocks` is what stat showed when the snapshot was taken (format 1
+//! trees did not record it: then the stored blocks of the block list are
+//! counted, once, and cached), and `lseek(SEEK_DATA/SEEK_HOLE)` reports
+//! the holes the block list holds, skipping a whole node of holes by its
+//! id (`objects::hole_node`), so `cp`, `tar -S` and `du` see a sparse file.
+//!
+//! # Damaged records
+//! A snapshot record that is damaged (see `snapshot::list_all`), or whose
+//! block size is not the repository's, is shown as a folder (under its
+//! name if that can be read and is free, else its id) that answers EIO to
+//! everything but `stat`.
 //!
 //! # Laziness and memory
 //! Snapshots are opened only when looked up; trees, block-list nodes and
@@ -31,13 +48,22 @@ use fuser::{FileAttr, FileType};
 
 use crate::errno::{Errno, SysResult};
 use crate::objects::{self, Entry, EntryKind, FileNode, ObjKind, ObjectId, Time, Tree};
-use crate::objstore::Objects;
+use crate::objstore::{ObjError, Objects};
 use crate::snapshot::{self, SnapshotInfo};
 
 pub const VIEW_BIT: u64 = 1 << 63;
 /// The folder of snapshots.
 pub const VIEW_ROOT: u64 = VIEW_BIT | 1;
 const INO_MASK: u64 = (1 << 40) - 1;
+/// Node ids given from a counter (inodes of other devices, large numbers).
+const ALLOC_BIT: u64 = 1 << 62;
+/// Snapshot indexes stay below this, so `index << 40` never reaches bit 62.
+const MAX_SNAPS: usize = 1 << 22;
+/// Ids given to entries listed but never looked up are forgotten past this.
+const MAX_IDS: usize = 1 << 20;
+
+/// What identifies an inode in a view: (snapshot index, device, inode).
+type Key = (u32, u64, u64);
 
 pub fn is_view(node: u64) -> bool {
     node & VIEW_BIT != 0
@@ -47,6 +73,8 @@ pub fn is_view(node: u64) -> bool {
 struct VNode {
     snap: u32,
     entry: Entry,
+    /// Its key, when its id came from the counter.
+    key: Option<Key>,
     /// Node id of the directory it was found in, for paths in messages.
     parent: u64,
     nlookup: AtomicU64,
@@ -57,6 +85,14 @@ struct Snaps {
     by_index: Vec<Option<SnapshotInfo>>,
     by_name: HashMap<String, u32>,
     by_id: HashMap<String, u32>,
+    /// The device of each snapshot's root (`None`: not recorded).
+    root_dev: HashMap<u32, Option<u64>>,
+}
+
+/// Node ids given from the counter, by key.
+struct Ids {
+    by_key: HashMap<Key, u64>,
+    next: u64,
 }
 
 /// Cache sizes.
@@ -93,12 +129,19 @@ pub struct View {
     trees: Mutex<(lru::LruCache<ObjectId, Arc<Tree>>, usize)>,
     fnodes: Mutex<lru::LruCache<ObjectId, Arc<FileNode>>>,
     blocks: Mutex<lru::LruCache<ObjectId, Arc<Vec<u8>>>>,
+    /// Stored blocks counted in block lists of format 1 entries (st_blocks).
+    counted: Mutex<lru::LruCache<(ObjectId, u64), u64>>,
+    ids: Mutex<Ids>,
     ttl: Duration,
     refreshed: Mutex<Option<std::time::Instant>>,
 }
 
 fn cap(n: usize) -> std::num::NonZeroUsize {
     std::num::NonZeroUsize::new(n).expect("non-zero")
+}
+
+fn shape(id: ObjectId, what: &'static str) -> ObjError {
+    ObjError::Decode { id, err: objects::DecodeError { what } }
 }
 
 fn systime(t: Time) -> SystemTime {
@@ -123,11 +166,18 @@ impl View {
             objects,
             bs,
             nodes: RwLock::new(HashMap::new()),
-            snaps: RwLock::new(Snaps { by_index: vec![None], by_name: HashMap::new(), by_id: HashMap::new() }),
+            snaps: RwLock::new(Snaps {
+                by_index: vec![None],
+                by_name: HashMap::new(),
+                by_id: HashMap::new(),
+                root_dev: HashMap::new(),
+            }),
             only,
             trees: Mutex::new((lru::LruCache::new(cap(TREE_CACHE)), 0)),
             fnodes: Mutex::new(lru::LruCache::new(cap(NODE_CACHE))),
             blocks: Mutex::new(lru::LruCache::new(cap((BLOCK_CACHE_BYTES / bs.max(1)).max(16) as usize))),
+            counted: Mutex::new(lru::LruCache::new(cap(4096))),
+            ids: Mutex::new(Ids { by_key: HashMap::new(), next: 1 }),
             ttl: Duration::from_secs(60),
             refreshed: Mutex::new(None),
         }
@@ -146,7 +196,7 @@ impl View {
             }
             *r = Some(std::time::Instant::now());
         }
-        let all = match snapshot::list(&**self.objects.store()) {
+        let all = match snapshot::list_all(&**self.objects.store()) {
             Ok(a) => a,
             Err(e) => {
                 log::error!("listing snapshots: {e}");
@@ -175,12 +225,28 @@ impl View {
             }
             s.by_index[idx as usize] = None;
         }
-        for info in all {
+        // sound records take their names first
+        let (good, bad): (Vec<_>, Vec<_>) = all.into_iter().partition(|i| i.damaged.is_none());
+        for mut info in good.into_iter().chain(bad) {
             if self.only.as_ref().is_some_and(|o| *o != info.record.name && *o != info.id) {
                 continue;
             }
             if s.by_id.contains_key(&info.id) {
                 continue;
+            }
+            if s.by_index.len() >= MAX_SNAPS {
+                log::error!("more than {MAX_SNAPS} snapshots: the others are not shown");
+                break;
+            }
+            if info.damaged.is_none() && info.record.block_size != self.bs {
+                info.damaged =
+                    Some(format!("its block size {} is not the repository's {}", info.record.block_size, self.bs));
+            }
+            if let Some(problem) = &info.damaged {
+                log::error!("snapshot record {} is damaged: {problem}", info.id);
+                if info.record.name.is_empty() || s.by_name.contains_key(&info.record.name) {
+                    info.record.name = info.id.clone();
+                }
             }
             let idx = s.by_index.len() as u32;
             s.by_name.insert(info.record.name.clone(), idx);
@@ -216,20 +282,60 @@ impl View {
         self.nodes.read().unwrap_or_else(|e| e.into_inner()).get(&id).cloned().ok_or(Errno::ENOENT)
     }
 
-    fn node_id(snap: u32, ino: u64) -> u64 {
-        VIEW_BIT | ((snap as u64) << 40) | (ino & INO_MASK)
+    /// The device of snapshot `snap`'s root, if recorded.
+    fn root_dev(&self, snap: u32) -> Option<u64> {
+        if let Some(d) = self.snaps.read().unwrap_or_else(|e| e.into_inner()).root_dev.get(&snap) {
+            return *d;
+        }
+        self.snap_root(snap).ok().and_then(|e| e.dev)
+    }
+
+    /// The node id of `e` in snapshot `snap`, and its key if it came from
+    /// the counter (see the module doc).
+    fn node_id(&self, snap: u32, e: &Entry) -> (u64, Option<Key>) {
+        let root = self.root_dev(snap);
+        let dev = e.dev.or(root);
+        if dev == root && e.ino <= INO_MASK {
+            return (VIEW_BIT | ((snap as u64) << 40) | e.ino, None);
+        }
+        let key = (snap, dev.unwrap_or(0), e.ino);
+        let full = {
+            let ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(id) = ids.by_key.get(&key) {
+                return (*id, Some(key));
+            }
+            ids.by_key.len() >= MAX_IDS
+        };
+        if full {
+            // drop the ids of entries listed but not known to the kernel
+            // (locks in the order forget takes them: nodes, then ids)
+            let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+            self.ids.lock().unwrap_or_else(|e| e.into_inner()).by_key.retain(|_, id| nodes.contains_key(id));
+        }
+        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = ids.by_key.get(&key) {
+            return (*id, Some(key));
+        }
+        let id = VIEW_BIT | ALLOC_BIT | (ids.next & (ALLOC_BIT - 1));
+        ids.next += 1;
+        ids.by_key.insert(key, id);
+        (id, Some(key))
     }
 
     /// Register a node the kernel learns of (lookup count +1).
     fn remember(&self, snap: u32, entry: &Entry, parent: u64) -> u64 {
-        let id = Self::node_id(snap, entry.ino);
+        let (id, key) = self.node_id(snap, entry);
         let mut n = self.nodes.write().unwrap_or_else(|e| e.into_inner());
         match n.get(&id) {
             Some(v) => {
                 v.nlookup.fetch_add(1, Ordering::SeqCst);
             }
             None => {
-                n.insert(id, Arc::new(VNode { snap, entry: entry.clone(), parent, nlookup: AtomicU64::new(1) }));
+                n.insert(id, Arc::new(VNode { snap, entry: entry.clone(), key, parent, nlookup: AtomicU64::new(1) }));
+                // (a forget may have dropped the id between node_id and here)
+                if let Some(key) = key {
+                    self.ids.lock().unwrap_or_else(|e| e.into_inner()).by_key.entry(key).or_insert(id);
+                }
             }
         }
         id
@@ -243,6 +349,12 @@ impl View {
         if let Some(v) = n.get(&id) {
             let prev = v.nlookup.fetch_sub(k.min(v.nlookup.load(Ordering::SeqCst)), Ordering::SeqCst);
             if prev <= k {
+                if let Some(key) = v.key {
+                    let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+                    if ids.by_key.get(&key) == Some(&id) {
+                        ids.by_key.remove(&key);
+                    }
+                }
                 n.remove(&id);
             }
         }
@@ -274,12 +386,53 @@ impl View {
         }
     }
 
+    /// `st_blocks` of an entry: as recorded, or (format 1) counted.
+    fn blocks_of(&self, id: u64, e: &Entry) -> u64 {
+        if let Some(b) = e.blocks {
+            return b;
+        }
+        match e.kind {
+            EntryKind::Dir => 8,
+            EntryKind::File => {
+                let key = (e.content, e.size);
+                if let Some(b) = self.counted.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+                    return *b;
+                }
+                match self.count_stored(e) {
+                    Ok(b) => {
+                        self.counted.lock().unwrap_or_else(|e| e.into_inner()).put(key, b);
+                        b
+                    }
+                    Err(err) => {
+                        log::error!("READ FAILED: {}: {err}", self.describe(id));
+                        e.size.div_ceil(512)
+                    }
+                }
+            }
+            _ => e.size.div_ceil(512),
+        }
+    }
+
+    /// 512-byte units the stored (non-hole) blocks of a file take.
+    fn count_stored(&self, e: &Entry) -> Result<u64, ObjError> {
+        let bs = self.bs;
+        let mut units = 0u64;
+        self.scan(e, 0, &mut |b, count, hole| {
+            if !hole {
+                let len = bs.min(e.size.saturating_sub(b * bs));
+                units += count.saturating_sub(1) * (bs / 512) + len.div_ceil(512);
+            }
+            false
+        })?;
+        Ok(units)
+    }
+
     fn attr(&self, id: u64, e: &Entry) -> FileAttr {
         let size = if e.kind == EntryKind::Dir { 4096 } else { e.size };
         FileAttr {
             ino: fuser::INodeNo(id),
             size,
-            blocks: size.div_ceil(512),
+            blocks: self.blocks_of(id, e),
             atime: systime(e.atime),
             mtime: systime(e.mtime),
             ctime: systime(e.ctime),
@@ -319,15 +472,76 @@ impl View {
         Ok(t)
     }
 
-    /// The root entry of snapshot `idx`.
+    /// The tree of directory node `v` (EIO for a damaged snapshot, or a
+    /// directory whose tree is shaped as a snapshot's top tree).
+    fn dir_tree(&self, v: &VNode) -> SysResult<Arc<Tree>> {
+        if v.entry.kind != EntryKind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        self.check_snap(v.snap)?;
+        let t = self.tree(&v.entry.content)?;
+        if t.is_top() {
+            log::error!("snapshot tree {}: a directory shaped as a snapshot's top tree", v.entry.content);
+            return Err(Errno::EIO);
+        }
+        Ok(t)
+    }
+
+    fn info(&self, idx: u32) -> SysResult<SnapshotInfo> {
+        let s = self.snaps.read().unwrap_or_else(|e| e.into_inner());
+        s.by_index.get(idx as usize).and_then(|x| x.clone()).ok_or(Errno::ENOENT)
+    }
+
+    /// EIO if snapshot `idx` has a damaged record.
+    fn check_snap(&self, idx: u32) -> SysResult<()> {
+        let info = self.info(idx)?;
+        match &info.damaged {
+            Some(problem) => {
+                log::error!("READ FAILED: snapshot record {} ({}) is damaged: {problem}", info.id, info.record.name);
+                Err(Errno::EIO)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The root entry of snapshot `idx` (for a damaged record, an empty
+    /// folder that answers EIO).
     fn snap_root(&self, idx: u32) -> SysResult<Entry> {
-        let info = {
-            let s = self.snaps.read().unwrap_or_else(|e| e.into_inner());
-            s.by_index.get(idx as usize).and_then(|x| x.clone()).ok_or(Errno::ENOENT)?
+        let info = self.info(idx)?;
+        let root = if info.damaged.is_some() {
+            let t = Time { sec: info.record.time_sec, nsec: 0 };
+            Entry {
+                name: b".".to_vec(),
+                kind: EntryKind::Dir,
+                mode: 0o555,
+                uid: 0,
+                gid: 0,
+                size: 0,
+                mtime: t,
+                atime: t,
+                ctime: t,
+                ino: 0,
+                dev: None,
+                nlink: 2,
+                rdev: 0,
+                blocks: Some(0),
+                content: ObjectId::ZERO,
+                levels: 0,
+                target: Vec::new(),
+                xattrs: Vec::new(),
+                totals: Default::default(),
+            }
+        } else {
+            let top = info.root_tree().map_err(|_| Errno::EIO)?;
+            let t = self.tree(&top)?;
+            if !t.is_top() {
+                log::error!("snapshot {}: its top tree {top} is not one", info.record.name);
+                return Err(Errno::EIO);
+            }
+            t.entries[0].clone()
         };
-        let top = info.root_tree().map_err(|_| Errno::EIO)?;
-        let t = self.tree(&top)?;
-        t.get(b".").cloned().ok_or(Errno::EIO)
+        self.snaps.write().unwrap_or_else(|e| e.into_inner()).root_dev.insert(idx, root.dev);
+        Ok(root)
     }
 
     pub fn getattr(&self, id: u64) -> SysResult<FileAttr> {
@@ -356,10 +570,7 @@ impl View {
             return Ok(self.attr(id, &root));
         }
         let p = self.node(parent)?;
-        if p.entry.kind != EntryKind::Dir {
-            return Err(Errno::ENOTDIR);
-        }
-        let t = self.tree(&p.entry.content)?;
+        let t = self.dir_tree(&p)?;
         let e = t.get(name.as_bytes()).ok_or(Errno::ENOENT)?.clone();
         let id = self.remember(p.snap, &e, parent);
         Ok(self.attr(id, &e))
@@ -376,17 +587,15 @@ impl View {
         let mut entries: Vec<(u64, FileType, Vec<u8>)> = Vec::new();
         if id == VIEW_ROOT {
             for (idx, name) in self.snapshot_names() {
-                let root_ino = self.snap_root(idx).map(|e| e.ino).unwrap_or(0);
-                entries.push((Self::node_id(idx, root_ino), FileType::Directory, name.into_bytes()));
+                let node =
+                    self.snap_root(idx).map(|e| self.node_id(idx, &e).0).unwrap_or(VIEW_BIT | (idx as u64) << 40);
+                entries.push((node, FileType::Directory, name.into_bytes()));
             }
         } else {
             let v = self.node(id)?;
-            if v.entry.kind != EntryKind::Dir {
-                return Err(Errno::ENOTDIR);
-            }
-            let t = self.tree(&v.entry.content)?;
+            let t = self.dir_tree(&v)?;
             for e in &t.entries {
-                entries.push((Self::node_id(v.snap, e.ino), file_type(e.kind), e.name.clone()));
+                entries.push((self.node_id(v.snap, e).0, file_type(e.kind), e.name.clone()));
             }
         }
         let mut i = offset;
@@ -429,24 +638,34 @@ impl View {
         )
     }
 
-    fn file_node(&self, id: &ObjectId) -> Result<Arc<FileNode>, crate::objstore::ObjError> {
-        if let Some(n) = self.fnodes.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
-            return Ok(n.clone());
+    fn file_node(&self, id: &ObjectId, level: u8) -> Result<Arc<FileNode>, ObjError> {
+        let n = self.fnodes.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned();
+        let n = match n {
+            Some(n) => n,
+            None => {
+                let n = Arc::new(self.objects.node(id)?);
+                self.fnodes.lock().unwrap_or_else(|e| e.into_inner()).put(*id, n.clone());
+                n
+            }
+        };
+        if n.level != level {
+            return Err(shape(*id, "block list (a node at the wrong level)"));
         }
-        let n = Arc::new(self.objects.node(id)?);
-        self.fnodes.lock().unwrap_or_else(|e| e.into_inner()).put(*id, n.clone());
         Ok(n)
     }
 
-    /// The blob id of block `b` of a file.
-    fn block_id(&self, e: &Entry, b: u64) -> Result<ObjectId, crate::objstore::ObjError> {
+    /// The blob id of block `b` of a file (checked: `check_blocks`).
+    fn block_id(&self, e: &Entry, b: u64) -> Result<ObjectId, ObjError> {
         if e.content.is_zero() {
             return Ok(ObjectId::ZERO);
         }
         let mut id = e.content;
         let mut level = e.levels;
         loop {
-            let n = self.file_node(&id)?;
+            if objects::is_hole(&id, level) {
+                return Ok(ObjectId::ZERO);
+            }
+            let n = self.file_node(&id, level)?;
             let span = if level == 0 { 1 } else { objects::node_span(level - 1) };
             let k = ((b % objects::node_span(level)) / span) as usize;
             let next = n.entries.get(k).copied().unwrap_or(ObjectId::ZERO);
@@ -458,7 +677,124 @@ impl View {
         }
     }
 
-    fn block(&self, id: &ObjectId) -> Result<Arc<Vec<u8>>, crate::objstore::ObjError> {
+    /// Walk the block list of `e` from block `from` in order: `f(first,
+    /// count, hole)` for each stored block and each run of holes (a whole
+    /// node of holes is one run, not read); `f` returns true to stop.
+    fn scan(&self, e: &Entry, from: u64, f: &mut dyn FnMut(u64, u64, bool) -> bool) -> Result<(), ObjError> {
+        let n = e.block_count(self.bs);
+        e.check_blocks(self.bs).map_err(|err| ObjError::Decode { id: e.content, err })?;
+        if from >= n {
+            return Ok(());
+        }
+        if e.content.is_zero() {
+            f(from, n - from, true);
+            return Ok(());
+        }
+        let mut end = 0;
+        if !self.scan_node(e.content, e.levels, 0, n, from, &mut end, f)? && end < n {
+            // a list shorter than the size: the rest reads as zeros
+            let s = end.max(from);
+            f(s, n - s, true);
+        }
+        Ok(())
+    }
+
+    /// [`Self::scan`] below node `id` at `level` covering blocks from `start`
+    /// (of `n` in the file); `end`: where the list covered so far ends.
+    /// Returns whether `f` stopped.
+    #[allow(clippy::too_many_arguments)]
+    fn scan_node(
+        &self,
+        id: ObjectId,
+        level: u8,
+        start: u64,
+        n: u64,
+        from: u64,
+        end: &mut u64,
+        f: &mut dyn FnMut(u64, u64, bool) -> bool,
+    ) -> Result<bool, ObjError> {
+        if start >= n {
+            return Err(shape(id, "block list (more blocks than its size)"));
+        }
+        let span = objects::node_span(level).min(n - start);
+        if start + span <= from {
+            *end = start + span;
+            return Ok(false);
+        }
+        if objects::is_hole(&id, level) {
+            let s = start.max(from);
+            *end = start + span;
+            return Ok(f(s, start + span - s, true));
+        }
+        let node = self.file_node(&id, level)?;
+        if level == 0 {
+            for (k, b) in node.entries.iter().enumerate() {
+                let blk = start + k as u64;
+                if blk >= n {
+                    return Err(shape(id, "block list (more blocks than its size)"));
+                }
+                *end = blk + 1;
+                if blk >= from && f(blk, 1, b.is_zero()) {
+                    return Ok(true);
+                }
+            }
+        } else {
+            let cspan = objects::node_span(level - 1);
+            for (k, c) in node.entries.iter().enumerate() {
+                if self.scan_node(*c, level - 1, start + k as u64 * cspan, n, from, end, f)? {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// `lseek(SEEK_DATA | SEEK_HOLE)` in a file of the snapshot: the holes
+    /// are those its block list holds (zero ids); the end is a hole.
+    pub fn lseek(&self, id: u64, offset: i64, whence: i32) -> SysResult<i64> {
+        let v = self.node(id)?;
+        let e = &v.entry;
+        if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
+            return Err(Errno::EINVAL);
+        }
+        if offset < 0 {
+            return Err(Errno(libc::ENXIO));
+        }
+        let size = e.size as i64;
+        if e.kind != EntryKind::File {
+            // a directory or other: all data, as for filesystems without holes
+            return if offset >= size {
+                Err(Errno(libc::ENXIO))
+            } else if whence == libc::SEEK_DATA {
+                Ok(offset)
+            } else {
+                Ok(size)
+            };
+        }
+        if offset >= size {
+            return Err(Errno(libc::ENXIO));
+        }
+        let want_hole = whence == libc::SEEK_HOLE;
+        let mut found = None;
+        self.scan(e, offset as u64 / self.bs, &mut |b, _, hole| {
+            if hole == want_hole {
+                found = Some(b);
+                return true;
+            }
+            false
+        })
+        .map_err(|err| {
+            log::error!("READ FAILED: {}: {err}", self.describe(id));
+            Errno::EIO
+        })?;
+        match found {
+            Some(b) => Ok(((b * self.bs) as i64).clamp(offset, size)),
+            None if want_hole => Ok(size),
+            None => Err(Errno(libc::ENXIO)),
+        }
+    }
+
+    fn block(&self, id: &ObjectId) -> Result<Arc<Vec<u8>>, ObjError> {
         if let Some(b) = self.blocks.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
             return Ok(b.clone());
         }
@@ -476,25 +812,28 @@ impl View {
         if off >= e.size {
             return Ok(Vec::new());
         }
-        let end = (off + size as u64).min(e.size);
+        let fail = |err: ObjError| {
+            log::error!("READ FAILED: {}: {err}", self.describe(id));
+            Errno::EIO
+        };
+        e.check_blocks(self.bs).map_err(|err| fail(ObjError::Decode { id: e.content, err }))?;
+        let end = off.saturating_add(size as u64).min(e.size);
         let mut out = Vec::with_capacity((end - off) as usize);
         let mut pos = off;
         while pos < end {
             let b = pos / self.bs;
             let in_block = (pos % self.bs) as usize;
             let take = ((self.bs - in_block as u64).min(end - pos)) as usize;
-            let fail = |err: crate::objstore::ObjError| {
-                log::error!("READ FAILED: {}: {err}", self.describe(id));
-                Errno::EIO
-            };
             let bid = self.block_id(e, b).map_err(fail)?;
             if bid.is_zero() {
                 out.resize(out.len() + take, 0);
             } else {
                 let data = self.block(&bid).map_err(fail)?;
-                let avail = data.len().saturating_sub(in_block).min(take);
-                out.extend_from_slice(&data[in_block..in_block + avail]);
-                out.resize(out.len() + (take - avail), 0);
+                // every block is whole but the last, which ends at the size
+                if data.len() as u64 != self.bs.min(e.size - b * self.bs) {
+                    return Err(fail(shape(bid, "blob (not the length its place in the file needs)")));
+                }
+                out.extend_from_slice(&data[in_block..in_block + take]);
             }
             pos += take as u64;
         }
@@ -542,5 +881,221 @@ impl View {
             return Err(Errno::ERANGE);
         }
         Ok(list)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::Totals;
+    use crate::snapshot::{SnapshotRecord, SnapshotStats};
+    use crate::store::{LocalStore, Store};
+
+    const BS: u64 = 4096;
+
+    fn entry(name: &str, kind: EntryKind, ino: u64, dev: Option<u64>) -> Entry {
+        let t = Time { sec: 1_700_000_000, nsec: 5 };
+        Entry {
+            name: name.as_bytes().to_vec(),
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: t,
+            atime: t,
+            ctime: t,
+            ino,
+            dev,
+            nlink: 1,
+            rdev: 0,
+            blocks: None,
+            content: ObjectId::ZERO,
+            levels: 0,
+            target: Vec::new(),
+            xattrs: Vec::new(),
+            totals: Totals::default(),
+        }
+    }
+
+    /// A file entry holding `blocks` (None: a hole) in a block list.
+    fn file(o: &Objects, name: &str, ino: u64, dev: Option<u64>, blocks: &[Option<&[u8]>], size: u64) -> Entry {
+        let mut e = entry(name, EntryKind::File, ino, dev);
+        e.size = size;
+        let ids: Vec<ObjectId> =
+            blocks.iter().map(|b| b.map_or(ObjectId::ZERO, |b| o.put(ObjKind::Blob, b).unwrap().0)).collect();
+        let n = ids.len() as u64;
+        let (root, levels) = crate::snapshot::build_block_list(o, n, None, &[(0, n)], |b| Ok(ids[b as usize])).unwrap();
+        e.content = root;
+        e.levels = levels;
+        e
+    }
+
+    /// A repository with one snapshot `s` whose root holds `entries`, its
+    /// trees encoded by `enc`; and a view of it.
+    fn repo(
+        make: impl FnOnce(&Objects) -> Vec<Entry>,
+        enc: fn(&Tree) -> Vec<u8>,
+        bs: u64,
+    ) -> (tempfile::TempDir, Arc<Objects>, View) {
+        let t = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(LocalStore::new(t.path()));
+        let o = Arc::new(Objects::open(store.clone(), None).unwrap());
+        let mut entries = make(&o);
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        let (dir, _) = o.put(ObjKind::Tree, &enc(&Tree { entries })).unwrap();
+        let mut root = entry(".", EntryKind::Dir, 2, Some(1));
+        root.content = dir;
+        let (top, _) = o.put(ObjKind::Tree, &enc(&Tree { entries: vec![root] })).unwrap();
+        let (links, _) = o.put(ObjKind::Meta, &objects::encode_links(&Default::default())).unwrap();
+        o.flush().unwrap();
+        let rec = SnapshotRecord {
+            format: 1,
+            name: "s".into(),
+            time: "2026-01-01T00:00:00Z".into(),
+            time_sec: 1,
+            time_nsec: 0,
+            tree: top.hex(),
+            links: links.hex(),
+            parent: None,
+            full: true,
+            source: String::new(),
+            host: String::new(),
+            block_size: bs,
+            stats: SnapshotStats::default(),
+        };
+        snapshot::commit(&*store, &rec).unwrap();
+        let v = View::new(o.clone(), BS, None);
+        (t, o, v)
+    }
+
+    fn look(v: &View, path: &str) -> SysResult<FileAttr> {
+        let mut cur = VIEW_ROOT;
+        let mut a = v.getattr(VIEW_ROOT)?;
+        for part in std::iter::once("s").chain(path.split('/').filter(|p| !p.is_empty())) {
+            a = v.lookup(cur, OsStr::new(part))?;
+            cur = a.ino.0;
+        }
+        Ok(a)
+    }
+
+    #[test]
+    fn inodes_are_told_apart_by_device_and_all_64_bits() {
+        let big = (1u64 << 40) + 7;
+        let (_t, _o, v) = repo(
+            |o| {
+                vec![
+                    file(o, "a", 7, Some(1), &[Some(b"on device 1")], 11),
+                    file(o, "b", 7, Some(2), &[Some(b"on device 2")], 11),
+                    file(o, "c", big, Some(1), &[Some(b"a large inode number")], 20),
+                    file(o, "d", 7, Some(1), &[Some(b"on device 1")], 11), // a hard link of a
+                ]
+            },
+            Tree::encode,
+            BS,
+        );
+        let ids: Vec<u64> = ["a", "b", "c", "d"].iter().map(|n| look(&v, n).unwrap().ino.0).collect();
+        assert_eq!(ids[0], ids[3], "hard links share a node");
+        assert!(ids[0] != ids[1] && ids[0] != ids[2] && ids[1] != ids[2], "{ids:x?}");
+        assert_eq!(ids[0] & INO_MASK, 7, "the root's device shows the backing number");
+        assert_eq!(v.read(ids[1], 0, 100).unwrap(), b"on device 2");
+        assert_eq!(v.read(ids[2], 0, 100).unwrap(), b"a large inode number");
+        // readdir gives the same ids
+        let root = look(&v, "").unwrap().ino.0;
+        let mut listed = HashMap::new();
+        v.readdir(root, 0, |node, _, _, name| {
+            listed.insert(name.to_string_lossy().into_owned(), node);
+            false
+        })
+        .unwrap();
+        assert_eq!(listed["b"], ids[1]);
+        assert_eq!(listed["c"], ids[2]);
+        // forgotten and looked up again: still right
+        v.forget(ids[1], 1);
+        assert_eq!(v.read(look(&v, "b").unwrap().ino.0, 0, 100).unwrap(), b"on device 2");
+    }
+
+    #[test]
+    fn holes_blocks_and_lseek() {
+        let data = vec![7u8; BS as usize];
+        let mut blocks: Vec<Option<&[u8]>> = vec![None; 3 * 256 + 10];
+        blocks[300] = Some(&data);
+        blocks[301] = Some(&data);
+        blocks[3 * 256 + 9] = Some(&data[..100]);
+        let size = (3 * 256 + 9) * BS + 100;
+        for (enc, v1) in [(Tree::encode as fn(&Tree) -> Vec<u8>, false), (objects::encode_v1, true)] {
+            let (_t, _o, v) = repo(
+                |o| {
+                    let mut f = file(o, "f", 9, Some(1), &blocks, size);
+                    f.blocks = Some(40); // as stat showed it (format 2 only)
+                    vec![f, file(o, "holes", 10, Some(1), &vec![None; 70_000], 70_000 * BS)]
+                },
+                enc,
+                BS,
+            );
+            let a = look(&v, "f").unwrap();
+            // format 1: counted from the block list: 2 full blocks and 100 bytes
+            assert_eq!(a.blocks, if v1 { 2 * 8 + 1 } else { 40 });
+            let id = a.ino.0;
+            let d = 300 * BS as i64;
+            assert_eq!(v.lseek(id, 0, libc::SEEK_DATA), Ok(d));
+            assert_eq!(v.lseek(id, 0, libc::SEEK_HOLE), Ok(0));
+            assert_eq!(v.lseek(id, d + 1, libc::SEEK_HOLE), Ok(d + 2 * BS as i64));
+            assert_eq!(v.lseek(id, d + 2 * BS as i64, libc::SEEK_DATA), Ok((3 * 256 + 9) * BS as i64));
+            assert_eq!(v.lseek(id, (3 * 256 + 9) * BS as i64, libc::SEEK_HOLE), Ok(size as i64));
+            assert_eq!(v.lseek(id, size as i64, libc::SEEK_DATA), Err(Errno(libc::ENXIO)));
+            assert_eq!(v.read(id, d as u64 - 2, 4).unwrap(), vec![0, 0, 7, 7]);
+            // a file all holes: skipped by id, no node read past the first level
+            let h = look(&v, "holes").unwrap();
+            assert_eq!(h.blocks, 0);
+            assert_eq!(v.lseek(h.ino.0, 5, libc::SEEK_DATA), Err(Errno(libc::ENXIO)));
+            assert_eq!(v.lseek(h.ino.0, 5, libc::SEEK_HOLE), Ok(5));
+        }
+    }
+
+    #[test]
+    fn hostile_block_lists_and_records_give_eio() {
+        // levels = 7 (node_span overflowed: a division by zero) and a node of level 7
+        let (_t, _o, v) = repo(
+            |o| {
+                let (blob, _) = o.put(ObjKind::Blob, b"x").unwrap();
+                let (leaf, _) = o.put(ObjKind::FileNode, &FileNode { level: 0, entries: vec![blob] }.encode()).unwrap();
+                let (n7, _) = o.put(ObjKind::FileNode, &FileNode { level: 7, entries: vec![leaf] }.encode()).unwrap();
+                let (n1, _) = o.put(ObjKind::FileNode, &FileNode { level: 1, entries: vec![leaf] }.encode()).unwrap();
+                let mut a = file(o, "node7", 3, Some(1), &[], 1);
+                a.content = n7;
+                let mut b = file(o, "wrong_level", 4, Some(1), &[], 1);
+                b.content = n1; // a level-1 node where level 0 belongs
+                let mut c = file(o, "too_big", 5, Some(1), &[], 1 << 40);
+                c.content = leaf; // levels 0 for 2^28 blocks
+                vec![a, b, c]
+            },
+            Tree::encode,
+            BS,
+        );
+        for n in ["node7", "wrong_level", "too_big"] {
+            let id = look(&v, n).unwrap().ino.0;
+            assert_eq!(v.read(id, 0, 10), Err(Errno::EIO), "{n}");
+            assert_eq!(v.lseek(id, 0, libc::SEEK_DATA), Err(Errno::EIO), "{n}");
+            assert_eq!(v.lseek(id, 0, libc::SEEK_HOLE), Err(Errno::EIO), "{n}");
+        }
+        // an entry with levels 7: its tree does not decode
+        let (_t, _o, v) = repo(
+            |o| {
+                let mut e = file(o, "levels7", 3, Some(1), &[Some(b"x")], 1);
+                e.levels = 7;
+                vec![e]
+            },
+            Tree::encode,
+            BS,
+        );
+        assert_eq!(look(&v, "levels7").unwrap_err(), Errno::EIO);
+        // a record whose block size is 2^50, or not the repository's
+        for bs in [1 << 50, 2 * BS] {
+            let (_t, _o, v) = repo(|o| vec![file(o, "f", 3, Some(1), &[Some(b"x")], 1)], Tree::encode, bs);
+            let root = look(&v, "").expect("the damaged snapshot is there");
+            assert_eq!(v.lookup(root.ino.0, OsStr::new("f")).unwrap_err(), Errno::EIO);
+            assert_eq!(v.readdir(root.ino.0, 0, |_, _, _, _| false).unwrap_err(), Errno::EIO);
+        }
     }
 }
