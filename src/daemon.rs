@@ -1031,6 +1031,12 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
             exposed.join("; ")
         );
     }
+    if repo.upgrade()? {
+        log::warn!(
+            "repository {repo_display} upgraded to format {}: snapfs before this version cannot read its new snapshots",
+            crate::repo::FORMAT_VERSION
+        );
+    }
     log::info!("protecting {} (backing {}, repository {})", dir.display(), backing.display(), repo_display);
 
     let bs = repo.block_size();

@@ -380,9 +380,13 @@ impl Replicas {
         let _one = r.busy.lock().unwrap_or_else(|e| e.into_inner());
         let result = (|| -> Result<SyncReport> {
             let loc = crate::repo::Location::parse(&r.url)?;
-            let repo = crate::repo::Repo::open_at(&loc, None)?;
+            let mut repo = crate::repo::Repo::open_at(&loc, None)?;
             if repo.config.id != self.config.id {
                 bail!("{} now holds another repository (id {}): not synced", r.url, repo.config.id);
+            }
+            // a replica made before the primary's format upgrade follows it
+            if repo.config.format < self.config.format {
+                repo.rewrite_config(self.config.clone())?;
             }
             let to = repo.store();
             let mut seen = r.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();

@@ -87,8 +87,11 @@ pub fn default_cache() -> PathBuf {
 }
 
 pub const MAGIC: &str = "snapfs-repository";
-/// The repository format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The repository format this build reads and writes: 2 may hold trees of
+/// format 2 (device table, st_blocks); 1 holds only format 1 trees. A
+/// format 1 repository is upgraded when a daemon first mounts it (its
+/// next snapshot writes format 2 trees, which snapfs before 2 cannot read).
+pub const FORMAT_VERSION: u32 = 2;
 pub const DEFAULT_BLOCK_SIZE: u64 = 64 * 1024;
 pub const MIN_BLOCK_SIZE: u64 = 4 * 1024;
 pub const MAX_BLOCK_SIZE: u64 = 16 * 1024 * 1024;
@@ -349,6 +352,30 @@ impl Repo {
         Ok(Repo { location, path, config, lock: None, store: std::sync::Arc::new(store) })
     }
 
+    /// Write `config` in place of the repository's (a format upgrade: the
+    /// only time a config is written again).
+    pub fn rewrite_config(&mut self, config: Config) -> Result<(), RepoError> {
+        let json = serde_json::to_vec_pretty(&config).expect("config serializes");
+        match &self.location {
+            Location::Local(p) => write_durably(p, "config", &json).map_err(io_err(p))?,
+            Location::S3(s3) => S3Store::from_env(s3.clone())?.put_key(&s3.key("config"), &json)?,
+        }
+        self.config = config;
+        Ok(())
+    }
+
+    /// Bring a repository of an older format to this one (the formats
+    /// differ only in what new snapshots may write). Returns whether it did.
+    pub fn upgrade(&mut self) -> Result<bool, RepoError> {
+        if self.config.format >= FORMAT_VERSION {
+            return Ok(false);
+        }
+        let mut c = self.config.clone();
+        c.format = FORMAT_VERSION;
+        self.rewrite_config(c)?;
+        Ok(true)
+    }
+
     /// Make the local directory (a remote repository's cache) exist.
     fn local_dir(&self) -> Result<(), RepoError> {
         if !self.location.is_local() {
@@ -502,6 +529,27 @@ mod tests {
         let e = Repo::open(&p).unwrap_err();
         assert!(matches!(e, RepoError::NewerFormat { .. }));
         assert!(e.to_string().contains("newer"));
+    }
+
+    #[test]
+    fn older_formats_are_upgraded_once() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("r");
+        let r = Repo::init(&p, 65536).unwrap();
+        let mut c = r.config.clone();
+        c.format = 1;
+        fs::write(p.join("config"), serde_json::to_vec(&c).unwrap()).unwrap();
+        let mut o = Repo::open(&p).unwrap();
+        assert_eq!(o.config.format, 1);
+        assert!(o.upgrade().unwrap());
+        assert!(!o.upgrade().unwrap());
+        let again = Repo::open(&p).unwrap();
+        assert_eq!(again.config.format, FORMAT_VERSION);
+        assert_eq!(again.config.id, r.config.id);
+        assert_eq!(
+            fs::metadata(p.join("config")).map(|m| std::os::unix::fs::MetadataExt::mode(&m) & 0o777).unwrap(),
+            0o600
+        );
     }
 
     #[test]
