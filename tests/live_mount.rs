@@ -103,8 +103,9 @@ fn refusals_are_clear() {
     // a repository of a newer format
     let newer = t.path().join("newer");
     assert!(snapfs(&["init", newer.to_str().unwrap()]).status.success());
-    let cfg = fs::read_to_string(newer.join("config")).unwrap().replace("\"format\": 1", "\"format\": 99");
-    fs::write(newer.join("config"), cfg).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_slice(&fs::read(newer.join("config")).unwrap()).unwrap();
+    cfg["format"] = 99.into();
+    fs::write(newer.join("config"), serde_json::to_vec(&cfg).unwrap()).unwrap();
     let out = snapfs(&["mount", "--repo", newer.to_str().unwrap(), d.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("newer"), "{}", String::from_utf8_lossy(&out.stderr));
