@@ -121,6 +121,50 @@ fn assert_times(want: &Times, got: &Times, what: &str) {
     assert!(bad.is_empty(), "{what}: mtimes differ from what stat showed: {bad:?}");
 }
 
+/// Allocation of regular files: `st_blocks`, and for each block of `BS`
+/// whether `SEEK_DATA` finds data in it.
+type Alloc = BTreeMap<String, (u64, Vec<bool>)>;
+
+fn alloc_of(dir: &Path, files: &Files) -> Alloc {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    files
+        .keys()
+        .map(|k| {
+            let f = fs::File::open(dir.join(k)).unwrap();
+            let m = f.metadata().unwrap();
+            let blocks = m.size().div_ceil(BS);
+            let map = (0..blocks)
+                .map(|b| {
+                    // SAFETY: our descriptor; lseek takes no pointers.
+                    let d = unsafe { libc::lseek(f.as_raw_fd(), (b * BS) as i64, libc::SEEK_DATA) };
+                    d >= 0 && (d as u64) < (b + 1) * BS
+                })
+                .collect();
+            (k.clone(), (m.blocks(), map))
+        })
+        .collect()
+}
+
+/// `got` holds what the live files held at the snapshot: a hole where they
+/// had one, data where they had non-zero data (an all-zero block may be
+/// either: snapshots store it as a hole); with `blocks`, the same st_blocks.
+fn assert_alloc(want: &Alloc, files: &Files, got: &Alloc, blocks: bool, what: &str) {
+    for (k, (wb, wmap)) in want {
+        let (gb, gmap) = &got[k];
+        if blocks {
+            assert_eq!(wb, gb, "{what}: {k}: st_blocks {gb}, but stat showed {wb}");
+        }
+        assert_eq!(wmap.len(), gmap.len(), "{what}: {k}: blocks");
+        let data = &files[k];
+        for (b, (w, g)) in wmap.iter().zip(gmap).enumerate() {
+            let zero = data[b * BS as usize..((b + 1) * BS as usize).min(data.len())].iter().all(|&x| x == 0);
+            assert!(*w || !*g, "{what}: {k}: block {b} is data, but the file had a hole there");
+            assert!(!*w || *g || zero, "{what}: {k}: block {b} is a hole, but the file had data there");
+        }
+    }
+}
+
 fn run(ops: &[Op]) {
     run_on(ops, None)
 }
@@ -164,7 +208,7 @@ fn run_on(ops: &[Op], s3: Option<String>) {
     let mut model = Model::default();
     let mut snaps = 0;
     // (snapshot name, the model at that point) for the restores at the end
-    let taken: std::cell::RefCell<Vec<(String, Files, Times)>> = Default::default();
+    let taken: std::cell::RefCell<Vec<(String, Files, Times, Alloc)>> = Default::default();
     let check = |model: &Model, full: bool, snaps: &mut usize| {
         if *snaps > 0 {
             // the dirty set explains every change since the last snapshot,
@@ -201,7 +245,9 @@ fn run_on(ops: &[Op], s3: Option<String>) {
             &live_times(&mnt.join(".snapshots").join(&name), &want),
             &format!(".snapshots/{name}"),
         );
-        taken.borrow_mut().push((name, want.clone(), want_times));
+        let want_alloc = alloc_of(&mnt, &want);
+        assert_alloc(&want_alloc, &want, &alloc_of(&mnt.join(".snapshots").join(&name), &want), true, &name);
+        taken.borrow_mut().push((name, want.clone(), want_times, want_alloc));
         if got != want {
             let short = |m: &BTreeMap<String, Vec<u8>>| -> Vec<(String, usize)> {
                 m.iter().map(|(k, v)| (k.clone(), v.len())).collect()
@@ -282,7 +328,7 @@ fn run_on(ops: &[Op], s3: Option<String>) {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(writer.join().unwrap() > 0);
     // every snapshot, restored and copied out of .snapshots, equals the model
-    for (k, (name, want, want_times)) in taken.borrow().iter().enumerate() {
+    for (k, (name, want, want_times, want_alloc)) in taken.borrow().iter().enumerate() {
         let target = t.path().join(format!("restore{k}"));
         let out = snapfs(&["restore", "-j", "2", mnt.to_str().unwrap(), name, target.to_str().unwrap()]);
         assert!(out.status.success(), "restore {name}: {}", String::from_utf8_lossy(&out.stderr));
@@ -296,6 +342,7 @@ fn run_on(ops: &[Op], s3: Option<String>) {
         assert!(st.success());
         for (what, dir) in [("restore", &target), ("cp -a", &copy)] {
             assert_times(want_times, &live_times(dir, want), &format!("{what} of snapshot {name}"));
+            assert_alloc(want_alloc, want, &alloc_of(dir, want), false, &format!("{what} of snapshot {name}"));
             let mut got = files_of(dir);
             got.remove("d1/busy");
             if &got != want {
@@ -312,8 +359,9 @@ fn run_on(ops: &[Op], s3: Option<String>) {
     let out = snapfs(&["browse", "--repo", &repo, b.to_str().unwrap()]);
     assert!(out.status.success(), "browse: {}", String::from_utf8_lossy(&out.stderr));
     let _g = BrowseGuard(b.clone());
-    for (name, want, want_times) in taken.borrow().iter() {
+    for (name, want, want_times, want_alloc) in taken.borrow().iter() {
         assert_times(want_times, &live_times(&b.join(name), want), &format!("browse of snapshot {name}"));
+        assert_alloc(want_alloc, want, &alloc_of(&b.join(name), want), true, &format!("browse of snapshot {name}"));
     }
 }
 
