@@ -1,43 +1,31 @@
 //! snapfs: protect a directory with a FUSE layer that sees every write.
 //!
-//! Layers, bottom up:
-//! - [`repo`]: the repository on disk (config, lock, tracking state);
-//! - [`tracker`]: the dirty set (blocks and metadata changed since the epoch
-//!   began), persisted in sled, with [`scan`] for changes made unwatched;
-//! - [`live`]: the POSIX passthrough over the backing directory, a plain API
-//!   that tests drive without a mount;
-//! - [`fuse`]: the thin FUSE adapter over [`live`];
-//! - [`daemon`] and [`control`]: mounting, signals, the control socket.
+//! The folders are the layers, bottom up (doc/DESIGN.md has the map):
+//! - [`os`]: system call wrappers, errno, per-thread credentials, the mount
+//!   table, private files;
+//! - [`repo`]: the repository: config and format, objects and their
+//!   encodings, packs, the index, storage (local directory, S3), the sled
+//!   state database;
+//! - [`tracker`]: the dirty set, its block sets, the mount-time scan;
+//! - [`live`]: the POSIX passthrough over the backing directory, a plain API;
+//! - [`snapshot`]: taking snapshots (builder, copy-before-write), records,
+//!   diff, and the read-only view of snapshots;
+//! - [`ops`]: what the repository offers besides snapshots, one file per
+//!   verb: verify, verify --live, forget and prune, restore and rollback,
+//!   health, schedules, replicas;
+//! - [`fuse`]: the FUSE adapters over [`live`] and the view;
+//! - [`control`]: the control socket between clients and a daemon;
+//! - [`daemon`]: mounting, the control service, signals, browse.
 //!
-//! Errors become errno values in one place, [`errno`].
+//! Errors become errno values in one place, [`os::errno`].
 
-pub mod blockset;
-pub mod capture;
-pub mod check;
 pub mod control;
-pub mod creds;
 pub mod daemon;
-pub mod errno;
 pub mod fuse;
-pub mod health;
 pub mod live;
-pub mod livecheck;
-pub mod maint;
-pub mod mounts;
-pub mod objects;
-pub mod objstore;
-pub mod pack;
-pub mod private;
-pub mod replica;
+pub mod ops;
+pub mod os;
 pub mod repo;
-pub mod restore;
-pub mod s3;
-pub mod scan;
-pub mod schedule;
 pub mod snapshot;
-pub mod state;
-pub mod store;
-pub mod sys;
 pub mod tracker;
 pub mod util;
-pub mod view;

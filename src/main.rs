@@ -1,6 +1,8 @@
 //! The `snapfs` command line.
 
-mod cli_maint;
+mod cli;
+
+use cli::maint as cli_maint;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -63,11 +65,11 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         flush_ms: u64,
         /// Take a snapshot automatically every INTERVAL (30s, 15m, 1h, 1d).
-        #[arg(long, value_name = "INTERVAL", value_parser = snapfs::schedule::parse_interval)]
+        #[arg(long, value_name = "INTERVAL", value_parser = snapfs::ops::schedule::parse_interval)]
         every: Option<u64>,
         /// Retention for the automatic snapshots, e.g. hourly=24,daily=7,weekly=4,monthly=12.
-        #[arg(long, value_name = "RULES", value_parser = snapfs::maint::Policy::parse, requires = "every")]
-        keep: Option<snapfs::maint::Policy>,
+        #[arg(long, value_name = "RULES", value_parser = snapfs::ops::maint::Policy::parse, requires = "every")]
+        keep: Option<snapfs::ops::maint::Policy>,
         #[arg(long, hide = true)]
         ready_fd: Option<i32>,
         dir: PathBuf,
@@ -75,11 +77,11 @@ enum Cmd {
     /// Show or change the automatic snapshots of a mounted directory.
     Schedule {
         /// Take a snapshot every INTERVAL (30s, 15m, 1h, 1d).
-        #[arg(long, value_name = "INTERVAL", value_parser = snapfs::schedule::parse_interval)]
+        #[arg(long, value_name = "INTERVAL", value_parser = snapfs::ops::schedule::parse_interval)]
         every: Option<u64>,
         /// Retention for the automatic snapshots, e.g. hourly=24,daily=7.
-        #[arg(long, value_name = "RULES", value_parser = snapfs::maint::Policy::parse)]
-        keep: Option<snapfs::maint::Policy>,
+        #[arg(long, value_name = "RULES", value_parser = snapfs::ops::maint::Policy::parse)]
+        keep: Option<snapfs::ops::maint::Policy>,
         /// No more automatic snapshots.
         #[arg(long, conflicts_with_all = ["every", "keep"])]
         off: bool,
@@ -378,7 +380,7 @@ fn run(cli: Cli) -> Result<()> {
                     None => bail!("give DIR [NAME...], or --repo REPO [NAME...]"),
                 },
             };
-            let policy = snapfs::maint::Policy {
+            let policy = snapfs::ops::maint::Policy {
                 last: keep_last,
                 hourly: keep_hourly,
                 daily: keep_daily,
@@ -419,7 +421,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let (name, sub) = spec.split_once(':').unwrap_or((spec.as_str(), ""));
             let r = repo_for(dir.as_deref(), repo.as_deref())?;
-            let objects = snapfs::objstore::Objects::open(r.store(), None)?;
+            let objects = snapfs::repo::objstore::Objects::open(r.store(), None)?;
             let all = snapfs::snapshot::list(&*r.store())?;
             let snap = snapfs::snapshot::find(&all, name)?;
             let _hold = match (&dir, repo.is_none()) {
@@ -428,9 +430,12 @@ fn run(cli: Cli) -> Result<()> {
             };
             let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
             let t0 = Instant::now();
-            let opts =
-                snapfs::restore::RestoreOptions { jobs, overwrite, progress: !json && std::io::stderr().is_terminal() };
-            let stats = snapfs::restore::restore(&objects, snap, sub, &target, &opts)?;
+            let opts = snapfs::ops::restore::RestoreOptions {
+                jobs,
+                overwrite,
+                progress: !json && std::io::stderr().is_terminal(),
+            };
+            let stats = snapfs::ops::restore::restore(&objects, snap, sub, &target, &opts)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
@@ -619,10 +624,10 @@ fn rollback(dir: &Path, name: &str, path: &str, json: bool) -> Result<()> {
     let all = snapfs::snapshot::list(&*r.store())?;
     let target = snapfs::snapshot::find(&all, name)?.clone();
     let _hold = Hold::start(&dir, &target.id)?;
-    let objects = snapfs::objstore::Objects::open(r.store(), None)?;
+    let objects = snapfs::repo::objstore::Objects::open(r.store(), None)?;
     let root = std::fs::File::open(&dir).with_context(|| dir.display().to_string())?;
     use std::os::fd::AsFd;
-    snapfs::restore::rollback_check(&objects, &target, path, root.as_fd())?;
+    snapfs::ops::restore::rollback_check(&objects, &target, path, root.as_fd())?;
     // a safety snapshot of the directory as it is now
     daemon::syncfs(&dir);
     let base = format!("before-rollback-{}", snapfs::snapshot::default_name(util::unix_now()));
@@ -637,7 +642,7 @@ fn rollback(dir: &Path, name: &str, path: &str, json: bool) -> Result<()> {
     let now = reply
         .snapshot
         .ok_or_else(|| anyhow::anyhow!(reply.error.unwrap_or_else(|| "safety snapshot failed".into())))?;
-    let st = snapfs::restore::rollback(&objects, &target, &now, path, root.as_fd())?;
+    let st = snapfs::ops::restore::rollback(&objects, &target, &now, path, root.as_fd())?;
     if json {
         println!("{}", serde_json::to_string_pretty(&st)?);
     } else {
@@ -751,7 +756,7 @@ fn diff(dir: Option<&Path>, repo: Option<&str>, a: &str, b: &str) -> Result<snap
     }
     let r = offline_repo(dir, repo)?;
     // sled may be held by a daemon: an index in memory from the packs will do
-    let objects = snapfs::objstore::Objects::open(r.store(), None)?;
+    let objects = snapfs::repo::objstore::Objects::open(r.store(), None)?;
     let all = snapfs::snapshot::list(&*r.store())?;
     let sa = snapfs::snapshot::find(&all, a)?;
     let sb = snapfs::snapshot::find(&all, b)?;
@@ -873,11 +878,11 @@ fn status(dir: &Path, files: bool, repo: Option<&str>) -> Result<StatusReport> {
         scan: None,
         replicas: Vec::new(),
         warnings: Vec::new(),
-        health: Some(snapfs::health::report(&*r.store(), snapfs::health::Health::open(&db).ok().as_ref())),
+        health: Some(snapfs::ops::health::report(&*r.store(), snapfs::ops::health::Health::open(&db).ok().as_ref())),
     })
 }
 
-fn print_replica(s: &snapfs::replica::ReplicaStatus) {
+fn print_replica(s: &snapfs::ops::replica::ReplicaStatus) {
     let l = &s.lag;
     let state = if l.snapshots_behind == 0 && l.packs_behind == 0 && s.last_success.is_some() {
         "up to date".to_string()
@@ -900,7 +905,7 @@ fn print_replica(s: &snapfs::replica::ReplicaStatus) {
     }
 }
 
-fn print_schedule(s: &snapfs::schedule::ScheduleStatus) {
+fn print_schedule(s: &snapfs::ops::schedule::ScheduleStatus) {
     let keep = if s.keep == "none" { "all".to_string() } else { s.keep.clone() };
     println!("  schedule:    a snapshot every {}, keeping {keep}", s.every);
     if let (Some(n), Some(secs)) = (&s.next_run, s.next_run_in_sec) {
@@ -911,7 +916,7 @@ fn print_schedule(s: &snapfs::schedule::ScheduleStatus) {
     }
 }
 
-fn print_health(h: &snapfs::health::HealthReport) {
+fn print_health(h: &snapfs::ops::health::HealthReport) {
     match (&h.last_snapshot, &h.last_snapshot_time, h.last_snapshot_age_sec) {
         (Some(n), Some(t), Some(age)) => {
             println!("  last snapshot: {n} at {t} ({} ago), {} in all", age_text(age), h.snapshots)

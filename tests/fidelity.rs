@@ -18,10 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use snapfs::objects::{Entry, EntryKind, FileNode, ObjKind, ObjectId, Time, Totals, Tree};
-use snapfs::objstore::Objects;
+use snapfs::repo::objects::{Entry, EntryKind, FileNode, ObjKind, ObjectId, Time, Totals, Tree};
+use snapfs::repo::objstore::Objects;
+use snapfs::repo::store::{LocalStore, Store};
 use snapfs::snapshot::{self, SnapshotRecord, SnapshotStats};
-use snapfs::store::{LocalStore, Store};
 
 const BS: u64 = 65536;
 
@@ -384,9 +384,9 @@ fn damaged_records_are_shown_named_and_give_eio() {
     assert_eq!(out.status.code(), Some(1), "restore: {}", String::from_utf8_lossy(&out.stderr));
     // (and restore given such a record directly refuses it too)
     let objects = Objects::open(Arc::new(LocalStore::new(&repo)), None).unwrap();
-    let opts = snapfs::restore::RestoreOptions { jobs: 1, overwrite: false, progress: false };
+    let opts = snapfs::ops::restore::RestoreOptions { jobs: 1, overwrite: false, progress: false };
     let info = snapshot::SnapshotInfo { id: huge.clone(), record: rec, damaged: None };
-    let err = snapfs::restore::restore(&objects, &info, "", &target, &opts).unwrap_err();
+    let err = snapfs::ops::restore::restore(&objects, &info, "", &target, &opts).unwrap_err();
     assert!(format!("{err:#}").contains("block size"), "{err:#}");
     // forget removes a damaged record by its id; prune refuses while one is there
     let out = snapfs(&["prune", "--repo", repo.to_str().unwrap()]);

@@ -8,12 +8,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use snapfs::objects::{self, Entry, EntryKind, FileNode, ObjKind, ObjectId, Time, Totals, Tree};
-use snapfs::objstore::Objects;
-use snapfs::pack::{self, PackEntry, PackWriter};
+use snapfs::repo::objects::{self, Entry, EntryKind, FileNode, ObjKind, ObjectId, Time, Totals, Tree};
+use snapfs::repo::objstore::Objects;
+use snapfs::repo::pack::{self, PackEntry, PackWriter};
+use snapfs::repo::store::{FileKind, LocalStore, Store};
+use snapfs::snapshot::view::{View, VIEW_ROOT};
 use snapfs::snapshot::{self, SnapshotRecord, SnapshotStats};
-use snapfs::store::{FileKind, LocalStore, Store};
-use snapfs::view::{View, VIEW_ROOT};
 
 const BS: u64 = 4096;
 

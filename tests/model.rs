@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use common::*;
 use proptest::prelude::*;
-use snapfs::objects::EntryKind;
-use snapfs::objstore::Objects;
+use snapfs::repo::objects::EntryKind;
+use snapfs::repo::objstore::Objects;
+use snapfs::repo::store::{LocalStore, Store};
 use snapfs::snapshot;
-use snapfs::store::{LocalStore, Store};
 
 const BS: u64 = 65536;
 const PATHS: [&str; 10] = ["f0", "f1", "f2", "f3", "d1/f0", "d1/f1", "d1/f2", "d2/f0", "d2/f1", "d2/deep/f0"];
@@ -76,8 +76,8 @@ type Times = BTreeMap<String, (i64, i64)>;
 
 /// Every regular file of a snapshot with its content, and their mtimes.
 fn read_back(repo: &str, id: &str) -> (BTreeMap<String, Vec<u8>>, Times) {
-    let store: Arc<dyn Store> = match snapfs::s3::S3Location::parse(repo) {
-        Ok(loc) => Arc::new(snapfs::s3::S3Store::from_env(loc).unwrap()),
+    let store: Arc<dyn Store> = match snapfs::repo::s3::S3Location::parse(repo) {
+        Ok(loc) => Arc::new(snapfs::repo::s3::S3Store::from_env(loc).unwrap()),
         Err(_) => Arc::new(LocalStore::new(Path::new(repo))),
     };
     let objects = Objects::open(store.clone(), None).unwrap();

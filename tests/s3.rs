@@ -8,8 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use snapfs::s3::{Retry, S3Location, S3Store, Timeouts};
-use snapfs::store::{FileKind, Store, StoreError};
+use snapfs::repo::s3::{Retry, S3Location, S3Store, Timeouts};
+use snapfs::repo::store::{FileKind, Store, StoreError};
 
 fn store(url: &str) -> S3Store {
     S3Store::from_env(S3Location::parse(url).unwrap()).unwrap()

@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use snapfs::s3::{Retry, S3Location, S3Store, Timeouts};
-use snapfs::store::{FileKind, Store};
+use snapfs::repo::s3::{Retry, S3Location, S3Store, Timeouts};
+use snapfs::repo::store::{FileKind, Store};
 
 /// A private cluster on ports from `port`; stopped (by the pids the script
 /// recorded) when dropped, also when the test fails.

@@ -470,7 +470,7 @@ fn a_damaged_state_database_is_moved_aside_and_rebuilt() {
             }
             // a tracker record that does not decode
             _ => {
-                let db = snapfs::state::StateDb::open(&repo.join("state")).unwrap();
+                let db = snapfs::repo::state::StateDb::open(&repo.join("state")).unwrap();
                 db.tree("inodes").unwrap().insert(7u64.to_be_bytes(), &b"\xffgarbage"[..]).unwrap();
                 db.flush().unwrap();
             }

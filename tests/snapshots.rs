@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use common::*;
-use snapfs::objects::EntryKind;
-use snapfs::objstore::Objects;
+use snapfs::repo::objects::EntryKind;
+use snapfs::repo::objstore::Objects;
+use snapfs::repo::store::{LocalStore, Store};
 use snapfs::snapshot;
-use snapfs::store::{LocalStore, Store};
 
 const BS: u64 = 65536;
 

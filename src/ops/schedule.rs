@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::maint::Policy;
+use crate::ops::maint::Policy;
 
 /// Scheduled snapshots are named with this prefix.
 pub const AUTO_PREFIX: &str = "auto-";

@@ -117,7 +117,7 @@ impl LocalStore {
 
     /// Create one directory of the repository (its parent must exist).
     fn make_dir(&self, dir: &Path) -> StoreResult<()> {
-        match crate::private::create_dir(dir) {
+        match crate::os::private::create_dir(dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.root.exists() => {
@@ -154,7 +154,7 @@ impl Store for LocalStore {
         }
         let tmp = dir.join(format!(".{name}.{}.tmp", crate::util::random_id()));
         let r = (|| {
-            let mut f = crate::private::new_file().open(&tmp)?;
+            let mut f = crate::os::private::new_file().open(&tmp)?;
             f.write_all(data)?;
             f.sync_all()?;
             drop(f);

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::check::VerifyReport;
+use crate::ops::verify::VerifyReport;
 
 /// Errors kept.
 const MAX_ERRORS: usize = 20;
@@ -32,7 +32,7 @@ impl VerifySummary {
             read_data: r.read_data,
             subset: r.subset,
             damage: r.damage_count() as u64,
-            summary: crate::check::summary(r),
+            summary: crate::ops::verify::summary(r),
             duration_ms: r.duration_ms,
         }
     }
@@ -69,12 +69,12 @@ pub struct ErrorEvent {
 /// Kept in memory, and in the state database when it works (so a failing
 /// database loses nothing of what `status` shows while the daemon runs).
 pub struct Health {
-    db: std::sync::Arc<crate::state::StateDb>,
+    db: std::sync::Arc<crate::repo::state::StateDb>,
     mem: std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>,
 }
 
 impl Health {
-    pub fn open(db: &std::sync::Arc<crate::state::StateDb>) -> sled::Result<Health> {
+    pub fn open(db: &std::sync::Arc<crate::repo::state::StateDb>) -> sled::Result<Health> {
         let mut mem = std::collections::HashMap::new();
         for kv in db.tree("health")?.iter() {
             let (k, v) = kv?;
@@ -136,7 +136,7 @@ impl Health {
         self.get("verify_live")
     }
 
-    pub fn set_live_check(&self, r: &crate::livecheck::LiveReport) {
+    pub fn set_live_check(&self, r: &crate::ops::verify_live::LiveReport) {
         let now = crate::util::unix_now();
         let summary = if r.ok {
             format!("no change missed: {} files, {} compared", r.files, crate::util::human_bytes(r.bytes_compared))
@@ -212,12 +212,12 @@ pub struct HealthReport {
     pub state_failing: Option<StateFailure>,
     /// Automatic snapshots and retention, when configured.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub schedule: Option<crate::schedule::ScheduleStatus>,
+    pub schedule: Option<crate::ops::schedule::ScheduleStatus>,
 }
 
 /// Gather the health of a repository.
-pub fn report(store: &dyn crate::store::Store, health: Option<&Health>) -> HealthReport {
-    use crate::store::FileKind;
+pub fn report(store: &dyn crate::repo::store::Store, health: Option<&Health>) -> HealthReport {
+    use crate::repo::store::FileKind;
     let mut r = HealthReport::default();
     match crate::snapshot::list(store) {
         Ok(all) => {
@@ -258,11 +258,11 @@ pub fn report(store: &dyn crate::store::Store, health: Option<&Health>) -> Healt
 
 impl Health {
     /// The schedule set on an earlier mount.
-    pub fn schedule(&self) -> Option<crate::schedule::Schedule> {
+    pub fn schedule(&self) -> Option<crate::ops::schedule::Schedule> {
         self.get("schedule")
     }
 
-    pub fn set_schedule(&self, s: Option<&crate::schedule::Schedule>) {
+    pub fn set_schedule(&self, s: Option<&crate::ops::schedule::Schedule>) {
         match s {
             Some(s) => self.set("schedule", s),
             None => self.remove("schedule"),

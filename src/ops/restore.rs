@@ -36,11 +36,11 @@ use std::sync::{Arc, Mutex};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::errno::{cvt, Errno};
-use crate::objects::{Entry, EntryKind, ObjKind, ObjectId, Totals};
-use crate::objstore::Objects;
+use crate::os::errno::{cvt, Errno};
+use crate::os::sys;
+use crate::repo::objects::{Entry, EntryKind, ObjKind, ObjectId, Totals};
+use crate::repo::objstore::Objects;
 use crate::snapshot::{self, SnapshotInfo};
-use crate::sys;
 use crate::util;
 
 pub const MARKER: &str = ".snapfs-restore";
@@ -190,7 +190,7 @@ fn set_meta(dir: BorrowedFd<'_>, name: &CStr, e: &Entry) -> Result<()> {
             }
         }
     }
-    let ts = |t: crate::objects::Time| libc::timespec { tv_sec: t.sec, tv_nsec: t.nsec as i64 };
+    let ts = |t: crate::repo::objects::Time| libc::timespec { tv_sec: t.sec, tv_nsec: t.nsec as i64 };
     let times = [ts(e.atime), ts(e.mtime)];
     cvt(unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), times.as_ptr(), nofollow) })
         .map_err(|err| anyhow!("times of {name:?}: {err}"))?;

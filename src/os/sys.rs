@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::errno::{cvt, Errno, SysResult};
+use crate::os::errno::{cvt, Errno, SysResult};
 
 pub fn cstr(name: &OsStr) -> SysResult<CString> {
     CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)

@@ -4,7 +4,7 @@
 //! [`SnapFuse`] serves a live mount: node ids with bit 63 set belong to the
 //! view behind `DIR/.snapshots`, where every mutating call is EROFS.
 //! [`BrowseFuse`] serves a read-only `browse` mount of a repository.
-//! No filesystem logic lives here; errors arrive as [`crate::errno::Errno`]
+//! No filesystem logic lives here; errors arrive as [`crate::os::errno::Errno`]
 //! already decided by the layer below.
 
 use std::ffi::OsStr;
@@ -19,7 +19,7 @@ use fuser::{
 };
 
 use crate::live::{Ctx, LiveFs, OpenReply, SetAttr, TimeSpec, ROOT, SNAPSHOTS_NAME};
-use crate::view::{is_view, View, VIEW_ROOT};
+use crate::snapshot::view::{is_view, View, VIEW_ROOT};
 
 /// Kernel-side settings for a live mount.
 #[derive(Debug, Clone)]
@@ -66,7 +66,7 @@ const EROFS: fuser::Errno = fuser::Errno::EROFS;
 
 // --- replies for view nodes, shared by the live and the browse adapters
 
-fn view_entry(view: &View, r: crate::errno::SysResult<fuser::FileAttr>, reply: ReplyEntry) {
+fn view_entry(view: &View, r: crate::os::errno::SysResult<fuser::FileAttr>, reply: ReplyEntry) {
     match r {
         Ok(a) => reply.entry(&view.ttl(), &a, Generation(0)),
         Err(e) => reply.error(e.into()),
@@ -132,7 +132,7 @@ fn view_readdirplus(view: &View, ino: u64, offset: u64, mut reply: ReplyDirector
     }
 }
 
-fn view_xattr(r: crate::errno::SysResult<Vec<u8>>, size: u32, reply: ReplyXattr) {
+fn view_xattr(r: crate::os::errno::SysResult<Vec<u8>>, size: u32, reply: ReplyXattr) {
     match r {
         Ok(d) if size == 0 => reply.size(u32::from_ne_bytes(d[..4].try_into().unwrap())),
         Ok(d) => reply.data(&d),

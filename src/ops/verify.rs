@@ -22,11 +22,11 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::objects::{EntryKind, ObjKind, ObjectId, Totals};
-use crate::objstore::{ObjResult, Objects};
-use crate::pack::{self, PackEntry};
+use crate::repo::objects::{EntryKind, ObjKind, ObjectId, Totals};
+use crate::repo::objstore::{ObjResult, Objects};
+use crate::repo::pack::{self, PackEntry};
+use crate::repo::store::{FileKind, StoreError};
 use crate::snapshot::{self, SnapshotInfo};
-use crate::store::{FileKind, StoreError};
 
 #[derive(Debug, Clone, Default)]
 pub struct VerifyOptions {
@@ -307,7 +307,7 @@ impl Walker<'_> {
                 continue;
             }
             for c in n.entries {
-                if crate::objects::is_hole(&c, level) {
+                if crate::repo::objects::is_hole(&c, level) {
                     continue;
                 }
                 if level == 0 && self.located.get(&c).is_some_and(|(_, e)| e.raw as u64 > self.bs) {
@@ -603,7 +603,7 @@ pub fn verify(objects: &Objects, opts: &VerifyOptions, progress: &VerifyProgress
 
 /// Read a whole pack: its bytes must hash to its name, and every object in
 /// it must decode and match its id.
-fn read_pack(store: &dyn crate::store::Store, name: &str, entries: &[PackEntry]) -> PackFindings {
+fn read_pack(store: &dyn crate::repo::store::Store, name: &str, entries: &[PackEntry]) -> PackFindings {
     let mut packs = Vec::new();
     let mut objs = Vec::new();
     let bytes = match store.get(FileKind::Pack, name) {
@@ -632,7 +632,7 @@ fn read_pack(store: &dyn crate::store::Store, name: &str, entries: &[PackEntry])
     (packs, objs)
 }
 
-fn read_record(store: &dyn crate::store::Store, id: &str) -> Result<SnapshotInfo, String> {
+fn read_record(store: &dyn crate::repo::store::Store, id: &str) -> Result<SnapshotInfo, String> {
     let all = snapshot::read_one(store, id).map_err(|e| e.to_string())?;
     match all.damaged {
         Some(problem) => Err(problem),

@@ -24,10 +24,10 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
-use crate::errno::{Errno, SysResult};
-use crate::objects::{ObjKind, ObjectId};
-use crate::objstore::Objects;
-use crate::sys::{self, Stat};
+use crate::os::errno::{Errno, SysResult};
+use crate::os::sys::{self, Stat};
+use crate::repo::objects::{ObjKind, ObjectId};
+use crate::repo::objstore::Objects;
 use crate::tracker::{Kind, Record, FULL, RENAMED};
 
 /// What a change is about to do to a file's data.

@@ -32,6 +32,9 @@
 //! the margin (1 s) covers the coarse kernel clock and small clock steps. Nothing here is needed to rebuild
 //! a repository: if the state is lost, the next snapshot compares everything.
 
+pub mod blockset;
+pub mod scan;
+
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -40,9 +43,9 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::blockset::BlockSet;
-use crate::state::StateDb;
-use crate::sys;
+use crate::os::sys;
+use crate::repo::state::StateDb;
+use crate::tracker::blockset::BlockSet;
 
 pub const META: u8 = 1;
 pub const FULL: u8 = 2;

@@ -15,7 +15,7 @@
 //! fsuid back to 0 restores the rest. All of these are per-thread system calls
 //! (the glibc wrappers for setresuid/setgroups would change every thread).
 
-use crate::errno::{Errno, SysResult};
+use crate::os::errno::{Errno, SysResult};
 
 #[repr(C)]
 struct CapHeader {

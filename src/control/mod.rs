@@ -74,7 +74,7 @@ pub enum Request {
         #[serde(default)]
         names: Vec<String>,
         #[serde(default)]
-        policy: crate::maint::Policy,
+        policy: crate::ops::maint::Policy,
         #[serde(default)]
         dry_run: bool,
     },
@@ -83,7 +83,7 @@ pub enum Request {
         #[serde(default)]
         every: Option<u64>,
         #[serde(default)]
-        keep: Option<crate::maint::Policy>,
+        keep: Option<crate::ops::maint::Policy>,
         #[serde(default)]
         off: bool,
     },
@@ -130,12 +130,12 @@ pub struct StatusReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inodes: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub scan: Option<crate::scan::ScanStats>,
+    pub scan: Option<crate::tracker::scan::ScanStats>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<crate::health::HealthReport>,
+    pub health: Option<crate::ops::health::HealthReport>,
     /// Copies of the repository elsewhere, and how far behind each is.
     #[serde(default)]
-    pub replicas: Vec<crate::replica::ReplicaStatus>,
+    pub replicas: Vec<crate::ops::replica::ReplicaStatus>,
     /// Loud facts about the protection (e.g. no copy off this disk).
     #[serde(default)]
     pub warnings: Vec<String>,
@@ -160,17 +160,17 @@ pub struct Reply {
     pub progress: Option<crate::snapshot::SnapshotStats>,
     /// Progress of a verify or prune.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub task: Option<crate::check::ProgressView>,
+    pub task: Option<crate::ops::verify::ProgressView>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub verify: Option<crate::check::VerifyReport>,
+    pub verify: Option<crate::ops::verify::VerifyReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub live: Option<crate::livecheck::LiveReport>,
+    pub live: Option<crate::ops::verify_live::LiveReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub forget: Option<crate::maint::ForgetReport>,
+    pub forget: Option<crate::ops::maint::ForgetReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub prune: Option<crate::maint::PruneReport>,
+    pub prune: Option<crate::ops::maint::PruneReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replicas: Option<Vec<crate::replica::ReplicaStatus>>,
+    pub replicas: Option<Vec<crate::ops::replica::ReplicaStatus>>,
 }
 
 impl Reply {
@@ -242,7 +242,7 @@ pub fn check_private_dir(dir: &Path, uid: u32) -> std::io::Result<()> {
 pub fn own_runtime_dir() -> std::io::Result<PathBuf> {
     let me = euid();
     let dir = runtime_dir(me);
-    match crate::private::create_dir(&dir) {
+    match crate::os::private::create_dir(&dir) {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
         _ => {}
     }
@@ -275,7 +275,7 @@ pub fn listen(mountpoint: &Path) -> std::io::Result<Listener> {
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(crate::private::FILE_MODE)
+        .mode(crate::os::private::FILE_MODE)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&lock_path)?;
     // SAFETY: flock on a descriptor we own.
@@ -303,7 +303,7 @@ pub fn listen(mountpoint: &Path) -> std::io::Result<Listener> {
 /// The uid whose daemon serves `mountpoint`: the user that mounted it, or
 /// ourselves when nothing is mounted there.
 fn daemon_uid(mountpoint: &Path) -> u32 {
-    crate::mounts::snapfs_mount_at(mountpoint).and_then(|m| m.fuse_user()).unwrap_or_else(euid)
+    crate::os::mounts::snapfs_mount_at(mountpoint).and_then(|m| m.fuse_user()).unwrap_or_else(euid)
 }
 
 /// Connect to the daemon of `mountpoint`, if one is listening, and make

@@ -28,20 +28,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::capture::Capture;
 use crate::control::{self, Reply, Request, StatusReport};
 use crate::fuse::{KernelOptions, SnapFuse};
-use crate::health::Health;
 use crate::live::{self, LiveFs};
-use crate::mounts::unescape;
-pub use crate::mounts::{canonical, mounts, snapfs_mount_at, syncfs, umount, MountEntry};
-use crate::objects::{ObjKind, ObjectId};
-use crate::objstore::Objects;
+use crate::ops::health::Health;
+use crate::os::mounts::unescape;
+pub use crate::os::mounts::{canonical, mounts, snapfs_mount_at, syncfs, umount, MountEntry};
+use crate::repo::objects::{ObjKind, ObjectId};
+use crate::repo::objstore::Objects;
+use crate::repo::state::StateDb;
 use crate::repo::{Repo, DEFAULT_BLOCK_SIZE};
+use crate::snapshot::capture::Capture;
 use crate::snapshot::{self, DiffReport, SnapError, SnapshotInfo, SnapshotRecord};
-use crate::state::StateDb;
 use crate::tracker::{LastSession, Tracker};
-use crate::{check, maint, scan, schedule, sys, util};
+use crate::{ops::maint, ops::schedule, ops::verify, os::sys, tracker::scan, util};
 
 #[derive(Debug, Clone)]
 pub struct MountArgs {
@@ -298,13 +298,13 @@ fn serve_browse(args: BrowseArgs) -> Result<()> {
     if all.is_empty() {
         log::warn!("{repo_path} has no snapshots yet");
     }
-    let view = Arc::new(crate::view::View::new(objects, repo.block_size(), args.snapshot.clone()));
+    let view = Arc::new(crate::snapshot::view::View::new(objects, repo.block_size(), args.snapshot.clone()));
     let root = match &args.snapshot {
         Some(name) => {
             let info = snapshot::find(&all, name)?;
             view.pin_snapshot_root(&info.record.name).map_err(|e| anyhow!("snapshot {name}: {e}"))?
         }
-        None => crate::view::VIEW_ROOT,
+        None => crate::snapshot::view::VIEW_ROOT,
     };
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -380,7 +380,7 @@ struct Shared {
     /// alone (after `snapshotting`, never the other way round).
     maint: std::sync::RwLock<()>,
     /// Progress of a verify or prune.
-    task: Mutex<Option<Arc<check::VerifyProgress>>>,
+    task: Mutex<Option<Arc<verify::VerifyProgress>>>,
     health: Health,
     scheduler: Mutex<schedule::Scheduler>,
     /// The sled database (tracking state, index, health): after an I/O
@@ -392,7 +392,7 @@ struct Shared {
     forgetting: Mutex<()>,
     /// Copies of the repository elsewhere, brought up to date after each
     /// snapshot in the background.
-    replicas: Arc<crate::replica::Replicas>,
+    replicas: Arc<crate::ops::replica::Replicas>,
     /// Whether the repository sits on the device of the data it protects.
     same_device: bool,
 }
@@ -417,7 +417,7 @@ impl Shared {
             replicas: self.replicas.statuses(),
             warnings: self.warnings(),
             health: Some({
-                let mut h = crate::health::report(&**self.objects.store(), Some(&self.health));
+                let mut h = crate::ops::health::report(&**self.objects.store(), Some(&self.health));
                 h.schedule = self.scheduler.lock().unwrap_or_else(|e| e.into_inner()).status_at(util::unix_now());
                 h
             }),
@@ -532,7 +532,7 @@ impl Shared {
     }
 
     /// Run `work` with a progress that `snapfs` clients can ask for.
-    fn with_task<T>(&self, p: Arc<check::VerifyProgress>, work: impl FnOnce() -> T) -> T {
+    fn with_task<T>(&self, p: Arc<verify::VerifyProgress>, work: impl FnOnce() -> T) -> T {
         *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
         let r = work();
         *self.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -684,7 +684,7 @@ impl Shared {
     /// `verify --live`: the live directory against the latest snapshot and
     /// the dirty set. Holds the snapshot lock (the dirty set only grows
     /// meanwhile).
-    fn verify_live(&self) -> Result<crate::livecheck::LiveReport> {
+    fn verify_live(&self) -> Result<crate::ops::verify_live::LiveReport> {
         let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
         while self.tracker.scan_pending() && !self.scan_failed.load(std::sync::atomic::Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(20));
@@ -705,11 +705,19 @@ impl Shared {
         }
         let links = self.links_of(latest)?;
         let top = latest.root_tree()?;
-        let p = Arc::new(check::VerifyProgress::default());
+        let p = Arc::new(verify::VerifyProgress::default());
         p.bytes_total.store(latest.record.stats.logical_bytes, std::sync::atomic::Ordering::Relaxed);
         let mut r = self.with_task(p.clone(), || {
             let record = |ino| self.tracker.record(ino);
-            crate::livecheck::check(&self.objects, self.block_size, self.live.root_fd(), top, &links, &record, &p)
+            crate::ops::verify_live::check(
+                &self.objects,
+                self.block_size,
+                self.live.root_fd(),
+                top,
+                &links,
+                &record,
+                &p,
+            )
         })?;
         r.snapshot = latest.record.name.clone();
         r.snapshot_id = latest.id.clone();
@@ -736,17 +744,17 @@ impl Shared {
     }
 
     /// `snapfs verify DIR`: check the repository while snapshots go on.
-    fn verify(&self, opts: check::VerifyOptions, rebuild_index: bool) -> Result<check::VerifyReport> {
+    fn verify(&self, opts: verify::VerifyOptions, rebuild_index: bool) -> Result<verify::VerifyReport> {
         let r = {
             let _readers = self.maint.read().unwrap_or_else(|e| e.into_inner());
-            let p = Arc::new(check::VerifyProgress::default());
-            self.with_task(p.clone(), || check::verify(&self.objects, &opts, &p))
+            let p = Arc::new(verify::VerifyProgress::default());
+            self.with_task(p.clone(), || verify::verify(&self.objects, &opts, &p))
                 .inspect_err(|e| self.health.error("verify", &format!("{e:#}")))?
         };
         self.health.set_verify(&r);
         if !r.ok {
-            log::error!("VERIFY FOUND DAMAGE: {}", check::summary(&r));
-            self.health.error("verify", &check::summary(&r));
+            log::error!("VERIFY FOUND DAMAGE: {}", verify::summary(&r));
+            self.health.error("verify", &verify::summary(&r));
         }
         if rebuild_index && !r.index_problems.is_empty() {
             // not while a snapshot or a verify reads through the index
@@ -820,7 +828,7 @@ impl Shared {
         let _alone = self.maint.write().unwrap_or_else(|e| e.into_inner());
         self.check_repository()?;
         self.recover_state().context("the state database cannot be written")?;
-        let p = Arc::new(check::VerifyProgress::default());
+        let p = Arc::new(verify::VerifyProgress::default());
         self.with_task(p.clone(), || maint::prune(&self.objects, opts, &p)).inspect_err(|e| {
             self.note_state_error(e);
             log::error!("PRUNE FAILED: {e:#}");
@@ -998,7 +1006,7 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
                 None => {
                     let hidden = PathBuf::from(format!("/proc/self/fd/{}/{}", backing_fd.as_raw_fd(), live::REPO_NAME));
                     if !loc.is_local() {
-                        match crate::private::create_dir(&hidden) {
+                        match crate::os::private::create_dir(&hidden) {
                             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
                                 bail!("{}/{}: {e}", backing.display(), live::REPO_NAME)
                             }
@@ -1023,9 +1031,9 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
     }
     // A repository made by an older snapfs (or by hand) others could read
     // or write: make it private before anything goes into it.
-    let exposed = crate::private::exposure(&repo.path);
+    let exposed = crate::os::private::exposure(&repo.path);
     if !exposed.is_empty() {
-        let n = crate::private::tighten(&repo.path).with_context(|| format!("making {repo_display} private"))?;
+        let n = crate::os::private::tighten(&repo.path).with_context(|| format!("making {repo_display} private"))?;
         log::warn!(
             "repository {repo_display} was not private ({}); made {n} files and directories private",
             exposed.join("; ")
@@ -1064,7 +1072,7 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
 
     // Replicas: those kept with the repository, and any new ones named now.
     let replicas =
-        Arc::new(crate::replica::Replicas::open(&repo.path, repo.store(), repo.config.clone(), Box::new(|_| {})));
+        Arc::new(crate::ops::replica::Replicas::open(&repo.path, repo.store(), repo.config.clone(), Box::new(|_| {})));
     for url in &args.replicas {
         match replicas.add(url) {
             Ok(u) => log::info!("replica {u} added"),
@@ -1118,7 +1126,7 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
         Ok(()) => log::info!("tracking state flushed and marked clean"),
         Err(e) => log::error!("could not save tracking state: {e}"),
     });
-    let view = Arc::new(crate::view::View::new(objects.clone(), bs, None));
+    let view = Arc::new(crate::snapshot::view::View::new(objects.clone(), bs, None));
     let fs = SnapFuse::new(
         live.clone(),
         view,
@@ -1279,7 +1287,7 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
                 }
                 Request::Verify { read_data, subset, rebuild_index } => {
                     let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-                    let opts = check::VerifyOptions { read_data, subset, jobs, block_size: Some(shared.block_size) };
+                    let opts = verify::VerifyOptions { read_data, subset, jobs, block_size: Some(shared.block_size) };
                     match shared.verify(opts, rebuild_index) {
                         Ok(r) => Reply { verify: Some(r), ..Reply::ok() },
                         Err(e) => Reply::err(format!("verify failed: {e:#}")),
@@ -1379,7 +1387,7 @@ fn ready_fd_is_background(args: &MountArgs) -> bool {
 }
 
 fn redirect_output_to(path: &Path) -> Result<()> {
-    let f = crate::private::open_append(path).with_context(|| format!("log {}", path.display()))?;
+    let f = crate::os::private::open_append(path).with_context(|| format!("log {}", path.display()))?;
     // SAFETY: dup2 onto stdout/stderr of descriptors we own.
     unsafe {
         libc::dup2(f.as_raw_fd(), 1);

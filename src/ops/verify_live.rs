@@ -38,12 +38,12 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use crate::check::VerifyProgress;
 use crate::live::{REPO_NAME, SNAPSHOTS_NAME};
-use crate::objects::{Entry, EntryKind, ObjKind, ObjectId, Tree};
-use crate::objstore::Objects;
+use crate::ops::verify::VerifyProgress;
+use crate::os::sys;
+use crate::repo::objects::{Entry, EntryKind, ObjKind, ObjectId, Tree};
+use crate::repo::objstore::Objects;
 use crate::snapshot::{self, LinkTable};
-use crate::sys;
 use crate::tracker::{Record, FULL, META};
 use crate::util;
 
@@ -168,7 +168,7 @@ impl Checker<'_> {
         let listed = match sys::list_dir(fd) {
             Ok(l) => l,
             // removed meanwhile (with everything below it)
-            Err(crate::errno::Errno::ENOENT) if removed(fd) || sys::fstat(fd).is_err() => {
+            Err(crate::os::errno::Errno::ENOENT) if removed(fd) || sys::fstat(fd).is_err() => {
                 self.r.explained += 1;
                 return Ok(());
             }
@@ -193,7 +193,7 @@ impl Checker<'_> {
             let cname = CString::new(name.clone())?;
             let st = match sys::fstatat(fd, &cname) {
                 Ok(st) => st,
-                Err(crate::errno::Errno::ENOENT) => continue, // gone meanwhile
+                Err(crate::os::errno::Errno::ENOENT) => continue, // gone meanwhile
                 Err(e) => return Err(anyhow::anyhow!("{}: {e}", show(&child))),
             };
             let live = snapshot::entry_from_stat(&name, &st);
@@ -226,7 +226,7 @@ impl Checker<'_> {
             if strict.is_some() || meta_clean {
                 let xattrs = match sys::xattrs_at(fd, &cname) {
                     Ok(x) => x,
-                    Err(crate::errno::Errno::ENOENT) => continue,
+                    Err(crate::os::errno::Errno::ENOENT) => continue,
                     Err(e) => return Err(anyhow::anyhow!("{}: {e}", show(&child))),
                 };
                 if xattrs != prev_e.xattrs {
@@ -245,7 +245,7 @@ impl Checker<'_> {
                     let child_strict = if walked { None } else { strict.or(Some(live.ino)) };
                     let sub = match sys::openat(fd, &cname, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0) {
                         Ok(d) => d,
-                        Err(crate::errno::Errno::ENOENT) => continue,
+                        Err(crate::os::errno::Errno::ENOENT) => continue,
                         Err(e) => return Err(anyhow::anyhow!("{}: {e}", show(&child))),
                     };
                     self.dir(sub.as_fd(), &child, &prev_e, child_strict)?;
@@ -292,7 +292,7 @@ impl Checker<'_> {
         };
         let fd = match sys::openat(dir, name, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK, 0) {
             Ok(fd) => fd,
-            Err(crate::errno::Errno::ENOENT) => return Ok(()),
+            Err(crate::os::errno::Errno::ENOENT) => return Ok(()),
             Err(e) => return Err(anyhow::anyhow!("{}: {e}", show(path))),
         };
         if sys::fstat(fd.as_fd())?.st_ino != live.ino {

@@ -32,8 +32,8 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::objstore::Objects;
-use crate::store::{FileKind, Store, StoreError};
+use crate::repo::objstore::Objects;
+use crate::repo::store::{FileKind, Store, StoreError};
 
 /// What one sync round did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -120,7 +120,7 @@ pub fn sync(
                 let r = from.get(FileKind::Pack, p).map_err(|e| gone(e, p)).and_then(|data| {
                     // the pack's name is the hash of its bytes: a damaged
                     // primary copy is not spread
-                    if crate::objects::ObjectId::of(&data).hex() != *p {
+                    if crate::repo::objects::ObjectId::of(&data).hex() != *p {
                         bail!("pack {p} is damaged on the primary (its bytes do not match its name): not copied");
                     }
                     to.put(FileKind::Pack, p, &data)?;
@@ -148,7 +148,7 @@ pub fn sync(
             continue;
         }
         let b = from.get(FileKind::Snapshot, r)?;
-        if crate::objects::ObjectId::of(&b).hex() != *r {
+        if crate::repo::objects::ObjectId::of(&b).hex() != *r {
             log::error!("snapshot record {r} is damaged on the primary: not copied to the replica");
             continue;
         }
@@ -191,7 +191,7 @@ fn drop_unused_packs(from: &Arc<dyn Store>, to: &Arc<dyn Store>) -> Result<u64> 
     // an index in memory over the replica's packs
     let objects = Objects::open(to.clone(), None)?;
     let snaps = crate::snapshot::list(&**to)?;
-    let used = crate::maint::mark(&objects, &snaps, &Default::default())?;
+    let used = crate::ops::maint::mark(&objects, &snaps, &Default::default())?;
     let mut n = 0;
     for p in candidates {
         let entries = objects.pack_entries(&p)?;
@@ -452,7 +452,7 @@ impl Replicas {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::LocalStore;
+    use crate::repo::store::LocalStore;
 
     fn stores() -> (tempfile::TempDir, Arc<dyn Store>, Arc<dyn Store>) {
         let t = tempfile::tempdir().unwrap();
@@ -465,7 +465,7 @@ mod tests {
     }
 
     fn hexname(data: &[u8]) -> String {
-        crate::objects::ObjectId::of(data).hex()
+        crate::repo::objects::ObjectId::of(data).hex()
     }
 
     #[test]

@@ -13,7 +13,7 @@
 
 use thiserror::Error;
 
-use crate::objects::{ObjKind, ObjectId};
+use crate::repo::objects::{ObjKind, ObjectId};
 
 pub const MAGIC: &[u8; 8] = b"SNAPFSP1";
 pub const FOOTER_MAGIC: &[u8; 8] = b"SNAPFSPE";
@@ -128,7 +128,7 @@ impl PackEntry {
             _ => false,
         };
         sizes
-            && self.raw as usize <= crate::objects::max_object_bytes(self.kind)
+            && self.raw as usize <= crate::repo::objects::max_object_bytes(self.kind)
             && self.offset >= MAGIC.len() as u64
             && self.offset.checked_add(self.stored as u64).is_some_and(|end| end <= trailer_off)
     }

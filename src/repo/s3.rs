@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 
-use crate::store::{FileKind, Store, StoreError, StoreResult};
+use crate::repo::store::{FileKind, Store, StoreError, StoreResult};
 
 /// Where a repository lives in a bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]

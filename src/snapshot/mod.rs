@@ -22,6 +22,9 @@
 //! (harmless; prune removes them) and the tracker still holds the sealed
 //! changes for the next attempt.
 
+pub mod capture;
+pub mod view;
+
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -30,13 +33,13 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::capture::Capture;
-use crate::errno::Errno;
 use crate::live::{REPO_NAME, SNAPSHOTS_NAME};
-use crate::objects::{self, Entry, EntryKind, FileNode, ObjKind, ObjectId, Time, Totals, Tree};
-use crate::objstore::{ObjError, Objects};
-use crate::store::{FileKind, Store, StoreError};
-use crate::sys;
+use crate::os::errno::Errno;
+use crate::os::sys;
+use crate::repo::objects::{self, Entry, EntryKind, FileNode, ObjKind, ObjectId, Time, Totals, Tree};
+use crate::repo::objstore::{ObjError, Objects};
+use crate::repo::store::{FileKind, Store, StoreError};
+use crate::snapshot::capture::Capture;
 use crate::tracker::{Record, FULL, META};
 use crate::util;
 
@@ -304,7 +307,7 @@ pub fn commit(store: &dyn Store, record: &SnapshotRecord) -> SnapResult<Snapshot
 // ---------------------------------------------------------------------------
 // link tables
 
-pub use crate::objects::{encode_links, LinkTable};
+pub use crate::repo::objects::{encode_links, LinkTable};
 
 /// A link table, or `None` if its bytes are malformed (see
 /// [`objects::decode_links`]).
@@ -1278,7 +1281,7 @@ pub fn elapsed_ms(t0: Instant) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::LocalStore;
+    use crate::repo::store::LocalStore;
     use std::sync::Arc;
 
     fn objects() -> (tempfile::TempDir, Objects) {

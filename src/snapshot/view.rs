@@ -46,9 +46,9 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{FileAttr, FileType};
 
-use crate::errno::{Errno, SysResult};
-use crate::objects::{self, Entry, EntryKind, FileNode, ObjKind, ObjectId, Time, Tree};
-use crate::objstore::{ObjError, Objects};
+use crate::os::errno::{Errno, SysResult};
+use crate::repo::objects::{self, Entry, EntryKind, FileNode, ObjKind, ObjectId, Time, Tree};
+use crate::repo::objstore::{ObjError, Objects};
 use crate::snapshot::{self, SnapshotInfo};
 
 pub const VIEW_BIT: u64 = 1 << 63;
@@ -145,7 +145,7 @@ fn shape(id: ObjectId, what: &'static str) -> ObjError {
 }
 
 fn systime(t: Time) -> SystemTime {
-    crate::sys::time_from(t.sec, t.nsec as i64)
+    crate::os::sys::time_from(t.sec, t.nsec as i64)
 }
 
 fn file_type(k: EntryKind) -> FileType {
@@ -887,9 +887,9 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objects::Totals;
+    use crate::repo::objects::Totals;
+    use crate::repo::store::{LocalStore, Store};
     use crate::snapshot::{SnapshotRecord, SnapshotStats};
-    use crate::store::{LocalStore, Store};
 
     const BS: u64 = 4096;
 

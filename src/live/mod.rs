@@ -21,7 +21,7 @@
 //! # Permissions
 //! The mount uses `default_permissions`: the kernel checks access with the
 //! caller's full credentials. New inodes are created with the caller's fsuid
-//! and fsgid (see [`crate::creds`]) so the backing filesystem decides owner
+//! and fsgid (see [`crate::os::creds`]) so the backing filesystem decides owner
 //! and group. Everything else runs with the daemon's (root) credentials.
 //!
 //! # Paths
@@ -39,10 +39,10 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{FileAttr, FileType};
 
-use crate::capture::{Capture, DataChange};
-use crate::creds::{AsCaller, WithoutFsetid};
-use crate::errno::{cvt, Errno, SysResult};
-use crate::sys::{self, cstr, Stat};
+use crate::os::creds::{AsCaller, WithoutFsetid};
+use crate::os::errno::{cvt, Errno, SysResult};
+use crate::os::sys::{self, cstr, Stat};
+use crate::snapshot::capture::{Capture, DataChange};
 use crate::tracker::{Ancestry, Kind, Tracker};
 
 /// Node id of the root.

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use snapfs::check::{self, ProgressView, VerifyOptions, VerifyProgress, VerifyReport};
 use snapfs::control::{self, Request};
-use snapfs::health::Health;
-use snapfs::maint::{self, ForgetReport, Policy, PruneOptions, PruneReport};
-use snapfs::objstore::Objects;
+use snapfs::ops::health::Health;
+use snapfs::ops::maint::{self, ForgetReport, Policy, PruneOptions, PruneReport};
+use snapfs::ops::verify::{self, ProgressView, VerifyOptions, VerifyProgress, VerifyReport};
+use snapfs::repo::objstore::Objects;
 use snapfs::repo::{Repo, RepoError};
 use snapfs::util;
 
@@ -136,10 +136,10 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
         }
         let p = Arc::new(VerifyProgress::default());
         let opts = VerifyOptions { read_data: a.read_data, subset: a.subset, jobs, block_size: Some(r.block_size()) };
-        let report = with_progress(a.json, || Some(p.view()), || check::verify(&objects, &opts, &p))?;
+        let report = with_progress(a.json, || Some(p.view()), || verify::verify(&objects, &opts, &p))?;
         health.set_verify(&report);
         if !report.ok {
-            health.error("verify", &check::summary(&report));
+            health.error("verify", &verify::summary(&report));
         }
         if a.rebuild_index && !report.index_problems.is_empty() {
             let n = objects.rebuild_index()?;
@@ -150,10 +150,10 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", check::render(&report));
+        print!("{}", verify::render(&report));
     }
     if let Ok(r) = crate::repo_for(a.dir, a.repo) {
-        let exposed = snapfs::private::exposure(&r.path);
+        let exposed = snapfs::os::private::exposure(&r.path);
         for line in &exposed {
             eprintln!("snapfs: WARNING: repository not private: {line}");
         }
@@ -190,7 +190,7 @@ pub fn verify_live(dir: &Path, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", snapfs::livecheck::render(&report));
+        print!("{}", snapfs::ops::verify_live::render(&report));
     }
     if !report.ok {
         bail!("the tracker missed {} changes: the next snapshot should be taken with --full", report.missed_count);

@@ -15,9 +15,9 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::errno::SysResult;
 use crate::live::{REPO_NAME, SNAPSHOTS_NAME};
-use crate::sys;
+use crate::os::errno::SysResult;
+use crate::os::sys;
 use crate::tracker::{Ancestry, Kind, Tracker};
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

@@ -28,12 +28,12 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::check::VerifyProgress;
-use crate::objects::{EntryKind, ObjKind, ObjectId};
-use crate::objstore::{Location, Objects};
-use crate::pack::PackEntry;
+use crate::ops::verify::VerifyProgress;
+use crate::repo::objects::{EntryKind, ObjKind, ObjectId};
+use crate::repo::objstore::{Location, Objects};
+use crate::repo::pack::PackEntry;
+use crate::repo::store::{FileKind, Store};
 use crate::snapshot::{self, SnapshotInfo};
-use crate::store::{FileKind, Store};
 
 /// Which snapshots to keep: the newest `last`, and the newest snapshot of
 /// each of the latest `hourly` hours, `daily` days, ... that have one
@@ -271,7 +271,7 @@ pub struct PruneReport {
 /// Every object id the snapshots reference.
 pub(crate) fn mark(objects: &Objects, snaps: &[SnapshotInfo], progress: &VerifyProgress) -> Result<HashSet<ObjectId>> {
     let mut used: HashSet<ObjectId> = HashSet::new();
-    let what = |id: &ObjectId, s: &SnapshotInfo, e: crate::objstore::ObjError| {
+    let what = |id: &ObjectId, s: &SnapshotInfo, e: crate::repo::objstore::ObjError| {
         anyhow!(
             "snapshot {}: object {id} cannot be read ({e}); prune stops so as not to drop data: run `snapfs verify`",
             s.record.name
@@ -413,7 +413,7 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
                 let ok = store
                     .get_range(FileKind::Pack, &loc.pack, loc.entry.offset, loc.entry.stored as usize)
                     .ok()
-                    .and_then(|b| crate::pack::decode_object(&loc.pack, &loc.entry, &b).ok())
+                    .and_then(|b| crate::repo::pack::decode_object(&loc.pack, &loc.entry, &b).ok())
                     .is_some_and(|raw| ObjectId::of_object(loc.entry.kind, &raw) == *id);
                 if !ok {
                     log::warn!("prune: the copy of {id} in pack {} is damaged; keeping another", loc.pack);

@@ -22,6 +22,13 @@
 //! A local config is written once, at `init`, with the durable-write
 //! sequence (temporary name, fsync, rename, fsync of the directory).
 
+pub mod objects;
+pub mod objstore;
+pub mod pack;
+pub mod s3;
+pub mod state;
+pub mod store;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
@@ -31,8 +38,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::s3::{S3Location, S3Store};
-use crate::store::{LocalStore, Store, StoreError};
+use crate::repo::s3::{S3Location, S3Store};
+use crate::repo::store::{LocalStore, Store, StoreError};
 use crate::util;
 
 /// Where a repository lives.
@@ -47,7 +54,7 @@ impl Location {
     /// given: never resolved here, so that a daemon's own
     /// `/proc/self/fd/N/...` paths never touch its mount).
     pub fn parse(s: &str) -> Result<Location, RepoError> {
-        if crate::s3::is_s3(s) {
+        if crate::repo::s3::is_s3(s) {
             return S3Location::parse(s).map(Location::S3).map_err(RepoError::BadLocation);
         }
         Ok(Location::Local(PathBuf::from(s)))
@@ -57,7 +64,7 @@ impl Location {
     /// what a user typed).
     pub fn parse_canonical(s: &str) -> Result<Location, RepoError> {
         Ok(match Location::parse(s)? {
-            Location::Local(p) => Location::Local(crate::mounts::canonical(&p)),
+            Location::Local(p) => Location::Local(crate::os::mounts::canonical(&p)),
             l => l,
         })
     }
@@ -212,7 +219,7 @@ pub fn write_durably(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()>
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        let mut f = crate::private::new_file().open(&tmp)?;
+        let mut f = crate::os::private::new_file().open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
     }
@@ -231,7 +238,7 @@ impl Repo {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                crate::private::create_dir_all(path).map_err(io_err(path))?;
+                crate::os::private::create_dir_all(path).map_err(io_err(path))?;
             }
             Err(e) => return Err(io_err(path)(e)),
         }
@@ -239,7 +246,7 @@ impl Repo {
         let json = serde_json::to_vec_pretty(&config).expect("config serializes");
         write_durably(path, "config", &json).map_err(io_err(path))?;
         for d in ["packs", "snapshots"] {
-            crate::private::create_dir(&path.join(d)).map_err(io_err(path))?;
+            crate::os::private::create_dir(&path.join(d)).map_err(io_err(path))?;
         }
         Ok(Repo::local(path, config))
     }
@@ -334,7 +341,7 @@ impl Repo {
         };
         let store = S3Store::from_env(s3.clone())?;
         let shown = PathBuf::from(s3.to_string());
-        let data = match store.get_key(&s3.key("config"), None, (crate::store::FileKind::Snapshot, "config")) {
+        let data = match store.get_key(&s3.key("config"), None, (crate::repo::store::FileKind::Snapshot, "config")) {
             Ok(d) => d,
             Err(StoreError::NotFound { .. }) => {
                 // say whether the bucket itself is the trouble
@@ -379,7 +386,7 @@ impl Repo {
     /// Make the local directory (a remote repository's cache) exist.
     fn local_dir(&self) -> Result<(), RepoError> {
         if !self.location.is_local() {
-            crate::private::create_dir_all(&self.path).map_err(io_err(&self.path))?;
+            crate::os::private::create_dir_all(&self.path).map_err(io_err(&self.path))?;
         }
         Ok(())
     }
@@ -393,7 +400,7 @@ impl Repo {
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(crate::private::FILE_MODE)
+            .mode(crate::os::private::FILE_MODE)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&p)
             .map_err(io_err(&p))?;
@@ -416,16 +423,16 @@ impl Repo {
 
     /// Open the local state database (tracking state, index): sled at `state/`.
     /// A database sled refuses (or panics on) is `StateCorrupt`.
-    pub fn open_state(&self) -> Result<std::sync::Arc<crate::state::StateDb>, RepoError> {
+    pub fn open_state(&self) -> Result<std::sync::Arc<crate::repo::state::StateDb>, RepoError> {
         self.local_dir()?;
         let p = self.state_path();
         // sled creates its files with the process umask: a private
         // directory keeps them out of reach whatever their mode
-        match crate::private::create_dir(&p) {
+        match crate::os::private::create_dir(&p) {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io_err(&p)(e)),
             _ => {}
         }
-        match std::panic::catch_unwind(|| crate::state::StateDb::open(&p)) {
+        match std::panic::catch_unwind(|| crate::repo::state::StateDb::open(&p)) {
             Ok(Err(RepoError::State { path, source })) if is_corruption(&source) => {
                 Err(RepoError::StateCorrupt { path, why: source.to_string() })
             }
@@ -459,7 +466,9 @@ impl Repo {
 
     /// Open the state database, moving a damaged one aside and starting a
     /// new one (see `quarantine_state`); the note says so when it did.
-    pub fn open_state_repaired(&self) -> Result<(std::sync::Arc<crate::state::StateDb>, Option<String>), RepoError> {
+    pub fn open_state_repaired(
+        &self,
+    ) -> Result<(std::sync::Arc<crate::repo::state::StateDb>, Option<String>), RepoError> {
         match self.open_state() {
             Err(RepoError::StateCorrupt { why, .. }) => {
                 let note = self.quarantine_state(&why)?;
@@ -470,7 +479,7 @@ impl Repo {
     }
 
     /// The repository's file storage.
-    pub fn store(&self) -> std::sync::Arc<dyn crate::store::Store> {
+    pub fn store(&self) -> std::sync::Arc<dyn crate::repo::store::Store> {
         self.store.clone()
     }
 

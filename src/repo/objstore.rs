@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use thiserror::Error;
 
-use crate::objects::{DecodeError, FileNode, ObjKind, ObjectId, Tree};
-use crate::pack::{self, PackEntry, PackError, PackWriter};
-use crate::state::StateDb;
-use crate::store::{FileKind, Store, StoreError};
+use crate::repo::objects::{DecodeError, FileNode, ObjKind, ObjectId, Tree};
+use crate::repo::pack::{self, PackEntry, PackError, PackWriter};
+use crate::repo::state::StateDb;
+use crate::repo::store::{FileKind, Store, StoreError};
 
 /// Size at which a pending pack is written out.
 pub const PACK_TARGET: usize = 16 << 20;
@@ -368,7 +368,7 @@ impl Objects {
 
     /// Store an object unless it is there already. Returns its id and whether it was new.
     pub fn put(&self, kind: ObjKind, raw: &[u8]) -> ObjResult<(ObjectId, bool)> {
-        if raw.len() > crate::objects::max_object_bytes(kind) {
+        if raw.len() > crate::repo::objects::max_object_bytes(kind) {
             return Err(ObjError::TooLarge { kind, len: raw.len() });
         }
         let id = ObjectId::of_object(kind, raw);
@@ -500,7 +500,7 @@ impl Objects {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::LocalStore;
+    use crate::repo::store::LocalStore;
 
     #[test]
     fn put_get_dedup_and_rebuild() {
@@ -536,22 +536,22 @@ mod tests {
     /// A store that keeps nothing open (so a deleted pack is gone at once).
     struct Uncached(std::path::PathBuf);
     impl Store for Uncached {
-        fn put(&self, k: FileKind, n: &str, d: &[u8]) -> crate::store::StoreResult<()> {
+        fn put(&self, k: FileKind, n: &str, d: &[u8]) -> crate::repo::store::StoreResult<()> {
             LocalStore::new(&self.0).put(k, n, d)
         }
-        fn get(&self, k: FileKind, n: &str) -> crate::store::StoreResult<Vec<u8>> {
+        fn get(&self, k: FileKind, n: &str) -> crate::repo::store::StoreResult<Vec<u8>> {
             LocalStore::new(&self.0).get(k, n)
         }
-        fn get_range(&self, k: FileKind, n: &str, o: u64, l: usize) -> crate::store::StoreResult<Vec<u8>> {
+        fn get_range(&self, k: FileKind, n: &str, o: u64, l: usize) -> crate::repo::store::StoreResult<Vec<u8>> {
             LocalStore::new(&self.0).get_range(k, n, o, l)
         }
-        fn size(&self, k: FileKind, n: &str) -> crate::store::StoreResult<u64> {
+        fn size(&self, k: FileKind, n: &str) -> crate::repo::store::StoreResult<u64> {
             LocalStore::new(&self.0).size(k, n)
         }
-        fn list(&self, k: FileKind) -> crate::store::StoreResult<Vec<String>> {
+        fn list(&self, k: FileKind) -> crate::repo::store::StoreResult<Vec<String>> {
             LocalStore::new(&self.0).list(k)
         }
-        fn delete(&self, k: FileKind, n: &str) -> crate::store::StoreResult<()> {
+        fn delete(&self, k: FileKind, n: &str) -> crate::repo::store::StoreResult<()> {
             LocalStore::new(&self.0).delete(k, n)
         }
     }

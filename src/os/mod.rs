@@ -1,0 +1,11 @@
+//! The operating system beneath everything: `*at()` system call wrappers
+//! and `/proc/self/fd` paths (`sys`), the one place errors become errno
+//! values (`errno`), per-thread credentials and umask for requests that
+//! create inodes (`creds`), the mount table and client-side calls on a
+//! mount point (`mounts`), and files only their owner can use (`private`).
+
+pub mod creds;
+pub mod errno;
+pub mod mounts;
+pub mod private;
+pub mod sys;
