@@ -630,13 +630,10 @@ fn rollback(dir: &Path, name: &str, path: &str, json: bool) -> Result<()> {
     snapfs::ops::restore::rollback_check(&objects, &target, path, root.as_fd())?;
     // a safety snapshot of the directory as it is now
     daemon::syncfs(&dir);
-    let base = format!("before-rollback-{}", snapfs::snapshot::default_name(util::unix_now()));
-    let mut safety = base.clone();
-    let mut k = 1;
-    while all.iter().any(|s| s.record.name == safety) {
-        safety = format!("{base}-{k}");
-        k += 1;
-    }
+    let safety = snapfs::snapshot::unique_name(
+        &all,
+        &format!("before-rollback-{}", snapfs::snapshot::default_name(util::unix_now())),
+    );
     let reply =
         control::call(&dir, &Request::Snapshot { name: Some(safety), full: false }, Duration::from_secs(7 * 86400))?;
     let now = reply

@@ -23,6 +23,7 @@
 //! changes for the next attempt.
 
 pub mod capture;
+pub mod take;
 pub mod view;
 
 use std::collections::{HashMap, HashSet};
@@ -151,6 +152,17 @@ impl SnapshotInfo {
 /// `2026-11-24T10.15.00Z`: sorts by time, needs no quoting.
 pub fn default_name(sec: i64) -> String {
     crate::util::rfc3339(sec).replace(':', ".")
+}
+
+/// `base`, or `base-1`, `base-2`, ... : the first no snapshot in `all` has.
+pub fn unique_name(all: &[SnapshotInfo], base: &str) -> String {
+    let mut n = base.to_string();
+    let mut k = 1;
+    while all.iter().any(|s| s.record.name == n) {
+        n = format!("{base}-{k}");
+        k += 1;
+    }
+    n
 }
 
 pub fn valid_name(n: &str) -> bool {

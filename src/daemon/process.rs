@@ -1,0 +1,149 @@
+//! The daemon as a process: started in the background (re-executed with
+//! `--foreground --ready-fd 3` in a new session, its output going to a
+//! log, the parent waiting for `READY` or `ERROR <message>`), and the
+//! signals that end it (SIGTERM, SIGINT, SIGHUP: unmount cleanly).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+use super::{canonical, check_dir, MountArgs};
+
+pub(crate) fn spawn_background(args: &MountArgs) -> Result<()> {
+    let dir = check_dir(&args.dir)?;
+    let mut a: Vec<std::ffi::OsString> = vec!["mount".into()];
+    if let Some(b) = &args.backing {
+        a.extend(["--backing".into(), canonical(b).into_os_string()]);
+    }
+    if let Some(r) = &args.repo {
+        a.extend(["--repo".into(), crate::repo::Location::parse_canonical(r)?.to_string().into()]);
+    }
+    if let Some(c) = &args.cache {
+        a.extend(["--cache".into(), canonical(c).into_os_string()]);
+    }
+    a.extend([
+        "--threads".into(),
+        args.threads.to_string().into(),
+        "--flush-ms".into(),
+        args.flush_ms.to_string().into(),
+    ]);
+    if !args.writeback {
+        a.push("--no-writeback".into());
+    }
+    if let Some(e) = args.every {
+        a.extend(["--every".into(), e.to_string().into()]);
+    }
+    if let Some(k) = &args.keep {
+        a.extend(["--keep".into(), k.to_string().into()]);
+    }
+    for r in &args.replicas {
+        a.extend(["--replica".into(), r.into()]);
+    }
+    let pid = spawn_daemon(a, &dir)?;
+    println!("snapfs: {} is protected (daemon pid {pid})", dir.display());
+    Ok(())
+}
+
+/// Run `snapfs ARGS --foreground --ready-fd 3 DIR` in a new session and wait
+/// for its one line: `READY` (returns its pid) or `ERROR <message>`.
+pub(crate) fn spawn_daemon(args: Vec<std::ffi::OsString>, dir: &Path) -> Result<u32> {
+    let mut fds = [0 as RawFd; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!("pipe: {}", std::io::Error::last_os_error());
+    }
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let exe = std::env::current_exe().context("cannot find the snapfs executable")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(&args).arg("--foreground").arg("--ready-fd").arg("3").arg(dir);
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let wfd = w.as_raw_fd();
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::dup2(wfd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("cannot start the snapfs daemon")?;
+    drop(w);
+    let mut line = String::new();
+    BufReader::new(std::fs::File::from(r)).read_line(&mut line)?;
+    let line = line.trim_end();
+    if line == "READY" {
+        return Ok(child.id());
+    }
+    if let Some(msg) = line.strip_prefix("ERROR ") {
+        let _ = child.wait();
+        bail!("{msg}");
+    }
+    let status = child.wait()?;
+    bail!("the snapfs daemon exited before the mount was ready ({status}); run with --foreground to see why")
+}
+
+pub(crate) fn block_signals() -> libc::sigset_t {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Report the outcome to the parent waiting on `ready_fd`.
+/// A thread that waits for the blocked signals (SIGTERM, SIGINT, SIGHUP)
+/// and unmounts; lazily if the mount is busy.
+pub(crate) fn on_signals(
+    sigset: libc::sigset_t,
+    unmount: impl Fn(bool) -> std::io::Result<()> + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new().name("signals".into()).spawn(move || loop {
+        let mut sig: libc::c_int = 0;
+        if unsafe { libc::sigwait(&sigset, &mut sig) } != 0 {
+            continue;
+        }
+        log::info!("signal {sig}: unmounting");
+        match unmount(false) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                log::warn!("mount busy; detaching lazily");
+                if let Err(e) = unmount(true) {
+                    log::error!("unmount failed: {e}");
+                }
+            }
+            Err(e) => log::error!("unmount failed: {e}"),
+        }
+    })?;
+    Ok(())
+}
+
+pub(crate) fn notify(ready_fd: Option<RawFd>, msg: &str) {
+    if let Some(fd) = ready_fd {
+        let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+        let _ = writeln!(f, "{msg}");
+    }
+}
+
+pub(crate) fn ready_fd_is_background(args: &MountArgs) -> bool {
+    args.ready_fd.is_some()
+}
+
+pub(crate) fn redirect_output_to(path: &Path) -> Result<()> {
+    let f = crate::os::private::open_append(path).with_context(|| format!("log {}", path.display()))?;
+    // SAFETY: dup2 onto stdout/stderr of descriptors we own.
+    unsafe {
+        libc::dup2(f.as_raw_fd(), 1);
+        libc::dup2(f.as_raw_fd(), 2);
+    }
+    Ok(())
+}

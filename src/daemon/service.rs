@@ -1,0 +1,613 @@
+//! The daemon's state and the control service: `Service` holds what a
+//! mounted directory's daemon knows (its live filesystem, tracker, objects,
+//! health, schedule, replicas) and answers each control request
+//! (`handle(Request) -> Reply`) by calling the plain operations of
+//! `snapshot` and `ops`.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::umount;
+use crate::control::{Reply, Request, StatusReport};
+use crate::live::LiveFs;
+use crate::ops::health::Health;
+use crate::repo::objstore::Objects;
+use crate::repo::state::StateDb;
+use crate::repo::Repo;
+use crate::snapshot::{self, DiffReport, SnapshotInfo};
+use crate::tracker::{LastSession, Tracker};
+use crate::{ops::maint, ops::schedule, ops::verify, tracker::scan, util};
+
+/// How often a failed state database is tried again.
+pub(crate) const STATE_RETRY: Duration = Duration::from_secs(3);
+
+/// Everything the control socket and the signal thread need.
+pub(crate) struct Service {
+    pub(crate) dir: PathBuf,
+    pub(crate) backing: PathBuf,
+    pub(crate) repo_display: String,
+    pub(crate) repo_access: String,
+    pub(crate) repo_id: String,
+    pub(crate) block_size: u64,
+    pub(crate) live: Arc<LiveFs>,
+    pub(crate) tracker: Arc<Tracker>,
+    pub(crate) mounted_since: String,
+    pub(crate) last: LastSession,
+    pub(crate) scan: Mutex<Option<scan::ScanStats>>,
+    /// The scan failed: the tracker may have missed changes, so the next
+    /// snapshot compares everything.
+    pub(crate) scan_failed: std::sync::atomic::AtomicBool,
+    pub(crate) objects: Arc<Objects>,
+    /// One snapshot at a time.
+    pub(crate) snapshotting: Mutex<()>,
+    pub(crate) progress: Mutex<Option<Arc<snapshot::Progress>>>,
+    /// Readers of the whole repository (verify) share it; prune takes it
+    /// alone (after `snapshotting`, never the other way round).
+    pub(crate) maint: std::sync::RwLock<()>,
+    /// Progress of a verify or prune.
+    pub(crate) task: Mutex<Option<Arc<verify::VerifyProgress>>>,
+    pub(crate) health: Health,
+    pub(crate) scheduler: Mutex<schedule::Scheduler>,
+    /// The sled database (tracking state, index, health): after an I/O
+    /// error it is reopened and written back from memory.
+    pub(crate) state: Arc<StateDb>,
+    /// Snapshots a restore or rollback is reading (id -> until when).
+    pub(crate) held: Mutex<std::collections::HashMap<String, Instant>>,
+    /// Taken by forget while it decides and removes, and by a new hold.
+    pub(crate) forgetting: Mutex<()>,
+    /// Copies of the repository elsewhere, brought up to date after each
+    /// snapshot in the background.
+    pub(crate) replicas: Arc<crate::ops::replica::Replicas>,
+    /// Whether the repository sits on the device of the data it protects.
+    pub(crate) same_device: bool,
+}
+
+impl Service {
+    pub(crate) fn status(&self, files: bool) -> StatusReport {
+        StatusReport {
+            mounted: true,
+            mountpoint: self.dir.display().to_string(),
+            backing: self.backing.display().to_string(),
+            repository: self.repo_display.clone(),
+            repository_access: self.repo_access.clone(),
+            repository_id: self.repo_id.clone(),
+            block_size: self.block_size,
+            pid: Some(std::process::id()),
+            mounted_since: Some(self.mounted_since.clone()),
+            last_session: last_name(&self.last).into(),
+            dirty: self.tracker.summary(),
+            files: if files { Some(self.tracker.entries_list()) } else { None },
+            inodes: Some(self.live.inode_count()),
+            scan: self.scan.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            replicas: self.replicas.statuses(),
+            warnings: self.warnings(),
+            health: Some({
+                let mut h = crate::ops::health::report(&**self.objects.store(), Some(&self.health));
+                h.schedule = self.scheduler.lock().unwrap_or_else(|e| e.into_inner()).status_at(util::unix_now());
+                h
+            }),
+        }
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.same_device && self.replicas.is_empty() {
+            w.push(format!(
+                "NOT A BACKUP AGAINST DISK FAILURE: the only repository ({}) is on the same device as the data; \
+                 add a replica elsewhere (`snapfs replica add {} s3:https://HOST/BUCKET/PREFIX`)",
+                self.repo_display,
+                self.dir.display()
+            ));
+        }
+        w
+    }
+
+    /// Take a snapshot: pause writers, seal the epoch, store what changed,
+    /// commit the record, and give the sealed changes up only then.
+    fn snapshot(&self, name: Option<String>, full: bool) -> Result<SnapshotInfo> {
+        let r = self.snapshot_inner(name, full);
+        match &r {
+            Ok(_) => self.health.set_failing(None),
+            Err(e) => {
+                let msg = format!("{e:#}");
+                self.health.error("snapshot", &msg);
+                self.health.set_failing(Some(&msg));
+            }
+        }
+        r
+    }
+
+    /// After the state database failed: reopen it and write everything kept
+    /// in memory back (tracking state, index of packs written meanwhile,
+    /// health). The caller holds `snapshotting`.
+    pub(crate) fn recover_state(&self) -> Result<()> {
+        let Some((since, why)) = self.state.failure() else { return Ok(()) };
+        self.state.reopen()?;
+        self.tracker.rewrite()?;
+        let n = self.objects.index_new_packs()?;
+        self.health.rewrite()?;
+        self.state.flush()?;
+        self.state.recovered();
+        log::warn!(
+            "state database usable again (failing since {}: {why}); tracking state written back, {n} packs indexed",
+            util::rfc3339(since)
+        );
+        Ok(())
+    }
+
+    /// The snapshots held now.
+    fn held_ids(&self) -> std::collections::HashSet<String> {
+        let mut h = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        h.retain(|_, until| *until > now);
+        h.keys().cloned().collect()
+    }
+
+    /// Hold snapshot `id` for `secs` (it must still exist: checked while no
+    /// forget runs).
+    fn hold(&self, id: &str, secs: u64) -> Result<()> {
+        let _no_forget = self.forgetting.lock().unwrap_or_else(|e| e.into_inner());
+        if !snapshot::list(&**self.objects.store())?.iter().any(|s| s.id == id) {
+            bail!("snapshot {id} does not exist (forgotten?)");
+        }
+        let until = Instant::now() + Duration::from_secs(secs.min(3600));
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), until);
+        Ok(())
+    }
+
+    /// The repository answers and is the one we mounted with.
+    fn check_repository(&self) -> Result<()> {
+        match crate::repo::Location::parse(&self.repo_access).and_then(|l| Repo::open_at(&l, None)) {
+            Ok(r) if r.config.id == self.repo_id => Ok(()),
+            Ok(_) => anyhow::bail!(
+                "the repository at {} is not the one this mount started with (another repository mounted there?)",
+                self.repo_display
+            ),
+            Err(e) => anyhow::bail!("the repository at {} is unreachable: {e}", self.repo_display),
+        }
+    }
+
+    fn snapshot_inner(&self, name: Option<String>, full: bool) -> Result<SnapshotInfo> {
+        let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
+        self.check_repository()?;
+        if let Err(e) = self.recover_state() {
+            anyhow::bail!(
+                "the state database ({}/state) cannot be written: {e:#}; snapshots stop until it can \
+                 (repository device full or unreachable?) while tracking goes on in memory",
+                self.repo_display
+            );
+        }
+        self.snapshot_locked(name, full).inspect_err(|e| self.note_state_error(e))
+    }
+
+    /// An error that came from the state database marks it failed (it is
+    /// reopened and written back later).
+    fn note_state_error(&self, e: &anyhow::Error) {
+        if e.chain().any(|c| c.downcast_ref::<sled::Error>().is_some()) {
+            self.state.failed(e);
+        }
+    }
+
+    fn links_of(&self, s: &SnapshotInfo) -> Result<snapshot::LinkTable> {
+        snapshot::take::links_of(&self.objects, s)
+    }
+
+    /// Run `work` with a progress that `snapfs` clients can ask for.
+    fn with_task<T>(&self, p: Arc<verify::VerifyProgress>, work: impl FnOnce() -> T) -> T {
+        *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+        let r = work();
+        *self.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        r
+    }
+
+    fn snapshot_locked(&self, name: Option<String>, full: bool) -> Result<SnapshotInfo> {
+        let take = snapshot::take::Take {
+            objects: &self.objects,
+            live: &self.live,
+            tracker: &self.tracker,
+            block_size: self.block_size,
+            source: self.dir.display().to_string(),
+            scan_failed: &self.scan_failed,
+            progress: &self.progress,
+        };
+        let (info, saved) = take.run(name, full)?;
+        // The record is the commit point: the snapshot exists. The
+        // tracker's memory has moved on even if saving it failed.
+        if let Err(e) = saved {
+            log::error!("TRACKING STATE NOT SAVED after snapshot {}: {e}", info.record.name);
+            self.state.failed(&e);
+        }
+        self.replicas.snapshot_committed(info.record.stats.added_bytes);
+        Ok(info)
+    }
+
+    /// `verify --live`: the live directory against the latest snapshot and
+    /// the dirty set. Holds the snapshot lock (the dirty set only grows
+    /// meanwhile).
+    fn verify_live(&self) -> Result<crate::ops::verify_live::LiveReport> {
+        let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
+        while self.tracker.scan_pending() && !self.scan_failed.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if self.scan_failed.load(std::sync::atomic::Ordering::SeqCst) {
+            bail!("the mount-time scan failed: the next snapshot compares everything, there is no dirty set to check");
+        }
+        let all = snapshot::list(&**self.objects.store())?;
+        let Some(latest) = all.last() else {
+            bail!("no snapshot yet: the first snapshot reads everything, there is nothing to check");
+        };
+        if self.tracker.base_snapshot().as_deref() != Some(latest.id.as_str()) {
+            bail!(
+                "the dirty set is not relative to the latest snapshot {} (the next snapshot compares everything): \
+                 take a snapshot first",
+                latest.record.name
+            );
+        }
+        let links = self.links_of(latest)?;
+        let top = latest.root_tree()?;
+        let p = Arc::new(verify::VerifyProgress::default());
+        p.bytes_total.store(latest.record.stats.logical_bytes, std::sync::atomic::Ordering::Relaxed);
+        let mut r = self.with_task(p.clone(), || {
+            let record = |ino| self.tracker.record(ino);
+            crate::ops::verify_live::check(
+                &self.objects,
+                self.block_size,
+                self.live.root_fd(),
+                top,
+                &links,
+                &record,
+                &p,
+            )
+        })?;
+        r.snapshot = latest.record.name.clone();
+        r.snapshot_id = latest.id.clone();
+        log::info!(
+            "verify --live against {}: {} dirs, {} files, {} missed, {} ms",
+            r.snapshot,
+            r.dirs,
+            r.files,
+            r.missed_count,
+            r.duration_ms
+        );
+        self.health.set_live_check(&r);
+        if !r.ok {
+            self.health.error("verify --live", &format!("{} changes missed by the tracker", r.missed_count));
+        }
+        Ok(r)
+    }
+
+    fn diff(&self, a: &str, b: &str) -> Result<DiffReport> {
+        let all = snapshot::list(&**self.objects.store())?;
+        let sa = snapshot::find(&all, a)?;
+        let sb = snapshot::find(&all, b)?;
+        diff_report(&self.objects, sa, sb)
+    }
+
+    /// `snapfs verify DIR`: check the repository while snapshots go on.
+    fn verify(&self, opts: verify::VerifyOptions, rebuild_index: bool) -> Result<verify::VerifyReport> {
+        let r = {
+            let _readers = self.maint.read().unwrap_or_else(|e| e.into_inner());
+            let p = Arc::new(verify::VerifyProgress::default());
+            self.with_task(p.clone(), || verify::verify(&self.objects, &opts, &p))
+                .inspect_err(|e| self.health.error("verify", &format!("{e:#}")))?
+        };
+        self.health.set_verify(&r);
+        if !r.ok {
+            log::error!("VERIFY FOUND DAMAGE: {}", verify::summary(&r));
+            self.health.error("verify", &verify::summary(&r));
+        }
+        if rebuild_index && !r.index_problems.is_empty() {
+            // not while a snapshot or a verify reads through the index
+            let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
+            let _alone = self.maint.write().unwrap_or_else(|e| e.into_inner());
+            let n = self.objects.rebuild_index()?;
+            log::info!("index rebuilt from {n} packs");
+        }
+        Ok(r)
+    }
+
+    fn forget(&self, names: &[String], policy: &maint::Policy, dry_run: bool) -> Result<maint::ForgetReport> {
+        let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
+        {
+            let _forgetting = self.forgetting.lock().unwrap_or_else(|e| e.into_inner());
+            maint::forget(&**self.objects.store(), names, policy, dry_run, None, &self.held_ids())
+        }
+        .inspect(|_| self.replicas.wake())
+        .inspect_err(|e| self.health.error("forget", &format!("{e:#}")))
+    }
+
+    /// One scheduled run: a snapshot named `auto-<time>`, then retention
+    /// over the scheduled snapshots and a prune if it forgot any.
+    pub(crate) fn scheduled_run(&self, keep: &maint::Policy) -> Result<String> {
+        let all = snapshot::list(&**self.objects.store())?;
+        let name = snapshot::unique_name(
+            &all,
+            &format!("{}{}", schedule::AUTO_PREFIX, snapshot::default_name(util::unix_now())),
+        );
+        let info = self.snapshot(Some(name), false)?;
+        if keep.is_empty() {
+            return Ok(info.record.name);
+        }
+        let forgot = {
+            let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
+            {
+                let _forgetting = self.forgetting.lock().unwrap_or_else(|e| e.into_inner());
+                maint::forget(&**self.objects.store(), &[], keep, false, Some(schedule::AUTO_PREFIX), &self.held_ids())?
+            }
+        };
+        if !forgot.removed.is_empty() {
+            let p = self.prune(&maint::PruneOptions::default())?;
+            return Ok(format!(
+                "{}; forgot {}, pruned {}",
+                info.record.name,
+                forgot.removed.len(),
+                util::human_bytes(p.bytes_freed)
+            ));
+        }
+        Ok(info.record.name)
+    }
+
+    /// Set the schedule (None: no automatic snapshots), and keep it.
+    pub(crate) fn set_schedule(&self, s: Option<schedule::Schedule>) -> Result<()> {
+        let latest = snapshot::list(&**self.objects.store())?.last().map(|l| l.record.time_sec);
+        self.scheduler.lock().unwrap_or_else(|e| e.into_inner()).set(s.clone(), latest, util::unix_now());
+        self.health.set_schedule(s.as_ref());
+        match &s {
+            Some(s) => log::info!("schedule: a snapshot every {}, keep {}", schedule::interval_text(s.every), s.keep),
+            None => log::info!("schedule: off"),
+        }
+        Ok(())
+    }
+
+    /// Prune: no snapshot runs meanwhile, nor a verify.
+    fn prune(&self, opts: &maint::PruneOptions) -> Result<maint::PruneReport> {
+        let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
+        let _alone = self.maint.write().unwrap_or_else(|e| e.into_inner());
+        self.check_repository()?;
+        self.recover_state().context("the state database cannot be written")?;
+        let p = Arc::new(verify::VerifyProgress::default());
+        self.with_task(p.clone(), || maint::prune(&self.objects, opts, &p)).inspect_err(|e| {
+            self.note_state_error(e);
+            log::error!("PRUNE FAILED: {e:#}");
+            self.health.error("prune", &format!("{e:#}"))
+        })
+    }
+
+    /// Unmount ourselves; busy mounts are detached lazily when `lazy`.
+    pub(crate) fn unmount(&self, lazy: bool) -> std::io::Result<()> {
+        // Make the tracking state durable first: after a lazy unmount the
+        // session may linger until the last open file is closed.
+        if let Err(e) = self.tracker.flush() {
+            log::error!("flushing tracking state: {e}");
+        }
+        umount(&self.dir, lazy)
+    }
+}
+
+impl Service {
+    /// The flusher: a durable point of the tracking state every `every`;
+    /// while the state database fails, an attempt to reopen it and write
+    /// everything back every `STATE_RETRY`. Runs until the process ends.
+    pub(crate) fn flush_loop(&self, every: Duration) {
+        let mut last_try: Option<Instant> = None;
+        let mut last_log: Option<Instant> = None;
+        loop {
+            std::thread::sleep(every);
+            if self.state.failure().is_some() {
+                if last_try.is_some_and(|t| t.elapsed() < STATE_RETRY) {
+                    continue;
+                }
+                last_try = Some(Instant::now());
+                let guard = match self.snapshotting.try_lock() {
+                    Ok(g) => g,
+                    Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                    Err(std::sync::TryLockError::WouldBlock) => continue,
+                };
+                if let Err(e) = self.recover_state() {
+                    if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                        last_log = Some(Instant::now());
+                        log::error!("TRACKING STATE NOT SAVED: the state database is still failing: {e:#}");
+                        self.health.error("state", &format!("tracking state not saved: {e:#}"));
+                    }
+                }
+                drop(guard);
+                continue;
+            }
+            if let Err(e) = self.tracker.flush() {
+                log::error!("TRACKING STATE NOT SAVED: {e}");
+                self.state.failed(&e);
+                self.health.error("state", &format!("tracking state not saved: {e}"));
+                last_log = Some(Instant::now());
+            }
+        }
+    }
+
+    /// The mount-time scan for changes made while nothing watched.
+    pub(crate) fn scan_unwatched(&self, fd: OwnedFd, threshold: i128) {
+        match scan::scan(fd.as_fd(), &self.tracker, threshold) {
+            Ok(stats) => {
+                log::info!(
+                    "scan: {} entries in {} directories, {} changed while unwatched, {} ms",
+                    stats.entries,
+                    stats.dirs,
+                    stats.changed,
+                    stats.millis
+                );
+                *self.scan.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
+                self.tracker.scan_done();
+                if let Err(e) = self.tracker.flush() {
+                    log::error!("TRACKING STATE NOT SAVED: {e}");
+                }
+            }
+            Err(e) => {
+                log::error!("scan of the backing directory failed: {e}; the next snapshot compares everything");
+                self.scan_failed.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Automatic snapshots when the schedule says so. Runs until the
+    /// process ends.
+    pub(crate) fn schedule_loop(&self) {
+        loop {
+            std::thread::sleep(Duration::from_millis(250));
+            let now = util::unix_now();
+            let keep = {
+                let s = self.scheduler.lock().unwrap_or_else(|e| e.into_inner());
+                if !s.due(now) {
+                    continue;
+                }
+                s.schedule().map(|s| s.keep.clone()).unwrap_or_default()
+            };
+            let r = self.scheduled_run(&keep).map_err(|e| format!("{e:#}"));
+            if let Err(e) = &r {
+                log::error!("SCHEDULED SNAPSHOT FAILED: {e}");
+                self.health.error("schedule", e);
+            }
+            self.scheduler.lock().unwrap_or_else(|e| e.into_inner()).ran(now, util::unix_now(), r);
+        }
+    }
+
+    /// Answer one control request.
+    pub(crate) fn handle(&self, req: Request) -> Reply {
+        match req {
+            Request::Status { files } => Reply { status: Some(self.status(files)), ..Reply::ok() },
+            Request::Flush => match self.tracker.flush() {
+                Ok(()) => Reply::ok(),
+                Err(e) => Reply::err(e.to_string()),
+            },
+            Request::Unmount { lazy } => match self.unmount(lazy) {
+                Ok(()) => Reply::ok(),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Reply::err(format!(
+                    "{} is busy (files are open); use --lazy to detach it anyway",
+                    self.dir.display()
+                )),
+                Err(e) => Reply::err(format!("unmount failed: {e}")),
+            },
+            Request::Snapshot { name: Some(n), .. } if n.starts_with(schedule::AUTO_PREFIX) => Reply::err(format!(
+                "snapshot failed: names starting with {} are the schedule's (its retention would remove them)",
+                schedule::AUTO_PREFIX
+            )),
+            Request::Snapshot { name, full } => match self.snapshot(name, full) {
+                Ok(info) => Reply { snapshot: Some(info), ..Reply::ok() },
+                Err(e) => Reply::err(format!("snapshot failed: {e:#}")),
+            },
+            Request::Progress => {
+                let p = self.progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let t = self.task.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                Reply { progress: p.map(|p| p.get()), task: t.map(|t| t.view()), ..Reply::ok() }
+            }
+            Request::Schedule { every: Some(e), .. } if schedule::check_interval(e).is_err() => {
+                Reply::err(schedule::check_interval(e).unwrap_err())
+            }
+            Request::Schedule { every, keep, off } => {
+                let keep_given = keep.is_some();
+                let cur = self.scheduler.lock().unwrap_or_else(|e| e.into_inner()).schedule().cloned();
+                let new = if off {
+                    None
+                } else {
+                    match (every, cur) {
+                        (Some(every), cur) => {
+                            Some(schedule::Schedule { every, keep: keep.or(cur.map(|c| c.keep)).unwrap_or_default() })
+                        }
+                        (None, Some(cur)) => Some(schedule::Schedule { keep: keep.unwrap_or(cur.keep), ..cur }),
+                        (None, None) if keep.is_some() => {
+                            return Reply::err("no schedule yet: give --every too");
+                        }
+                        (None, None) => None,
+                    }
+                };
+                let changed = off || every.is_some() || keep_given;
+                match if changed { self.set_schedule(new) } else { Ok(()) } {
+                    Ok(()) => Reply { status: Some(self.status(false)), ..Reply::ok() },
+                    Err(e) => Reply::err(format!("{e:#}")),
+                }
+            }
+            Request::Forget { names, policy, dry_run } => match self.forget(&names, &policy, dry_run) {
+                Ok(r) => Reply { forget: Some(r), ..Reply::ok() },
+                Err(e) => Reply::err(format!("forget failed: {e:#}")),
+            },
+            Request::Prune { dry_run, max_unused } => {
+                let opts = maint::PruneOptions {
+                    dry_run,
+                    max_unused: max_unused.unwrap_or(maint::PruneOptions::default().max_unused),
+                };
+                match self.prune(&opts) {
+                    Ok(r) => Reply { prune: Some(r), ..Reply::ok() },
+                    Err(e) => Reply::err(format!("prune failed: {e:#}")),
+                }
+            }
+            Request::Verify { read_data, subset, rebuild_index } => {
+                let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+                let opts = verify::VerifyOptions { read_data, subset, jobs, block_size: Some(self.block_size) };
+                match self.verify(opts, rebuild_index) {
+                    Ok(r) => Reply { verify: Some(r), ..Reply::ok() },
+                    Err(e) => Reply::err(format!("verify failed: {e:#}")),
+                }
+            }
+            Request::Hold { snapshot, secs } => match self.hold(&snapshot, secs) {
+                Ok(()) => Reply::ok(),
+                Err(e) => Reply::err(format!("{e:#}")),
+            },
+            Request::Replica { add, remove, sync } => {
+                let r = (|| -> Result<()> {
+                    if let Some(u) = add {
+                        let u = self.replicas.add(&u)?;
+                        log::info!("replica {u} added");
+                    }
+                    if let Some(u) = remove {
+                        self.replicas.remove(&u)?;
+                        log::info!("replica {u} removed");
+                    }
+                    Ok(())
+                })();
+                match r {
+                    Err(e) => Reply::err(format!("{e:#}")),
+                    Ok(()) => {
+                        let st = if sync { self.replicas.sync_all() } else { self.replicas.statuses() };
+                        Reply { replicas: Some(st), ..Reply::ok() }
+                    }
+                }
+            }
+            Request::VerifyLive => match self.verify_live() {
+                Ok(r) => Reply { live: Some(r), ..Reply::ok() },
+                Err(e) => Reply::err(format!("verify --live failed: {e:#}")),
+            },
+            Request::List => match snapshot::list_all(&**self.objects.store()) {
+                Ok(l) => Reply { snapshots: Some(l), ..Reply::ok() },
+                Err(e) => Reply::err(e.to_string()),
+            },
+            Request::Diff { a, b } => match self.diff(&a, &b) {
+                Ok(d) => Reply { diff: Some(d), ..Reply::ok() },
+                Err(e) => Reply::err(format!("{e:#}")),
+            },
+        }
+    }
+}
+
+/// Compare two snapshots.
+pub fn diff_report(objects: &Objects, a: &SnapshotInfo, b: &SnapshotInfo) -> Result<DiffReport> {
+    let entries = snapshot::diff(objects, a.root_tree()?, b.root_tree()?, a.record.block_size)?;
+    let count = |c: &str| entries.iter().filter(|e| e.change == c).count() as u64;
+    Ok(DiffReport {
+        from: a.record.name.clone(),
+        to: b.record.name.clone(),
+        added: count("added"),
+        removed: count("removed"),
+        modified: count("modified"),
+        changed_bytes: entries.iter().map(|e| e.bytes).sum(),
+        entries,
+    })
+}
+
+pub fn last_name(l: &LastSession) -> &'static str {
+    match l {
+        LastSession::First => "first",
+        LastSession::Clean { .. } => "clean",
+        LastSession::Unclean { .. } => "unclean",
+    }
+}
