@@ -139,6 +139,36 @@ pub fn progress_line(
     }
 }
 
+/// Locks that carry on after a thread panicked while holding them: the
+/// data they guard stays consistent step by step (each critical section
+/// leaves it whole or not at all), and one panicking request must not stop
+/// every later one. Lock order, where several are taken, is written on
+/// the fields that hold them.
+pub trait Locked<T: ?Sized> {
+    fn locked(&self) -> std::sync::MutexGuard<'_, T>;
+}
+
+impl<T: ?Sized> Locked<T> for std::sync::Mutex<T> {
+    fn locked(&self) -> std::sync::MutexGuard<'_, T> {
+        self.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `Locked` for readers and writers.
+pub trait RwLocked<T: ?Sized> {
+    fn read_locked(&self) -> std::sync::RwLockReadGuard<'_, T>;
+    fn write_locked(&self) -> std::sync::RwLockWriteGuard<'_, T>;
+}
+
+impl<T: ?Sized> RwLocked<T> for std::sync::RwLock<T> {
+    fn read_locked(&self) -> std::sync::RwLockReadGuard<'_, T> {
+        self.read().unwrap_or_else(|e| e.into_inner())
+    }
+    fn write_locked(&self) -> std::sync::RwLockWriteGuard<'_, T> {
+        self.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::tracker::{DirtyEntry, Summary};
+use crate::util::RwLocked;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "lowercase")]
@@ -481,7 +482,7 @@ pub fn serve(
                 Ok(line) => {
                     // held until the reply is sent (the daemon waits for the
                     // reply to an unmount before it exits)
-                    let _busy = in_flight.read().unwrap_or_else(|e| e.into_inner());
+                    let _busy = in_flight.read_locked();
                     let reply = match serde_json::from_str::<Request>(&line) {
                         Ok(req) => handle(req),
                         Err(e) => Reply::err(format!("bad request: {e}")),

@@ -14,6 +14,7 @@ use crate::control::{self, Reply, Request, StatusReport};
 use crate::repo::objstore::Objects;
 use crate::repo::Repo;
 use crate::snapshot;
+use crate::util::RwLocked;
 
 #[derive(Debug, Clone)]
 pub struct BrowseArgs {
@@ -127,7 +128,7 @@ fn serve_browse(args: BrowseArgs) -> Result<()> {
     }
     notify(args.ready_fd, "READY");
     let r = session.run();
-    drop(in_flight.write().unwrap_or_else(|e| e.into_inner()));
+    drop(in_flight.write_locked());
     r.context("FUSE session")?;
     Ok(())
 }

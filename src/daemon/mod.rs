@@ -40,6 +40,7 @@ mod browse;
 mod process;
 mod service;
 
+use crate::util::RwLocked;
 pub use browse::{browse, BrowseArgs};
 use process::{block_signals, notify, on_signals, ready_fd_is_background, redirect_output_to, spawn_background};
 use service::Service;
@@ -439,7 +440,7 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
         log::error!("could not save tracking state: {e}");
     }
     // Let the control thread send its reply to an `unmount` request.
-    drop(in_flight.write().unwrap_or_else(|e| e.into_inner()));
+    drop(in_flight.write_locked());
     r.context("FUSE session")?;
     Ok(())
 }

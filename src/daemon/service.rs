@@ -20,6 +20,7 @@ use crate::repo::state::StateDb;
 use crate::repo::Repo;
 use crate::snapshot::{self, DiffReport, SnapshotInfo};
 use crate::tracker::{LastSession, Tracker};
+use crate::util::{Locked, RwLocked};
 use crate::{ops::maint, ops::schedule, ops::verify, tracker::scan, util};
 
 /// How often a failed state database is tried again.
@@ -82,12 +83,12 @@ impl Service {
             dirty: self.tracker.summary(),
             files: if files { Some(self.tracker.entries_list()) } else { None },
             inodes: Some(self.live.inode_count()),
-            scan: self.scan.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            scan: self.scan.locked().clone(),
             replicas: self.replicas.statuses(),
             warnings: self.warnings(),
             health: Some({
                 let mut h = crate::ops::health::report(&**self.objects.store(), Some(&self.health));
-                h.schedule = self.scheduler.lock().unwrap_or_else(|e| e.into_inner()).status_at(util::unix_now());
+                h.schedule = self.scheduler.locked().status_at(util::unix_now());
                 h
             }),
         }
@@ -141,7 +142,7 @@ impl Service {
 
     /// The snapshots held now.
     fn held_ids(&self) -> std::collections::HashSet<String> {
-        let mut h = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut h = self.held.locked();
         let now = Instant::now();
         h.retain(|_, until| *until > now);
         h.keys().cloned().collect()
@@ -150,12 +151,12 @@ impl Service {
     /// Hold snapshot `id` for `secs` (it must still exist: checked while no
     /// forget runs).
     fn hold(&self, id: &str, secs: u64) -> Result<()> {
-        let _no_forget = self.forgetting.lock().unwrap_or_else(|e| e.into_inner());
+        let _no_forget = self.forgetting.locked();
         if !snapshot::list(&**self.objects.store())?.iter().any(|s| s.id == id) {
             bail!("snapshot {id} does not exist (forgotten?)");
         }
         let until = Instant::now() + Duration::from_secs(secs.min(3600));
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), until);
+        self.held.locked().insert(id.to_string(), until);
         Ok(())
     }
 
@@ -172,7 +173,7 @@ impl Service {
     }
 
     fn snapshot_inner(&self, name: Option<String>, full: bool) -> Result<SnapshotInfo> {
-        let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = self.snapshotting.locked();
         self.check_repository()?;
         if let Err(e) = self.recover_state() {
             anyhow::bail!(
@@ -198,9 +199,9 @@ impl Service {
 
     /// Run `work` with a progress that `snapfs` clients can ask for.
     fn with_task<T>(&self, p: Arc<verify::VerifyProgress>, work: impl FnOnce() -> T) -> T {
-        *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+        *self.task.locked() = Some(p);
         let r = work();
-        *self.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.task.locked() = None;
         r
     }
 
@@ -229,7 +230,7 @@ impl Service {
     /// the dirty set. Holds the snapshot lock (the dirty set only grows
     /// meanwhile).
     fn verify_live(&self) -> Result<crate::ops::verify_live::LiveReport> {
-        let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = self.snapshotting.locked();
         while self.tracker.scan_pending() && !self.scan_failed.load(std::sync::atomic::Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -290,7 +291,7 @@ impl Service {
     /// `snapfs verify DIR`: check the repository while snapshots go on.
     fn verify(&self, opts: verify::VerifyOptions, rebuild_index: bool) -> Result<verify::VerifyReport> {
         let r = {
-            let _readers = self.maint.read().unwrap_or_else(|e| e.into_inner());
+            let _readers = self.maint.read_locked();
             let p = Arc::new(verify::VerifyProgress::default());
             self.with_task(p.clone(), || verify::verify(&self.objects, &opts, &p))
                 .inspect_err(|e| self.health.error("verify", &format!("{e:#}")))?
@@ -302,8 +303,8 @@ impl Service {
         }
         if rebuild_index && !r.index_problems.is_empty() {
             // not while a snapshot or a verify reads through the index
-            let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
-            let _alone = self.maint.write().unwrap_or_else(|e| e.into_inner());
+            let _one = self.snapshotting.locked();
+            let _alone = self.maint.write_locked();
             let n = self.objects.rebuild_index()?;
             log::info!("index rebuilt from {n} packs");
         }
@@ -311,9 +312,9 @@ impl Service {
     }
 
     fn forget(&self, names: &[String], policy: &maint::Policy, dry_run: bool) -> Result<maint::ForgetReport> {
-        let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = self.snapshotting.locked();
         {
-            let _forgetting = self.forgetting.lock().unwrap_or_else(|e| e.into_inner());
+            let _forgetting = self.forgetting.locked();
             maint::forget(&**self.objects.store(), names, policy, dry_run, None, &self.held_ids())
         }
         .inspect(|_| self.replicas.wake())
@@ -333,9 +334,9 @@ impl Service {
             return Ok(info.record.name);
         }
         let forgot = {
-            let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
+            let _one = self.snapshotting.locked();
             {
-                let _forgetting = self.forgetting.lock().unwrap_or_else(|e| e.into_inner());
+                let _forgetting = self.forgetting.locked();
                 maint::forget(&**self.objects.store(), &[], keep, false, Some(schedule::AUTO_PREFIX), &self.held_ids())?
             }
         };
@@ -354,7 +355,7 @@ impl Service {
     /// Set the schedule (None: no automatic snapshots), and keep it.
     pub(crate) fn set_schedule(&self, s: Option<schedule::Schedule>) -> Result<()> {
         let latest = snapshot::list(&**self.objects.store())?.last().map(|l| l.record.time_sec);
-        self.scheduler.lock().unwrap_or_else(|e| e.into_inner()).set(s.clone(), latest, util::unix_now());
+        self.scheduler.locked().set(s.clone(), latest, util::unix_now());
         self.health.set_schedule(s.as_ref());
         match &s {
             Some(s) => log::info!("schedule: a snapshot every {}, keep {}", schedule::interval_text(s.every), s.keep),
@@ -365,8 +366,8 @@ impl Service {
 
     /// Prune: no snapshot runs meanwhile, nor a verify.
     fn prune(&self, opts: &maint::PruneOptions) -> Result<maint::PruneReport> {
-        let _one = self.snapshotting.lock().unwrap_or_else(|e| e.into_inner());
-        let _alone = self.maint.write().unwrap_or_else(|e| e.into_inner());
+        let _one = self.snapshotting.locked();
+        let _alone = self.maint.write_locked();
         self.check_repository()?;
         self.recover_state().context("the state database cannot be written")?;
         let p = Arc::new(verify::VerifyProgress::default());
@@ -437,7 +438,7 @@ impl Service {
                     stats.changed,
                     stats.millis
                 );
-                *self.scan.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
+                *self.scan.locked() = Some(stats);
                 self.tracker.scan_done();
                 if let Err(e) = self.tracker.flush() {
                     log::error!("TRACKING STATE NOT SAVED: {e}");
@@ -457,7 +458,7 @@ impl Service {
             std::thread::sleep(Duration::from_millis(250));
             let now = util::unix_now();
             let keep = {
-                let s = self.scheduler.lock().unwrap_or_else(|e| e.into_inner());
+                let s = self.scheduler.locked();
                 if !s.due(now) {
                     continue;
                 }
@@ -468,7 +469,7 @@ impl Service {
                 log::error!("SCHEDULED SNAPSHOT FAILED: {e}");
                 self.health.error("schedule", e);
             }
-            self.scheduler.lock().unwrap_or_else(|e| e.into_inner()).ran(now, util::unix_now(), r);
+            self.scheduler.locked().ran(now, util::unix_now(), r);
         }
     }
 
@@ -497,8 +498,8 @@ impl Service {
                 Err(e) => Reply::err(format!("snapshot failed: {e:#}")),
             },
             Request::Progress => {
-                let p = self.progress.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                let t = self.task.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let p = self.progress.locked().clone();
+                let t = self.task.locked().clone();
                 Reply { progress: p.map(|p| p.get()), task: t.map(|t| t.view()), ..Reply::ok() }
             }
             Request::Schedule { every: Some(e), .. } if schedule::check_interval(e).is_err() => {
@@ -506,7 +507,7 @@ impl Service {
             }
             Request::Schedule { every, keep, off } => {
                 let keep_given = keep.is_some();
-                let cur = self.scheduler.lock().unwrap_or_else(|e| e.into_inner()).schedule().cloned();
+                let cur = self.scheduler.locked().schedule().cloned();
                 let new = if off {
                     None
                 } else {

@@ -44,6 +44,7 @@ use crate::os::errno::{cvt, Errno, SysResult};
 use crate::os::sys::{self, cstr, Stat};
 use crate::snapshot::capture::{Capture, DataChange};
 use crate::tracker::{Ancestry, Kind, Tracker};
+use crate::util::{Locked, RwLocked};
 
 /// Node id of the root.
 pub const ROOT: u64 = 1;
@@ -135,7 +136,7 @@ impl Inode {
         self.mode & libc::S_IFMT == libc::S_IFLNK
     }
     fn set_link(&self, parent: u64, name: &OsStr) {
-        let mut l = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        let mut l = self.links.locked();
         if l.last().is_some_and(|(p, n)| *p == parent && n == name) {
             return;
         }
@@ -151,13 +152,13 @@ impl Inode {
 
     /// `parent/name` no longer names this inode; returns a link it still has.
     fn drop_link(&self, parent: u64, name: &OsStr) -> Option<(u64, OsString)> {
-        let mut l = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        let mut l = self.links.locked();
         l.retain(|(p, n)| !(*p == parent && n == name));
         l.last().cloned()
     }
 
     fn current_link(&self) -> Option<(u64, OsString)> {
-        self.links.lock().unwrap_or_else(|e| e.into_inner()).last().cloned()
+        self.links.locked().last().cloned()
     }
 }
 
@@ -377,25 +378,25 @@ impl LiveFs {
     }
 
     fn writer(&self) -> std::sync::RwLockReadGuard<'_, ()> {
-        self.gate.read().unwrap_or_else(|e| e.into_inner())
+        self.gate.read_locked()
     }
 
     /// Hold all changes off (a snapshot's point in time).
     pub fn pause_writers(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
-        self.gate.write().unwrap_or_else(|e| e.into_inner())
+        self.gate.write_locked()
     }
 
     /// From now on, let `c` save what each change would destroy.
     pub fn begin_capture(&self, c: Arc<Capture>) {
-        *self.capture.write().unwrap_or_else(|e| e.into_inner()) = Some(c);
+        *self.capture.write_locked() = Some(c);
     }
 
     pub fn end_capture(&self) {
-        *self.capture.write().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.capture.write_locked() = None;
     }
 
     fn cap(&self) -> Option<Arc<Capture>> {
-        self.capture.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.capture.read_locked().clone()
     }
 
     /// Copy-before-write of a data change through an open file.
@@ -457,26 +458,26 @@ impl LiveFs {
 
     /// Number of inodes the kernel currently holds references to.
     pub fn inode_count(&self) -> usize {
-        self.table.read().unwrap_or_else(|e| e.into_inner()).by_node.len()
+        self.table.read_locked().by_node.len()
     }
 
     fn link_of(&self, ino: u64) -> Option<(u64, OsString)> {
-        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let t = self.table.read_locked();
         let node = t.by_key.get(&(self.root_dev, ino))?;
         t.by_node.get(node)?.current_link()
     }
 
     pub fn inode(&self, nodeid: u64) -> SysResult<Arc<Inode>> {
-        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let t = self.table.read_locked();
         t.by_node.get(&nodeid).cloned().ok_or(Errno::ENOENT)
     }
 
     fn file(&self, fh: u64) -> SysResult<Arc<Handle>> {
-        self.files.read().unwrap_or_else(|e| e.into_inner()).get(&fh).cloned().ok_or(Errno::EBADF)
+        self.files.read_locked().get(&fh).cloned().ok_or(Errno::EBADF)
     }
 
     fn dir(&self, fh: u64) -> SysResult<Arc<DirHandle>> {
-        self.dirs.read().unwrap_or_else(|e| e.into_inner()).get(&fh).cloned().ok_or(Errno::EBADF)
+        self.dirs.read_locked().get(&fh).cloned().ok_or(Errno::EBADF)
     }
 
     /// Names at the root that belong to snapfs itself.
@@ -501,7 +502,7 @@ impl LiveFs {
     fn remember(&self, fd: OwnedFd, st: &Stat, parent_ino: u64, name: &OsStr) -> u64 {
         let key = (st.st_dev, st.st_ino);
         {
-            let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+            let t = self.table.read_locked();
             if let Some(&node) = t.by_key.get(&key) {
                 if let Some(i) = t.by_node.get(&node) {
                     i.nlookup.fetch_add(1, Ordering::SeqCst);
@@ -513,7 +514,7 @@ impl LiveFs {
             }
         }
         let (anchor, cached) = self.anchor_for(fd, st);
-        let mut t = self.table.write().unwrap_or_else(|e| e.into_inner());
+        let mut t = self.table.write_locked();
         if let Some(&node) = t.by_key.get(&key) {
             if let Some(i) = t.by_node.get(&node) {
                 i.nlookup.fetch_add(1, Ordering::SeqCst);
@@ -541,7 +542,7 @@ impl LiveFs {
         t.by_node.insert(node, Arc::new(inode));
         drop(t);
         if let Some(fd) = cached {
-            self.fds.lock().unwrap_or_else(|e| e.into_inner()).put(node, fd);
+            self.fds.locked().put(node, fd);
         }
         node
     }
@@ -549,23 +550,23 @@ impl LiveFs {
     /// Keep a fresh descriptor of a handle-anchored node for its next use.
     fn cache_fd(&self, node: u64, fd: OwnedFd) {
         if let Ok(i) = self.inode(node) {
-            if matches!(*i.anchor.lock().unwrap_or_else(|e| e.into_inner()), Anchor::Handle(_)) {
-                self.fds.lock().unwrap_or_else(|e| e.into_inner()).put(node, Arc::new(fd));
+            if matches!(*i.anchor.locked(), Anchor::Handle(_)) {
+                self.fds.locked().put(node, Arc::new(fd));
             }
         }
     }
 
     /// An `O_PATH` descriptor of the inode.
     pub fn fd(&self, i: &Inode) -> SysResult<Arc<OwnedFd>> {
-        let handle = match &*i.anchor.lock().unwrap_or_else(|e| e.into_inner()) {
+        let handle = match &*i.anchor.locked() {
             Anchor::Pinned(fd) => return Ok(fd.clone()),
             Anchor::Handle(h) => h.clone(),
         };
-        if let Some(fd) = self.fds.lock().unwrap_or_else(|e| e.into_inner()).get(&i.nodeid) {
+        if let Some(fd) = self.fds.locked().get(&i.nodeid) {
             return Ok(fd.clone());
         }
         let fd = Arc::new(sys::open_by_handle(self.mount_fd.as_fd(), &handle, libc::O_PATH)?);
-        self.fds.lock().unwrap_or_else(|e| e.into_inner()).put(i.nodeid, fd.clone());
+        self.fds.locked().put(i.nodeid, fd.clone());
         Ok(fd)
     }
 
@@ -573,15 +574,15 @@ impl LiveFs {
     /// link is about to go.
     fn pin(&self, dev: u64, ino: u64) {
         let i = {
-            let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+            let t = self.table.read_locked();
             match t.by_key.get(&(dev, ino)).and_then(|n| t.by_node.get(n)) {
                 Some(i) => i.clone(),
                 None => return,
             }
         };
         if let Ok(fd) = self.fd(&i) {
-            *i.anchor.lock().unwrap_or_else(|e| e.into_inner()) = Anchor::Pinned(fd);
-            self.fds.lock().unwrap_or_else(|e| e.into_inner()).pop(&i.nodeid);
+            *i.anchor.locked() = Anchor::Pinned(fd);
+            self.fds.locked().pop(&i.nodeid);
         }
     }
 
@@ -590,7 +591,7 @@ impl LiveFs {
         if nodeid == ROOT {
             return;
         }
-        let mut t = self.table.write().unwrap_or_else(|e| e.into_inner());
+        let mut t = self.table.write_locked();
         let Some(i) = t.by_node.get(&nodeid) else {
             return;
         };
@@ -602,7 +603,7 @@ impl LiveFs {
                 t.by_key.remove(&key);
             }
             drop(t);
-            self.fds.lock().unwrap_or_else(|e| e.into_inner()).pop(&nodeid);
+            self.fds.locked().pop(&nodeid);
         }
     }
 
@@ -693,7 +694,7 @@ impl LiveFs {
         }
         if a.atime.is_some() || a.mtime.is_some() {
             let times = [timespec(a.atime), timespec(a.mtime)];
-            let mut k = i.kmtime.lock().unwrap_or_else(|e| e.into_inner());
+            let mut k = i.kmtime.locked();
             // SAFETY: a valid descriptor, an empty name with AT_EMPTY_PATH,
             // and two timespecs.
             cvt(unsafe {
@@ -794,7 +795,7 @@ impl LiveFs {
         let st = sys::fstat(fd.as_fd())?;
         // Keep the name the inode was known by; add a lookup reference.
         let node = {
-            let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+            let t = self.table.read_locked();
             t.by_key.get(&(st.st_dev, st.st_ino)).copied()
         };
         let nodeid = match node {
@@ -897,7 +898,7 @@ impl LiveFs {
     /// its directories are marked.
     fn unlinked_name(&self, st: &Stat, parent: u64, name: &OsStr) {
         let node = {
-            let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+            let t = self.table.read_locked();
             t.by_key.get(&(st.st_dev, st.st_ino)).and_then(|n| t.by_node.get(n)).cloned()
         };
         if let Some((p, n)) = node.and_then(|i| i.drop_link(parent, name)) {
@@ -907,7 +908,7 @@ impl LiveFs {
 
     /// `from` no longer names inode `(dev, ino)`; `to` does.
     fn relink(&self, dev: u64, ino: u64, from: (u64, &OsStr), to: (u64, &OsStr)) {
-        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let t = self.table.read_locked();
         if let Some(i) = t.by_key.get(&(dev, ino)).and_then(|n| t.by_node.get(n)) {
             i.drop_link(from.0, from.1);
             i.set_link(to.0, to.1);
@@ -932,7 +933,7 @@ impl LiveFs {
     fn add_file(&self, fd: OwnedFd, ino: u64, node: u64, flags: i32) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::SeqCst);
         let readable = flags & libc::O_ACCMODE != libc::O_WRONLY;
-        self.files.write().unwrap_or_else(|e| e.into_inner()).insert(fh, Arc::new(Handle { fd, ino, node, readable }));
+        self.files.write_locked().insert(fh, Arc::new(Handle { fd, ino, node, readable }));
         fh
     }
 
@@ -1040,7 +1041,7 @@ impl LiveFs {
     }
 
     pub fn release(&self, fh: u64) {
-        self.files.write().unwrap_or_else(|e| e.into_inner()).remove(&fh);
+        self.files.write_locked().remove(&fh);
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> SysResult<()> {
@@ -1058,7 +1059,7 @@ impl LiveFs {
         let fd = sys::reopen(self.fd(&i)?.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
         let fh = self.next_fh.fetch_add(1, Ordering::SeqCst);
         let d = DirHandle { fd, nodeid, ino: i.ino, pos: Mutex::new(0) };
-        self.dirs.write().unwrap_or_else(|e| e.into_inner()).insert(fh, Arc::new(d));
+        self.dirs.write_locked().insert(fh, Arc::new(d));
         Ok(fh)
     }
 
@@ -1071,7 +1072,7 @@ impl LiveFs {
         mut add: impl FnMut(u64, i64, FileType, &OsStr) -> bool,
     ) -> SysResult<()> {
         let d = self.dir(fh)?;
-        let mut pos = d.pos.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pos = d.pos.locked();
         if *pos != offset {
             sys::lseek(d.fd.as_fd(), offset, libc::SEEK_SET)?;
             *pos = offset;
@@ -1108,7 +1109,7 @@ impl LiveFs {
         mut add: impl FnMut(i64, &OsStr, &FileAttr) -> bool,
     ) -> SysResult<()> {
         let d = self.dir(fh)?;
-        let mut pos = d.pos.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pos = d.pos.locked();
         if *pos != offset {
             sys::lseek(d.fd.as_fd(), offset, libc::SEEK_SET)?;
             *pos = offset;
@@ -1158,7 +1159,7 @@ impl LiveFs {
     }
 
     pub fn releasedir(&self, fh: u64) {
-        self.dirs.write().unwrap_or_else(|e| e.into_inner()).remove(&fh);
+        self.dirs.write_locked().remove(&fh);
     }
 
     pub fn fsyncdir(&self, fh: u64, datasync: bool) -> SysResult<()> {
@@ -1293,7 +1294,7 @@ impl LiveFs {
         if !self.opts.writeback || i.mode & libc::S_IFMT != libc::S_IFREG {
             return;
         }
-        let k = i.kmtime.lock().unwrap_or_else(|e| e.into_inner());
+        let k = i.kmtime.locked();
         let times = [libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT }, *k];
         // SAFETY: a valid descriptor and two timespecs.
         if let Err(e) = cvt(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) }) {

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ops::verify::VerifyReport;
+use crate::util::Locked;
 
 /// Errors kept.
 const MAX_ERRORS: usize = 20;
@@ -84,18 +85,18 @@ impl Health {
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
-        let m = self.mem.lock().unwrap_or_else(|e| e.into_inner());
+        let m = self.mem.locked();
         serde_json::from_slice(m.get(key)?).ok()
     }
 
     fn set<T: Serialize>(&self, key: &str, v: &T) {
         let bytes = serde_json::to_vec(v).expect("serializes");
-        self.mem.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_string(), bytes.clone());
+        self.mem.locked().insert(key.to_string(), bytes.clone());
         self.save(key, Some(bytes));
     }
 
     fn remove(&self, key: &str) {
-        self.mem.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        self.mem.locked().remove(key);
         self.save(key, None);
     }
 
@@ -115,8 +116,7 @@ impl Health {
 
     /// Write everything back (after the database was reopened).
     pub fn rewrite(&self) -> sled::Result<()> {
-        let all: Vec<(String, Vec<u8>)> =
-            self.mem.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let all: Vec<(String, Vec<u8>)> = self.mem.locked().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let t = self.db.tree("health")?;
         for (k, v) in all {
             t.insert(k, v)?;

@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::repo::objstore::Objects;
 use crate::repo::store::{FileKind, Store, StoreError};
+use crate::util::Locked;
 
 /// What one sync round did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -113,10 +114,10 @@ pub fn sync(
     std::thread::scope(|s| {
         for _ in 0..jobs.clamp(1, 32).min(todo.len().max(1)) {
             s.spawn(|| loop {
-                if failed.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                if failed.locked().is_some() {
                     return;
                 }
-                let Some(p) = next.lock().unwrap_or_else(|e| e.into_inner()).next() else { return };
+                let Some(p) = next.locked().next() else { return };
                 let r = from.get(FileKind::Pack, p).map_err(|e| gone(e, p)).and_then(|data| {
                     // the pack's name is the hash of its bytes: a damaged
                     // primary copy is not spread
@@ -129,7 +130,7 @@ pub fn sync(
                     Ok(())
                 });
                 if let Err(e) = r {
-                    *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                    *failed.locked() = Some(e);
                     return;
                 }
             });
@@ -280,7 +281,7 @@ impl Replicas {
             .map(str::to_string)
             .collect();
         let status = ReplicaStatus { url: url.to_string(), ..Default::default() };
-        self.list.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::new(Replica {
+        self.list.locked().push(Arc::new(Replica {
             url: url.to_string(),
             status: Mutex::new(status),
             seen: Mutex::new(seen),
@@ -290,8 +291,7 @@ impl Replicas {
     }
 
     fn save(&self) -> Result<()> {
-        let urls: Vec<String> =
-            self.list.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|r| r.url.clone()).collect();
+        let urls: Vec<String> = self.list.locked().iter().map(|r| r.url.clone()).collect();
         let mut text = urls.join("\n");
         text.push('\n');
         crate::repo::write_durably(&self.dir, "replicas", text.as_bytes())?;
@@ -304,7 +304,7 @@ impl Replicas {
     pub fn add(&self, url: &str) -> Result<String> {
         let loc = crate::repo::Location::parse_canonical(url)?;
         let url = loc.to_string();
-        if self.list.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|r| r.url == url) {
+        if self.list.locked().iter().any(|r| r.url == url) {
             bail!("{url} is a replica already");
         }
         crate::repo::Repo::init_replica(&loc, &self.config)?;
@@ -316,7 +316,7 @@ impl Replicas {
 
     pub fn remove(&self, url: &str) -> Result<()> {
         let loc = crate::repo::Location::parse_canonical(url)?.to_string();
-        let mut l = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        let mut l = self.list.locked();
         let before = l.len();
         l.retain(|r| r.url != loc && r.url != url);
         if l.len() == before {
@@ -328,7 +328,7 @@ impl Replicas {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.list.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+        self.list.locked().is_empty()
     }
 
     pub fn statuses(&self) -> Vec<ReplicaStatus> {
@@ -337,7 +337,7 @@ impl Replicas {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|r| {
-                let mut s = r.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let mut s = r.status.locked().clone();
                 if r.busy.try_lock().is_err() {
                     s.syncing = Some((
                         r.progress.bytes_done.load(Ordering::Relaxed),
@@ -352,8 +352,8 @@ impl Replicas {
     /// A snapshot of `bytes` was committed on the primary: every replica is
     /// behind by it until its next round says otherwise.
     pub fn snapshot_committed(&self, bytes: u64) {
-        for r in self.list.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let mut st = r.status.lock().unwrap_or_else(|e| e.into_inner());
+        for r in self.list.locked().iter() {
+            let mut st = r.status.locked();
             st.lag.snapshots_behind += 1;
             st.lag.packs_behind += 1;
             st.lag.bytes_behind += bytes;
@@ -363,13 +363,13 @@ impl Replicas {
 
     /// Start a round soon (after a snapshot, a forget, an add).
     pub fn wake(&self) {
-        *self.wake.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        *self.wake.0.locked() = true;
         self.wake.1.notify_all();
     }
 
     /// A round for every replica now, waiting for them; their statuses.
     pub fn sync_all(&self) -> Vec<ReplicaStatus> {
-        let all: Vec<Arc<Replica>> = self.list.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let all: Vec<Arc<Replica>> = self.list.locked().clone();
         for r in &all {
             self.round(r);
         }
@@ -377,7 +377,7 @@ impl Replicas {
     }
 
     fn round(&self, r: &Replica) {
-        let _one = r.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = r.busy.locked();
         let result = (|| -> Result<SyncReport> {
             let loc = crate::repo::Location::parse(&r.url)?;
             let mut repo = crate::repo::Repo::open_at(&loc, None)?;
@@ -389,7 +389,7 @@ impl Replicas {
                 repo.rewrite_config(self.config.clone())?;
             }
             let to = repo.store();
-            let mut seen = r.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let mut seen = r.seen.locked().clone();
             let rep = sync(&self.primary, &to, &mut seen, 4, &r.progress)?;
             let mut text: Vec<&str> = seen.iter().map(String::as_str).collect();
             text.sort_unstable();
@@ -398,13 +398,13 @@ impl Replicas {
                 seen_file(&self.dir, &r.url).file_name().and_then(|n| n.to_str()).unwrap_or("replica-seen"),
                 text.join("\n").as_bytes(),
             )?;
-            *r.seen.lock().unwrap_or_else(|e| e.into_inner()) = seen;
+            *r.seen.locked() = seen;
             let l = lag(&*self.primary, &*to)?;
-            r.status.lock().unwrap_or_else(|e| e.into_inner()).lag = l;
+            r.status.locked().lag = l;
             Ok(rep)
         })();
         let now = crate::util::unix_now();
-        let mut st = r.status.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = r.status.locked();
         match result {
             Ok(rep) => {
                 if rep.packs_copied + rep.records_copied + rep.records_removed > 0 {
@@ -438,7 +438,7 @@ impl Replicas {
     pub fn run(self: Arc<Self>) {
         loop {
             {
-                let mut woken = self.wake.0.lock().unwrap_or_else(|e| e.into_inner());
+                let mut woken = self.wake.0.locked();
                 if !*woken {
                     woken = self.wake.1.wait_timeout(woken, RETRY).unwrap_or_else(|e| e.into_inner()).0;
                 }

@@ -42,6 +42,7 @@ use crate::repo::objects::{Entry, EntryKind, ObjKind, ObjectId, Totals};
 use crate::repo::objstore::Objects;
 use crate::snapshot::{self, SnapshotInfo};
 use crate::util;
+use crate::util::Locked;
 
 pub const MARKER: &str = ".snapfs-restore";
 
@@ -497,15 +498,15 @@ pub fn restore(
         let workers: Vec<_> = (0..opts.jobs.max(1))
             .map(|_| {
                 s.spawn(|| loop {
-                    if failed.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                    if failed.locked().is_some() {
                         return;
                     }
-                    let Some(job) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop() else { return };
+                    let Some(job) = queue.locked().pop() else { return };
                     let path = util::join_rel(&job.dir, &job.entry.name);
                     let r = open_dir(root.as_fd(), &job.dir)
                         .and_then(|d| write_file(objects, bs, d.as_fd(), &job.entry, &c, &path));
                     if let Err(e) = r {
-                        failed.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+                        failed.locked().get_or_insert(e);
                         return;
                     }
                 })

@@ -27,6 +27,7 @@ use crate::repo::objstore::{ObjResult, Objects};
 use crate::repo::pack::{self, PackEntry};
 use crate::repo::store::{FileKind, StoreError};
 use crate::snapshot::{self, SnapshotInfo};
+use crate::util::Locked;
 
 #[derive(Debug, Clone, Default)]
 pub struct VerifyOptions {
@@ -426,7 +427,7 @@ pub fn verify(objects: &Objects, opts: &VerifyOptions, progress: &VerifyProgress
                     let entries = entries_of[i].as_deref().unwrap_or(&[]);
                     let (pack_bad, obj_bad) = read_pack(&*store, name, entries);
                     {
-                        let mut f = found.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut f = found.locked();
                         f.0.extend(pack_bad);
                         f.1.extend(obj_bad);
                     }

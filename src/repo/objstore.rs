@@ -18,6 +18,7 @@ use crate::repo::objects::{DecodeError, FileNode, ObjKind, ObjectId, Tree};
 use crate::repo::pack::{self, PackEntry, PackError, PackWriter};
 use crate::repo::state::StateDb;
 use crate::repo::store::{FileKind, Store, StoreError};
+use crate::util::{Locked, RwLocked};
 
 /// Size at which a pending pack is written out.
 pub const PACK_TARGET: usize = 16 << 20;
@@ -98,14 +99,14 @@ impl Index {
     fn get(&self, id: &ObjectId) -> ObjResult<Option<Location>> {
         match self {
             Index::Sled(db) => Ok(db.tree("index")?.get(id.0)?.and_then(|v| Location::decode(*id, &v))),
-            Index::Memory { objects, .. } => Ok(objects.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()),
+            Index::Memory { objects, .. } => Ok(objects.read_locked().get(id).cloned()),
         }
     }
 
     fn has_pack(&self, name: &str) -> ObjResult<bool> {
         match self {
             Index::Sled(db) => Ok(db.tree("indexed_packs")?.contains_key(name.as_bytes())?),
-            Index::Memory { packs, .. } => Ok(packs.read().unwrap_or_else(|e| e.into_inner()).contains(name)),
+            Index::Memory { packs, .. } => Ok(packs.read_locked().contains(name)),
         }
     }
 
@@ -120,11 +121,11 @@ impl Index {
                 db.tree("indexed_packs")?.insert(name.as_bytes(), &(entries.len() as u64).to_le_bytes())?;
             }
             Index::Memory { objects, packs } => {
-                let mut o = objects.write().unwrap_or_else(|e| e.into_inner());
+                let mut o = objects.write_locked();
                 for e in entries {
                     o.insert(e.id, Location { pack: name.to_string(), entry: *e });
                 }
-                packs.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string());
+                packs.write_locked().insert(name.to_string());
             }
         }
         Ok(())
@@ -137,8 +138,8 @@ impl Index {
                 db.tree("indexed_packs")?.clear()?;
             }
             Index::Memory { objects, packs } => {
-                objects.write().unwrap_or_else(|e| e.into_inner()).clear();
-                packs.write().unwrap_or_else(|e| e.into_inner()).clear();
+                objects.write_locked().clear();
+                packs.write_locked().clear();
             }
         }
         Ok(())
@@ -246,8 +247,8 @@ impl Objects {
         let fresh = Index::Memory { objects: RwLock::new(HashMap::new()), packs: RwLock::new(HashSet::new()) };
         self.index_packs_into(&fresh)?;
         let Index::Memory { objects: o, packs: p } = fresh else { unreachable!("built above") };
-        *objects.write().unwrap_or_else(|e| e.into_inner()) = o.into_inner().unwrap_or_else(|e| e.into_inner());
-        *packs.write().unwrap_or_else(|e| e.into_inner()) = p.into_inner().unwrap_or_else(|e| e.into_inner());
+        *objects.write_locked() = o.into_inner().unwrap_or_else(|e| e.into_inner());
+        *packs.write_locked() = p.into_inner().unwrap_or_else(|e| e.into_inner());
         Ok(())
     }
 
@@ -285,10 +286,10 @@ impl Objects {
                 Ok(out)
             }
             Index::Memory { objects, packs } => {
-                for (id, loc) in objects.read().unwrap_or_else(|e| e.into_inner()).iter() {
+                for (id, loc) in objects.read_locked().iter() {
                     f(*id, Some(loc.clone()));
                 }
-                Ok(packs.read().unwrap_or_else(|e| e.into_inner()).clone())
+                Ok(packs.read_locked().clone())
             }
         }
     }
@@ -319,14 +320,14 @@ impl Objects {
                 db.flush()?;
             }
             Index::Memory { objects, packs: indexed } => {
-                let mut o = objects.write().unwrap_or_else(|e| e.into_inner());
+                let mut o = objects.write_locked();
                 for (id, loc) in changes {
                     match loc {
                         Some(l) => o.insert(*id, l.clone()),
                         None => o.remove(id),
                     };
                 }
-                let mut ip = indexed.write().unwrap_or_else(|e| e.into_inner());
+                let mut ip = indexed.write_locked();
                 for p in packs {
                     ip.remove(p);
                 }
@@ -341,7 +342,7 @@ impl Objects {
     pub fn copy_object(&self, from: &str, e: &PackEntry, stored: &[u8]) -> ObjResult<()> {
         let raw = pack::decode_object(from, e, stored)?;
         let full = {
-            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut p = self.pending.locked();
             if p.raw.contains_key(&e.id) {
                 return Ok(());
             }
@@ -356,7 +357,7 @@ impl Objects {
     }
 
     pub fn has(&self, id: &ObjectId) -> ObjResult<bool> {
-        if self.pending.lock().unwrap_or_else(|e| e.into_inner()).raw.contains_key(id) {
+        if self.pending.locked().raw.contains_key(id) {
             return Ok(true);
         }
         Ok(self.index.get(id)?.is_some())
@@ -376,7 +377,7 @@ impl Objects {
             return Ok((id, false));
         }
         let full = {
-            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut p = self.pending.locked();
             if p.raw.contains_key(&id) {
                 return Ok((id, false));
             }
@@ -399,12 +400,12 @@ impl Objects {
     /// While the guard lives, no pack is written or indexed (writers of
     /// objects wait): the packs in the store and the index agree.
     pub fn quiesce(&self) -> Quiet<'_> {
-        Quiet { _pending: self.pending.lock().unwrap_or_else(|e| e.into_inner()) }
+        Quiet { _pending: self.pending.locked() }
     }
 
     /// Write the pending pack (durably) and index it.
     pub fn flush(&self) -> ObjResult<()> {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self.pending.locked();
         if p.writer.is_empty() {
             return Ok(());
         }
@@ -427,14 +428,14 @@ impl Objects {
 
     /// Drop what is pending without writing it (a failed snapshot).
     pub fn discard_pending(&self) {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self.pending.locked();
         p.writer = PackWriter::new();
         p.raw.clear();
     }
 
     /// The verified bytes of an object, and its kind.
     pub fn get_any(&self, id: &ObjectId) -> ObjResult<(ObjKind, Vec<u8>)> {
-        if let Some((k, raw)) = self.pending.lock().unwrap_or_else(|e| e.into_inner()).raw.get(id) {
+        if let Some((k, raw)) = self.pending.locked().raw.get(id) {
             return Ok((*k, raw.clone()));
         }
         match self.read_indexed(id) {

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::repo::{open_sled, RepoError};
+use crate::util::{Locked, RwLocked};
 
 pub struct StateDb {
     path: Option<PathBuf>,
@@ -51,25 +52,25 @@ impl StateDb {
 
     /// A tree, for one piece of work (do not keep it).
     pub fn tree(&self, name: &'static str) -> sled::Result<sled::Tree> {
-        if let Some(t) = self.trees.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
+        if let Some(t) = self.trees.locked().get(name) {
             return Ok(t.clone());
         }
-        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        let db = self.db.read_locked();
         let t = db.as_ref().ok_or_else(closed)?.open_tree(name)?;
-        self.trees.lock().unwrap_or_else(|e| e.into_inner()).insert(name, t.clone());
+        self.trees.locked().insert(name, t.clone());
         Ok(t)
     }
 
     /// Make everything written so far durable.
     pub fn flush(&self) -> sled::Result<()> {
-        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        let db = self.db.read_locked();
         db.as_ref().ok_or_else(closed)?.flush().map(|_| ())
     }
 
     /// Note that an operation failed: from now on the database is suspect
     /// until [`StateDb::reopen`] succeeds.
     pub fn failed(&self, e: &dyn std::fmt::Display) {
-        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        let mut f = self.failure.locked();
         if f.is_none() {
             let msg = readable(&e.to_string());
             log::error!("STATE DATABASE FAILED: {msg}; tracking goes on in memory");
@@ -78,7 +79,7 @@ impl StateDb {
     }
 
     pub fn failure(&self) -> Option<(i64, String)> {
-        self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.failure.locked().clone()
     }
 
     /// Close the database and open it again (after a failure: sled then
@@ -86,8 +87,8 @@ impl StateDb {
     /// back afterwards and then calls [`StateDb::recovered`].
     pub fn reopen(&self) -> Result<(), RepoError> {
         let Some(path) = &self.path else { return Ok(()) };
-        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
-        self.trees.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut db = self.db.write_locked();
+        self.trees.locked().clear();
         if let Some(old) = db.take() {
             drop(old);
         }
@@ -104,7 +105,7 @@ impl StateDb {
     /// Everything is written back after [`StateDb::reopen`]: the database
     /// is trusted again. (Until then writers of tracking state stay off it.)
     pub fn recovered(&self) {
-        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.failure.locked() = None;
     }
 }
 

@@ -12,6 +12,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::util::Locked;
 use thiserror::Error;
 
 /// The kinds of files in a repository.
@@ -96,11 +97,11 @@ impl LocalStore {
         if kind != FileKind::Pack {
             return Ok(std::sync::Arc::new(self.open(kind, name)?));
         }
-        if let Some(f) = self.open_packs.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
+        if let Some(f) = self.open_packs.locked().get(name) {
             return Ok(f.clone());
         }
         let f = std::sync::Arc::new(self.open(kind, name)?);
-        self.open_packs.lock().unwrap_or_else(|e| e.into_inner()).put(name.to_string(), f.clone());
+        self.open_packs.locked().put(name.to_string(), f.clone());
         Ok(f)
     }
 
@@ -239,7 +240,7 @@ impl Store for LocalStore {
     }
 
     fn delete(&self, kind: FileKind, name: &str) -> StoreResult<()> {
-        self.open_packs.lock().unwrap_or_else(|e| e.into_inner()).pop(name);
+        self.open_packs.locked().pop(name);
         let p = self.path(kind, name);
         match fs::remove_file(&p) {
             Ok(()) => {}

@@ -29,6 +29,7 @@ use crate::os::sys::{self, Stat};
 use crate::repo::objects::{ObjKind, ObjectId};
 use crate::repo::objstore::Objects;
 use crate::tracker::{Kind, Record, FULL, RENAMED};
+use crate::util::Locked;
 
 /// What a change is about to do to a file's data.
 #[derive(Debug, Clone, Copy)]
@@ -81,7 +82,7 @@ impl Capture {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.locked()
     }
 
     /// A capture that failed (the repository is full, say) fails the snapshot.

@@ -23,6 +23,7 @@ use crate::repo::objects::{ObjKind, ObjectId};
 use crate::repo::objstore::Objects;
 use crate::tracker::{Tracker, TrackerError};
 use crate::util;
+use crate::util::Locked;
 
 /// What a snapshot is taken of and with.
 pub struct Take<'a> {
@@ -102,7 +103,7 @@ impl Take<'_> {
         drop(writers);
         let paused = t0.elapsed();
         // sealed: from now on `progress` answers
-        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress.clone());
+        *self.progress.locked() = Some(progress.clone());
         let result = (|| -> Result<SnapshotInfo> {
             let mut b =
                 Builder::new(self.objects, self.block_size, if incremental { Some(&sealed) } else { None }, links_prev);
@@ -149,7 +150,7 @@ impl Take<'_> {
             Ok(super::commit(&*store, &record)?)
         })();
         self.live.end_capture();
-        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.progress.locked() = None;
         match result {
             Ok(info) => {
                 let saved = self.tracker.commit(&info.id);

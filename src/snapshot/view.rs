@@ -50,6 +50,7 @@ use crate::os::errno::{Errno, SysResult};
 use crate::repo::objects::{self, Entry, EntryKind, FileNode, ObjKind, ObjectId, Time, Tree};
 use crate::repo::objstore::{ObjError, Objects};
 use crate::snapshot::{self, SnapshotInfo};
+use crate::util::{Locked, RwLocked};
 
 pub const VIEW_BIT: u64 = 1 << 63;
 /// The folder of snapshots.
@@ -190,7 +191,7 @@ impl View {
     /// Learn of new snapshots: at most every 200 ms unless `force`.
     fn refresh(&self, force: bool) {
         {
-            let mut r = self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
+            let mut r = self.refreshed.locked();
             if !force && r.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
                 return;
             }
@@ -203,7 +204,7 @@ impl View {
                 return;
             }
         };
-        let mut s = self.snaps.write().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.snaps.write_locked();
         if all.iter().any(|i| !s.by_id.contains_key(&i.id)) {
             // packs written since we last looked (a daemon snapshotting into
             // this repository while it is browsed)
@@ -265,7 +266,7 @@ impl View {
     /// Snapshots the view shows, oldest first: (index, name).
     pub fn snapshot_names(&self) -> Vec<(u32, String)> {
         self.refresh(true);
-        let s = self.snaps.read().unwrap_or_else(|e| e.into_inner());
+        let s = self.snaps.read_locked();
         s.by_index
             .iter()
             .enumerate()
@@ -274,17 +275,17 @@ impl View {
     }
 
     fn snap_name(&self, idx: u32) -> String {
-        let s = self.snaps.read().unwrap_or_else(|e| e.into_inner());
+        let s = self.snaps.read_locked();
         s.by_index.get(idx as usize).and_then(|x| x.as_ref()).map(|x| x.record.name.clone()).unwrap_or_default()
     }
 
     fn node(&self, id: u64) -> SysResult<Arc<VNode>> {
-        self.nodes.read().unwrap_or_else(|e| e.into_inner()).get(&id).cloned().ok_or(Errno::ENOENT)
+        self.nodes.read_locked().get(&id).cloned().ok_or(Errno::ENOENT)
     }
 
     /// The device of snapshot `snap`'s root, if recorded.
     fn root_dev(&self, snap: u32) -> Option<u64> {
-        if let Some(d) = self.snaps.read().unwrap_or_else(|e| e.into_inner()).root_dev.get(&snap) {
+        if let Some(d) = self.snaps.read_locked().root_dev.get(&snap) {
             return *d;
         }
         self.snap_root(snap).ok().and_then(|e| e.dev)
@@ -300,7 +301,7 @@ impl View {
         }
         let key = (snap, dev.unwrap_or(0), e.ino);
         let full = {
-            let ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+            let ids = self.ids.locked();
             if let Some(id) = ids.by_key.get(&key) {
                 return (*id, Some(key));
             }
@@ -309,10 +310,10 @@ impl View {
         if full {
             // drop the ids of entries listed but not known to the kernel
             // (locks in the order forget takes them: nodes, then ids)
-            let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
-            self.ids.lock().unwrap_or_else(|e| e.into_inner()).by_key.retain(|_, id| nodes.contains_key(id));
+            let nodes = self.nodes.read_locked();
+            self.ids.locked().by_key.retain(|_, id| nodes.contains_key(id));
         }
-        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ids = self.ids.locked();
         if let Some(id) = ids.by_key.get(&key) {
             return (*id, Some(key));
         }
@@ -325,7 +326,7 @@ impl View {
     /// Register a node the kernel learns of (lookup count +1).
     fn remember(&self, snap: u32, entry: &Entry, parent: u64) -> u64 {
         let (id, key) = self.node_id(snap, entry);
-        let mut n = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+        let mut n = self.nodes.write_locked();
         match n.get(&id) {
             Some(v) => {
                 v.nlookup.fetch_add(1, Ordering::SeqCst);
@@ -334,7 +335,7 @@ impl View {
                 n.insert(id, Arc::new(VNode { snap, entry: entry.clone(), key, parent, nlookup: AtomicU64::new(1) }));
                 // (a forget may have dropped the id between node_id and here)
                 if let Some(key) = key {
-                    self.ids.lock().unwrap_or_else(|e| e.into_inner()).by_key.entry(key).or_insert(id);
+                    self.ids.locked().by_key.entry(key).or_insert(id);
                 }
             }
         }
@@ -345,12 +346,12 @@ impl View {
         if id == VIEW_ROOT {
             return;
         }
-        let mut n = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+        let mut n = self.nodes.write_locked();
         if let Some(v) = n.get(&id) {
             let prev = v.nlookup.fetch_sub(k.min(v.nlookup.load(Ordering::SeqCst)), Ordering::SeqCst);
             if prev <= k {
                 if let Some(key) = v.key {
-                    let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut ids = self.ids.locked();
                     if ids.by_key.get(&key) == Some(&id) {
                         ids.by_key.remove(&key);
                     }
@@ -362,7 +363,7 @@ impl View {
 
     /// Nodes held (for memory bounds in status and tests).
     pub fn node_count(&self) -> usize {
-        self.nodes.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.nodes.read_locked().len()
     }
 
     fn root_attr(&self) -> FileAttr {
@@ -395,12 +396,12 @@ impl View {
             EntryKind::Dir => 8,
             EntryKind::File => {
                 let key = (e.content, e.size);
-                if let Some(b) = self.counted.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+                if let Some(b) = self.counted.locked().get(&key) {
                     return *b;
                 }
                 match self.count_stored(e) {
                     Ok(b) => {
-                        self.counted.lock().unwrap_or_else(|e| e.into_inner()).put(key, b);
+                        self.counted.locked().put(key, b);
                         b
                     }
                     Err(err) => {
@@ -449,14 +450,14 @@ impl View {
     }
 
     fn tree(&self, id: &ObjectId) -> SysResult<Arc<Tree>> {
-        if let Some(t) = self.trees.lock().unwrap_or_else(|e| e.into_inner()).0.get(id) {
+        if let Some(t) = self.trees.locked().0.get(id) {
             return Ok(t.clone());
         }
         let t = Arc::new(self.objects.tree(id).map_err(|e| {
             log::error!("snapshot tree {id}: {e}");
             Errno::EIO
         })?);
-        let mut c = self.trees.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.trees.locked();
         let (cache, bytes) = &mut *c;
         if let Some((_, old)) = cache.push(*id, t.clone()) {
             *bytes -= tree_bytes(&old);
@@ -488,7 +489,7 @@ impl View {
     }
 
     fn info(&self, idx: u32) -> SysResult<SnapshotInfo> {
-        let s = self.snaps.read().unwrap_or_else(|e| e.into_inner());
+        let s = self.snaps.read_locked();
         s.by_index.get(idx as usize).and_then(|x| x.clone()).ok_or(Errno::ENOENT)
     }
 
@@ -540,7 +541,7 @@ impl View {
             }
             t.entries[0].clone()
         };
-        self.snaps.write().unwrap_or_else(|e| e.into_inner()).root_dev.insert(idx, root.dev);
+        self.snaps.write_locked().root_dev.insert(idx, root.dev);
         Ok(root)
     }
 
@@ -554,8 +555,7 @@ impl View {
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> SysResult<FileAttr> {
         if parent == VIEW_ROOT {
-            let find =
-                || self.snaps.read().unwrap_or_else(|e| e.into_inner()).by_name.get(&*name.to_string_lossy()).copied();
+            let find = || self.snaps.read_locked().by_name.get(&*name.to_string_lossy()).copied();
             self.refresh(false);
             let idx = match find() {
                 Some(i) => i,
@@ -639,12 +639,12 @@ impl View {
     }
 
     fn file_node(&self, id: &ObjectId, level: u8) -> Result<Arc<FileNode>, ObjError> {
-        let n = self.fnodes.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned();
+        let n = self.fnodes.locked().get(id).cloned();
         let n = match n {
             Some(n) => n,
             None => {
                 let n = Arc::new(self.objects.node(id)?);
-                self.fnodes.lock().unwrap_or_else(|e| e.into_inner()).put(*id, n.clone());
+                self.fnodes.locked().put(*id, n.clone());
                 n
             }
         };
@@ -795,11 +795,11 @@ impl View {
     }
 
     fn block(&self, id: &ObjectId) -> Result<Arc<Vec<u8>>, ObjError> {
-        if let Some(b) = self.blocks.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+        if let Some(b) = self.blocks.locked().get(id) {
             return Ok(b.clone());
         }
         let b = Arc::new(self.objects.get(id, ObjKind::Blob)?);
-        self.blocks.lock().unwrap_or_else(|e| e.into_inner()).put(*id, b.clone());
+        self.blocks.locked().put(*id, b.clone());
         Ok(b)
     }
 

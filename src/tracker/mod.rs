@@ -46,6 +46,7 @@ use thiserror::Error;
 use crate::os::sys;
 use crate::repo::state::StateDb;
 use crate::tracker::blockset::BlockSet;
+use crate::util::Locked;
 
 pub const META: u8 = 1;
 pub const FULL: u8 = 2;
@@ -459,7 +460,7 @@ impl Tracker {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     /// Get or create the record of `ino`, keeping the ancestor invariant.
@@ -783,7 +784,7 @@ impl Tracker {
     /// Write what changed since the last flush to sled and make it durable.
     pub fn flush(&self) -> Result<(), TrackerError> {
         let Some(state) = &self.db else { return Ok(()) };
-        let _one_at_a_time = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
+        let _one_at_a_time = self.flushing.locked();
         // A failed database gets the whole state at once when it is usable
         // again ([`Tracker::rewrite`]): a flush of the latest changes alone
         // could mark it durable while it lacks earlier ones.
@@ -847,7 +848,7 @@ impl Tracker {
     /// flushes (reopened after a failure), and make it durable.
     pub fn rewrite(&self) -> Result<(), TrackerError> {
         let Some(state) = &self.db else { return Ok(()) };
-        let _one_at_a_time = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
+        let _one_at_a_time = self.flushing.locked();
         let db = Db::of(state)?;
         let t = sys::now_ns();
         let (recs, chunks, root, root_path, start, base, scan_pending) = {
