@@ -44,7 +44,7 @@ use crate::os::sys;
 use crate::repo::objects::{Entry, EntryKind, ObjKind, ObjectId, Tree};
 use crate::repo::objstore::Objects;
 use crate::snapshot::{self, LinkTable};
-use crate::tracker::{Record, FULL, META};
+use crate::tracker::{Record, FULL};
 use crate::util;
 
 /// At most this many differences are listed.
@@ -90,9 +90,10 @@ pub fn check(
 ) -> anyhow::Result<LiveReport> {
     let t0 = Instant::now();
     progress.phase.store(6, Ordering::Relaxed);
-    let forced = snapshot::forced_dirs(links, |ino| record(ino).is_some());
+    // the rules the next (incremental) snapshot follows
+    let plan = snapshot::plan::Plan::new(true, links, |ino| record(ino).is_some());
     let mut c =
-        Checker { objects, bs, record, links, forced, progress, r: LiveReport::default(), buf: vec![0u8; bs as usize] };
+        Checker { objects, bs, record, links, plan, progress, r: LiveReport::default(), buf: vec![0u8; bs as usize] };
     let top = objects.tree(&top)?;
     let prev = top.get(b".").cloned().ok_or_else(|| anyhow::anyhow!("snapshot has no root entry"))?;
     let st = sys::fstat(root)?;
@@ -103,7 +104,7 @@ pub fn check(
             prev.ino
         );
     }
-    let strict = if record(st.st_ino).is_some() || c.forced.contains(&b""[..]) { None } else { Some(st.st_ino) };
+    let strict = if c.plan.must_walk(b"", record(st.st_ino).is_some(), true) { None } else { Some(st.st_ino) };
     c.dir(root, b"", &prev, strict)?;
     c.r.ok = c.r.missed_count == 0;
     c.r.duration_ms = t0.elapsed().as_millis() as u64;
@@ -115,7 +116,7 @@ struct Checker<'a> {
     bs: u64,
     record: &'a dyn Fn(u64) -> Option<Record>,
     links: &'a LinkTable,
-    forced: HashSet<Vec<u8>>,
+    plan: snapshot::plan::Plan,
     progress: &'a VerifyProgress,
     r: LiveReport,
     buf: Vec<u8>,
@@ -156,7 +157,7 @@ impl Checker<'_> {
     fn meta_explained(&self, dir: BorrowedFd<'_>, name: &CString, ino: u64, strict: Option<u64>) -> bool {
         changed_name(dir, name, ino)
             || self.now_walked(strict)
-            || (strict.is_none() && (self.record)(ino).is_some_and(|r| r.flags & (META | FULL) != 0))
+            || (strict.is_none() && (self.record)(ino).is_some_and(|r| !self.plan.meta_clean(Some(&r))))
     }
 
     /// The directory open at `fd`, at `path`, whose snapshot entry is `prev`
@@ -222,7 +223,7 @@ impl Checker<'_> {
                     self.differs(&child, format!("{} changed, not recorded", diffs.join(", ")), expl);
                 }
             }
-            let meta_clean = rec.as_ref().is_none_or(|r| r.flags & (META | FULL) == 0);
+            let meta_clean = self.plan.meta_clean(rec.as_ref());
             if strict.is_some() || meta_clean {
                 let xattrs = match sys::xattrs_at(fd, &cname) {
                     Ok(x) => x,
@@ -241,7 +242,7 @@ impl Checker<'_> {
             }
             match live.kind {
                 EntryKind::Dir => {
-                    let walked = strict.is_none() && (rec.is_some() || self.forced.contains(&child));
+                    let walked = strict.is_none() && self.plan.must_walk(&child, rec.is_some(), true);
                     let child_strict = if walked { None } else { strict.or(Some(live.ino)) };
                     let sub = match sys::openat(fd, &cname, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0) {
                         Ok(d) => d,
@@ -273,22 +274,20 @@ impl Checker<'_> {
         // what the next snapshot re-reads
         let dirty: Vec<(u64, u64)> = match (&rec, strict) {
             (_, Some(_)) => Vec::new(),
-            (None, None) if live.size != prev.size => {
-                self.r.fresh += 1;
-                self.progress.bytes_done.fetch_add(live.size, Ordering::Relaxed);
-                return Ok(());
-            }
-            (None, None) => Vec::new(),
-            (Some(r), None) if r.flags & FULL != 0 => {
-                self.r.fresh += 1;
-                self.progress.bytes_done.fetch_add(live.size, Ordering::Relaxed);
-                return Ok(());
-            }
-            (Some(r), None) => {
-                let mut r = r.clone();
-                r.size = live.size;
-                r.dirty_ranges(bs)
-            }
+            (r, None) => match self.plan.blocks(r.as_ref(), true, prev.size, live.size) {
+                snapshot::plan::Blocks::Keep => Vec::new(),
+                snapshot::plan::Blocks::Read => {
+                    // read whole by the next snapshot: nothing to check
+                    self.r.fresh += 1;
+                    self.progress.bytes_done.fetch_add(live.size, Ordering::Relaxed);
+                    return Ok(());
+                }
+                snapshot::plan::Blocks::KeepClean => {
+                    let mut r = r.clone().expect("a record");
+                    r.size = live.size;
+                    r.dirty_ranges(bs)
+                }
+            },
         };
         let fd = match sys::openat(dir, name, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK, 0) {
             Ok(fd) => fd,

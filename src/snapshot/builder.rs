@@ -10,7 +10,7 @@ use crate::os::sys;
 use crate::repo::objects::{self, Entry, EntryKind, ObjKind, ObjectId, Time, Totals, Tree};
 use crate::repo::objstore::Objects;
 use crate::snapshot::capture::Capture;
-use crate::tracker::{Record, FULL, META};
+use crate::tracker::Record;
 use crate::util;
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
@@ -121,8 +121,8 @@ pub struct Builder<'a> {
     /// usable previous snapshot).
     sealed: Option<&'a HashMap<u64, Record>>,
     links: LinkTable,
-    /// Directories that must be walked because a changed inode is linked there.
-    forced: HashSet<Vec<u8>>,
+    /// The shortcuts of an incremental snapshot.
+    plan: super::plan::Plan,
     /// Entries of hard-linked inodes built so far, by (device of the
     /// directory holding them, inode): every name gets the same.
     built: HashMap<(u64, u64), Entry>,
@@ -137,10 +137,8 @@ impl<'a> Builder<'a> {
         sealed: Option<&'a HashMap<u64, Record>>,
         links_prev: LinkTable,
     ) -> Builder<'a> {
-        let forced = match sealed {
-            Some(sealed) => forced_dirs(&links_prev, |ino| sealed.contains_key(&ino)),
-            None => HashSet::new(),
-        };
+        let plan =
+            super::plan::Plan::new(sealed.is_some(), &links_prev, |ino| sealed.is_some_and(|s| s.contains_key(&ino)));
         Builder {
             progress: None,
             capture: None,
@@ -148,7 +146,7 @@ impl<'a> Builder<'a> {
             bs,
             sealed,
             links: links_prev,
-            forced,
+            plan,
             built: HashMap::new(),
             stats: SnapshotStats::default(),
             buf: vec![0u8; bs as usize],
@@ -173,7 +171,7 @@ impl<'a> Builder<'a> {
     }
 
     fn must_walk(&self, path: &[u8], ino: u64, prev: Option<&Entry>) -> bool {
-        self.sealed.is_none() || prev.is_none() || self.record(ino).is_some() || self.forced.contains(path)
+        self.plan.must_walk(path, self.record(ino).is_some(), prev.is_some())
     }
 
     /// Build the top tree (one entry "." for the root directory) from the
@@ -344,7 +342,7 @@ impl<'a> Builder<'a> {
                 .and_then(|t| t.get(&name))
                 .filter(|p| p.ino == st.st_ino && p.kind == EntryKind::from_mode(st.st_mode));
             let rec = self.record(st.st_ino);
-            let meta_clean = self.sealed.is_some() && rec.is_none_or(|r| r.flags & (META | FULL) == 0);
+            let meta_clean = self.plan.meta_clean(rec);
             let mut xattrs = match prev_e {
                 Some(p) if meta_clean => p.xattrs.clone(),
                 _ => match &src {
@@ -460,11 +458,10 @@ impl<'a> Builder<'a> {
     ) -> SnapResult<(ObjectId, u8)> {
         let size = st.st_size as u64;
         let n = size.div_ceil(self.bs);
+        let blocks = self.plan.blocks(rec, prev.is_some(), prev.map_or(0, |p| p.size), size);
         // unchanged since the previous snapshot
-        if let (Some(p), None, true) = (prev, rec, self.sealed.is_some()) {
-            if p.size == size {
-                return Ok((p.content, p.levels));
-            }
+        if let (Some(p), super::plan::Blocks::Keep) = (prev, blocks) {
+            return Ok((p.content, p.levels));
         }
         let opened = match src {
             Src::At(_) => open_for_read(dir, name),
@@ -481,8 +478,8 @@ impl<'a> Builder<'a> {
         }
         let progress = self.progress.clone();
         let data = data_ranges(fd.as_fd(), size);
-        let incremental = match (prev, rec, self.sealed.is_some()) {
-            (Some(p), Some(r), true) if r.flags & FULL == 0 => Some((p, r)),
+        let incremental = match (prev, rec, blocks) {
+            (Some(p), Some(r), super::plan::Blocks::KeepClean) => Some((p, r)),
             _ => None,
         };
         let (old, dirty) = match incremental {

@@ -26,6 +26,7 @@ mod blocklist;
 mod builder;
 pub mod capture;
 mod diff;
+pub mod plan;
 mod record;
 pub mod take;
 pub mod view;
