@@ -29,7 +29,7 @@ use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::ops::verify::VerifyProgress;
-use crate::repo::objects::{EntryKind, ObjKind, ObjectId};
+use crate::repo::objects::{EntryKind, ObjKind, ObjectId, PackId};
 use crate::repo::objstore::{Location, Objects};
 use crate::repo::pack::PackEntry;
 use crate::repo::store::{FileKind, Store};
@@ -279,7 +279,7 @@ pub(crate) fn mark(objects: &Objects, snaps: &[SnapshotInfo], progress: &VerifyP
     };
     progress.snapshots_total.store(snaps.len() as u64, Ordering::Relaxed);
     for (i, s) in snaps.iter().enumerate() {
-        let links = ObjectId::from_hex(&s.record.links).ok_or_else(|| anyhow!("snapshot {}: bad links id", s.id))?;
+        let links = s.record.links;
         if used.insert(links) {
             objects.get(&links, ObjKind::Meta).map_err(|e| what(&links, s, e))?;
         }
@@ -340,7 +340,8 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
 
     // plan
     progress.phase.store(1, Ordering::Relaxed);
-    let names = store.list(FileKind::Pack)?;
+    // (a file there whose name is no pack id is none of prune's business)
+    let names: Vec<String> = store.list(FileKind::Pack)?.into_iter().filter(|n| PackId::parse(n).is_some()).collect();
     progress.packs_total.store(names.len() as u64, Ordering::Relaxed);
     struct PackInfo {
         name: String,
@@ -385,10 +386,13 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
     let kept: HashSet<&str> =
         packs.iter().zip(&fates).filter(|(_, f)| **f == Fate::Keep).map(|(p, _)| p.name.as_str()).collect();
     let mut home: HashMap<ObjectId, Location> = HashMap::new();
+    // homes found damaged: their objects are copied elsewhere below
+    let mut lost: HashSet<ObjectId> = HashSet::new();
     for (p, f) in packs.iter().zip(&fates) {
         if *f == Fate::Keep {
             for e in &p.entries {
-                home.entry(e.id).or_insert_with(|| Location { pack: p.name.clone(), entry: *e });
+                let pack = PackId::parse(&p.name).expect("listed as a pack id above");
+                home.entry(e.id).or_insert_with(|| Location { pack, entry: *e });
             }
         }
     }
@@ -417,13 +421,13 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
                     .is_some_and(|raw| ObjectId::of_object(loc.entry.kind, &raw) == *id);
                 if !ok {
                     log::warn!("prune: the copy of {id} in pack {} is damaged; keeping another", loc.pack);
-                    loc.pack.clear(); // not a home: copied below
+                    lost.insert(*id); // not a home: copied below
                 }
             }
             None => {}
         }
     }
-    home.retain(|_, l| !l.pack.is_empty());
+    home.retain(|id, _| !lost.contains(id));
     let mut to_copy: Vec<(usize, PackEntry)> = Vec::new();
     let mut copying: HashSet<ObjectId> = HashSet::new();
     for (i, (p, f)) in packs.iter().zip(&fates).enumerate() {

@@ -62,6 +62,63 @@ impl ObjectId {
     }
 }
 
+/// In JSON (snapshot records), an id is its hex string; anything else is
+/// refused when the record is read.
+impl serde::Serialize for ObjectId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.hex())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ObjectId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ObjectId, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        ObjectId::from_hex(&s).ok_or_else(|| serde::de::Error::custom("not an object id (64 hex digits)"))
+    }
+}
+
+/// The name of a pack: the hex blake3 of its bytes. Made only from a name
+/// that is one (a file in `packs/` that is not is no pack of ours).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PackId(String);
+
+impl PackId {
+    pub fn parse(name: &str) -> Option<PackId> {
+        ObjectId::from_hex(name).map(PackId::from_id)
+    }
+
+    pub fn from_id(id: ObjectId) -> PackId {
+        PackId(id.hex())
+    }
+
+    pub fn id(&self) -> ObjectId {
+        ObjectId::from_hex(&self.0).expect("a PackId is made from a valid name")
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for PackId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for PackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0[..12])
+    }
+}
+
 impl fmt::Debug for ObjectId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.short())

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use thiserror::Error;
 
-use crate::repo::objects::{DecodeError, FileNode, ObjKind, ObjectId, Tree};
+use crate::repo::objects::{DecodeError, FileNode, ObjKind, ObjectId, PackId, Tree};
 use crate::repo::pack::{self, PackEntry, PackError, PackWriter};
 use crate::repo::state::StateDb;
 use crate::repo::store::{FileKind, Store, StoreError};
@@ -52,14 +52,14 @@ pub type ObjResult<T> = Result<T, ObjError>;
 /// Where an object is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
-    pub pack: String,
+    pub pack: PackId,
     pub entry: PackEntry,
 }
 
 impl Location {
     fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(50);
-        v.extend_from_slice(&ObjectId::from_hex(&self.pack).unwrap_or(ObjectId::ZERO).0);
+        v.extend_from_slice(&self.pack.id().0);
         v.push(self.entry.kind as u8);
         v.push(self.entry.codec);
         v.extend_from_slice(&self.entry.offset.to_le_bytes());
@@ -73,7 +73,7 @@ impl Location {
             return None;
         }
         Some(Location {
-            pack: ObjectId(b[..32].try_into().ok()?).hex(),
+            pack: PackId::from_id(ObjectId(b[..32].try_into().ok()?)),
             entry: PackEntry {
                 id,
                 kind: ObjKind::from_u8(b[32])?,
@@ -110,12 +110,12 @@ impl Index {
         }
     }
 
-    fn add_pack(&self, name: &str, entries: &[PackEntry]) -> ObjResult<()> {
+    fn add_pack(&self, name: &PackId, entries: &[PackEntry]) -> ObjResult<()> {
         match self {
             Index::Sled(db) => {
                 let mut batch = sled::Batch::default();
                 for e in entries {
-                    batch.insert(&e.id.0, Location { pack: name.to_string(), entry: *e }.encode());
+                    batch.insert(&e.id.0, Location { pack: name.clone(), entry: *e }.encode());
                 }
                 db.tree("index")?.apply_batch(batch)?;
                 db.tree("indexed_packs")?.insert(name.as_bytes(), &(entries.len() as u64).to_le_bytes())?;
@@ -123,7 +123,7 @@ impl Index {
             Index::Memory { objects, packs } => {
                 let mut o = objects.write_locked();
                 for e in entries {
-                    o.insert(e.id, Location { pack: name.to_string(), entry: *e });
+                    o.insert(e.id, Location { pack: name.clone(), entry: *e });
                 }
                 packs.write_locked().insert(name.to_string());
             }
@@ -227,10 +227,14 @@ impl Objects {
     fn index_packs_into(&self, index: &Index) -> ObjResult<usize> {
         let mut n = 0;
         for name in self.store.list(FileKind::Pack)? {
+            let Some(id) = PackId::parse(&name) else {
+                log::warn!("packs/{name}: not a pack name; ignored");
+                continue;
+            };
             if !index.has_pack(&name)? {
                 match self.pack_entries(&name) {
                     Ok(entries) => {
-                        index.add_pack(&name, &entries)?;
+                        index.add_pack(&id, &entries)?;
                         n += 1;
                     }
                     Err(e) => log::error!("pack {name} cannot be indexed: {e}"),

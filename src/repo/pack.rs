@@ -98,7 +98,7 @@ impl PackWriter {
     }
 
     /// The finished pack: its name, bytes and entries.
-    pub fn finish(mut self) -> (String, Vec<u8>, Vec<PackEntry>) {
+    pub fn finish(mut self) -> (crate::repo::objects::PackId, Vec<u8>, Vec<PackEntry>) {
         let trailer_off = self.buf.len() as u64;
         self.buf.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         for e in &self.entries {
@@ -111,7 +111,7 @@ impl PackWriter {
         }
         self.buf.extend_from_slice(&trailer_off.to_le_bytes());
         self.buf.extend_from_slice(FOOTER_MAGIC);
-        let name = ObjectId::of(&self.buf).hex();
+        let name = crate::repo::objects::PackId::from_id(ObjectId::of(&self.buf));
         (name, self.buf, self.entries)
     }
 }
@@ -216,7 +216,7 @@ mod tests {
         w.add(ObjectId::of_object(ObjKind::Blob, &a), ObjKind::Blob, &a);
         w.add(ObjectId::of_object(ObjKind::Tree, &b), ObjKind::Tree, &b);
         let (name, bytes, entries) = w.finish();
-        assert_eq!(name, ObjectId::of(&bytes).hex());
+        assert_eq!(name.as_str(), ObjectId::of(&bytes).hex());
         let size = bytes.len() as u64;
         let off = parse_footer(&name, &bytes[bytes.len() - 16..], size).unwrap();
         let parsed = parse_trailer(&name, &bytes[off as usize..bytes.len() - 16], off).unwrap();

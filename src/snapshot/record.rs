@@ -51,9 +51,9 @@ pub struct SnapshotRecord {
     pub time_sec: i64,
     pub time_nsec: u32,
     /// A tree with one entry, ".": the snapshot root with its metadata.
-    pub tree: String,
+    pub tree: ObjectId,
     /// The link table object.
-    pub links: String,
+    pub links: ObjectId,
     /// The snapshot this one was taken relative to, if incremental.
     pub parent: Option<String>,
     pub full: bool,
@@ -77,7 +77,7 @@ pub struct SnapshotInfo {
 
 impl SnapshotInfo {
     pub fn root_tree(&self) -> SnapResult<ObjectId> {
-        ObjectId::from_hex(&self.record.tree).ok_or_else(|| SnapError::BadRecord(self.id.clone()))
+        Ok(self.record.tree)
     }
 }
 
@@ -106,13 +106,10 @@ pub fn valid_name(n: &str) -> bool {
 }
 
 /// What is wrong with a record's fields, if anything: the name rules,
-/// object ids in hex, a block size a repository may have, nanoseconds.
+/// a parent that is a snapshot id, a block size a repository may have, nanoseconds.
 pub fn check_record(r: &SnapshotRecord) -> Result<(), String> {
     if !valid_name(&r.name) {
         return Err(format!("its name {:?} is not a valid snapshot name", r.name));
-    }
-    if ObjectId::from_hex(&r.tree).is_none() || ObjectId::from_hex(&r.links).is_none() {
-        return Err("its tree or link table id is not an object id".into());
     }
     if r.parent.as_ref().is_some_and(|p| ObjectId::from_hex(p).is_none()) {
         return Err("its parent is not a snapshot id".into());
@@ -170,8 +167,8 @@ impl SnapshotRecord {
             time: s("time"),
             time_sec: v.and_then(|v| v.get("time_sec")).and_then(|x| x.as_i64()).unwrap_or(0),
             time_nsec: 0,
-            tree: String::new(),
-            links: String::new(),
+            tree: ObjectId::ZERO,
+            links: ObjectId::ZERO,
             parent: None,
             full: false,
             source: String::new(),

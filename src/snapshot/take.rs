@@ -19,7 +19,7 @@ use anyhow::{bail, Result};
 use super::capture::Capture;
 use super::{Builder, LinkTable, Progress, SnapError, SnapshotInfo, SnapshotRecord};
 use crate::live::LiveFs;
-use crate::repo::objects::{ObjKind, ObjectId};
+use crate::repo::objects::ObjKind;
 use crate::repo::objstore::Objects;
 use crate::tracker::{Tracker, TrackerError};
 use crate::util;
@@ -41,10 +41,7 @@ pub struct Take<'a> {
 
 /// The hard-link table of snapshot `s` (empty if it has none).
 pub fn links_of(objects: &Objects, s: &SnapshotInfo) -> Result<LinkTable> {
-    Ok(match ObjectId::from_hex(&s.record.links) {
-        Some(id) => super::decode_links(&objects.get(&id, ObjKind::Meta)?).unwrap_or_default(),
-        None => Default::default(),
-    })
+    Ok(super::decode_links(&objects.get(&s.record.links, ObjKind::Meta)?).unwrap_or_default())
 }
 
 fn hostname() -> String {
@@ -138,8 +135,8 @@ impl Take<'_> {
                 time: util::rfc3339(now.as_secs() as i64),
                 time_sec: now.as_secs() as i64,
                 time_nsec: now.subsec_nanos(),
-                tree: top.hex(),
-                links: links.hex(),
+                tree: top,
+                links,
                 parent: if incremental { latest.map(|l| l.id.clone()) } else { None },
                 full: !incremental,
                 source: self.source.clone(),
