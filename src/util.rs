@@ -59,7 +59,9 @@ pub fn rfc3339(secs: i64) -> String {
 /// Seconds east of UTC of the local time zone at `secs` (TZ, /etc/localtime).
 pub fn local_offset(secs: i64) -> i64 {
     let t = secs as libc::time_t;
+    // SAFETY: a plain C struct, for which all-zero bytes are a valid value.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
         return 0;
     }
@@ -91,6 +93,7 @@ pub fn unix_now() -> i64 {
 /// 16 random bytes as hex.
 pub fn random_id() -> String {
     let mut b = [0u8; 16];
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     let n = unsafe { libc::getrandom(b.as_mut_ptr() as *mut libc::c_void, b.len(), 0) };
     if n != b.len() as isize {
         // Fall back to hashing time and pid; ids only need to be unique.

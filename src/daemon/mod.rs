@@ -222,10 +222,12 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
     // Opened before mounting: afterwards `dir` shows the mount, and this is
     // the only way to the real files.
     let bpath = cpath(&backing)?;
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     let braw = unsafe { libc::open(bpath.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
     if braw < 0 {
         bail!("{}: {}", backing.display(), std::io::Error::last_os_error());
     }
+    // SAFETY: the descriptor was just returned by the kernel (checked) and nothing else owns or closes it.
     let backing_fd = unsafe { OwnedFd::from_raw_fd(braw) };
     let root_st = sys::fstat(backing_fd.as_fd()).map_err(|e| anyhow!("{}: {e}", backing.display()))?;
 

@@ -52,15 +52,18 @@ pub(crate) fn spawn_background(args: &MountArgs) -> Result<()> {
 /// for its one line: `READY` (returns its pid) or `ERROR <message>`.
 pub(crate) fn spawn_daemon(args: Vec<std::ffi::OsString>, dir: &Path) -> Result<u32> {
     let mut fds = [0 as RawFd; 2];
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         bail!("pipe: {}", std::io::Error::last_os_error());
     }
+    // SAFETY: pipe2 succeeded: both descriptors are new and ours alone.
     let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let exe = std::env::current_exe().context("cannot find the snapfs executable")?;
     let mut cmd = Command::new(exe);
     cmd.args(&args).arg("--foreground").arg("--ready-fd").arg("3").arg(dir);
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     let wfd = w.as_raw_fd();
+    // SAFETY: between fork and exec the closure only makes async-signal-safe system calls.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
@@ -89,6 +92,7 @@ pub(crate) fn spawn_daemon(args: Vec<std::ffi::OsString>, dir: &Path) -> Result<
 }
 
 pub(crate) fn block_signals() -> libc::sigset_t {
+    // SAFETY: a plain C struct, for which all-zero bytes are a valid value.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
@@ -109,6 +113,7 @@ pub(crate) fn on_signals(
 ) -> std::io::Result<()> {
     std::thread::Builder::new().name("signals".into()).spawn(move || loop {
         let mut sig: libc::c_int = 0;
+        // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
         if unsafe { libc::sigwait(&sigset, &mut sig) } != 0 {
             continue;
         }
@@ -129,6 +134,7 @@ pub(crate) fn on_signals(
 
 pub(crate) fn notify(ready_fd: Option<RawFd>, msg: &str) {
     if let Some(fd) = ready_fd {
+        // SAFETY: the descriptor was just returned by the kernel (checked) and nothing else owns or closes it.
         let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
         let _ = writeln!(f, "{msg}");
     }

@@ -655,6 +655,7 @@ impl LiveFs {
         if a.uid.is_some() || a.gid.is_some() {
             let uid = a.uid.unwrap_or(u32::MAX);
             let gid = a.gid.unwrap_or(u32::MAX);
+            // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
             cvt(unsafe {
                 libc::fchownat(
                     self.fd(&i)?.as_raw_fd(),
@@ -668,8 +669,10 @@ impl LiveFs {
         if let Some(mode) = a.mode {
             let mode = mode & 0o7777;
             match &handle {
+                // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
                 Some(h) => cvt(unsafe { libc::fchmod(h.fd.as_raw_fd(), mode) })?,
                 None if i.is_symlink() => return Err(Errno::EOPNOTSUPP),
+                // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
                 None => cvt(unsafe { libc::chmod(Self::proc_path(&self.fd(&i)?).as_ptr(), mode) })?,
             };
         }
@@ -690,6 +693,7 @@ impl LiveFs {
                 self.tracker.set_size(self, i.ino, old, size);
             }
             let _kill = WithoutFsetid::new(ctx.uid != 0);
+            // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
             cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), size as i64) })?;
         }
         if a.atime.is_some() || a.mtime.is_some() {
@@ -753,12 +757,14 @@ impl LiveFs {
 
     pub fn mkdir(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32) -> SysResult<Entry> {
         self.make_node(ctx, parent, name, |dir, c| {
+            // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
             cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode) }).map(|_| ())
         })
     }
 
     pub fn mknod(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, rdev: u32) -> SysResult<Entry> {
         self.make_node(ctx, parent, name, |dir, c| {
+            // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
             cvt(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), mode, rdev as libc::dev_t) }).map(|_| ())
         })
     }
@@ -766,6 +772,7 @@ impl LiveFs {
     pub fn symlink(&self, ctx: &Ctx, parent: u64, name: &OsStr, target: &OsStr) -> SysResult<Entry> {
         let t = cstr(target)?;
         self.make_node(ctx, parent, name, |dir, c| {
+            // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
             cvt(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) }).map(|_| ())
         })
     }
@@ -782,6 +789,7 @@ impl LiveFs {
         self.cap_meta(&i);
         self.tracker.entries(self, p.ino);
         self.tracker.linked(self, i.ino, i.kind());
+        // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
         cvt(unsafe {
             libc::linkat(
                 self.fd(&i)?.as_raw_fd(),
@@ -833,6 +841,7 @@ impl LiveFs {
         } else {
             self.tracker.meta(self, st.st_ino, Kind::from_mode(st.st_mode));
         }
+        // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
         cvt(unsafe { libc::unlinkat(self.fd(&p)?.as_raw_fd(), c.as_ptr(), flags) })?;
         if last {
             self.tracker.gone(st.st_ino);
@@ -870,6 +879,7 @@ impl LiveFs {
                 self.pin(d.st_dev, d.st_ino);
             }
         }
+        // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
         cvt(unsafe {
             libc::renameat2(self.fd(&p)?.as_raw_fd(), c.as_ptr(), self.fd(&np)?.as_raw_fd(), nc.as_ptr(), flags)
         })?;
@@ -1047,8 +1057,10 @@ impl LiveFs {
     pub fn fsync(&self, fh: u64, datasync: bool) -> SysResult<()> {
         let h = self.file(fh)?;
         let r = if datasync {
+            // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
             unsafe { libc::fdatasync(h.fd.as_raw_fd()) }
         } else {
+            // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
             unsafe { libc::fsync(h.fd.as_raw_fd()) }
         };
         cvt(r).map(|_| ())
@@ -1165,8 +1177,10 @@ impl LiveFs {
     pub fn fsyncdir(&self, fh: u64, datasync: bool) -> SysResult<()> {
         let d = self.dir(fh)?;
         let r = if datasync {
+            // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
             unsafe { libc::fdatasync(d.fd.as_raw_fd()) }
         } else {
+            // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
             unsafe { libc::fsync(d.fd.as_raw_fd()) }
         };
         cvt(r).map(|_| ())
@@ -1175,7 +1189,9 @@ impl LiveFs {
     pub fn statfs(&self) -> SysResult<libc::statvfs> {
         let i = self.inode(ROOT)?;
         let mut s = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
         cvt(unsafe { libc::fstatvfs(self.fd(&i)?.as_raw_fd(), s.as_mut_ptr()) })?;
+        // SAFETY: the call before succeeded, so the kernel filled the value in.
         Ok(unsafe { s.assume_init() })
     }
 
@@ -1196,6 +1212,7 @@ impl LiveFs {
         self.cap_meta(&i);
         self.tracker.meta(self, i.ino, i.kind());
         i.no_caps.store(false, Ordering::SeqCst);
+        // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
         cvt(unsafe {
             libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr() as *const libc::c_void, value.len(), flags)
         })
@@ -1216,6 +1233,7 @@ impl LiveFs {
         let n = cstr(name)?;
         let mut buf = vec![0u8; size as usize];
         let r =
+            // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
             cvt(unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr() as *mut libc::c_void, buf.len()) });
         if caps && r == Err(Errno::ENODATA) {
             i.no_caps.store(true, Ordering::SeqCst);
@@ -1235,6 +1253,7 @@ impl LiveFs {
         }
         let p = self.xattr_path(&i)?;
         let mut buf = vec![0u8; size as usize];
+        // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
         let r = cvt(unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len()) })?;
         if size == 0 {
             return Ok((r as u32).to_ne_bytes().to_vec());
@@ -1250,6 +1269,7 @@ impl LiveFs {
         let n = cstr(name)?;
         self.cap_meta(&i);
         self.tracker.meta(self, i.ino, i.kind());
+        // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
         cvt(unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) }).map(|_| ())
     }
 
@@ -1278,6 +1298,7 @@ impl LiveFs {
                 self.tracker.set_size(self, h.ino, size, end);
             }
         }
+        // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
         cvt(unsafe { libc::fallocate(h.fd.as_raw_fd(), mode, off as i64, len as i64) })?;
         self.keep_kernel_mtime_of(h.node, h.fd.as_fd());
         if let Ok(st) = sys::fstat(h.fd.as_fd()) {
@@ -1337,6 +1358,7 @@ impl LiveFs {
         }
         let mut oi = off_in as i64;
         let mut oo = off_out as i64;
+        // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
         let r = cvt(unsafe {
             libc::copy_file_range(hi.fd.as_raw_fd(), &mut oi, ho.fd.as_raw_fd(), &mut oo, len as usize, flags)
         })?;

@@ -112,8 +112,10 @@ fn remove_any(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
         for e in sys::list_dir(sub.as_fd())? {
             remove_any(sub.as_fd(), &cname(e.name.as_encoded_bytes()))?;
         }
+        // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
         cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) })?;
     } else {
+        // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
         cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) })?;
     }
     Ok(())
@@ -137,6 +139,7 @@ fn read_marker(root: BorrowedFd<'_>) -> Option<Marker> {
 /// new file is created, never opened through a link.
 fn write_marker(root: BorrowedFd<'_>, marker: &Marker) -> Result<()> {
     let m = CString::new(MARKER).expect("no NUL");
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     match cvt(unsafe { libc::unlinkat(root.as_raw_fd(), m.as_ptr(), 0) }) {
         Ok(_) | Err(Errno::ENOENT) => {}
         Err(e) => bail!("{e}"),
@@ -154,9 +157,11 @@ fn write_marker(root: BorrowedFd<'_>, marker: &Marker) -> Result<()> {
 /// Set owner, mode, xattrs and times of `dir/name` as the entry says.
 fn set_meta(dir: BorrowedFd<'_>, name: &CStr, e: &Entry) -> Result<()> {
     let nofollow = libc::AT_SYMLINK_NOFOLLOW;
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     match cvt(unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), e.uid, e.gid, nofollow) }) {
         Ok(_) => {}
         // not root: files are the user's own, as with tar (said once)
+        // SAFETY: takes no arguments and cannot fail.
         Err(Errno::EPERM) if unsafe { libc::geteuid() } != 0 => {
             static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
             if !SAID.swap(true, Ordering::Relaxed) {
@@ -169,6 +174,7 @@ fn set_meta(dir: BorrowedFd<'_>, name: &CStr, e: &Entry) -> Result<()> {
         // after chown, which clears setuid/setgid
         // never through a symlink put there meanwhile (glibc does this
         // with O_PATH|O_NOFOLLOW; a symlink gives EOPNOTSUPP)
+        // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
         cvt(unsafe { libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), e.mode & 0o7777, nofollow) })
             .map_err(|err| anyhow!("chmod {name:?}: {err}"))?;
     }
@@ -193,6 +199,7 @@ fn set_meta(dir: BorrowedFd<'_>, name: &CStr, e: &Entry) -> Result<()> {
     }
     let ts = |t: crate::repo::objects::Time| libc::timespec { tv_sec: t.sec, tv_nsec: t.nsec as i64 };
     let times = [ts(e.atime), ts(e.mtime)];
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     cvt(unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), times.as_ptr(), nofollow) })
         .map_err(|err| anyhow!("times of {name:?}: {err}"))?;
     Ok(())
@@ -220,6 +227,7 @@ fn write_file(objects: &Objects, bs: u64, dir: BorrowedFd<'_>, e: &Entry, c: &Co
         // read-only already (a resumed restore not run as root): writable
         // for now, its mode is set at the end
         (Err(Errno::EACCES), Some(st)) => {
+            // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
             cvt(unsafe {
                 libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), (st.st_mode & 0o7777) | 0o200, libc::AT_SYMLINK_NOFOLLOW)
             })
@@ -230,6 +238,7 @@ fn write_file(objects: &Objects, bs: u64, dir: BorrowedFd<'_>, e: &Entry, c: &Co
     }
     .map_err(|err| anyhow!("{}: {err}", show(path)))?;
     let size_now = sys::fstat(fd.as_fd())?.st_size as u64;
+    // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), e.size as i64) }).map_err(|err| anyhow!("{}: {err}", show(path)))?;
     let mut buf = vec![0u8; bs as usize];
     // runs of holes past the old end are holes already (the truncate made
@@ -281,6 +290,7 @@ fn put_block(
     let mut written = 0;
     if id.is_zero() {
         // a hole again
+        // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
         let r = unsafe {
             libc::fallocate(
                 fd.as_raw_fd(),
@@ -413,6 +423,7 @@ pub fn restore(
     std::fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
     let tpath = CString::new(target.as_os_str().as_encoded_bytes()).map_err(|_| anyhow!("bad target path"))?;
     let root =
+        // SAFETY: the raw descriptor stays open for as long as the borrow is used (AT_FDCWD: always).
         sys::openat(unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) }, &tpath, libc::O_RDONLY | libc::O_DIRECTORY, 0)
             .map_err(|e| anyhow!("{}: {e}", target.display()))?;
     let marker = Marker { snapshot: snap.id.clone(), path: sub.to_string() };
@@ -465,10 +476,12 @@ pub fn restore(
                     Ok(st) if sys::is_dir(&st) => {}
                     Ok(_) if overwrite => {
                         remove_any(fd.as_fd(), &n)?;
+                        // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
                         cvt(unsafe { libc::mkdirat(fd.as_raw_fd(), n.as_ptr(), 0o700) })?;
                     }
                     Ok(_) => bail!("{}: exists and is not a directory", show(&p)),
                     Err(Errno::ENOENT) => {
+                        // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
                         cvt(unsafe { libc::mkdirat(fd.as_raw_fd(), n.as_ptr(), 0o700) })
                             .map_err(|err| anyhow!("{}: {err}", show(&p)))?;
                     }
@@ -539,6 +552,7 @@ pub fn restore(
         };
         if !same {
             remove_any(to.as_fd(), &n)?;
+            // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
             cvt(unsafe { libc::linkat(from.as_raw_fd(), cname(fname).as_ptr(), to.as_raw_fd(), n.as_ptr(), 0) })
                 .map_err(|err| anyhow!("link {}: {err}", show(&util::join_rel(dir, &e.name))))?;
         }
@@ -560,12 +574,15 @@ pub fn restore(
     }
     // everything on disk before the marker goes: an interrupted restore
     // (power lost included) can be continued
+    // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
     cvt(unsafe { libc::syncfs(root.as_raw_fd()) }).map_err(|e| anyhow!("syncfs {}: {e}", target.display()))?;
     let m = CString::new(MARKER).expect("no NUL");
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     let unlink = || cvt(unsafe { libc::unlinkat(root.as_raw_fd(), m.as_ptr(), 0) });
     match unlink() {
         // the target's own mode has no write bit (not running as root):
         // for a moment it has; its mode is set again just below
+        // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
         Err(Errno::EACCES) => cvt(unsafe { libc::fchmod(root.as_raw_fd(), 0o700) }).and_then(|_| unlink()),
         r => r,
     }
@@ -620,6 +637,7 @@ fn place(
             }
             if sys::fstatat(dir, &n).is_err() {
                 let t = CString::new(e.target.clone()).map_err(|_| anyhow!("{}: bad symlink target", show(&p)))?;
+                // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
                 cvt(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), n.as_ptr()) })
                     .map_err(|err| anyhow!("{}: {err}", show(&p)))?;
             }
@@ -634,6 +652,7 @@ fn place(
                 EntryKind::CharDev => libc::S_IFCHR,
                 _ => libc::S_IFBLK,
             };
+            // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
             cvt(unsafe { libc::mknodat(dir.as_raw_fd(), n.as_ptr(), ft | 0o600, e.rdev as libc::dev_t) })
                 .map_err(|err| anyhow!("{}: {err}", show(&p)))?;
         }
@@ -786,6 +805,7 @@ fn sync_entry(
         }
         (EntryKind::Dir, None) => {
             // restore the whole subtree from the snapshot
+            // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
             cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), n.as_ptr(), 0o700) })
                 .map_err(|e| anyhow!("{}: {e}", show(&p)))?;
             fill_new_dir(objects, bs, root, &p, w, st)?;
@@ -872,6 +892,7 @@ fn patch_file(objects: &Objects, bs: u64, dir: BorrowedFd<'_>, w: &Entry, h: &En
     let new = snapshot::entry_blocks(objects, w, bs)?;
     let old = snapshot::entry_blocks(objects, h, bs)?;
     let fd = sys::openat(dir, &n, libc::O_RDWR | libc::O_NOFOLLOW, 0).map_err(|e| anyhow!("{}: {e}", show(path)))?;
+    // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), w.size as i64) }).map_err(|e| anyhow!("{}: {e}", show(path)))?;
     let mut written = 0;
     let mut buf = vec![0u8; bs as usize];

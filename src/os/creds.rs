@@ -39,6 +39,7 @@ const CAP_FSETID: u32 = 4;
 fn capget() -> SysResult<[CapData; 2]> {
     let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
     let mut data = [CapData::default(); 2];
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     let r = unsafe { libc::syscall(libc::SYS_capget, &mut hdr as *mut CapHeader, data.as_mut_ptr()) };
     if r != 0 {
         return Err(Errno::last());
@@ -48,6 +49,7 @@ fn capget() -> SysResult<[CapData; 2]> {
 
 fn capset(data: &[CapData; 2]) -> SysResult<()> {
     let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
     if r != 0 {
         return Err(Errno::last());
@@ -99,6 +101,7 @@ impl AsCaller {
         if me != 0 || (uid == 0 && gid == 0) {
             return AsCaller { switched: false };
         }
+        // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
         unsafe {
             libc::syscall(libc::SYS_setfsgid, gid);
             libc::syscall(libc::SYS_setfsuid, uid);
@@ -117,6 +120,7 @@ impl AsCaller {
 impl Drop for AsCaller {
     fn drop(&mut self) {
         if self.switched {
+            // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
             unsafe {
                 libc::syscall(libc::SYS_setfsuid, 0);
                 libc::syscall(libc::SYS_setfsgid, 0);

@@ -81,6 +81,7 @@ pub fn snapfs_mount_at(dir: &Path) -> Option<MountEntry> {
 pub fn umount(dir: &Path, lazy: bool) -> std::io::Result<()> {
     let c = CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     if unsafe { libc::umount2(c.as_ptr(), flags) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -91,6 +92,7 @@ pub fn umount(dir: &Path, lazy: bool) -> std::io::Result<()> {
 /// Called by clients (never by the daemon, whose own mount this would be).
 pub fn syncfs(dir: &Path) {
     if let Ok(f) = std::fs::File::open(dir) {
+        // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
         unsafe { libc::syncfs(f.as_raw_fd()) };
     }
 }

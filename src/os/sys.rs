@@ -23,7 +23,9 @@ pub fn proc_fd_path(fd: RawFd) -> CString {
 }
 
 pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> SysResult<OwnedFd> {
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     let fd = cvt(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
+    // SAFETY: the descriptor was just returned by the kernel (checked) and nothing else owns or closes it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -35,7 +37,9 @@ pub fn open_path(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<OwnedFd> {
 /// Re-open an inode we hold an `O_PATH` descriptor of, with real access flags.
 pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> SysResult<OwnedFd> {
     let p = proc_fd_path(fd.as_raw_fd());
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     let r = cvt(unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: the descriptor was just returned by the kernel (checked) and nothing else owns or closes it.
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }
 
@@ -44,15 +48,19 @@ pub type Stat = libc::stat;
 pub fn fstat(fd: BorrowedFd<'_>) -> SysResult<Stat> {
     let mut st = MaybeUninit::<Stat>::uninit();
     let empty = c"";
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     cvt(unsafe {
         libc::fstatat(fd.as_raw_fd(), empty.as_ptr(), st.as_mut_ptr(), libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
     })?;
+    // SAFETY: the call before succeeded, so the kernel filled the value in.
     Ok(unsafe { st.assume_init() })
 }
 
 pub fn fstatat(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<Stat> {
     let mut st = MaybeUninit::<Stat>::uninit();
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     cvt(unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) })?;
+    // SAFETY: the call before succeeded, so the kernel filled the value in.
     Ok(unsafe { st.assume_init() })
 }
 
@@ -98,6 +106,7 @@ pub fn now_ns() -> i128 {
 
 pub fn readlinkat(fd: BorrowedFd<'_>) -> SysResult<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     let n = cvt(unsafe {
         libc::readlinkat(fd.as_raw_fd(), c"".as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len())
     })?;
@@ -111,6 +120,7 @@ pub fn fd_path(fd: RawFd) -> Option<OsString> {
 }
 
 pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> SysResult<usize> {
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     let n = cvt(unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), off as i64) })?;
     Ok(n as usize)
 }
@@ -130,6 +140,7 @@ pub fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> SysResult<usi
 }
 
 pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], off: u64) -> SysResult<usize> {
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     let n = cvt(unsafe { libc::pwrite(fd.as_raw_fd(), buf.as_ptr() as *const libc::c_void, buf.len(), off as i64) })?;
     Ok(n as usize)
 }
@@ -145,6 +156,7 @@ pub struct DirEntry {
 
 /// Read a batch of entries from a directory descriptor at its current position.
 pub fn getdents(fd: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<Vec<DirEntry>> {
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     let n = cvt(unsafe { libc::syscall(libc::SYS_getdents64, fd.as_raw_fd(), buf.as_mut_ptr(), buf.len()) } as i64)?;
     let mut out = Vec::new();
     let mut pos = 0usize;
@@ -164,6 +176,7 @@ pub fn getdents(fd: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<Vec<DirEntry>> 
 }
 
 pub fn lseek(fd: BorrowedFd<'_>, off: i64, whence: i32) -> SysResult<i64> {
+    // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
     cvt(unsafe { libc::lseek(fd.as_raw_fd(), off, whence) })
 }
 
@@ -186,6 +199,7 @@ pub fn list_dir(dir: BorrowedFd<'_>) -> SysResult<Vec<DirEntry>> {
 /// Raise this process's open file limit to its hard maximum: a passthrough
 /// holds one descriptor per inode the kernel remembers.
 pub fn raise_nofile_limit() {
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     unsafe {
         let mut rl = MaybeUninit::<libc::rlimit>::uninit();
         if libc::getrlimit(libc::RLIMIT_NOFILE, rl.as_mut_ptr()) == 0 {
@@ -222,6 +236,7 @@ pub fn handle_of(fd: BorrowedFd<'_>) -> SysResult<(FileHandle, i32)> {
     let mut buf = vec![0u8; 8 + MAX_HANDLE_SZ];
     buf[..4].copy_from_slice(&(MAX_HANDLE_SZ as u32).to_ne_bytes());
     let mut mount_id: libc::c_int = 0;
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     let r = unsafe {
         libc::syscall(
             libc::SYS_name_to_handle_at,
@@ -244,18 +259,21 @@ pub fn handle_of(fd: BorrowedFd<'_>) -> SysResult<(FileHandle, i32)> {
 /// is any descriptor on the same filesystem.
 pub fn open_by_handle(mount_fd: BorrowedFd<'_>, h: &FileHandle, flags: i32) -> SysResult<OwnedFd> {
     let mut buf = h.0.clone();
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     let r = unsafe {
         libc::syscall(libc::SYS_open_by_handle_at, mount_fd.as_raw_fd(), buf.as_mut_ptr(), flags | libc::O_CLOEXEC)
     };
     if r < 0 {
         return Err(Errno::last());
     }
+    // SAFETY: the descriptor was just returned by the kernel (checked) and nothing else owns or closes it.
     Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
 }
 
 /// The soft limit on open descriptors.
 pub fn nofile_limit() -> u64 {
     let mut rl = MaybeUninit::<libc::rlimit>::uninit();
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, rl.as_mut_ptr()) == 0 {
             return rl.assume_init().rlim_cur;
@@ -276,6 +294,7 @@ struct XattrArgs {
 }
 
 fn listxattr_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32, buf: &mut [u8]) -> SysResult<usize> {
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     let r = unsafe {
         libc::syscall(
             SYS_LISTXATTRAT,
@@ -295,6 +314,7 @@ fn listxattr_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32, buf: &mut [u8]) ->
 
 fn getxattr_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32, key: &CStr, buf: &mut [u8]) -> SysResult<usize> {
     let mut args = XattrArgs { value: buf.as_mut_ptr() as u64, size: buf.len() as u32, flags: 0 };
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     let r = unsafe {
         libc::syscall(
             SYS_GETXATTRAT,
@@ -374,6 +394,7 @@ fn xattrs_via_proc(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<Vec<(Vec<u8>, 
     let opened = if name.is_empty() { None } else { Some(open_path(dir, name)?) };
     let p = proc_fd_path(opened.as_ref().map_or(dir.as_raw_fd(), |f| f.as_raw_fd()));
     let list = match with_buf(|b| {
+        // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
         let r = unsafe { libc::listxattr(p.as_ptr(), b.as_mut_ptr() as *mut libc::c_char, b.len()) };
         if r < 0 {
             Err(Errno::last())
@@ -389,6 +410,7 @@ fn xattrs_via_proc(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<Vec<(Vec<u8>, 
     for key in list.split(|b| *b == 0).filter(|k| !k.is_empty()) {
         let ck = CString::new(key).map_err(|_| Errno::EINVAL)?;
         let v = with_buf(|b| {
+            // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
             let r = unsafe { libc::getxattr(p.as_ptr(), ck.as_ptr(), b.as_mut_ptr() as *mut libc::c_void, b.len()) };
             if r < 0 {
                 Err(Errno::last())
@@ -409,6 +431,7 @@ fn xattrs_via_proc(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<Vec<(Vec<u8>, 
 /// readlink of `dir/name`.
 pub fn readlink_at(dir: BorrowedFd<'_>, name: &CStr) -> SysResult<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     let n = cvt(unsafe {
         libc::readlinkat(dir.as_raw_fd(), name.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len())
     })?;
@@ -433,6 +456,7 @@ pub fn open_beneath(dir: BorrowedFd<'_>, path: &CStr, flags: i32) -> SysResult<O
         mode: 0,
         resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
     };
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     let r = unsafe {
         libc::syscall(
             libc::SYS_openat2,
@@ -445,6 +469,7 @@ pub fn open_beneath(dir: BorrowedFd<'_>, path: &CStr, flags: i32) -> SysResult<O
     if r < 0 {
         return Err(Errno::last());
     }
+    // SAFETY: the descriptor was just returned by the kernel (checked) and nothing else owns or closes it.
     Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
 }
 
@@ -453,6 +478,7 @@ pub fn set_xattr_at(dir: BorrowedFd<'_>, name: &CStr, key: &[u8], value: &[u8]) 
     const SYS_SETXATTRAT: libc::c_long = 463;
     let key = CString::new(key).map_err(|_| Errno::EINVAL)?;
     let args = XattrArgs { value: value.as_ptr() as u64, size: value.len() as u32, flags: 0 };
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     let r = unsafe {
         libc::syscall(
             SYS_SETXATTRAT,
@@ -467,6 +493,7 @@ pub fn set_xattr_at(dir: BorrowedFd<'_>, name: &CStr, key: &[u8], value: &[u8]) 
     if r < 0 {
         return match Errno::last() {
             // before Linux 6.13: through /proc/self/fd, never a symlink
+            // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
             Errno::ENOSYS => xattr_via_proc(dir, name, |p| unsafe {
                 libc::setxattr(p, key.as_ptr(), value.as_ptr() as *const libc::c_void, value.len(), 0)
             }),
@@ -480,6 +507,7 @@ pub fn set_xattr_at(dir: BorrowedFd<'_>, name: &CStr, key: &[u8], value: &[u8]) 
 pub fn remove_xattr_at(dir: BorrowedFd<'_>, name: &CStr, key: &[u8]) -> SysResult<()> {
     const SYS_REMOVEXATTRAT: libc::c_long = 466;
     let key = CString::new(key).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     let r = unsafe {
         libc::syscall(
             SYS_REMOVEXATTRAT,
@@ -491,6 +519,7 @@ pub fn remove_xattr_at(dir: BorrowedFd<'_>, name: &CStr, key: &[u8]) -> SysResul
     };
     if r < 0 {
         return match Errno::last() {
+            // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
             Errno::ENOSYS => xattr_via_proc(dir, name, |p| unsafe { libc::removexattr(p, key.as_ptr()) }),
             e => Err(e),
         };
@@ -524,6 +553,7 @@ mod tests {
         let f = t.path().join("f");
         std::fs::write(&f, b"x").unwrap();
         let c = CString::new(f.to_str().unwrap()).unwrap();
+        // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
         let r = unsafe { libc::setxattr(c.as_ptr(), c"user.k".as_ptr(), b"val".as_ptr() as *const libc::c_void, 3, 0) };
         assert_eq!(r, 0);
         std::os::unix::fs::symlink("f", t.path().join("l")).unwrap();

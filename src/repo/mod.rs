@@ -404,6 +404,7 @@ impl Repo {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&p)
             .map_err(io_err(&p))?;
+        // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
         let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if r != 0 {
             let mut s = String::new();

@@ -552,8 +552,10 @@ fn is_under_gone_dir(prev: &Tree, dir: &[u8], p: &[u8], names: &[Vec<u8>]) -> bo
 
 fn open_for_read(dir: BorrowedFd<'_>, name: &CString) -> Result<OwnedFd, Errno> {
     let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_NOATIME) };
     let fd = if fd < 0 && Errno::last() == Errno::EPERM {
+        // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
         unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) }
     } else {
         fd
@@ -561,6 +563,7 @@ fn open_for_read(dir: BorrowedFd<'_>, name: &CString) -> Result<OwnedFd, Errno> 
     if fd < 0 {
         return Err(Errno::last());
     }
+    // SAFETY: the descriptor was just returned by the kernel (checked) and nothing else owns or closes it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
