@@ -64,6 +64,20 @@ impl SnapFuse {
 
 const EROFS: fuser::Errno = fuser::Errno::EROFS;
 
+// --- routing: which filesystem a node id belongs to, decided here only
+
+/// Node ids with bit 63 set are the snapshot view's (`.snapshots` in a live
+/// mount); everything that would change one answers `EROFS`. Reserved names
+/// in the live tree are `live::reserved`'s: the live filesystem answers for
+/// them, except the lookup of `.snapshots`, which enters the view.
+fn writable(ino: INodeNo) -> Result<(), fuser::Errno> {
+    if is_view(ino.0) {
+        Err(EROFS)
+    } else {
+        Ok(())
+    }
+}
+
 // --- replies for view nodes, shared by the live and the browse adapters
 
 fn view_entry(view: &View, r: crate::os::errno::SysResult<fuser::FileAttr>, reply: ReplyEntry) {
@@ -256,8 +270,8 @@ impl Filesystem for SnapFuse {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        if is_view(ino.0) {
-            return reply.error(EROFS);
+        if let Err(e) = writable(ino) {
+            return reply.error(e);
         }
         let a = SetAttr { mode, uid, gid, size, atime: time(atime), mtime: time(mtime), fh: fh.map(|f| f.0) };
         match self.live.setattr(&ctx(_req), ino.0, &a) {
@@ -284,11 +298,8 @@ impl Filesystem for SnapFuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        if is_view(parent.0) {
-            return reply.error(EROFS);
-        }
-        if Self::is_snapshots(parent, name) {
-            return reply.error(fuser::Errno::EEXIST);
+        if let Err(e) = writable(parent) {
+            return reply.error(e);
         }
         match self.live.mknod(&ctx(req), parent.0, name, mode, rdev) {
             Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
@@ -297,11 +308,8 @@ impl Filesystem for SnapFuse {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
-        if is_view(parent.0) {
-            return reply.error(EROFS);
-        }
-        if Self::is_snapshots(parent, name) {
-            return reply.error(fuser::Errno::EEXIST);
+        if let Err(e) = writable(parent) {
+            return reply.error(e);
         }
         match self.live.mkdir(&ctx(req), parent.0, name, mode) {
             Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
@@ -310,8 +318,8 @@ impl Filesystem for SnapFuse {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        if is_view(parent.0) || Self::is_snapshots(parent, name) {
-            return reply.error(EROFS);
+        if let Err(e) = writable(parent) {
+            return reply.error(e);
         }
         match self.live.unlink(parent.0, name) {
             Ok(()) => reply.ok(),
@@ -320,8 +328,8 @@ impl Filesystem for SnapFuse {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        if is_view(parent.0) || Self::is_snapshots(parent, name) {
-            return reply.error(EROFS);
+        if let Err(e) = writable(parent) {
+            return reply.error(e);
         }
         match self.live.rmdir(parent.0, name) {
             Ok(()) => reply.ok(),
@@ -330,11 +338,8 @@ impl Filesystem for SnapFuse {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        if is_view(parent.0) {
-            return reply.error(EROFS);
-        }
-        if Self::is_snapshots(parent, link_name) {
-            return reply.error(fuser::Errno::EEXIST);
+        if let Err(e) = writable(parent) {
+            return reply.error(e);
         }
         match self.live.symlink(&ctx(req), parent.0, link_name, target.as_os_str()) {
             Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
@@ -352,12 +357,8 @@ impl Filesystem for SnapFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        if is_view(parent.0)
-            || is_view(newparent.0)
-            || Self::is_snapshots(parent, name)
-            || Self::is_snapshots(newparent, newname)
-        {
-            return reply.error(EROFS);
+        if let Err(e) = writable(parent).and(writable(newparent)) {
+            return reply.error(e);
         }
         match self.live.rename(parent.0, name, newparent.0, newname, flags.bits()) {
             Ok(()) => reply.ok(),
@@ -366,11 +367,8 @@ impl Filesystem for SnapFuse {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        if is_view(ino.0) || is_view(newparent.0) {
-            return reply.error(EROFS);
-        }
-        if Self::is_snapshots(newparent, newname) {
-            return reply.error(fuser::Errno::EEXIST);
+        if let Err(e) = writable(ino).and(writable(newparent)) {
+            return reply.error(e);
         }
         match self.live.link(ino.0, newparent.0, newname) {
             Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
@@ -420,8 +418,8 @@ impl Filesystem for SnapFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        if is_view(_ino.0) {
-            return reply.error(EROFS);
+        if let Err(e) = writable(_ino) {
+            return reply.error(e);
         }
         let kill = _write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         match self.live.write(fh.0, offset, data, kill) {
@@ -544,8 +542,8 @@ impl Filesystem for SnapFuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        if is_view(ino.0) {
-            return reply.error(EROFS);
+        if let Err(e) = writable(ino) {
+            return reply.error(e);
         }
         match self.live.setxattr(ino.0, name, value, flags) {
             Ok(()) => reply.ok(),
@@ -576,8 +574,8 @@ impl Filesystem for SnapFuse {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        if is_view(ino.0) {
-            return reply.error(EROFS);
+        if let Err(e) = writable(ino) {
+            return reply.error(e);
         }
         match self.live.removexattr(ino.0, name) {
             Ok(()) => reply.ok(),
@@ -600,11 +598,8 @@ impl Filesystem for SnapFuse {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        if is_view(parent.0) {
-            return reply.error(EROFS);
-        }
-        if Self::is_snapshots(parent, name) {
-            return reply.error(fuser::Errno::EEXIST);
+        if let Err(e) = writable(parent) {
+            return reply.error(e);
         }
         match self.live.create(&ctx(req), parent.0, name, mode, flags) {
             Ok((e, o)) => reply.created(&self.ttl(), &e.attr, Generation(0), FileHandle(o.fh), fopen(&o)),
@@ -622,8 +617,8 @@ impl Filesystem for SnapFuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        if is_view(ino.0) {
-            return reply.error(EROFS);
+        if let Err(e) = writable(ino) {
+            return reply.error(e);
         }
         match self.live.fallocate(fh.0, offset, length, mode) {
             Ok(()) => reply.ok(),
@@ -654,8 +649,8 @@ impl Filesystem for SnapFuse {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        if is_view(ino_out.0) {
-            return reply.error(EROFS);
+        if let Err(e) = writable(ino_out) {
+            return reply.error(e);
         }
         if is_view(ino_in.0) {
             // the kernel copies through read and write instead

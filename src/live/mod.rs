@@ -46,15 +46,14 @@ use crate::snapshot::capture::{Capture, DataChange};
 use crate::tracker::{Ancestry, Kind, Tracker};
 use crate::util::{Locked, RwLocked};
 
+pub mod reserved;
+pub use reserved::{Reserved, REPO_NAME, SNAPSHOTS_NAME};
+
 /// Node id of the root.
 pub const ROOT: u64 = 1;
-/// Name of the repository inside the backing root; never visible in the mount.
-pub const REPO_NAME: &str = ".snapfs";
 /// First node id handed out for inodes whose backing number cannot be used.
 /// Bit 63 stays free for the snapshot views.
 pub const EXTRA_NODES: u64 = 1 << 56;
-/// Name of the snapshot folder at the root of the mount.
-pub const SNAPSHOTS_NAME: &str = ".snapshots";
 
 /// Who is asking.
 #[derive(Debug, Clone, Copy)]
@@ -480,9 +479,13 @@ impl LiveFs {
         self.dirs.read_locked().get(&fh).cloned().ok_or(Errno::EBADF)
     }
 
-    /// Names at the root that belong to snapfs itself.
-    fn is_reserved(&self, parent: &Inode, name: &OsStr) -> bool {
-        parent.nodeid == ROOT && (name == REPO_NAME || name == SNAPSHOTS_NAME)
+    /// The reserved name (see [`reserved`]) `name` is in `parent`, if any.
+    fn reserved(&self, parent: &Inode, name: &OsStr) -> Option<Reserved> {
+        if parent.nodeid == ROOT {
+            Reserved::at_root(name.as_bytes())
+        } else {
+            None
+        }
     }
 
     /// How to reach the inode `fd` refers to from now on; the descriptor
@@ -617,7 +620,8 @@ impl LiveFs {
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> SysResult<Entry> {
         let p = self.inode(parent)?;
-        if self.is_reserved(&p, name) {
+        // (the adapter routes `.snapshots` to the view before this)
+        if self.reserved(&p, name).is_some() {
             return Err(Errno::ENOENT);
         }
         self.entry_for(&p, name)
@@ -740,8 +744,8 @@ impl LiveFs {
     ) -> SysResult<Entry> {
         let _writers = self.writer();
         let p = self.inode(parent)?;
-        if self.is_reserved(&p, name) {
-            return Err(Errno::EPERM);
+        if let Some(r) = self.reserved(&p, name) {
+            return Err(r.on_create());
         }
         let c = cstr(name)?;
         self.cap_dir(&p);
@@ -781,8 +785,8 @@ impl LiveFs {
         let _writers = self.writer();
         let i = self.inode(nodeid)?;
         let p = self.inode(newparent)?;
-        if self.is_reserved(&p, newname) {
-            return Err(Errno::EPERM);
+        if let Some(r) = self.reserved(&p, newname) {
+            return Err(r.on_create());
         }
         let c = cstr(newname)?;
         self.cap_dir(&p);
@@ -828,8 +832,8 @@ impl LiveFs {
     fn remove(&self, parent: u64, name: &OsStr, flags: i32) -> SysResult<()> {
         let _writers = self.writer();
         let p = self.inode(parent)?;
-        if self.is_reserved(&p, name) {
-            return Err(Errno::ENOENT);
+        if let Some(r) = self.reserved(&p, name) {
+            return Err(r.on_remove());
         }
         let c = cstr(name)?;
         let st = sys::fstatat(self.fd(&p)?.as_fd(), &c)?;
@@ -855,8 +859,8 @@ impl LiveFs {
         let _writers = self.writer();
         let p = self.inode(parent)?;
         let np = self.inode(newparent)?;
-        if self.is_reserved(&p, name) || self.is_reserved(&np, newname) {
-            return Err(Errno::EPERM);
+        if let Some(r) = self.reserved(&p, name).or(self.reserved(&np, newname)) {
+            return Err(r.on_rename());
         }
         let c = cstr(name)?;
         let nc = cstr(newname)?;
@@ -978,8 +982,8 @@ impl LiveFs {
     pub fn create(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, flags: i32) -> SysResult<(Entry, OpenReply)> {
         let _writers = self.writer();
         let p = self.inode(parent)?;
-        if self.is_reserved(&p, name) {
-            return Err(Errno::EPERM);
+        if let Some(r) = self.reserved(&p, name) {
+            return Err(r.on_create());
         }
         let c = cstr(name)?;
         let (f, direct) = self.backing_flags(flags);
@@ -1096,7 +1100,7 @@ impl LiveFs {
                 return Ok(());
             }
             for e in batch {
-                if d.nodeid == ROOT && (e.name == REPO_NAME || e.name == SNAPSHOTS_NAME) {
+                if reserved::hidden(d.nodeid == ROOT, e.name.as_bytes()) {
                     *pos = e.next_off;
                     continue;
                 }
@@ -1133,7 +1137,7 @@ impl LiveFs {
                 return Ok(());
             }
             for e in batch {
-                let hidden = d.nodeid == ROOT && (e.name == REPO_NAME || e.name == SNAPSHOTS_NAME);
+                let hidden = reserved::hidden(d.nodeid == ROOT, e.name.as_bytes());
                 let dots = e.name == "." || e.name == "..";
                 let full = if hidden {
                     false
@@ -1391,4 +1395,58 @@ fn mode_of(a: &FileAttr) -> u32 {
 /// Name bytes for logs.
 pub fn show(name: &OsStr) -> String {
     String::from_utf8_lossy(name.as_bytes()).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    //! `LiveFs` without a mount: the parts that need no kernel.
+    use super::*;
+    use crate::repo::state::StateDb;
+    use std::ffi::OsStr;
+
+    fn live() -> (tempfile::TempDir, LiveFs, Arc<Tracker>) {
+        let t = tempfile::tempdir().unwrap();
+        let root = std::fs::File::open(t.path()).unwrap();
+        let st = sys::fstat(root.as_fd()).unwrap();
+        let db = StateDb::temporary();
+        let (tracker, _) = Tracker::open(&db, 4096, st.st_ino, "/test").unwrap();
+        let tracker = Arc::new(tracker);
+        let fs = LiveFs::new(root.as_fd(), tracker.clone(), Options::default()).unwrap();
+        (t, fs, tracker)
+    }
+
+    #[test]
+    fn reserved_names_answer_as_the_rule_says() {
+        let (t, fs, _) = live();
+        let c = Ctx::root();
+        let e = |r: SysResult<Entry>| r.err();
+        assert_eq!(e(fs.mkdir(&c, ROOT, OsStr::new(".snapshots"), 0o755)), Some(Errno::EEXIST));
+        assert_eq!(e(fs.mkdir(&c, ROOT, OsStr::new(".snapfs"), 0o755)), Some(Errno::EPERM));
+        assert_eq!(e(fs.symlink(&c, ROOT, OsStr::new(".snapfs"), OsStr::new("x"))), Some(Errno::EPERM));
+        assert_eq!(e(fs.lookup(ROOT, OsStr::new(".snapfs"))), Some(Errno::ENOENT));
+        assert_eq!(fs.unlink(ROOT, OsStr::new(".snapfs")).err(), Some(Errno::ENOENT));
+        assert_eq!(fs.rmdir(ROOT, OsStr::new(".snapshots")).err(), Some(Errno::EROFS));
+        let d = fs.mkdir(&c, ROOT, OsStr::new("d"), 0o755).unwrap();
+        assert_eq!(fs.rename(ROOT, OsStr::new("d"), ROOT, OsStr::new(".snapshots"), 0).err(), Some(Errno::EROFS));
+        assert_eq!(fs.rename(ROOT, OsStr::new("d"), ROOT, OsStr::new(".snapfs"), 0).err(), Some(Errno::EPERM));
+        // below the root they are ordinary names
+        fs.mkdir(&c, d.nodeid, OsStr::new(".snapfs"), 0o755).unwrap();
+        assert!(t.path().join("d/.snapfs").is_dir());
+        assert!(!t.path().join(".snapfs").exists());
+    }
+
+    #[test]
+    fn changes_are_tracked_before_they_are_made() {
+        let (t, fs, tracker) = live();
+        let c = Ctx::root();
+        let (e, o) = fs.create(&c, ROOT, OsStr::new("f"), 0o644, libc::O_RDWR).unwrap();
+        fs.write(o.fh, 0, &[7u8; 10_000], false).unwrap();
+        fs.release(o.fh);
+        let s = tracker.summary();
+        assert_eq!((s.files, s.dirs), (1, 1), "{s:?}");
+        assert_eq!(std::fs::read(t.path().join("f")).unwrap(), vec![7u8; 10_000]);
+        fs.unlink(ROOT, OsStr::new("f")).unwrap();
+        assert_eq!(tracker.summary().files, 0, "a removed file is forgotten");
+        assert!(fs.getattr(e.nodeid, None).is_ok(), "the node stays until the kernel forgets it");
+    }
 }

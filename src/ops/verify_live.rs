@@ -38,7 +38,6 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use crate::live::{REPO_NAME, SNAPSHOTS_NAME};
 use crate::ops::verify::VerifyProgress;
 use crate::os::sys;
 use crate::repo::objects::{Entry, EntryKind, ObjKind, ObjectId, Tree};
@@ -177,7 +176,7 @@ impl Checker<'_> {
         };
         let mut names: Vec<Vec<u8>> = listed.into_iter().map(|e| e.name.into_vec()).collect();
         if path.is_empty() {
-            names.retain(|n| n != REPO_NAME.as_bytes() && n != SNAPSHOTS_NAME.as_bytes());
+            names.retain(|n| !crate::live::reserved::hidden(true, n));
         }
         names.sort();
         if strict.is_some() {

@@ -4,7 +4,6 @@
 //! the hard-link table beside it.
 
 use super::*;
-use crate::live::{REPO_NAME, SNAPSHOTS_NAME};
 use crate::os::errno::Errno;
 use crate::os::sys;
 use crate::repo::objects::{self, Entry, EntryKind, ObjKind, ObjectId, Time, Totals, Tree};
@@ -243,7 +242,7 @@ impl<'a> Builder<'a> {
             Some(l) => l.into_iter().map(|(n, i)| (n, Some(i), None)).collect(),
             None => live.into_iter().map(|(n, i)| (n, None, Some(i))).collect(),
         };
-        listing.retain(|(n, _, _)| !(path.is_empty() && (n == REPO_NAME.as_bytes() || n == SNAPSHOTS_NAME.as_bytes())));
+        listing.retain(|(n, _, _)| !crate::live::reserved::hidden(path.is_empty(), n));
         listing.sort();
         let names: Vec<Vec<u8>> = listing.iter().map(|(n, _, _)| n.clone()).collect();
         // what the previous snapshot linked here is re-recorded below

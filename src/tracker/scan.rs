@@ -15,7 +15,6 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::live::{REPO_NAME, SNAPSHOTS_NAME};
 use crate::os::errno::SysResult;
 use crate::os::sys;
 use crate::tracker::{Ancestry, Kind, Tracker};
@@ -63,7 +62,7 @@ pub fn scan(root: BorrowedFd<'_>, tracker: &Tracker, threshold_ns: i128) -> SysR
             }
         };
         for e in entries {
-            if dir_ino == root_st.st_ino && (e.name == REPO_NAME || e.name == SNAPSHOTS_NAME) {
+            if crate::live::reserved::hidden(dir_ino == root_st.st_ino, e.name.as_encoded_bytes()) {
                 continue;
             }
             stats.entries += 1;
