@@ -347,7 +347,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let r = control::call(&d, &Request::Schedule { every, keep, off }, Duration::from_secs(60))
                 .with_context(|| format!("asking the daemon of {}", d.display()))?;
-            let st = r.status.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_else(|| "schedule failed".into())))?;
+            let st = r.answer("status", |r| r.status)?;
             let sched = st.health.and_then(|h| h.schedule);
             if json {
                 println!("{}", serde_json::to_string_pretty(&sched)?);
@@ -507,7 +507,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let r = control::call(&d, &req, Duration::from_secs(30 * 86400))
                 .with_context(|| format!("asking the daemon of {}", d.display()))?;
-            let list = r.replicas.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_else(|| "replica failed".into())))?;
+            let list = r.answer("replica list", |r| r.replicas)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
@@ -636,9 +636,7 @@ fn rollback(dir: &Path, name: &str, path: &str, json: bool) -> Result<()> {
     );
     let reply =
         control::call(&dir, &Request::Snapshot { name: Some(safety), full: false }, Duration::from_secs(7 * 86400))?;
-    let now = reply
-        .snapshot
-        .ok_or_else(|| anyhow::anyhow!(reply.error.unwrap_or_else(|| "safety snapshot failed".into())))?;
+    let now = reply.answer("safety snapshot", |r| r.snapshot).context("safety snapshot")?;
     let st = snapfs::ops::restore::rollback(&objects, &target, &now, path, root.as_fd())?;
     if json {
         println!("{}", serde_json::to_string_pretty(&st)?);
@@ -715,7 +713,7 @@ fn repo_for(dir: Option<&Path>, repo: Option<&str>) -> Result<Repo> {
     if let Some(d) = mounted(dir, repo) {
         let r = control::call(&d, &Request::Status { files: false }, Duration::from_secs(30))
             .with_context(|| format!("asking the daemon of {}", d.display()))?;
-        let s = r.status.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_default()))?;
+        let s = r.answer("status", |r| r.status)?;
         // (a path through the daemon's descriptor, or a URL: used as is)
         return Ok(Repo::open_at(&repo::Location::parse(&s.repository_access)?, None)?);
     }
@@ -739,7 +737,7 @@ fn list(dir: Option<&Path>, repo: Option<&str>) -> Result<Vec<snapfs::snapshot::
     if let Some(d) = mounted(dir, repo) {
         let r = control::call(&d, &Request::List, Duration::from_secs(60))
             .with_context(|| format!("asking the daemon of {}", d.display()))?;
-        return r.snapshots.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_default()));
+        return Ok(r.answer("snapshot list", |r| r.snapshots)?);
     }
     let r = offline_repo(dir, repo)?;
     Ok(snapfs::snapshot::list_all(&*r.store())?)
@@ -749,7 +747,7 @@ fn diff(dir: Option<&Path>, repo: Option<&str>, a: &str, b: &str) -> Result<snap
     if let Some(d) = mounted(dir, repo) {
         let r = control::call(&d, &Request::Diff { a: a.into(), b: b.into() }, Duration::from_secs(3600))
             .with_context(|| format!("asking the daemon of {}", d.display()))?;
-        return r.diff.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_default()));
+        return Ok(r.answer("diff", |r| r.diff)?);
     }
     let r = offline_repo(dir, repo)?;
     // sled may be held by a daemon: an index in memory from the packs will do

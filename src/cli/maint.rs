@@ -124,7 +124,7 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
         let get = || control::call(&d, &Request::Progress, Duration::from_secs(5)).ok().and_then(|r| r.task);
         let r = with_progress(a.json, get, || control::call(&d, &req, Duration::from_secs(30 * 86400)))
             .with_context(|| format!("asking the daemon of {}", d.display()))?;
-        r.verify.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_else(|| "verify failed".into())))?
+        r.answer("verify report", |r| r.verify)?
     } else {
         let r = lock_offline(a.dir, a.repo, "verify")?;
         let (db, repaired) = r.open_state_repaired()?;
@@ -186,7 +186,7 @@ pub fn verify_live(dir: &Path, json: bool) -> Result<()> {
     let get = || control::call(&d, &Request::Progress, Duration::from_secs(5)).ok().and_then(|r| r.task);
     let r = with_progress(json, get, || control::call(&d, &Request::VerifyLive, Duration::from_secs(30 * 86400)))
         .with_context(|| format!("asking the daemon of {}", d.display()))?;
-    let report = r.live.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_else(|| "verify --live failed".into())))?;
+    let report = r.answer("verify --live report", |r| r.live)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -213,7 +213,7 @@ pub fn forget(a: ForgetArgs) -> Result<()> {
         let req = Request::Forget { names: a.names.clone(), policy: a.policy.clone(), dry_run: a.dry_run };
         let r = control::call(&d, &req, Duration::from_secs(3600))
             .with_context(|| format!("asking the daemon of {}", d.display()))?;
-        r.forget.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_else(|| "forget failed".into())))?
+        r.answer("forget report", |r| r.forget)?
     } else {
         let r = lock_offline(a.dir, a.repo, "forget")?;
         maint::forget(&*r.store(), &a.names, &a.policy, a.dry_run, None, &Default::default())?
@@ -256,7 +256,7 @@ fn prune_report(
         let get = || control::call(&d, &Request::Progress, Duration::from_secs(5)).ok().and_then(|r| r.task);
         let r = with_progress(quiet, get, || control::call(&d, &req, Duration::from_secs(30 * 86400)))
             .with_context(|| format!("asking the daemon of {}", d.display()))?;
-        return r.prune.ok_or_else(|| anyhow::anyhow!(r.error.unwrap_or_else(|| "prune failed".into())));
+        return Ok(r.answer("prune report", |r| r.prune)?);
     }
     let r = lock_offline(dir, repo, "prune")?;
     let (db, repaired) = r.open_state_repaired()?;

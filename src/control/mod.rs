@@ -174,7 +174,26 @@ pub struct Reply {
     pub replicas: Option<Vec<crate::ops::replica::ReplicaStatus>>,
 }
 
+/// A reply that is not the answer asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplyError {
+    /// The daemon said why.
+    #[error("{0}")]
+    Daemon(String),
+    #[error("the daemon's reply holds no {0}")]
+    Empty(&'static str),
+}
+
 impl Reply {
+    /// The part of the reply `pick` takes (`what` names it), or the
+    /// daemon's error.
+    pub fn answer<T>(self, what: &'static str, pick: impl FnOnce(Reply) -> Option<T>) -> Result<T, ReplyError> {
+        if let Some(e) = self.error.clone().filter(|_| !self.ok) {
+            return Err(ReplyError::Daemon(e));
+        }
+        pick(self).ok_or(ReplyError::Empty(what))
+    }
+
     pub fn ok() -> Reply {
         Reply {
             ok: true,
