@@ -15,7 +15,7 @@ use snapfs::repo::objstore::Objects;
 use snapfs::repo::{Repo, RepoError};
 use snapfs::util;
 
-use crate::mounted;
+use super::mounted;
 
 /// `[#####.....]`
 fn bar(done: u64, total: u64) -> String {
@@ -85,7 +85,7 @@ fn with_progress<T>(quiet: bool, get: impl Fn() -> Option<ProgressView> + Send, 
 
 /// Open an unmounted repository for exclusive maintenance.
 fn lock_offline(dir: Option<&Path>, repo: Option<&str>, what: &str) -> Result<Repo> {
-    let mut r = crate::offline_repo(dir, repo)?;
+    let mut r = super::offline_repo(dir, repo)?;
     match r.lock() {
         Ok(()) => Ok(r),
         Err(RepoError::Locked { path, pid }) => {
@@ -152,7 +152,7 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
     } else {
         print!("{}", verify::render(&report));
     }
-    if let Ok(r) = crate::repo_for(a.dir, a.repo) {
+    if let Ok(r) = super::repo_for(a.dir, a.repo) {
         let exposed = snapfs::os::private::exposure(&r.path);
         for line in &exposed {
             eprintln!("snapfs: WARNING: repository not private: {line}");

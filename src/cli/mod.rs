@@ -1,4 +1,384 @@
-//! The client side of the command line: talk to a mount's daemon, or work
-//! on a repository offline, and print (text, or `--json`).
+//! The client side of the command line: each command talks to a mount's
+//! daemon (over the control socket) or works on a repository offline, and
+//! prints what it found (text, or `--json`). `main.rs` holds the argument
+//! definitions only.
 
 pub mod maint;
+pub mod recovery;
+pub mod snapshots;
+pub mod status;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use snapfs::control::{self, Request};
+use snapfs::daemon::{self, MountArgs};
+use snapfs::repo::{self, Repo};
+use snapfs::util;
+
+use crate::{Cli, Cmd, ReplicaCmd};
+use maint as cli_maint;
+use recovery::rollback;
+use snapshots::{diff, list, print_diff, print_list, take_snapshot};
+use status::{print_replica, print_schedule, print_status, status};
+
+/// Carry out one command.
+pub(crate) fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Init { block_size, repo } => {
+            let bs = util::parse_size(&block_size).with_context(|| format!("cannot read block size {block_size:?}"))?;
+            let r = Repo::init_at(&repo::Location::parse_canonical(&repo)?, bs, None)?;
+            println!("created repository {} (id {}, block size {})", r.location, r.config.id, util::human_bytes(bs));
+            Ok(())
+        }
+        Cmd::Mount {
+            backing,
+            repo,
+            cache,
+            replicas,
+            foreground,
+            threads,
+            no_writeback,
+            flush_ms,
+            every,
+            keep,
+            ready_fd,
+            dir,
+        } => {
+            let writeback = !no_writeback;
+            daemon::mount(MountArgs {
+                dir,
+                backing,
+                repo,
+                cache,
+                replicas,
+                foreground,
+                threads,
+                writeback,
+                flush_ms,
+                ready_fd,
+                every,
+                keep,
+            })
+        }
+        Cmd::Schedule { every, keep, off, json, dir } => {
+            let d = daemon::canonical(&dir);
+            if daemon::snapfs_mount_at(&d).is_none() {
+                bail!("{} is not a snapfs mount; give the schedule to `snapfs mount --every`", d.display());
+            }
+            let r = control::call(&d, &Request::Schedule { every, keep, off }, Duration::from_secs(60))
+                .with_context(|| format!("asking the daemon of {}", d.display()))?;
+            let st = r.answer("status", |r| r.status)?;
+            let sched = st.health.and_then(|h| h.schedule);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&sched)?);
+            } else {
+                match sched {
+                    None => println!("no automatic snapshots"),
+                    Some(s) => print_schedule(&s),
+                }
+            }
+            Ok(())
+        }
+        Cmd::Umount { lazy, dir } => umount(&dir, lazy),
+        Cmd::Forget {
+            repo,
+            keep_last,
+            keep_hourly,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            keep_yearly,
+            dry_run,
+            prune,
+            json,
+            args,
+        } => {
+            let (dir, names) = match repo {
+                Some(_) => (None, args),
+                None => match args.split_first() {
+                    Some((d, rest)) => (Some(PathBuf::from(d)), rest.to_vec()),
+                    None => bail!("give DIR [NAME...], or --repo REPO [NAME...]"),
+                },
+            };
+            let policy = snapfs::ops::maint::Policy {
+                last: keep_last,
+                hourly: keep_hourly,
+                daily: keep_daily,
+                weekly: keep_weekly,
+                monthly: keep_monthly,
+                yearly: keep_yearly,
+            };
+            cli_maint::forget(cli_maint::ForgetArgs {
+                dir: dir.as_deref(),
+                repo: repo.as_deref(),
+                names,
+                policy,
+                dry_run,
+                prune,
+                json,
+            })
+        }
+        Cmd::Prune { repo, dry_run, max_unused, json, dir } => {
+            cli_maint::prune(dir.as_deref(), repo.as_deref(), dry_run, max_unused.map(|p| p / 100.0), json)
+        }
+        Cmd::Verify { live: true, json, dir: Some(dir), .. } => cli_maint::verify_live(&dir, json),
+        Cmd::Verify { repo, read_data, subset, rebuild_index, jobs, json, dir, .. } => {
+            cli_maint::verify(cli_maint::VerifyArgs {
+                dir: dir.as_deref(),
+                repo: repo.as_deref(),
+                read_data,
+                subset,
+                rebuild_index,
+                jobs,
+                json,
+            })
+        }
+        Cmd::Restore { repo, jobs, overwrite, json, args } => {
+            let (dir, spec, target) = match (repo.is_some(), args.as_slice()) {
+                (true, [s, t]) => (None, s.clone(), PathBuf::from(t)),
+                (false, [d, s, t]) => (Some(PathBuf::from(d)), s.clone(), PathBuf::from(t)),
+                _ => bail!("give DIR SNAPSHOT[:PATH] TARGET, or --repo REPO SNAPSHOT[:PATH] TARGET"),
+            };
+            let (name, sub) = spec.split_once(':').unwrap_or((spec.as_str(), ""));
+            let r = repo_for(dir.as_deref(), repo.as_deref())?;
+            let objects = snapfs::repo::objstore::Objects::open(r.store(), None)?;
+            let all = snapfs::snapshot::list(&*r.store())?;
+            let snap = snapfs::snapshot::find(&all, name)?;
+            let _hold = match (&dir, repo.is_none()) {
+                (Some(d), true) => Hold::start(d, &snap.id)?,
+                _ => None,
+            };
+            let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+            let t0 = Instant::now();
+            let opts = snapfs::ops::restore::RestoreOptions {
+                jobs,
+                overwrite,
+                progress: !json && std::io::stderr().is_terminal(),
+            };
+            let stats = snapfs::ops::restore::restore(&objects, snap, sub, &target, &opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                println!(
+                    "restored {}{} to {}: {} files, {} directories, {} other, {} hard links; {} written, {} already right, in {:.1} s",
+                    snap.record.name,
+                    if sub.is_empty() { String::new() } else { format!(":{sub}") },
+                    target.display(),
+                    stats.files,
+                    stats.dirs,
+                    stats.others,
+                    stats.links,
+                    util::human_bytes(stats.written),
+                    util::human_bytes(stats.kept),
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+            Ok(())
+        }
+        Cmd::Rollback { json, dir, snapshot, path } => rollback(&dir, &snapshot, path.as_deref().unwrap_or(""), json),
+        Cmd::Browse { repo, snapshot, foreground, ready_fd, mnt } => {
+            daemon::browse(daemon::BrowseArgs { repo, mnt, snapshot, foreground, ready_fd })
+        }
+        Cmd::Snapshot { name, full, json, dir } => take_snapshot(&dir, name, full, json),
+        Cmd::List { repo, json, dir } => {
+            let all = list(dir.as_deref(), repo.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                print_list(&all);
+            }
+            Ok(())
+        }
+        Cmd::Diff { repo, json, args } => {
+            let (dir, a, b) = match (repo.is_some(), args.as_slice()) {
+                (true, [a, b]) => (None, a, b),
+                (false, [d, a, b]) => (Some(PathBuf::from(d)), a, b),
+                _ => bail!("give DIR A B, or --repo REPO A B"),
+            };
+            let d = diff(dir.as_deref(), repo.as_deref(), a, b)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+            } else {
+                print_diff(&d);
+            }
+            Ok(())
+        }
+        Cmd::Replica { what } => {
+            let (dir, req, json) = match what {
+                ReplicaCmd::Add { json, dir, url } => {
+                    (dir, Request::Replica { add: Some(url), remove: None, sync: false }, json)
+                }
+                ReplicaCmd::Remove { dir, url } => {
+                    (dir, Request::Replica { add: None, remove: Some(url), sync: false }, false)
+                }
+                ReplicaCmd::Sync { json, dir } => (dir, Request::Replica { add: None, remove: None, sync: true }, json),
+                ReplicaCmd::List { json, dir } => {
+                    (dir, Request::Replica { add: None, remove: None, sync: false }, json)
+                }
+            };
+            let Some(d) = mounted(Some(&dir), None) else {
+                bail!(
+                    "{} is not a snapfs mount: replicas are kept by the daemon of a mounted directory",
+                    dir.display()
+                );
+            };
+            if matches!(req, Request::Replica { sync: true, .. }) {
+                daemon::syncfs(&d);
+            }
+            let r = control::call(&d, &req, Duration::from_secs(30 * 86400))
+                .with_context(|| format!("asking the daemon of {}", d.display()))?;
+            let list = r.answer("replica list", |r| r.replicas)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                if list.is_empty() {
+                    println!("no replicas");
+                }
+                for s in &list {
+                    print_replica(s);
+                }
+            }
+            if matches!(req, Request::Replica { sync: true, .. }) {
+                if let Some(bad) = list.iter().find(|s| s.lag.snapshots_behind > 0 || s.lag.packs_behind > 0) {
+                    bail!("replica {} is still behind: {}", bad.url, bad.last_error.clone().unwrap_or_default());
+                }
+            }
+            Ok(())
+        }
+        Cmd::Status { json, files, repo, dir } => {
+            let report = status(&dir, files, repo.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_status(&report);
+            }
+            Ok(())
+        }
+    }
+}
+
+pub(crate) fn umount(dir: &Path, lazy: bool) -> Result<()> {
+    let dir = daemon::canonical(dir);
+    match control::call(&dir, &Request::Unmount { lazy }, Duration::from_secs(30)) {
+        Ok(r) if r.ok => {
+            // Wait for the daemon to save its state and exit.
+            if let Some(pid) = r.pid {
+                let t0 = Instant::now();
+                while process_alive(pid) {
+                    if t0.elapsed() > Duration::from_secs(60) {
+                        bail!("unmounted, but daemon {pid} has not exited after 60 s");
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            println!("snapfs: unmounted {}", dir.display());
+            Ok(())
+        }
+        Ok(r) => bail!("{}", r.error.unwrap_or_else(|| "unmount failed".into())),
+        Err(_) => {
+            if daemon::snapfs_mount_at(&dir).is_none() {
+                bail!("{} is not a snapfs mount", dir.display());
+            }
+            // The daemon is gone (killed): remove the dead mount.
+            match daemon::umount(&dir, lazy) {
+                Ok(()) => {}
+                Err(_) => daemon::umount(&dir, true).with_context(|| format!("unmounting {}", dir.display()))?,
+            }
+            println!("snapfs: removed the mount at {} (its daemon was not running)", dir.display());
+            Ok(())
+        }
+    }
+}
+
+/// A progress line on stderr while a long snapshot runs.
+pub(crate) fn show_progress(dir: &Path, done: &std::sync::atomic::AtomicBool) {
+    util::progress_line(done, Duration::from_secs(2), Duration::from_millis(250), |t| {
+        let p = control::call(dir, &Request::Progress, Duration::from_secs(5)).ok()?.progress?;
+        Some(format!(
+            "{} files read, {} directories, {} read, {:.0} s",
+            p.files_read,
+            p.dirs_walked,
+            util::human_bytes(p.read_bytes),
+            t.as_secs_f64()
+        ))
+    })
+}
+
+/// The repository of DIR (mounted or not) or given with --repo, reachable
+/// from this process.
+/// While a restore or rollback reads a snapshot, the daemon of the mount
+/// keeps it from forget and retention (renewed until dropped).
+pub(crate) struct Hold {
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+impl Hold {
+    const SECS: u64 = 60;
+
+    /// None when `dir` is not a mount (nothing can forget meanwhile).
+    fn start(dir: &Path, id: &str) -> Result<Option<Hold>> {
+        let Some(d) = mounted(Some(dir), None) else { return Ok(None) };
+        let req = Request::Hold { snapshot: id.to_string(), secs: Self::SECS };
+        let r = control::call(&d, &req, Duration::from_secs(600))?;
+        if !r.ok {
+            bail!("{}", r.error.unwrap_or_else(|| "cannot hold the snapshot".into()));
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                rx.recv_timeout(Duration::from_secs(Self::SECS / 3))
+            {
+                let _ = control::call(&d, &req, Duration::from_secs(60));
+            }
+        });
+        Ok(Some(Hold { _stop: tx }))
+    }
+}
+
+/// The directory, if it is a snapfs mount and no --repo was given (its
+/// daemon then does the work).
+pub(crate) fn mounted(dir: Option<&Path>, repo: Option<&str>) -> Option<PathBuf> {
+    let d = daemon::canonical(dir?);
+    (repo.is_none() && daemon::snapfs_mount_at(&d).is_some()).then_some(d)
+}
+
+pub(crate) fn repo_for(dir: Option<&Path>, repo: Option<&str>) -> Result<Repo> {
+    if let Some(d) = mounted(dir, repo) {
+        let r = control::call(&d, &Request::Status { files: false }, Duration::from_secs(30))
+            .with_context(|| format!("asking the daemon of {}", d.display()))?;
+        let s = r.answer("status", |r| r.status)?;
+        // (a path through the daemon's descriptor, or a URL: used as is)
+        return Ok(Repo::open_at(&repo::Location::parse(&s.repository_access)?, None)?);
+    }
+    offline_repo(dir, repo)
+}
+
+/// The repository of an unmounted directory or given with --repo (a path
+/// or an s3: URL; a repository elsewhere keeps its local state in DIR's
+/// hidden .snapfs/cache when DIR is given, else in ~/.cache/snapfs).
+pub(crate) fn offline_repo(dir: Option<&Path>, repo: Option<&str>) -> Result<Repo> {
+    let cache = dir.map(|d| daemon::canonical(d).join(snapfs::live::REPO_NAME).join("cache"));
+    let loc = match (repo, dir) {
+        (Some(r), _) => repo::Location::parse_canonical(r)?,
+        (None, Some(d)) => repo::Location::Local(daemon::canonical(d).join(snapfs::live::REPO_NAME)),
+        (None, None) => bail!("give DIR or --repo REPO"),
+    };
+    Ok(Repo::open_at(&loc, cache.as_deref())?)
+}
+
+/// Whether `pid` is still running (a zombie waiting for its parent is not).
+/// Whether any thread of `pid` is still running. The leader of an exiting
+/// process turns zombie before its other threads are done; until the last
+/// one is gone its descriptors (control socket, repository lock) stay open.
+pub(crate) fn process_alive(pid: u32) -> bool {
+    let live = |stat: &str| {
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+        !matches!(state, Some("Z") | Some("X") | None)
+    };
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().any(|t| std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| live(&s)))
+}

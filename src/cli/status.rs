@@ -1,0 +1,235 @@
+//! `status`: what a mount, its repository and its replicas say, printed.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use snapfs::control::{self, Request, StatusReport};
+use snapfs::daemon::{self};
+use snapfs::repo::{self};
+use snapfs::tracker::Tracker;
+use snapfs::util;
+
+use super::*;
+
+pub(crate) fn status(dir: &Path, files: bool, repo: Option<&str>) -> Result<StatusReport> {
+    let dir = daemon::canonical(dir);
+    if daemon::snapfs_mount_at(&dir).is_some() {
+        // Writes still in the kernel's page cache reach the daemon first.
+        daemon::syncfs(&dir);
+    }
+    match control::call(&dir, &Request::Status { files }, Duration::from_secs(30)) {
+        Ok(r) => {
+            if let Some(s) = r.status {
+                return Ok(s);
+            }
+            bail!("{}", r.error.unwrap_or_else(|| "daemon gave no status".into()));
+        }
+        // someone answers, but not a daemon we may trust
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!("{e}"),
+        Err(_) => {}
+    }
+    if daemon::snapfs_mount_at(&dir).is_some() {
+        bail!(
+            "{} is a snapfs mount whose daemon is not running (killed?); run `snapfs umount {}` and mount again",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let r = offline_repo(Some(&dir), repo).map_err(|e| match e.downcast_ref::<repo::RepoError>() {
+        Some(repo::RepoError::NotARepo(p)) => {
+            anyhow::anyhow!("{} is not mounted and has no repository at {} (give --repo)", dir.display(), p.display())
+        }
+        _ => e,
+    })?;
+    let repo_path = r.location.to_string();
+    let db = r.open_state().map_err(|e| match e {
+        e @ repo::RepoError::StateCorrupt { .. } => {
+            anyhow::anyhow!("{e}; the next mount (or `snapfs verify --repo`) moves it aside and rebuilds it")
+        }
+        e => e.into(),
+    })?;
+    let (t, last, _) = Tracker::load(&db, r.block_size())
+        .with_context(|| format!("reading tracking state in {}", r.path.display()))?;
+    Ok(StatusReport {
+        mounted: false,
+        mountpoint: dir.display().to_string(),
+        backing: dir.display().to_string(),
+        repository: repo_path.clone(),
+        repository_access: repo_path,
+        repository_id: r.config.id.clone(),
+        block_size: r.block_size(),
+        pid: None,
+        mounted_since: None,
+        last_session: daemon::last_name(&last).into(),
+        dirty: t.summary(),
+        files: if files { Some(t.entries_list()) } else { None },
+        inodes: None,
+        scan: None,
+        replicas: Vec::new(),
+        warnings: Vec::new(),
+        health: Some(snapfs::ops::health::report(&*r.store(), snapfs::ops::health::Health::open(&db).ok().as_ref())),
+    })
+}
+
+pub(crate) fn print_replica(s: &snapfs::ops::replica::ReplicaStatus) {
+    let l = &s.lag;
+    let state = if l.snapshots_behind == 0 && l.packs_behind == 0 && s.last_success.is_some() {
+        "up to date".to_string()
+    } else {
+        format!("{} snapshots, {} behind", l.snapshots_behind, util::human_bytes(l.bytes_behind))
+    };
+    println!("  replica:     {} ({state})", s.url);
+    if let Some((done, total)) = s.syncing {
+        println!("               copying: {} of {}", util::human_bytes(done), util::human_bytes(total));
+    }
+    match (&s.last_success, &s.last_error) {
+        (Some(t), _) => println!("               last success {t}"),
+        (None, None) => println!("               not synced yet"),
+        _ => {}
+    }
+    if let (Some(e), Some(t)) = (&s.last_error, &s.last_error_time) {
+        if s.last_success_sec.is_none() || s.last_error_time.as_deref() > s.last_success.as_deref() {
+            println!("               LAST ERROR {t}: {e}");
+        }
+    }
+}
+
+pub(crate) fn print_schedule(s: &snapfs::ops::schedule::ScheduleStatus) {
+    let keep = if s.keep == "none" { "all".to_string() } else { s.keep.clone() };
+    println!("  schedule:    a snapshot every {}, keeping {keep}", s.every);
+    if let (Some(n), Some(secs)) = (&s.next_run, s.next_run_in_sec) {
+        println!("               next {n} (in {secs} s); {} runs, {} failed", s.runs, s.failures);
+    }
+    if let Some(r) = &s.last_result {
+        println!("               last run {}: {r}", s.last_run.clone().unwrap_or_default());
+    }
+}
+
+pub(crate) fn print_health(h: &snapfs::ops::health::HealthReport) {
+    match (&h.last_snapshot, &h.last_snapshot_time, h.last_snapshot_age_sec) {
+        (Some(n), Some(t), Some(age)) => {
+            println!("  last snapshot: {n} at {t} ({} ago), {} in all", age_text(age), h.snapshots)
+        }
+        _ => println!("  last snapshot: none"),
+    }
+    println!(
+        "  repository:  {} in {} packs; snapshots hold {} (latest {}); ratio {:.1}x",
+        util::human_bytes(h.repository_bytes),
+        h.packs,
+        util::human_bytes(h.logical_bytes_all),
+        util::human_bytes(h.logical_bytes_latest),
+        h.dedup_ratio
+    );
+    match &h.last_verify {
+        Some(v) => println!("  last verify: {} ({})", v.time, v.summary),
+        None => println!("  last verify: never"),
+    }
+    if let Some(l) = &h.last_live_check {
+        println!("  last verify --live: {} against {} ({})", l.time, l.snapshot, l.summary);
+    }
+    if let Some(s) = &h.schedule {
+        print_schedule(s);
+    }
+    if let Some(f) = &h.failing {
+        println!("  SNAPSHOTS ARE FAILING: {f}");
+    }
+    if let Some(f) = &h.state_failing {
+        println!(
+            "  TRACKING STATE NOT SAVED since {}: {} (tracking goes on in memory; retried every few seconds)",
+            f.since, f.error
+        );
+    }
+    if !h.errors.is_empty() {
+        println!("  recent errors:");
+        for e in h.errors.iter().rev().take(5) {
+            println!("    {} {}: {}", e.time, e.during, e.error);
+        }
+    }
+}
+
+pub(crate) fn age_text(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86_400),
+    }
+}
+
+pub(crate) fn ranges_text(r: &[(u64, u64)]) -> String {
+    let parts: Vec<String> =
+        r.iter().map(|&(s, e)| if e == s + 1 { s.to_string() } else { format!("{}-{}", s, e - 1) }).collect();
+    if parts.len() > 12 {
+        format!("{} … ({} runs)", parts[..12].join(","), parts.len())
+    } else {
+        parts.join(",")
+    }
+}
+
+pub(crate) fn print_status(s: &StatusReport) {
+    println!("snapfs: {}", s.mountpoint);
+    if s.mounted {
+        println!(
+            "  mounted:     yes (daemon pid {}, since {})",
+            s.pid.map(|p| p.to_string()).unwrap_or_default(),
+            s.mounted_since.clone().unwrap_or_default()
+        );
+    } else {
+        println!("  mounted:     no");
+    }
+    if s.backing != s.mountpoint {
+        println!("  backing:     {}", s.backing);
+    }
+    println!(
+        "  repository:  {} (id {}, block size {})",
+        s.repository,
+        &s.repository_id[..s.repository_id.len().min(12)],
+        util::human_bytes(s.block_size)
+    );
+    println!("  last session ended: {}", s.last_session);
+    let d = &s.dirty;
+    println!(
+        "  dirty since {}: {} files, {} directories, {} other; {} blocks, {}",
+        d.since,
+        d.files,
+        d.dirs,
+        d.others,
+        d.blocks,
+        util::human_bytes(d.bytes)
+    );
+    if d.scan_pending {
+        println!("  scan for changes made while unmounted: running");
+    } else if let Some(sc) = &s.scan {
+        println!(
+            "  scan for changes made while unmounted: {} entries, {} changed, {} ms",
+            sc.entries, sc.changed, sc.millis
+        );
+    }
+    if let Some(h) = &s.health {
+        print_health(h);
+    }
+    for r in &s.replicas {
+        print_replica(r);
+    }
+    for w in &s.warnings {
+        println!("  {w}");
+    }
+    if let Some(files) = &s.files {
+        for f in files {
+            let path = if f.path.is_empty() { ".".to_string() } else { f.path.clone() };
+            let mut line =
+                format!("  {:<40} {:<6} {}", path, format!("{:?}", f.kind).to_lowercase(), f.changes.join(","));
+            if !f.ranges.is_empty() {
+                line.push_str(&format!(
+                    "  blocks {} ({} of {})",
+                    ranges_text(&f.ranges),
+                    util::human_bytes(f.bytes),
+                    util::human_bytes(f.size)
+                ));
+            }
+            println!("{line}");
+        }
+    }
+}
