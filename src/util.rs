@@ -100,6 +100,39 @@ pub fn join_rel(dir: &[u8], name: &[u8]) -> Vec<u8> {
     }
 }
 
+/// How deep the walks go: a directory more than this many levels below
+/// the top of a walk (the protected directory, a snapshot's root, a restore
+/// target) is refused with an error naming it ([`too_deep`]), never a crash
+/// and never a tree silently cut short. Every walk keeps its levels on the
+/// heap (no recursion); the daemon's walks keep few descriptors whatever
+/// the depth (`sys::Parking`), restore and rollback one per level at most.
+pub const MAX_DEPTH: usize = 16_384;
+
+/// The error of a walk that met a directory deeper than [`MAX_DEPTH`].
+pub fn too_deep(path: &[u8]) -> String {
+    format!(
+        "{}: more than {MAX_DEPTH} directory levels deep, deeper than snapfs goes; move or remove what lies below",
+        show_path(path)
+    )
+}
+
+/// A path for messages: whole if it is short, else its first and last
+/// kilobyte with the number of levels in between (a deep path can be
+/// megabytes long).
+pub fn show_path(p: &[u8]) -> String {
+    const KEEP: usize = 1024;
+    if p.len() <= 4 * KEEP {
+        return String::from_utf8_lossy(p).into_owned();
+    }
+    let levels = p.iter().filter(|b| **b == b'/').count() + 1;
+    format!(
+        "{}…{} ({levels} levels, {} bytes)",
+        String::from_utf8_lossy(&p[..KEEP]),
+        String::from_utf8_lossy(&p[p.len() - KEEP..]),
+        p.len()
+    )
+}
+
 /// Keep one progress line on stderr up to date until `done`: from `after`
 /// on, every `every`, the line `line` makes (given the time since the start;
 /// `None`: nothing to show yet); a newline at the end if anything was shown.
@@ -141,6 +174,15 @@ mod tests {
         assert_eq!(parse_size("1MiB"), Some(1 << 20));
         assert_eq!(parse_size("x"), None);
         assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn long_paths_are_shortened_in_messages() {
+        assert_eq!(show_path(b"a/b"), "a/b");
+        let deep = b"d/".repeat(10_000);
+        let s = show_path(&deep[..deep.len() - 1]);
+        assert!(s.len() < 2100 + 50 && s.starts_with("d/d/") && s.ends_with("(10000 levels, 19999 bytes)"), "{s}");
+        assert!(too_deep(b"x/y").starts_with("x/y: more than 16384 directory levels deep"));
     }
 
     #[test]
