@@ -189,36 +189,65 @@ impl Walker<'_> {
         }
     }
 
+    /// The problems below the tree `id` (memoized: each distinct tree is
+    /// walked once). The trees being walked are kept on the heap, so a
+    /// tree of any depth is walked without recursion.
     fn tree(&mut self, id: ObjectId) -> Problems {
+        /// A tree being walked: its entries, how far, what was found.
+        struct Level {
+            id: ObjectId,
+            entries: Vec<crate::objects::Entry>,
+            next: usize,
+            out: Vec<(Vec<u8>, ObjectId)>,
+        }
         if let Some(p) = self.trees.get(&id) {
             return p.clone();
         }
-        let mut out = Vec::new();
-        match self.fetch(id, ObjKind::Tree, |o| o.tree(&id)) {
-            None => out.push((Vec::new(), id)),
-            Some(t) => {
-                for e in &t.entries {
-                    let sub = match e.kind {
-                        EntryKind::Dir => self.tree(e.content),
-                        EntryKind::File => self.file(e.content, e.levels),
-                        _ => continue,
-                    };
-                    for (p, bad) in sub.iter() {
-                        let mut path = if e.name == b"." { Vec::new() } else { e.name.clone() };
-                        if !p.is_empty() {
-                            if !path.is_empty() {
-                                path.push(b'/');
-                            }
-                            path.extend_from_slice(p);
-                        }
-                        out.push((path, *bad));
-                    }
+        let mut stack: Vec<Level> = Vec::new();
+        let open = |w: &mut Self, id: ObjectId| match w.fetch(id, ObjKind::Tree, |o| o.tree(&id)) {
+            None => Level { id, entries: Vec::new(), next: 0, out: vec![(Vec::new(), id)] },
+            Some(t) => Level { id, entries: t.entries, next: 0, out: Vec::new() },
+        };
+        stack.push(open(self, id));
+        loop {
+            let lvl = stack.last_mut().expect("a level");
+            let Some(e) = lvl.entries.get(lvl.next) else {
+                let done = stack.pop().expect("a level");
+                let p = if done.out.is_empty() { self.none.clone() } else { Arc::new(done.out) };
+                self.trees.insert(done.id, p.clone());
+                if stack.is_empty() {
+                    return p;
                 }
+                continue;
+            };
+            let sub = match e.kind {
+                EntryKind::Dir => match self.trees.get(&e.content) {
+                    Some(p) => p.clone(),
+                    None => {
+                        // walk it first, then come back to this entry
+                        let below = open(self, e.content);
+                        stack.push(below);
+                        continue;
+                    }
+                },
+                EntryKind::File => self.file(e.content, e.levels),
+                _ => {
+                    lvl.next += 1;
+                    continue;
+                }
+            };
+            for (p, bad) in sub.iter() {
+                let mut path = if e.name == b"." { Vec::new() } else { e.name.clone() };
+                if !p.is_empty() {
+                    if !path.is_empty() {
+                        path.push(b'/');
+                    }
+                    path.extend_from_slice(p);
+                }
+                lvl.out.push((path, *bad));
             }
+            lvl.next += 1;
         }
-        let p = if out.is_empty() { self.none.clone() } else { Arc::new(out) };
-        self.trees.insert(id, p.clone());
-        p
     }
 
     fn file(&mut self, root: ObjectId, levels: u8) -> Problems {
@@ -613,6 +642,28 @@ pub fn render(r: &VerifyReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::subset_count;
+
+    #[test]
+    fn the_walk_goes_down_trees_of_any_depth() {
+        use std::collections::HashMap;
+        use std::sync::Arc;
+        let t = tempfile::tempdir().unwrap();
+        let store: Arc<dyn crate::store::Store> = Arc::new(crate::store::LocalStore::new(t.path()));
+        let objects = crate::objstore::Objects::open(store, None).unwrap();
+        let top = crate::snapshot::test_chain(&objects, 2 * crate::util::MAX_DEPTH, 1);
+        let located = HashMap::new();
+        let none = Arc::new(Vec::new());
+        let mut w = super::Walker {
+            objects: &objects,
+            located: &located,
+            bad: HashMap::new(),
+            trees: HashMap::new(),
+            files: HashMap::new(),
+            none,
+        };
+        assert!(w.tree(top).is_empty());
+        assert_eq!(w.trees.len(), 2 * crate::util::MAX_DEPTH + 2);
+    }
 
     #[test]
     fn subsets() {
