@@ -325,7 +325,7 @@ fn serve_browse(args: BrowseArgs) -> Result<()> {
     ];
     config.acl = fuser::SessionACL::All;
     config.n_threads = Some(2);
-    let session = fuser::Session::new(crate::fuse::BrowseFuse::new(view, root), &mnt, &config)
+    let session = fuser::Session::new(crate::fuse::Guarded(crate::fuse::BrowseFuse::new(view, root)), &mnt, &config)
         .with_context(|| format!("mounting {}", mnt.display()))?;
     tune_bdi(&mnt, false);
     let in_flight = Arc::new(std::sync::RwLock::new(()));
@@ -524,9 +524,9 @@ impl Shared {
     /// Run `work` with a progress that `snapfs` clients can ask for.
     fn with_task<T>(&self, p: Arc<check::VerifyProgress>, work: impl FnOnce() -> T) -> T {
         *self.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
-        let r = work();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
         *self.task.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        r
+        r.unwrap_or_else(|p| std::panic::resume_unwind(p))
     }
 
     fn snapshot_locked(&self, name: Option<String>, full: bool) -> Result<SnapshotInfo> {
@@ -588,7 +588,8 @@ impl Shared {
         let paused = t0.elapsed();
         // sealed: from now on `progress` answers
         *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress.clone());
-        let result = (|| -> Result<SnapshotInfo> {
+        // (a panic is an error here too: the capture must end, the epoch unseal)
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<SnapshotInfo> {
             let mut b = snapshot::Builder::new(
                 &self.objects,
                 self.block_size,
@@ -636,7 +637,8 @@ impl Shared {
                 stats,
             };
             Ok(snapshot::commit(&*store, &record)?)
-        })();
+        }))
+        .unwrap_or_else(|p| Err(anyhow::anyhow!("internal error: {}", util::panic_message(&*p))));
         self.live.end_capture();
         let out = match result {
             Ok(info) => {
@@ -1051,7 +1053,8 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
     ];
     config.acl = fuser::SessionACL::All;
     config.n_threads = Some(args.threads.max(1));
-    let session = fuser::Session::new(fs, &dir, &config).with_context(|| format!("mounting {}", dir.display()))?;
+    let session = fuser::Session::new(crate::fuse::Guarded(fs), &dir, &config)
+        .with_context(|| format!("mounting {}", dir.display()))?;
     log::info!("mounted {} (last session: {})", dir.display(), last_name(&last));
     tune_bdi(&dir, args.writeback);
 
@@ -1244,7 +1247,9 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
                 }
                 s.schedule().map(|s| s.keep.clone()).unwrap_or_default()
             };
-            let r = shared.scheduled_run(&keep).map_err(|e| format!("{e:#}"));
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.scheduled_run(&keep)))
+                .unwrap_or_else(|p| Err(anyhow::anyhow!("internal error: {}", util::panic_message(&*p))))
+                .map_err(|e| format!("{e:#}"));
             if let Err(e) = &r {
                 log::error!("SCHEDULED SNAPSHOT FAILED: {e}");
                 shared.health.error("schedule", e);

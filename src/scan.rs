@@ -39,7 +39,17 @@ impl Ancestry for Links {
 }
 
 /// Scan the tree under `root` and mark everything with `ctime >= threshold_ns`.
+/// (A panic is an error: the caller then compares everything.)
 pub fn scan(root: BorrowedFd<'_>, tracker: &Tracker, threshold_ns: i128) -> SysResult<ScanStats> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scan_tree(root, tracker, threshold_ns))).unwrap_or_else(
+        |p| {
+            log::error!("INTERNAL ERROR: the scan panicked: {}", crate::util::panic_message(&*p));
+            Err(Errno::EIO)
+        },
+    )
+}
+
+fn scan_tree(root: BorrowedFd<'_>, tracker: &Tracker, threshold_ns: i128) -> SysResult<ScanStats> {
     let t0 = Instant::now();
     let mut stats = ScanStats::default();
     let root_fd = sys::open_path(root, c".")?;

@@ -823,6 +823,7 @@ impl<'a> Builder<'a> {
         entry: Option<Entry>,
     ) -> SnapResult<Level> {
         let dir = fd.as_ref().map_or(dir, |fd| fd.as_fd());
+        util::panic_point("walk", || path.to_vec());
         self.stats.dirs_walked += 1;
         if let Some(p) = &self.progress {
             p.dirs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -75,6 +75,32 @@ pub fn crash_point(name: &str) {
     }
 }
 
+/// The message of a caught panic.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    match (p.downcast_ref::<&str>(), p.downcast_ref::<String>()) {
+        (Some(s), _) => s.to_string(),
+        (_, Some(s)) => s.clone(),
+        _ => "a panic".into(),
+    }
+}
+
+/// A place where tests may make a panic happen, to show that it does not
+/// take the daemon down: with `SNAPFS_PANIC_AT=<point>:<detail>[,...]`,
+/// panic when `point` is reached with `detail` (asked for only then).
+pub fn panic_point(point: &str, detail: impl FnOnce() -> Vec<u8>) {
+    static AT: std::sync::OnceLock<Vec<(String, Vec<u8>)>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| {
+        let v = std::env::var("SNAPFS_PANIC_AT").unwrap_or_default();
+        v.split(',').filter_map(|a| a.split_once(':')).map(|(p, d)| (p.to_string(), d.as_bytes().to_vec())).collect()
+    });
+    if at.iter().any(|(p, _)| p == point) {
+        let detail = detail();
+        if at.iter().any(|(p, d)| p == point && *d == detail) {
+            panic!("test panic at {point}:{}", String::from_utf8_lossy(&detail));
+        }
+    }
+}
+
 pub fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
