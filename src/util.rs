@@ -78,11 +78,28 @@ pub fn crash_point(name: &str) {
 }
 
 /// The message of a caught panic.
-pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     match (p.downcast_ref::<&str>(), p.downcast_ref::<String>()) {
-        (Some(s), _) => format!("panic: {s}"),
-        (_, Some(s)) => format!("panic: {s}"),
-        _ => "panic".into(),
+        (Some(s), _) => s.to_string(),
+        (_, Some(s)) => s.clone(),
+        _ => "a panic".into(),
+    }
+}
+
+/// A place where tests may make a panic happen, to show that it does not
+/// take the daemon down: with `SNAPFS_PANIC_AT=<point>:<detail>[,...]`,
+/// panic when `point` is reached with `detail` (asked for only then).
+pub fn panic_point(point: &str, detail: impl FnOnce() -> Vec<u8>) {
+    static AT: std::sync::OnceLock<Vec<(String, Vec<u8>)>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| {
+        let v = std::env::var("SNAPFS_PANIC_AT").unwrap_or_default();
+        v.split(',').filter_map(|a| a.split_once(':')).map(|(p, d)| (p.to_string(), d.as_bytes().to_vec())).collect()
+    });
+    if at.iter().any(|(p, _)| p == point) {
+        let detail = detail();
+        if at.iter().any(|(p, d)| p == point && *d == detail) {
+            panic!("test panic at {point}:{}", String::from_utf8_lossy(&detail));
+        }
     }
 }
 
@@ -110,6 +127,39 @@ pub fn join_rel(dir: &[u8], name: &[u8]) -> Vec<u8> {
     } else {
         [dir, b"/", name].concat()
     }
+}
+
+/// How deep the walks go: a directory more than this many levels below
+/// the top of a walk (the protected directory, a snapshot's root, a restore
+/// target) is refused with an error naming it ([`too_deep`]), never a crash
+/// and never a tree silently cut short. Every walk keeps its levels on the
+/// heap (no recursion); the daemon's walks keep few descriptors whatever
+/// the depth (`sys::Parking`), restore and rollback one per level at most.
+pub const MAX_DEPTH: usize = 16_384;
+
+/// The error of a walk that met a directory deeper than [`MAX_DEPTH`].
+pub fn too_deep(path: &[u8]) -> String {
+    format!(
+        "{}: more than {MAX_DEPTH} directory levels deep, deeper than snapfs goes; move or remove what lies below",
+        show_path(path)
+    )
+}
+
+/// A path for messages: whole if it is short, else its first and last
+/// kilobyte with the number of levels in between (a deep path can be
+/// megabytes long).
+pub fn show_path(p: &[u8]) -> String {
+    const KEEP: usize = 1024;
+    if p.len() <= 4 * KEEP {
+        return String::from_utf8_lossy(p).into_owned();
+    }
+    let levels = p.iter().filter(|b| **b == b'/').count() + 1;
+    format!(
+        "{}…{} ({levels} levels, {} bytes)",
+        String::from_utf8_lossy(&p[..KEEP]),
+        String::from_utf8_lossy(&p[p.len() - KEEP..]),
+        p.len()
+    )
 }
 
 /// Keep one progress line on stderr up to date until `done`: from `after`
@@ -183,6 +233,15 @@ mod tests {
         assert_eq!(parse_size("1MiB"), Some(1 << 20));
         assert_eq!(parse_size("x"), None);
         assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn long_paths_are_shortened_in_messages() {
+        assert_eq!(show_path(b"a/b"), "a/b");
+        let deep = b"d/".repeat(10_000);
+        let s = show_path(&deep[..deep.len() - 1]);
+        assert!(s.len() < 2100 + 50 && s.starts_with("d/d/") && s.ends_with("(10000 levels, 19999 bytes)"), "{s}");
+        assert!(too_deep(b"x/y").starts_with("x/y: more than 16384 directory levels deep"));
     }
 
     #[test]

@@ -503,7 +503,19 @@ pub fn serve(
                     // reply to an unmount before it exits)
                     let _busy = in_flight.read_locked();
                     let reply = match serde_json::from_str::<Request>(&line) {
-                        Ok(req) => handle(req),
+                        // a panic answers an error; the daemon goes on
+                        Ok(req) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            crate::util::panic_point("control", || {
+                                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                                v["cmd"].as_str().unwrap_or_default().as_bytes().to_vec()
+                            });
+                            handle(req)
+                        }))
+                        .unwrap_or_else(|p| {
+                            let msg = crate::util::panic_message(&*p);
+                            log::error!("INTERNAL ERROR: a control request panicked: {msg}; still serving");
+                            Reply::err(format!("internal error in the daemon: {msg} (it goes on serving)"))
+                        }),
                         Err(e) => Reply::err(format!("bad request: {e}")),
                     };
                     send(&mut s, &reply);

@@ -95,7 +95,7 @@ fn serve_browse(args: BrowseArgs) -> Result<()> {
     ];
     config.acl = fuser::SessionACL::All;
     config.n_threads = Some(2);
-    let session = fuser::Session::new(crate::fuse::BrowseFuse::new(view, root), &mnt, &config)
+    let session = fuser::Session::new(crate::fuse::Guarded(crate::fuse::BrowseFuse::new(view, root)), &mnt, &config)
         .with_context(|| format!("mounting {}", mnt.display()))?;
     tune_bdi(&mnt, false);
     let in_flight = Arc::new(std::sync::RwLock::new(()));

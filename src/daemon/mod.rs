@@ -387,7 +387,8 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
     ];
     config.acl = fuser::SessionACL::All;
     config.n_threads = Some(args.threads.max(1));
-    let session = fuser::Session::new(fs, &dir, &config).with_context(|| format!("mounting {}", dir.display()))?;
+    let session = fuser::Session::new(crate::fuse::Guarded(fs), &dir, &config)
+        .with_context(|| format!("mounting {}", dir.display()))?;
     log::info!("mounted {} (last session: {})", dir.display(), last_name(&last));
     tune_bdi(&dir, args.writeback);
 

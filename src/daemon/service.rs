@@ -200,9 +200,9 @@ impl Service {
     /// Run `work` with a progress that `snapfs` clients can ask for.
     fn with_task<T>(&self, p: Arc<verify::VerifyProgress>, work: impl FnOnce() -> T) -> T {
         *self.task.locked() = Some(p);
-        let r = work();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
         *self.task.locked() = None;
-        r
+        r.unwrap_or_else(|p| std::panic::resume_unwind(p))
     }
 
     fn snapshot_locked(&self, name: Option<String>, full: bool) -> Result<SnapshotInfo> {
@@ -464,7 +464,9 @@ impl Service {
                 }
                 s.schedule().map(|s| s.keep.clone()).unwrap_or_default()
             };
-            let r = self.scheduled_run(&keep).map_err(|e| format!("{e:#}"));
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.scheduled_run(&keep)))
+                .unwrap_or_else(|p| Err(anyhow::anyhow!("internal error: {}", util::panic_message(&*p))))
+                .map_err(|e| format!("{e:#}"));
             if let Err(e) = &r {
                 log::error!("SCHEDULED SNAPSHOT FAILED: {e}");
                 self.health.error("schedule", e);

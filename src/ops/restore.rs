@@ -90,35 +90,81 @@ fn cname(n: &[u8]) -> CString {
 }
 
 fn show(p: &[u8]) -> String {
-    String::from_utf8_lossy(p).into_owned()
+    util::show_path(p)
 }
 
 /// Open a directory of the target, relative to its root, never leaving it.
+/// A path longer than PATH_MAX is opened a piece at a time, each piece
+/// beneath the directory the one before opened.
 fn open_dir(root: BorrowedFd<'_>, rel: &[u8]) -> Result<OwnedFd> {
-    let p = if rel.is_empty() { c".".to_owned() } else { cname(rel) };
-    sys::open_beneath(root, &p, libc::O_RDONLY | libc::O_DIRECTORY)
-        .map_err(|e| anyhow!("{}: {e} (not a directory, or a symlink: not followed)", show(rel)))
+    const PIECE: usize = 4000; // below PATH_MAX
+    let fail = |e: Errno| anyhow!("{}: {e} (not a directory, or a symlink: not followed)", show(rel));
+    if rel.len() <= PIECE {
+        let p = if rel.is_empty() { c".".to_owned() } else { cname(rel) };
+        return sys::open_beneath(root, &p, libc::O_RDONLY | libc::O_DIRECTORY).map_err(fail);
+    }
+    let mut fd: Option<OwnedFd> = None;
+    let mut rest = rel;
+    while !rest.is_empty() {
+        let cut = match rest.len() <= PIECE {
+            true => rest.len(),
+            false => rest[..=PIECE].iter().rposition(|b| *b == b'/').unwrap_or(rest.len()),
+        };
+        let at = fd.as_ref().map_or(root, |d| d.as_fd());
+        fd = Some(sys::open_beneath(at, &cname(&rest[..cut]), libc::O_RDONLY | libc::O_DIRECTORY).map_err(fail)?);
+        rest = rest.get(cut + 1..).unwrap_or_default();
+    }
+    Ok(fd.expect("a non-empty path"))
 }
 
-/// Remove whatever is at `dir/name` (a file, a link, or a whole directory).
+/// Remove whatever is at `dir/name` (a file, a link, or a whole directory,
+/// down to [`util::MAX_DEPTH`] levels below it: the directories being
+/// emptied are kept on the heap, one descriptor each).
 fn remove_any(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
     let st = match sys::fstatat(dir, name) {
         Ok(st) => st,
         Err(Errno::ENOENT) => return Ok(()),
         Err(e) => bail!("{name:?}: {e}"),
     };
-    if sys::is_dir(&st) {
-        let sub = sys::openat(dir, name, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)?;
-        for e in sys::list_dir(sub.as_fd())? {
-            remove_any(sub.as_fd(), &cname(e.name.as_encoded_bytes()))?;
-        }
-        // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
-        cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) })?;
-    } else {
+    if !sys::is_dir(&st) {
         // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
         cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) })?;
+        return Ok(());
     }
-    Ok(())
+    let open = |at: BorrowedFd<'_>, n: &CStr| -> Result<(OwnedFd, std::vec::IntoIter<CString>)> {
+        let sub = sys::openat(at, n, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)?;
+        let names: Vec<CString> =
+            sys::list_dir(sub.as_fd())?.iter().map(|e| cname(e.name.as_encoded_bytes())).collect();
+        Ok((sub, names.into_iter()))
+    };
+    // (a directory being emptied, the names left in it, its name)
+    let (sub, names) = open(dir, name)?;
+    let mut stack = vec![(sub, names, name.to_owned())];
+    loop {
+        let depth = stack.len();
+        let Some((fd, names, _)) = stack.last_mut() else { return Ok(()) };
+        let Some(n) = names.next() else {
+            let (_, _, n) = stack.pop().expect("a level");
+            let up = stack.last().map_or(dir, |(fd, _, _)| fd.as_fd());
+            // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
+            cvt(unsafe { libc::unlinkat(up.as_raw_fd(), n.as_ptr(), libc::AT_REMOVEDIR) })?;
+            continue;
+        };
+        let st = match sys::fstatat(fd.as_fd(), &n) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => continue,
+            Err(e) => bail!("{n:?}: {e}"),
+        };
+        if !sys::is_dir(&st) {
+            // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
+            cvt(unsafe { libc::unlinkat(fd.as_raw_fd(), n.as_ptr(), 0) })?;
+        } else if depth > util::MAX_DEPTH {
+            bail!(util::too_deep(format!("{name:?}/…/{n:?}").as_bytes()));
+        } else {
+            let below = open(fd.as_fd(), &n)?;
+            stack.push((below.0, below.1, n));
+        }
+    }
 }
 
 /// The progress marker in the target, if there is one (a regular file:
@@ -413,6 +459,7 @@ pub fn restore(
     target: &Path,
     opts: &RestoreOptions,
 ) -> Result<RestoreStats> {
+    sys::raise_nofile_limit(); // a descriptor per level of a deep tree
     let bs = snap.record.block_size;
     check_record(snap)?;
     let top = find_entry(objects, snap, sub)?;
@@ -447,11 +494,14 @@ pub fn restore(
     let mut dirs: Vec<(Vec<u8>, Entry)> = Vec::new(); // (path, entry) in creation order
     let mut links: Vec<(Vec<u8>, Vec<u8>, Entry)> = Vec::new(); // (first path, this dir, entry)
     let mut first_path: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
-    let mut stack: Vec<(Vec<u8>, Entry)> = Vec::new();
+    // (path, entry, the directory above it and its depth): every directory
+    // is opened from the one above (one descriptor per level at most)
+    type Waiting = (Vec<u8>, Entry, Option<(Arc<OwnedFd>, usize)>);
+    let mut stack: Vec<Waiting> = Vec::new();
     match top.kind {
         EntryKind::Dir => {
             dirs.push((Vec::new(), top.clone()));
-            stack.push((Vec::new(), top.clone()));
+            stack.push((Vec::new(), top.clone(), None));
         }
         _ => {
             let mut e = top.clone();
@@ -460,8 +510,13 @@ pub fn restore(
             place(root.as_fd(), b"", &e, overwrite, &mut jobs, &mut links, &mut first_path, &mut stats)?;
         }
     }
-    while let Some((path, dir)) = stack.pop() {
-        let fd = open_dir(root.as_fd(), &path)?;
+    while let Some((path, dir, above)) = stack.pop() {
+        let depth = above.as_ref().map_or(0, |a| a.1);
+        let fd = Arc::new(match above {
+            None => open_dir(root.as_fd(), &path)?,
+            Some((up, _)) => sys::open_beneath(up.as_fd(), &cname(&dir.name), libc::O_RDONLY | libc::O_DIRECTORY)
+                .map_err(|e| anyhow!("{}: {e} (not a directory, or a symlink: not followed)", show(&path)))?,
+        });
         let tree = objects.tree(&dir.content).with_context(|| format!("directory {}", show(&path)))?;
         if tree.is_top() {
             bail!("directory {}: its tree is shaped as a snapshot's top tree: damaged", show(&path));
@@ -471,6 +526,9 @@ pub fn restore(
             limit.count(&mut placed, e)?;
             let p = util::join_rel(&path, &e.name);
             if e.kind == EntryKind::Dir {
+                if depth >= util::MAX_DEPTH {
+                    bail!(util::too_deep(&p));
+                }
                 let n = cname(&e.name);
                 match sys::fstatat(fd.as_fd(), &n) {
                     Ok(st) if sys::is_dir(&st) => {}
@@ -488,7 +546,7 @@ pub fn restore(
                     Err(err) => bail!("{}: {err}", show(&p)),
                 }
                 dirs.push((p.clone(), e.clone()));
-                stack.push((p, e.clone()));
+                stack.push((p, e.clone(), Some((fd.clone(), depth + 1))));
             } else {
                 place(fd.as_fd(), &path, e, overwrite, &mut jobs, &mut links, &mut first_path, &mut stats)?;
             }
@@ -712,6 +770,7 @@ pub fn rollback(
     sub: &str,
     root: BorrowedFd<'_>,
 ) -> Result<RollbackStats> {
+    sys::raise_nofile_limit(); // a descriptor per level of a deep tree
     let bs = to.record.block_size;
     check_record(to)?;
     check_record(now)?;
@@ -728,16 +787,21 @@ pub fn rollback(
             bail!("the snapshot's root is not a directory");
         }
         let have = have.ok_or_else(|| anyhow!("no root in the current snapshot"))?;
-        sync_dir(objects, bs, root, b"", &want, &have, &mut st)?;
+        let work =
+            vec![Work::Dir { parent: None, path: Vec::new(), want: want.clone(), have: Some(have.clone()), depth: 0 }];
+        sync_tree(objects, bs, root, work, &mut st)?;
         if meta_differs(&want, &have) {
             set_meta(root, c".", &want)?;
             st.metadata += 1;
         }
     } else {
-        let d = open_dir(root, &pdir)?;
+        let d = Arc::new(open_dir(root, &pdir)?);
         let mut w = want.clone();
         w.name = name.clone();
-        sync_entry(objects, bs, root, d.as_fd(), &pdir, &w, have.as_ref(), &mut st)?;
+        let mut work = Vec::new();
+        let depth = rel.split(|b| *b == b'/').count();
+        sync_entry(objects, bs, &d, &pdir, &w, have.as_ref(), &mut st, &mut work, depth)?;
+        sync_tree(objects, bs, root, work, &mut st)?;
     }
     Ok(st)
 }
@@ -746,48 +810,90 @@ fn meta_differs(a: &Entry, b: &Entry) -> bool {
     (a.mode, a.uid, a.gid, a.mtime, &a.xattrs) != (b.mode, b.uid, b.gid, b.mtime, &b.xattrs)
 }
 
-/// Make the directory at `path` (open as `root/path`) hold what `want` holds, given it holds `have`.
-fn sync_dir(
+/// What the rollback walk leaves for later, kept on the heap (any depth
+/// down to [`util::MAX_DEPTH`] levels; one descriptor per level at most).
+#[allow(clippy::large_enum_variant)] // a few per level at most
+enum Work {
+    /// Make the directory `want.name` in `parent` (`None`: the root
+    /// itself), at `path`, hold what `want` holds, given it holds `have`
+    /// (`None`: it was just made).
+    Dir { parent: Option<Arc<OwnedFd>>, path: Vec<u8>, want: Entry, have: Option<Entry>, depth: usize },
+    /// Then (its directories done) set its metadata: it was restored
+    /// anew, or its metadata differed.
+    Meta { parent: Arc<OwnedFd>, want: Entry, restored: bool },
+}
+
+/// Do the work, and what it leaves, until none is left.
+fn sync_tree(
     objects: &Objects,
     bs: u64,
     root: BorrowedFd<'_>,
-    path: &[u8],
-    want: &Entry,
-    have: &Entry,
+    mut work: Vec<Work>,
     st: &mut RollbackStats,
 ) -> Result<()> {
-    if want.content == have.content {
-        return Ok(());
-    }
-    let wt = objects.tree(&want.content)?;
-    let ht = objects.tree(&have.content)?;
-    let d = open_dir(root, path)?;
-    // names that are gone from the snapshot go first
-    for h in &ht.entries {
-        if wt.get(&h.name).is_none() {
-            check_name(&h.name)?;
-            remove_any(d.as_fd(), &cname(&h.name))?;
-            st.removed += 1;
+    while let Some(w) = work.pop() {
+        let (parent, path, want, have, depth) = match w {
+            Work::Meta { parent, want, restored } => {
+                set_meta(parent.as_fd(), &cname(&want.name), &want)?;
+                if restored {
+                    st.restored += 1;
+                } else {
+                    st.metadata += 1;
+                }
+                continue;
+            }
+            Work::Dir { parent, path, want, have, depth } => (parent, path, want, have, depth),
+        };
+        if have.as_ref().is_some_and(|h| h.content == want.content) {
+            continue;
         }
-    }
-    for w in &wt.entries {
-        check_name(&w.name)?;
-        sync_entry(objects, bs, root, d.as_fd(), path, w, ht.get(&w.name), st)?;
+        if depth > util::MAX_DEPTH {
+            bail!(util::too_deep(&path));
+        }
+        let wt = objects.tree(&want.content)?;
+        let ht = match &have {
+            Some(h) => Some(objects.tree(&h.content)?),
+            None => None,
+        };
+        let d = Arc::new(match &parent {
+            None => open_dir(root, &path)?,
+            Some(up) => sys::open_beneath(up.as_fd(), &cname(&want.name), libc::O_RDONLY | libc::O_DIRECTORY)
+                .map_err(|e| anyhow!("{}: {e} (not a directory, or a symlink: not followed)", show(&path)))?,
+        });
+        if let Some(ht) = &ht {
+            // names that are gone from the snapshot go first
+            for h in &ht.entries {
+                if wt.get(&h.name).is_none() {
+                    check_name(&h.name)?;
+                    remove_any(d.as_fd(), &cname(&h.name))?;
+                    st.removed += 1;
+                }
+            }
+        }
+        for w in &wt.entries {
+            check_name(&w.name)?;
+            let h = ht.as_ref().and_then(|t| t.get(&w.name));
+            sync_entry(objects, bs, &d, &path, w, h, st, &mut work, depth + 1)?;
+        }
     }
     Ok(())
 }
 
+/// Make `w.name` in `dir` (at `path`) what `w` says, given it is `h` now;
+/// a directory below is left as work for later (at `depth`).
 #[allow(clippy::too_many_arguments)]
 fn sync_entry(
     objects: &Objects,
     bs: u64,
-    root: BorrowedFd<'_>,
-    dir: BorrowedFd<'_>,
+    dir_fd: &Arc<OwnedFd>,
     path: &[u8],
     w: &Entry,
     h: Option<&Entry>,
     st: &mut RollbackStats,
+    work: &mut Vec<Work>,
+    depth: usize,
 ) -> Result<()> {
+    let dir = dir_fd.as_fd();
     let n = cname(&w.name);
     let p = util::join_rel(path, &w.name);
     let h = h.filter(|h| h.kind == w.kind);
@@ -797,20 +903,20 @@ fn sync_entry(
     }
     match (w.kind, h) {
         (EntryKind::Dir, Some(h)) => {
-            sync_dir(objects, bs, root, &p, w, h, st)?;
+            // its metadata after what is below it
             if meta_differs(w, h) {
-                set_meta(dir, &n, w)?;
-                st.metadata += 1;
+                work.push(Work::Meta { parent: dir_fd.clone(), want: w.clone(), restored: false });
             }
+            let (want, have) = (w.clone(), Some(h.clone()));
+            work.push(Work::Dir { parent: Some(dir_fd.clone()), path: p, want, have, depth });
         }
         (EntryKind::Dir, None) => {
             // restore the whole subtree from the snapshot
             // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
             cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), n.as_ptr(), 0o700) })
                 .map_err(|e| anyhow!("{}: {e}", show(&p)))?;
-            fill_new_dir(objects, bs, root, &p, w, st)?;
-            set_meta(dir, &n, w)?;
-            st.restored += 1;
+            work.push(Work::Meta { parent: dir_fd.clone(), want: w.clone(), restored: true });
+            work.push(Work::Dir { parent: Some(dir_fd.clone()), path: p, want: w.clone(), have: None, depth });
         }
         (EntryKind::File, Some(h)) => {
             if h.nlink > 1 && w.nlink == 1 && (w.content != h.content || w.size != h.size || meta_differs(w, h)) {
@@ -865,24 +971,6 @@ fn sync_entry(
     Ok(())
 }
 
-/// A directory just created: fill it from the snapshot.
-fn fill_new_dir(
-    objects: &Objects,
-    bs: u64,
-    root: BorrowedFd<'_>,
-    path: &[u8],
-    want: &Entry,
-    st: &mut RollbackStats,
-) -> Result<()> {
-    let wt = objects.tree(&want.content)?;
-    let d = open_dir(root, path)?;
-    for w in &wt.entries {
-        check_name(&w.name)?;
-        sync_entry(objects, bs, root, d.as_fd(), path, w, None, st)?;
-    }
-    Ok(())
-}
-
 /// Turn file `dir/name`, known to hold `h`'s content, into `w`'s: write the
 /// blocks whose ids differ (the hashes say which; nothing else is read),
 /// cut or extend it to the right size, verify what was written. Returns
@@ -908,4 +996,52 @@ fn patch_file(objects: &Objects, bs: u64, dir: BorrowedFd<'_>, w: &Entry, h: &En
     drop(fd);
     set_meta(dir, &n, w).with_context(|| show(path))?;
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{SnapshotRecord, SnapshotStats};
+
+    /// A repository from elsewhere may hold a tree deeper than any snapshot
+    /// snapfs takes: restore stops with an error naming it.
+    #[test]
+    fn a_tree_deeper_than_the_limit_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let store: Arc<dyn crate::repo::store::Store> = Arc::new(crate::repo::store::LocalStore::new(t.path()));
+        let objects = Objects::open(store, None).unwrap();
+        let top = snapshot::test_chain(&objects, util::MAX_DEPTH + 1, 0);
+        let record = SnapshotRecord {
+            format: 1,
+            name: "deep".into(),
+            time: util::rfc3339(0),
+            time_sec: 0,
+            time_nsec: 0,
+            tree: top,
+            links: ObjectId::ZERO,
+            parent: None,
+            full: true,
+            source: String::new(),
+            host: String::new(),
+            block_size: 4096,
+            stats: SnapshotStats::default(),
+        };
+        let snap = SnapshotInfo { id: "0".repeat(64), record, damaged: None };
+        let target = t.path().join("target");
+        let opts = RestoreOptions { jobs: 1, overwrite: false, progress: false };
+        let err = restore(&objects, &snap, "", &target, &opts).unwrap_err().to_string();
+        assert!(err.contains("more than 16384 directory levels deep") && err.contains("d/d/d"), "{err}");
+        assert!(err.len() < 4000, "{} bytes", err.len());
+        // what it made goes, however deep (std's remove_dir_all recurses)
+        let root = sys::openat(
+            // SAFETY: the raw descriptor stays open for as long as the borrow is used (AT_FDCWD: always).
+            unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) },
+            &CString::new(t.path().as_os_str().as_encoded_bytes()).unwrap(),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )
+        .unwrap();
+        remove_any(root.as_fd(), c"target").unwrap();
+        assert!(!target.exists());
+    }
 }

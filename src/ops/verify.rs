@@ -164,7 +164,6 @@ struct Walker<'a> {
     /// What each tree holds below it, counted (None: not known, damaged).
     sums: HashMap<ObjectId, Option<Totals>>,
     /// Depth of the tree being walked (0: a snapshot's top tree).
-    depth: usize,
     /// The block size of the snapshot being walked.
     bs: u64,
     files: HashMap<(ObjectId, u8), Problems>,
@@ -198,28 +197,38 @@ impl Walker<'_> {
         }
     }
 
+    /// The problems below the tree `id` (memoized: each distinct tree is
+    /// walked once), and what it holds (`sums`, checked against what each
+    /// directory entry claims). The trees being walked are kept on the
+    /// heap, so a tree of any depth is walked without recursion.
     fn tree(&mut self, id: ObjectId) -> Problems {
+        /// A tree being walked: its entries, how far, what was found, and
+        /// what it holds so far (None: unknown, something below is damaged).
+        struct Level {
+            id: ObjectId,
+            entries: Vec<crate::repo::objects::Entry>,
+            next: usize,
+            out: Vec<(Vec<u8>, ObjectId)>,
+            sum: Option<Totals>,
+        }
         if let Some(p) = self.trees.get(&id) {
             return p.clone();
         }
-        let mut out = Vec::new();
-        let mut sum = Some(Totals::default());
-        match self.fetch(id, ObjKind::Tree, |o| o.tree(&id)) {
-            None => {
-                out.push((Vec::new(), id));
-                sum = None;
-            }
+        // a tree opened `depth` levels below the snapshot's top tree
+        let open = |w: &mut Self, id: ObjectId, depth: usize| match w.fetch(id, ObjKind::Tree, |o| o.tree(&id)) {
+            None => Level { id, entries: Vec::new(), next: 0, out: vec![(Vec::new(), id)], sum: None },
             Some(t) => {
+                let mut out = Vec::new();
                 // what decode lets through but the tree's place forbids
                 let top = t.is_top();
-                let wrong = if top != (self.depth == 0) {
+                let wrong = if top != (depth == 0) {
                     Some(if top {
                         "a directory shaped as a snapshot's top tree".to_string()
                     } else {
                         "a snapshot's top tree that is not one entry \".\"".into()
                     })
                 } else {
-                    t.entries.iter().find(|e| e.kind == EntryKind::File && e.check_blocks(self.bs).is_err()).map(|e| {
+                    t.entries.iter().find(|e| e.kind == EntryKind::File && e.check_blocks(w.bs).is_err()).map(|e| {
                         format!(
                             "file {:?}: its block list's levels do not fit its size",
                             String::from_utf8_lossy(&e.name)
@@ -227,65 +236,83 @@ impl Walker<'_> {
                     })
                 };
                 if let Some(problem) = wrong {
-                    self.note(id, ObjKind::Tree, problem);
+                    w.note(id, ObjKind::Tree, problem);
                     out.push((Vec::new(), id));
                 }
-                self.depth += 1;
-                for e in &t.entries {
-                    if let Some(s) = &mut sum {
-                        match e.kind {
-                            EntryKind::Dir => s.dirs += 1,
-                            EntryKind::File => {
-                                s.files += 1;
-                                s.bytes = s.bytes.wrapping_add(e.size);
-                            }
-                            _ => s.others += 1,
-                        }
-                    }
-                    let sub = match e.kind {
-                        EntryKind::Dir => {
-                            let sub = self.tree(e.content);
-                            match (self.sums.get(&e.content).copied().flatten(), &mut sum) {
-                                (Some(below), Some(s)) => {
-                                    if below != e.totals {
-                                        self.note(id, ObjKind::Tree, format!(
-                                            "directory {:?} claims {} files, {} directories, {} others, {} bytes below it; it holds {}, {}, {}, {}",
-                                            String::from_utf8_lossy(&e.name),
-                                            e.totals.files, e.totals.dirs, e.totals.others, e.totals.bytes,
-                                            below.files, below.dirs, below.others, below.bytes
-                                        ));
-                                        out.push((Vec::new(), id));
-                                    }
-                                    s.files = s.files.wrapping_add(e.totals.files);
-                                    s.dirs = s.dirs.wrapping_add(e.totals.dirs);
-                                    s.others = s.others.wrapping_add(e.totals.others);
-                                    s.bytes = s.bytes.wrapping_add(e.totals.bytes);
-                                }
-                                _ => sum = None,
-                            }
-                            sub
-                        }
-                        EntryKind::File => self.file(e.content, e.levels),
-                        _ => continue,
-                    };
-                    for (p, bad) in sub.iter() {
-                        let mut path = if e.name == b"." { Vec::new() } else { e.name.clone() };
-                        if !p.is_empty() {
-                            if !path.is_empty() {
-                                path.push(b'/');
-                            }
-                            path.extend_from_slice(p);
-                        }
-                        out.push((path, *bad));
-                    }
-                }
-                self.depth -= 1;
+                Level { id, entries: t.entries, next: 0, out, sum: Some(Totals::default()) }
             }
+        };
+        let mut stack: Vec<Level> = vec![open(self, id, 0)];
+        loop {
+            let depth = stack.len();
+            let lvl = stack.last_mut().expect("a level");
+            let Some(e) = lvl.entries.get(lvl.next).cloned() else {
+                let done = stack.pop().expect("a level");
+                let p = if done.out.is_empty() { self.none.clone() } else { Arc::new(done.out) };
+                self.trees.insert(done.id, p.clone());
+                self.sums.insert(done.id, done.sum);
+                if stack.is_empty() {
+                    return p;
+                }
+                continue;
+            };
+            let sub = match e.kind {
+                EntryKind::Dir => match self.trees.get(&e.content) {
+                    Some(p) => {
+                        let p = p.clone();
+                        match (self.sums.get(&e.content).copied().flatten(), &mut lvl.sum) {
+                            (Some(below), Some(s)) => {
+                                if below != e.totals {
+                                    self.note(lvl.id, ObjKind::Tree, format!(
+                                        "directory {:?} claims {} files, {} directories, {} others, {} bytes below it; it holds {}, {}, {}, {}",
+                                        String::from_utf8_lossy(&e.name),
+                                        e.totals.files, e.totals.dirs, e.totals.others, e.totals.bytes,
+                                        below.files, below.dirs, below.others, below.bytes
+                                    ));
+                                    lvl.out.push((Vec::new(), lvl.id));
+                                }
+                                s.files = s.files.wrapping_add(e.totals.files);
+                                s.dirs = s.dirs.wrapping_add(e.totals.dirs);
+                                s.others = s.others.wrapping_add(e.totals.others);
+                                s.bytes = s.bytes.wrapping_add(e.totals.bytes);
+                            }
+                            _ => lvl.sum = None,
+                        }
+                        p
+                    }
+                    None => {
+                        // walk it first, then come back to this entry
+                        let below = open(self, e.content, depth);
+                        stack.push(below);
+                        continue;
+                    }
+                },
+                EntryKind::File => self.file(e.content, e.levels),
+                _ => Arc::new(Vec::new()),
+            };
+            let lvl = stack.last_mut().expect("a level");
+            if let Some(s) = &mut lvl.sum {
+                match e.kind {
+                    EntryKind::Dir => s.dirs += 1,
+                    EntryKind::File => {
+                        s.files += 1;
+                        s.bytes = s.bytes.wrapping_add(e.size);
+                    }
+                    _ => s.others += 1,
+                }
+            }
+            for (p, bad) in sub.iter() {
+                let mut path = if e.name == b"." { Vec::new() } else { e.name.clone() };
+                if !p.is_empty() {
+                    if !path.is_empty() {
+                        path.push(b'/');
+                    }
+                    path.extend_from_slice(p);
+                }
+                lvl.out.push((path, *bad));
+            }
+            lvl.next += 1;
         }
-        let p = if out.is_empty() { self.none.clone() } else { Arc::new(out) };
-        self.trees.insert(id, p.clone());
-        self.sums.insert(id, sum);
-        p
     }
 
     fn file(&mut self, root: ObjectId, levels: u8) -> Problems {
@@ -518,7 +545,7 @@ pub fn verify(objects: &Objects, opts: &VerifyOptions, progress: &VerifyProgress
         bad,
         trees: HashMap::new(),
         sums: HashMap::new(),
-        depth: 0,
+
         bs: opts.block_size.unwrap_or(0),
         files: HashMap::new(),
         none: Arc::new(Vec::new()),
@@ -696,6 +723,30 @@ pub fn render(r: &VerifyReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::subset_count;
+
+    #[test]
+    fn the_walk_goes_down_trees_of_any_depth() {
+        use std::collections::HashMap;
+        use std::sync::Arc;
+        let t = tempfile::tempdir().unwrap();
+        let store: Arc<dyn crate::repo::store::Store> = Arc::new(crate::repo::store::LocalStore::new(t.path()));
+        let objects = crate::repo::objstore::Objects::open(store, None).unwrap();
+        let top = crate::snapshot::test_chain(&objects, 2 * crate::util::MAX_DEPTH, 0);
+        let located = HashMap::new();
+        let none = Arc::new(Vec::new());
+        let mut w = super::Walker {
+            objects: &objects,
+            located: &located,
+            bad: HashMap::new(),
+            trees: HashMap::new(),
+            sums: HashMap::new(),
+            bs: 4096,
+            files: HashMap::new(),
+            none,
+        };
+        assert!(w.tree(top).is_empty());
+        assert_eq!(w.trees.len(), 2 * crate::util::MAX_DEPTH + 2);
+    }
 
     #[test]
     fn subsets() {

@@ -30,7 +30,7 @@
 
 use std::collections::HashSet;
 use std::ffi::CString;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::time::Instant;
 
@@ -125,7 +125,7 @@ fn show(p: &[u8]) -> String {
     if p.is_empty() {
         ".".into()
     } else {
-        String::from_utf8_lossy(p).into_owned()
+        util::show_path(p)
     }
 }
 
@@ -161,16 +161,139 @@ impl Checker<'_> {
 
     /// The directory open at `fd`, at `path`, whose snapshot entry is `prev`
     /// (same inode and kind). `strict`: the inode of the directory from
-    /// which down the snapshot would be reused whole.
+    /// which down the snapshot would be reused whole. The directories being
+    /// checked are kept on the heap, one [`Level`] each, down to
+    /// [`util::MAX_DEPTH`] levels.
     fn dir(&mut self, fd: BorrowedFd<'_>, path: &[u8], prev: &Entry, strict: Option<u64>) -> anyhow::Result<()> {
+        let root = fd;
+        let parking = sys::Parking::new(root);
+        let mut path = path.to_vec();
+        let mut stack: Vec<Level> = self.level(None, root, &path, prev, strict)?.into_iter().collect();
+        loop {
+            let depth = stack.len();
+            let Some(lvl) = stack.last_mut() else { return Ok(()) };
+            path.truncate(lvl.path_len);
+            let Some(name) = lvl.names.next() else {
+                stack.pop();
+                continue;
+            };
+            if let Some(fd) = &mut lvl.fd {
+                // parked while the check was further down: open it again
+                match parking.ensure(fd) {
+                    Ok(()) => {}
+                    Err(e) if e.0 == libc::ESTALE || e == crate::os::errno::Errno::ENOENT => {
+                        // removed meanwhile (with everything below it)
+                        self.r.explained += 1;
+                        stack.pop();
+                        continue;
+                    }
+                    Err(e) => return Err(anyhow::anyhow!("{}: {e}", show(&path))),
+                }
+            }
+            let lvl = stack.last().expect("a level");
+            let fd = match &lvl.fd {
+                Some(d) => d.get()?,
+                None => root,
+            };
+            let strict = lvl.strict;
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(&name);
+            let child = &path;
+            let cname = CString::new(name.clone())?;
+            let st = match sys::fstatat(fd, &cname) {
+                Ok(st) => st,
+                Err(crate::os::errno::Errno::ENOENT) => continue, // gone meanwhile
+                Err(e) => return Err(anyhow::anyhow!("{}: {e}", show(child))),
+            };
+            let live = snapshot::entry_from_stat(&name, &st);
+            let prev_e = lvl.tree.get(&name).filter(|p| p.ino == live.ino && p.kind == live.kind).cloned();
+            let Some(prev_e) = prev_e else {
+                if strict.is_some() {
+                    let what =
+                        if lvl.tree.get(&name).is_some() { "replaced, not recorded" } else { "created, not recorded" };
+                    let expl = self.now_walked(strict) || changed_name(fd, &cname, live.ino);
+                    self.differs(child, what.into(), expl);
+                } else {
+                    self.r.fresh += 1;
+                }
+                continue;
+            };
+            let rec = (self.record)(live.ino);
+            // a hard link the next snapshot walks to by path
+            let linked = self.links.get(child) == Some(&live.ino);
+            // without a record the next snapshot takes the entry as it was
+            if strict.is_some() || rec.is_none() {
+                let diffs = stat_differences(&prev_e, &live);
+                if !diffs.is_empty() {
+                    let now = (self.record)(live.ino).is_some();
+                    let expl = changed_name(fd, &cname, live.ino)
+                        || if strict.is_some() { self.now_walked(strict) || (linked && now) } else { now };
+                    self.differs(child, format!("{} changed, not recorded", diffs.join(", ")), expl);
+                }
+            }
+            let meta_clean = self.plan.meta_clean(rec.as_ref());
+            if strict.is_some() || meta_clean {
+                let xattrs = match sys::xattrs_at(fd, &cname) {
+                    Ok(x) => x,
+                    Err(crate::os::errno::Errno::ENOENT) => continue,
+                    Err(e) => return Err(anyhow::anyhow!("{}: {e}", show(child))),
+                };
+                if xattrs != prev_e.xattrs {
+                    let expl = self.meta_explained(fd, &cname, live.ino, strict);
+                    self.differs(child, "extended attributes changed, not recorded".into(), expl);
+                }
+                if live.kind == EntryKind::Symlink && sys::readlink_at(fd, &cname).unwrap_or_default() != prev_e.target
+                {
+                    let expl = self.meta_explained(fd, &cname, live.ino, strict);
+                    self.differs(child, "symlink target changed, not recorded".into(), expl);
+                }
+            }
+            match live.kind {
+                EntryKind::Dir => {
+                    if depth > util::MAX_DEPTH {
+                        anyhow::bail!(util::too_deep(child));
+                    }
+                    let walked = strict.is_none() && self.plan.must_walk(child, rec.is_some(), true);
+                    let child_strict = if walked { None } else { strict.or(Some(live.ino)) };
+                    let sub = match sys::openat(fd, &cname, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0) {
+                        Ok(d) => d,
+                        Err(crate::os::errno::Errno::ENOENT) => continue,
+                        Err(e) => return Err(anyhow::anyhow!("{}: {e}", show(child))),
+                    };
+                    // go down (the rest of this directory comes after)
+                    if let Some(below) = self.level(Some(sub), root, &path, &prev_e, child_strict)? {
+                        stack.push(below);
+                        parking.entered(stack.iter_mut().filter_map(|l| l.fd.as_mut()));
+                    }
+                }
+                EntryKind::File => self.file(fd, &cname, child, &live, &prev_e, rec, strict, linked)?,
+                _ => {}
+            }
+        }
+    }
+
+    /// Start checking the directory open at `fd` (`None`: at `root`), at
+    /// `path`: list it, and report what it lost if it is reused whole.
+    /// `None`: it was removed meanwhile.
+    fn level(
+        &mut self,
+        fd: Option<OwnedFd>,
+        root: BorrowedFd<'_>,
+        path: &[u8],
+        prev: &Entry,
+        strict: Option<u64>,
+    ) -> anyhow::Result<Option<Level>> {
+        let dir = fd.as_ref().map_or(root, |d| d.as_fd());
         self.r.dirs += 1;
         let tree = if prev.content.is_zero() { Tree::default() } else { self.objects.tree(&prev.content)? };
-        let listed = match sys::list_dir(fd) {
+        let listed = match sys::list_dir(dir) {
             Ok(l) => l,
             // removed meanwhile (with everything below it)
-            Err(crate::os::errno::Errno::ENOENT) if removed(fd) || sys::fstat(fd).is_err() => {
+            Err(crate::os::errno::Errno::ENOENT) if removed(dir) || sys::fstat(dir).is_err() => {
                 self.r.explained += 1;
-                return Ok(());
+                return Ok(None);
             }
             Err(e) => return Err(anyhow::anyhow!("{}: {e}", show(path))),
         };
@@ -183,78 +306,12 @@ impl Checker<'_> {
             let live: HashSet<&[u8]> = names.iter().map(|n| &n[..]).collect();
             for e in &tree.entries {
                 if !live.contains(&e.name[..]) {
-                    let expl = self.now_walked(strict) || removed(fd);
+                    let expl = self.now_walked(strict) || removed(dir);
                     self.differs(&util::join_rel(path, &e.name), "removed, not recorded".into(), expl);
                 }
             }
         }
-        for name in names {
-            let child = util::join_rel(path, &name);
-            let cname = CString::new(name.clone())?;
-            let st = match sys::fstatat(fd, &cname) {
-                Ok(st) => st,
-                Err(crate::os::errno::Errno::ENOENT) => continue, // gone meanwhile
-                Err(e) => return Err(anyhow::anyhow!("{}: {e}", show(&child))),
-            };
-            let live = snapshot::entry_from_stat(&name, &st);
-            let prev_e = tree.get(&name).filter(|p| p.ino == live.ino && p.kind == live.kind).cloned();
-            let Some(prev_e) = prev_e else {
-                if strict.is_some() {
-                    let what =
-                        if tree.get(&name).is_some() { "replaced, not recorded" } else { "created, not recorded" };
-                    let expl = self.now_walked(strict) || changed_name(fd, &cname, live.ino);
-                    self.differs(&child, what.into(), expl);
-                } else {
-                    self.r.fresh += 1;
-                }
-                continue;
-            };
-            let rec = (self.record)(live.ino);
-            // a hard link the next snapshot walks to by path
-            let linked = self.links.get(&child) == Some(&live.ino);
-            // without a record the next snapshot takes the entry as it was
-            if strict.is_some() || rec.is_none() {
-                let diffs = stat_differences(&prev_e, &live);
-                if !diffs.is_empty() {
-                    let now = (self.record)(live.ino).is_some();
-                    let expl = changed_name(fd, &cname, live.ino)
-                        || if strict.is_some() { self.now_walked(strict) || (linked && now) } else { now };
-                    self.differs(&child, format!("{} changed, not recorded", diffs.join(", ")), expl);
-                }
-            }
-            let meta_clean = self.plan.meta_clean(rec.as_ref());
-            if strict.is_some() || meta_clean {
-                let xattrs = match sys::xattrs_at(fd, &cname) {
-                    Ok(x) => x,
-                    Err(crate::os::errno::Errno::ENOENT) => continue,
-                    Err(e) => return Err(anyhow::anyhow!("{}: {e}", show(&child))),
-                };
-                if xattrs != prev_e.xattrs {
-                    let expl = self.meta_explained(fd, &cname, live.ino, strict);
-                    self.differs(&child, "extended attributes changed, not recorded".into(), expl);
-                }
-                if live.kind == EntryKind::Symlink && sys::readlink_at(fd, &cname).unwrap_or_default() != prev_e.target
-                {
-                    let expl = self.meta_explained(fd, &cname, live.ino, strict);
-                    self.differs(&child, "symlink target changed, not recorded".into(), expl);
-                }
-            }
-            match live.kind {
-                EntryKind::Dir => {
-                    let walked = strict.is_none() && self.plan.must_walk(&child, rec.is_some(), true);
-                    let child_strict = if walked { None } else { strict.or(Some(live.ino)) };
-                    let sub = match sys::openat(fd, &cname, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0) {
-                        Ok(d) => d,
-                        Err(crate::os::errno::Errno::ENOENT) => continue,
-                        Err(e) => return Err(anyhow::anyhow!("{}: {e}", show(&child))),
-                    };
-                    self.dir(sub.as_fd(), &child, &prev_e, child_strict)?;
-                }
-                EntryKind::File => self.file(fd, &cname, &child, &live, &prev_e, rec, strict, linked)?,
-                _ => {}
-            }
-        }
-        Ok(())
+        Ok(Some(Level { fd: fd.map(sys::LevelFd::new), path_len: path.len(), tree, names: names.into_iter(), strict }))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -354,6 +411,19 @@ impl Checker<'_> {
         }
         Ok(())
     }
+}
+
+/// A directory being checked (one per level, on the heap).
+struct Level {
+    /// Its descriptor (`None`: the root, which the caller holds).
+    fd: Option<sys::LevelFd>,
+    /// The length of its path.
+    path_len: usize,
+    /// Its tree in the snapshot.
+    tree: Tree,
+    /// The names still to check.
+    names: std::vec::IntoIter<Vec<u8>>,
+    strict: Option<u64>,
 }
 
 /// Whether the directory open at `fd` was removed meanwhile.

@@ -7,7 +7,7 @@
 
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -268,6 +268,90 @@ pub fn open_by_handle(mount_fd: BorrowedFd<'_>, h: &FileHandle, flags: i32) -> S
     }
     // SAFETY: the descriptor was just returned by the kernel (checked) and nothing else owns or closes it.
     Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// How many directory descriptors a deep walk keeps open ([`Parking`]).
+pub const WALK_WINDOW: usize = 64;
+
+/// The directories a deep walk is in hold descriptors; so that a walk
+/// needs few whatever the depth, only the [`WALK_WINDOW`] deepest are
+/// open: the others are parked (closed, kept as a file handle) and opened
+/// again by it when the walk comes back up. A handle names the inode
+/// itself (generation included), so nothing a rename does can make it
+/// open another directory. Directories without a handle on the walk's
+/// mount (another filesystem, handles unsupported, no
+/// `CAP_DAC_READ_SEARCH`) keep their descriptor.
+pub struct Parking {
+    /// A real descriptor of the walk's mount and its id; `None`: no
+    /// parking (handles do not work here).
+    mount: Option<(OwnedFd, i32)>,
+}
+
+impl Parking {
+    /// For a walk from `root`.
+    pub fn new(root: BorrowedFd<'_>) -> Parking {
+        let mount = handle_of(root).ok().and_then(|(h, id)| {
+            let fd = reopen(root, libc::O_RDONLY | libc::O_DIRECTORY).ok()?;
+            // only if a handle brings a directory back here
+            open_by_handle(fd.as_fd(), &h, libc::O_RDONLY | libc::O_DIRECTORY).ok()?;
+            Some((fd, id))
+        });
+        Parking { mount }
+    }
+
+    /// After a level was entered (`open`: the levels' descriptors, deepest
+    /// last): park the one that just left the window.
+    pub fn entered<'a>(&self, open: impl DoubleEndedIterator<Item = &'a mut LevelFd>) {
+        let Some((_, id)) = &self.mount else { return };
+        if let Some(l) = open.rev().nth(WALK_WINDOW) {
+            l.park(*id);
+        }
+    }
+
+    /// Park a level now, if it can be.
+    pub fn park(&self, l: &mut LevelFd) {
+        if let Some((_, id)) = &self.mount {
+            l.park(*id);
+        }
+    }
+
+    /// Open a level's descriptor again if it was parked (ESTALE: the
+    /// directory is gone).
+    pub fn ensure(&self, l: &mut LevelFd) -> SysResult<()> {
+        if l.fd.is_none() {
+            let (Some((mount, _)), Some(h)) = (&self.mount, &l.handle) else { return Err(Errno::EBADF) };
+            l.fd = Some(open_by_handle(mount.as_fd(), h, libc::O_RDONLY | libc::O_DIRECTORY)?);
+        }
+        Ok(())
+    }
+}
+
+/// The descriptor of a directory a walk is in (see [`Parking`]).
+pub struct LevelFd {
+    fd: Option<OwnedFd>,
+    handle: Option<FileHandle>,
+}
+
+impl LevelFd {
+    pub fn new(fd: OwnedFd) -> LevelFd {
+        LevelFd { fd: Some(fd), handle: None }
+    }
+
+    /// The descriptor, unless parked (see [`Parking::ensure`]).
+    pub fn get(&self) -> SysResult<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|fd| fd.as_fd()).ok_or(Errno::EBADF)
+    }
+
+    fn park(&mut self, mount_id: i32) {
+        if self.handle.is_none() {
+            let Some(fd) = &self.fd else { return };
+            match handle_of(fd.as_fd()) {
+                Ok((h, id)) if id == mount_id => self.handle = Some(h),
+                _ => return,
+            }
+        }
+        self.fd = None;
+    }
 }
 
 /// The soft limit on open descriptors.
@@ -535,7 +619,7 @@ fn xattr_via_proc(
     call: impl FnOnce(*const libc::c_char) -> libc::c_int,
 ) -> SysResult<()> {
     let fd = open_path(dir, name)?;
-    if file_type(&fstat(std::os::fd::AsFd::as_fd(&fd))?) == libc::S_IFLNK {
+    if file_type(&fstat(fd.as_fd())?) == libc::S_IFLNK {
         return Err(Errno::EPERM);
     }
     let p = proc_fd_path(fd.as_raw_fd());

@@ -438,7 +438,9 @@ impl Repo {
                 Err(RepoError::StateCorrupt { path, why: source.to_string() })
             }
             Ok(r) => r,
-            Err(panic) => Err(RepoError::StateCorrupt { path: p, why: crate::util::panic_text(&panic) }),
+            Err(panic) => {
+                Err(RepoError::StateCorrupt { path: p, why: format!("panic: {}", crate::util::panic_message(&*panic)) })
+            }
         }
     }
 

@@ -212,7 +212,10 @@ impl<'a> Builder<'a> {
     }
 
     /// Walk the directory `dir` (backing inode `dir_ino`, at `path`),
-    /// returning its tree and totals.
+    /// returning its tree and totals. The levels being walked are kept on
+    /// the heap, one [`Level`] each (with its descriptor), not on the
+    /// stack: a tree is walked down to [`util::MAX_DEPTH`] levels, and a
+    /// deeper one is an error naming the path.
     fn walk(
         &mut self,
         dir: BorrowedFd<'_>,
@@ -220,6 +223,219 @@ impl<'a> Builder<'a> {
         path: &[u8],
         prev: Option<&Entry>,
     ) -> SnapResult<(ObjectId, Totals)> {
+        // The path of the entry being looked at: its directory's path (the
+        // first `path_len` bytes), then its name.
+        let mut path = path.to_vec();
+        let parking = sys::Parking::new(dir);
+        let mut stack = vec![self.level(None, dir, dir_ino, &path, prev, None)?];
+        loop {
+            let depth = stack.len();
+            let lvl = stack.last_mut().expect("the root level is popped last");
+            path.truncate(lvl.path_len);
+            let Some((name, mut expected, listed)) = lvl.listing.next() else {
+                // this directory is done: its tree goes into the level above
+                let done = stack.pop().expect("a level");
+                let (id, _) = self.objects.put(ObjKind::Tree, &Tree { entries: done.entries }.encode())?;
+                let Some(up) = stack.last_mut() else { return Ok((id, done.totals)) };
+                let mut e = done.entry.expect("a directory below the root has its entry");
+                e.content = id;
+                e.totals = done.totals;
+                self.take(e, up.dev, &path, &mut up.totals, &mut up.entries);
+                continue;
+            };
+            let dir_ino = lvl.dir_ino;
+            if let Some(fd) = &mut lvl.fd {
+                // parked while the walk was further down: open it again
+                if let Err(e) = parking.ensure(fd) {
+                    match self.capture.and_then(|c| c.pinned(dir_ino)) {
+                        Some(pin) => {
+                            let again = sys::reopen(pin.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY);
+                            *fd = sys::LevelFd::new(again.map_err(|e| backing(&path, e))?);
+                        }
+                        None => return Err(backing(&path, e)),
+                    }
+                }
+            }
+            let dir = match &lvl.fd {
+                Some(fd) => fd.get().map_err(|e| backing(&path, e))?,
+                None => dir,
+            };
+            let dev = lvl.dev;
+            let cname = CString::new(name.clone()).map_err(|_| backing(&path, Errno::EINVAL))?;
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(&name);
+            // Unchanged since the previous snapshot: the inode the name had at
+            // the seal has no record and had this name then too. Every change
+            // to an inode (data, metadata, links) makes a record, so its
+            // previous entry is still right: no stat, no read.
+            if self.sealed.is_some() {
+                let mut at_seal = expected;
+                if at_seal.is_none() {
+                    if lvl.late.is_none() {
+                        lvl.late = self.capture.and_then(|c| c.dir(dir_ino)).map(|l| l.into_iter().collect());
+                    }
+                    at_seal = match &lvl.late {
+                        Some(l) => l.get(&name).copied(),
+                        None => listed,
+                    };
+                }
+                let unchanged = at_seal.and_then(|ino| {
+                    // (not directories: at a mount point the listing names
+                    // the directory underneath, and they are few)
+                    let p = lvl.prev_tree.as_ref()?.get(&name)?;
+                    (p.kind != EntryKind::Dir && p.ino == ino && self.record(ino).is_none()).then(|| p.clone())
+                });
+                if let Some(e) = unchanged {
+                    self.stats.entries_reused += 1;
+                    self.take(e, dev, &path, &mut lvl.totals, &mut lvl.entries);
+                    continue;
+                }
+            }
+            let live_st = sys::fstatat(dir, &cname);
+            if expected.is_none() {
+                if lvl.late.is_none() {
+                    lvl.late = self.capture.and_then(|c| c.dir(dir_ino)).map(|l| l.into_iter().collect());
+                }
+                if let Some(l) = &lvl.late {
+                    match l.get(&name) {
+                        Some(ino) => expected = Some(*ino),
+                        None => continue, // created after the seal
+                    }
+                }
+            }
+            // Where the inode is now: at its name, or (moved or unlinked since
+            // the seal) through the descriptor the capture kept.
+            let src = match (expected, live_st) {
+                (Some(ino), Ok(st)) if st.st_ino == ino => Src::At(st),
+                (Some(ino), _) => match self.capture.and_then(|c| c.pinned(ino)) {
+                    Some(fd) => match sys::fstat(fd.as_fd()) {
+                        Ok(st) => Src::Pin(st, fd),
+                        Err(e) => return Err(backing(&path, e)),
+                    },
+                    None => {
+                        // another name of an inode built already
+                        if let Some(mut e) = self.built.get(&(dev, ino)).cloned() {
+                            e.name = name.clone();
+                            self.take(e, dev, &path, &mut lvl.totals, &mut lvl.entries);
+                            continue;
+                        }
+                        log::warn!("snapshot: {} is gone and was not kept", util::show_path(&path));
+                        continue;
+                    }
+                },
+                (None, Ok(st)) => Src::At(st),
+                (None, Err(Errno::ENOENT)) => continue, // gone since listed
+                (None, Err(e)) => return Err(backing(&path, e)),
+            };
+            let mut st = *src.stat();
+            // Another name of a hard-linked inode built already: the same
+            // entry (the inode is done: read again, it could show changes
+            // made after the seal).
+            if let Some(mut e) = self.built.get(&(dev, st.st_ino)).filter(|_| st.st_dev == dev).cloned() {
+                e.name = name.clone();
+                self.take(e, dev, &path, &mut lvl.totals, &mut lvl.entries);
+                continue;
+            }
+            let prev_e = lvl
+                .prev_tree
+                .as_ref()
+                .and_then(|t| t.get(&name))
+                .filter(|p| p.ino == st.st_ino && p.kind == EntryKind::from_mode(st.st_mode));
+            let rec = self.record(st.st_ino);
+            let meta_clean = self.plan.meta_clean(rec);
+            let mut xattrs = match prev_e {
+                Some(p) if meta_clean => p.xattrs.clone(),
+                _ => match &src {
+                    Src::At(_) => sys::xattrs_at(dir, &cname),
+                    Src::Pin(_, fd) => sys::xattrs_at_fd(fd.as_fd()),
+                }
+                .map_err(|err| backing(&path, err))?,
+            };
+            let mut target = Vec::new();
+            if EntryKind::from_mode(st.st_mode) == EntryKind::Symlink {
+                target = match prev_e {
+                    Some(p) if meta_clean => p.target.clone(),
+                    _ => match &src {
+                        Src::At(_) => sys::readlink_at(dir, &cname),
+                        Src::Pin(_, fd) => sys::readlinkat(fd.as_fd()),
+                    }
+                    .map_err(|err| backing(&path, err))?,
+                };
+            }
+            // the sealed state, if a change has touched the inode since
+            if let Some(c) = self.capture.and_then(|c| c.inode(st.st_ino)) {
+                st = c.st;
+                xattrs = c.xattrs;
+                target = c.target;
+            }
+            let mut e = entry_from_stat(&name, &st);
+            e.xattrs = xattrs;
+            e.target = target;
+            match e.kind {
+                EntryKind::Dir => {
+                    if self.must_walk(&path, st.st_ino, prev_e) {
+                        if depth > util::MAX_DEPTH {
+                            return Err(SnapError::TooDeep(util::too_deep(&path)));
+                        }
+                        let opened = match &src {
+                            Src::At(_) => {
+                                sys::openat(dir, &cname, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)
+                            }
+                            Src::Pin(_, fd) => sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY),
+                        };
+                        let mut fd = match opened {
+                            Ok(fd) => fd,
+                            Err(Errno::ENOENT) => continue,
+                            Err(err) => return Err(backing(&path, err)),
+                        };
+                        // replaced by another directory between the stat and the open
+                        if sys::fstat(fd.as_fd()).map_err(|e| backing(&path, e))?.st_ino != st.st_ino {
+                            match self.capture.and_then(|c| c.pinned(st.st_ino)) {
+                                Some(pin) => {
+                                    fd = sys::reopen(pin.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+                                        .map_err(|e| backing(&path, e))?
+                                }
+                                None => return Err(backing(&path, Errno::EAGAIN)),
+                            }
+                        }
+                        // go down: the entry is finished when its level is
+                        let below = self.level(Some(fd), dir, st.st_ino, &path, prev_e, Some(e))?;
+                        stack.push(below);
+                        parking.entered(stack.iter_mut().filter_map(|l| l.fd.as_mut()));
+                        continue;
+                    }
+                    let p = prev_e.expect("checked");
+                    e.content = p.content;
+                    e.totals = p.totals;
+                }
+                EntryKind::File => {
+                    let (content, levels) = self.file(dir, &cname, &src, &path, &st, prev_e, rec)?;
+                    e.content = content;
+                    e.levels = levels;
+                }
+                _ => {}
+            }
+            self.take(e, dev, &path, &mut lvl.totals, &mut lvl.entries);
+        }
+    }
+
+    /// Start walking the directory open at `fd` (`None`: at `dir`, the
+    /// root), at `path`, whose previous entry is `prev`: list it, drop what
+    /// the previous link table linked here (it is recorded again).
+    /// `entry`: its entry in the level above.
+    fn level(
+        &mut self,
+        fd: Option<OwnedFd>,
+        dir: BorrowedFd<'_>,
+        dir_ino: u64,
+        path: &[u8],
+        prev: Option<&Entry>,
+        entry: Option<Entry>,
+    ) -> SnapResult<Level> {
+        let dir = fd.as_ref().map_or(dir, |fd| fd.as_fd());
+        util::panic_point("walk", || path.to_vec());
         self.stats.dirs_walked += 1;
         if let Some(p) = &self.progress {
             p.dirs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -257,167 +473,22 @@ impl<'a> Builder<'a> {
         for p in stale {
             self.links.remove(&p);
         }
-        let mut entries = Vec::with_capacity(listing.len());
-        let mut totals = Totals::default();
-        // A listing captured after we listed live (a name changed meanwhile).
-        let mut late: Option<HashMap<Vec<u8>, u64>> = None;
-        for (name, mut expected, listed) in listing {
-            let cname = CString::new(name.clone()).map_err(|_| backing(path, Errno::EINVAL))?;
-            let child_path = util::join_rel(path, &name);
-            // Unchanged since the previous snapshot: the inode the name had at
-            // the seal has no record and had this name then too. Every change
-            // to an inode (data, metadata, links) makes a record, so its
-            // previous entry is still right: no stat, no read.
-            if self.sealed.is_some() {
-                let mut at_seal = expected;
-                if at_seal.is_none() {
-                    if late.is_none() {
-                        late = self.capture.and_then(|c| c.dir(dir_ino)).map(|l| l.into_iter().collect());
-                    }
-                    at_seal = match &late {
-                        Some(l) => l.get(&name).copied(),
-                        None => listed,
-                    };
-                }
-                let unchanged = at_seal.and_then(|ino| {
-                    // (not directories: at a mount point the listing names
-                    // the directory underneath, and they are few)
-                    let p = prev_tree.as_ref()?.get(&name)?;
-                    (p.kind != EntryKind::Dir && p.ino == ino && self.record(ino).is_none()).then(|| p.clone())
-                });
-                if let Some(e) = unchanged {
-                    self.stats.entries_reused += 1;
-                    self.take(e, dev, child_path, &mut totals, &mut entries);
-                    continue;
-                }
-            }
-            let live_st = sys::fstatat(dir, &cname);
-            if expected.is_none() {
-                if late.is_none() {
-                    late = self.capture.and_then(|c| c.dir(dir_ino)).map(|l| l.into_iter().collect());
-                }
-                if let Some(l) = &late {
-                    match l.get(&name) {
-                        Some(ino) => expected = Some(*ino),
-                        None => continue, // created after the seal
-                    }
-                }
-            }
-            // Where the inode is now: at its name, or (moved or unlinked since
-            // the seal) through the descriptor the capture kept.
-            let src = match (expected, live_st) {
-                (Some(ino), Ok(st)) if st.st_ino == ino => Src::At(st),
-                (Some(ino), _) => match self.capture.and_then(|c| c.pinned(ino)) {
-                    Some(fd) => match sys::fstat(fd.as_fd()) {
-                        Ok(st) => Src::Pin(st, fd),
-                        Err(e) => return Err(backing(&child_path, e)),
-                    },
-                    None => {
-                        // another name of an inode built already
-                        if let Some(mut e) = self.built.get(&(dev, ino)).cloned() {
-                            e.name = name.clone();
-                            self.take(e, dev, child_path, &mut totals, &mut entries);
-                            continue;
-                        }
-                        log::warn!("snapshot: {} is gone and was not kept", String::from_utf8_lossy(&child_path));
-                        continue;
-                    }
-                },
-                (None, Ok(st)) => Src::At(st),
-                (None, Err(Errno::ENOENT)) => continue, // gone since listed
-                (None, Err(e)) => return Err(backing(&child_path, e)),
-            };
-            let mut st = *src.stat();
-            // Another name of a hard-linked inode built already: the same
-            // entry (the inode is done: read again, it could show changes
-            // made after the seal).
-            if let Some(mut e) = self.built.get(&(dev, st.st_ino)).filter(|_| st.st_dev == dev).cloned() {
-                e.name = name.clone();
-                self.take(e, dev, child_path, &mut totals, &mut entries);
-                continue;
-            }
-            let prev_e = prev_tree
-                .as_ref()
-                .and_then(|t| t.get(&name))
-                .filter(|p| p.ino == st.st_ino && p.kind == EntryKind::from_mode(st.st_mode));
-            let rec = self.record(st.st_ino);
-            let meta_clean = self.plan.meta_clean(rec);
-            let mut xattrs = match prev_e {
-                Some(p) if meta_clean => p.xattrs.clone(),
-                _ => match &src {
-                    Src::At(_) => sys::xattrs_at(dir, &cname),
-                    Src::Pin(_, fd) => sys::xattrs_at_fd(fd.as_fd()),
-                }
-                .map_err(|err| backing(&child_path, err))?,
-            };
-            let mut target = Vec::new();
-            if EntryKind::from_mode(st.st_mode) == EntryKind::Symlink {
-                target = match prev_e {
-                    Some(p) if meta_clean => p.target.clone(),
-                    _ => match &src {
-                        Src::At(_) => sys::readlink_at(dir, &cname),
-                        Src::Pin(_, fd) => sys::readlinkat(fd.as_fd()),
-                    }
-                    .map_err(|err| backing(&child_path, err))?,
-                };
-            }
-            // the sealed state, if a change has touched the inode since
-            if let Some(c) = self.capture.and_then(|c| c.inode(st.st_ino)) {
-                st = c.st;
-                xattrs = c.xattrs;
-                target = c.target;
-            }
-            let mut e = entry_from_stat(&name, &st);
-            e.xattrs = xattrs;
-            e.target = target;
-            match e.kind {
-                EntryKind::Dir => {
-                    if self.must_walk(&child_path, st.st_ino, prev_e) {
-                        let opened = match &src {
-                            Src::At(_) => {
-                                sys::openat(dir, &cname, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)
-                            }
-                            Src::Pin(_, fd) => sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY),
-                        };
-                        let mut fd = match opened {
-                            Ok(fd) => fd,
-                            Err(Errno::ENOENT) => continue,
-                            Err(err) => return Err(backing(&child_path, err)),
-                        };
-                        // replaced by another directory between the stat and the open
-                        if sys::fstat(fd.as_fd()).map_err(|e| backing(&child_path, e))?.st_ino != st.st_ino {
-                            match self.capture.and_then(|c| c.pinned(st.st_ino)) {
-                                Some(pin) => {
-                                    fd = sys::reopen(pin.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
-                                        .map_err(|e| backing(&child_path, e))?
-                                }
-                                None => return Err(backing(&child_path, Errno::EAGAIN)),
-                            }
-                        }
-                        let (id, t) = self.walk(fd.as_fd(), st.st_ino, &child_path, prev_e)?;
-                        e.content = id;
-                        e.totals = t;
-                    } else {
-                        let p = prev_e.expect("checked");
-                        e.content = p.content;
-                        e.totals = p.totals;
-                    }
-                }
-                EntryKind::File => {
-                    let (content, levels) = self.file(dir, &cname, &src, &child_path, &st, prev_e, rec)?;
-                    e.content = content;
-                    e.levels = levels;
-                }
-                _ => {}
-            }
-            self.take(e, dev, child_path, &mut totals, &mut entries);
-        }
-        let (id, _) = self.objects.put(ObjKind::Tree, &Tree { entries }.encode())?;
-        Ok((id, totals))
+        Ok(Level {
+            entries: Vec::with_capacity(listing.len()),
+            fd: fd.map(sys::LevelFd::new),
+            dir_ino,
+            path_len: path.len(),
+            prev_tree,
+            dev,
+            listing: listing.into_iter(),
+            totals: Totals::default(),
+            late: None,
+            entry,
+        })
     }
 
     /// Add a finished entry: totals, done for copy-before-write, hard links.
-    fn take(&mut self, mut e: Entry, dev: u64, path: Vec<u8>, totals: &mut Totals, entries: &mut Vec<Entry>) {
+    fn take(&mut self, mut e: Entry, dev: u64, path: &[u8], totals: &mut Totals, entries: &mut Vec<Entry>) {
         // an entry of a format 1 tree, kept as it was: on this directory's device
         if e.dev.is_none() {
             e.dev = Some(dev);
@@ -437,7 +508,7 @@ impl<'a> Builder<'a> {
             c.done(e.ino);
         }
         if e.kind != EntryKind::Dir && e.nlink > 1 {
-            self.links.insert(path, e.ino);
+            self.links.insert(path.to_vec(), e.ino);
             self.built.entry((dev, e.ino)).or_insert_with(|| e.clone());
         }
         entries.push(e);
@@ -523,6 +594,25 @@ impl<'a> Builder<'a> {
     }
 }
 
+/// A directory the snapshot walk is in (one per level, on the heap).
+struct Level {
+    /// Its descriptor (`None`: the root, which the caller holds).
+    fd: Option<sys::LevelFd>,
+    dir_ino: u64,
+    /// The length of its path.
+    path_len: usize,
+    prev_tree: Option<Tree>,
+    dev: u64,
+    /// The names still to look at: (name, inode at the seal, inode listed live).
+    listing: std::vec::IntoIter<(Vec<u8>, Option<u64>, Option<u64>)>,
+    /// A listing captured after we listed live (a name changed meanwhile).
+    late: Option<HashMap<Vec<u8>, u64>>,
+    entries: Vec<Entry>,
+    totals: Totals,
+    /// Its entry in the level above, finished when this level is.
+    entry: Option<Entry>,
+}
+
 /// Where the walk reaches an inode: by its name, or through a descriptor the
 /// copy-before-write kept (moved or unlinked since the seal).
 enum Src {
@@ -581,4 +671,30 @@ fn data_ranges(fd: BorrowedFd<'_>, size: u64) -> Vec<(u64, u64)> {
         pos = end;
     }
     out
+}
+
+/// A top tree holding a chain `d/d/…/d` of `depth` directories with an
+/// empty-content file `f` of `size` bytes at the bottom (for tests of deep
+/// walks).
+#[cfg(test)]
+pub(crate) fn test_chain(objects: &Objects, depth: usize, size: u64) -> ObjectId {
+    // SAFETY: a plain C struct, for which all-zero bytes are a valid value.
+    let mut st: sys::Stat = unsafe { std::mem::zeroed() };
+    st.st_mode = libc::S_IFREG | 0o644;
+    st.st_size = size as i64;
+    st.st_nlink = 1;
+    let mut e = entry_from_stat(b"f", &st);
+    // what each directory holds below it, as a snapshot records it
+    let mut below = Totals { files: 1, dirs: 0, others: 0, bytes: size };
+    st.st_mode = libc::S_IFDIR | 0o755;
+    st.st_size = 0;
+    for i in 0..=depth {
+        let (id, _) = objects.put(ObjKind::Tree, &Tree { entries: vec![e] }.encode()).unwrap();
+        st.st_ino = i as u64 + 1000;
+        e = entry_from_stat(if i == depth { b"." } else { b"d" }, &st);
+        e.content = id;
+        e.totals = below;
+        below.dirs += 1;
+    }
+    objects.put(ObjKind::Tree, &Tree { entries: vec![e] }.encode()).unwrap().0
 }

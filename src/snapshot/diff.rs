@@ -4,7 +4,6 @@
 use super::*;
 use crate::repo::objects::{self, Entry, EntryKind, ObjectId, Time, Tree};
 use crate::repo::objstore::{ObjError, Objects};
-use crate::util;
 use serde::{Deserialize, Serialize};
 
 // ---------------------------------------------------------------------------
@@ -67,6 +66,9 @@ fn changed_file_bytes(objects: &Objects, a: &Entry, b: &Entry, bs: u64) -> Resul
     Ok(bytes)
 }
 
+/// The differences below the trees `a` and `b` (at `path`), descending
+/// only where ids differ. Depth-first in name order; the directories being
+/// compared are kept on the heap (any depth), one path buffer for all.
 fn diff_trees(
     objects: &Objects,
     a: ObjectId,
@@ -75,13 +77,24 @@ fn diff_trees(
     bs: u64,
     out: &mut Vec<DiffEntry>,
 ) -> Result<(), ObjError> {
+    /// Two directories being compared, and how far.
+    struct Pair {
+        ta: Tree,
+        tb: Tree,
+        i: usize,
+        j: usize,
+        path_len: usize,
+    }
+    let load = |a: ObjectId, b: ObjectId, path_len: usize| -> Result<Pair, ObjError> {
+        let ta = if a.is_zero() { Tree::default() } else { objects.tree(&a)? };
+        let tb = if b.is_zero() { Tree::default() } else { objects.tree(&b)? };
+        Ok(Pair { ta, tb, i: 0, j: 0, path_len })
+    };
     if a == b {
         return Ok(());
     }
-    let ta = if a.is_zero() { Tree::default() } else { objects.tree(&a)? };
-    let tb = if b.is_zero() { Tree::default() } else { objects.tree(&b)? };
-    let mut i = 0;
-    let mut j = 0;
+    let mut path = path.to_vec();
+    let mut stack = vec![load(a, b, path.len())?];
     let show = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
     let size_of = |e: &Entry| {
         if e.kind == EntryKind::Dir {
@@ -92,47 +105,61 @@ fn diff_trees(
             0
         }
     };
-    while i < ta.entries.len() || j < tb.entries.len() {
-        let ea = ta.entries.get(i);
-        let eb = tb.entries.get(j);
+    while let Some(f) = stack.last_mut() {
+        path.truncate(f.path_len);
+        let ea = f.ta.entries.get(f.i);
+        let eb = f.tb.entries.get(f.j);
         let ord = match (ea, eb) {
+            (None, None) => {
+                stack.pop();
+                continue;
+            }
             (Some(x), Some(y)) => x.name.cmp(&y.name),
             (Some(_), None) => std::cmp::Ordering::Less,
             _ => std::cmp::Ordering::Greater,
         };
+        let name = match ord {
+            std::cmp::Ordering::Less => &ea.unwrap().name,
+            _ => &eb.unwrap().name,
+        };
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(name);
+        let mut below = None;
         match ord {
             std::cmp::Ordering::Less => {
                 let e = ea.unwrap();
                 out.push(DiffEntry {
-                    path: show(&util::join_rel(path, &e.name)),
+                    path: show(&path),
                     change: "removed".into(),
                     kind: e.kind.name().into(),
                     bytes: size_of(e),
                 });
-                i += 1;
+                f.i += 1;
             }
             std::cmp::Ordering::Greater => {
                 let e = eb.unwrap();
                 out.push(DiffEntry {
-                    path: show(&util::join_rel(path, &e.name)),
+                    path: show(&path),
                     change: "added".into(),
                     kind: e.kind.name().into(),
                     bytes: size_of(e),
                 });
-                j += 1;
+                f.j += 1;
             }
             std::cmp::Ordering::Equal => {
                 let (x, y) = (ea.unwrap(), eb.unwrap());
-                let p = util::join_rel(path, &x.name);
+                let p = &path;
                 if x.kind != y.kind {
                     out.push(DiffEntry {
-                        path: show(&p),
+                        path: show(p),
                         change: "removed".into(),
                         kind: x.kind.name().into(),
                         bytes: size_of(x),
                     });
                     out.push(DiffEntry {
-                        path: show(&p),
+                        path: show(p),
                         change: "added".into(),
                         kind: y.kind.name().into(),
                         bytes: size_of(y),
@@ -140,9 +167,11 @@ fn diff_trees(
                 } else if x.kind == EntryKind::Dir {
                     let meta_changed = (x.mode, x.uid, x.gid, &x.xattrs) != (y.mode, y.uid, y.gid, &y.xattrs);
                     if meta_changed {
-                        out.push(DiffEntry { path: show(&p), change: "modified".into(), kind: "dir".into(), bytes: 0 });
+                        out.push(DiffEntry { path: show(p), change: "modified".into(), kind: "dir".into(), bytes: 0 });
                     }
-                    diff_trees(objects, x.content, y.content, &p, bs, out)?;
+                    if x.content != y.content {
+                        below = Some((x.content, y.content));
+                    }
                 } else {
                     let mut xs = x.clone();
                     let mut ys = y.clone();
@@ -150,26 +179,29 @@ fn diff_trees(
                     // atime do not make a change
                     xs.ino = 0;
                     ys.ino = 0;
-                    (xs.dev, ys.dev, xs.blocks, ys.blocks) = (None, None, None, None);
                     xs.nlink = 0;
                     ys.nlink = 0;
                     xs.ctime = Time::default();
                     ys.ctime = Time::default();
                     xs.atime = Time::default();
                     ys.atime = Time::default();
+                    (xs.dev, ys.dev, xs.blocks, ys.blocks) = (None, None, None, None);
                     if xs != ys {
                         let bytes = if x.kind == EntryKind::File { changed_file_bytes(objects, x, y, bs)? } else { 0 };
                         out.push(DiffEntry {
-                            path: show(&p),
+                            path: show(p),
                             change: "modified".into(),
                             kind: x.kind.name().into(),
                             bytes,
                         });
                     }
                 }
-                i += 1;
-                j += 1;
+                f.i += 1;
+                f.j += 1;
             }
+        }
+        if let Some((x, y)) = below {
+            stack.push(load(x, y, path.len())?);
         }
     }
     Ok(())

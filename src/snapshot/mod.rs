@@ -64,6 +64,8 @@ pub enum SnapError {
     Unknown(String),
     #[error("snapshot record {0} is damaged")]
     BadRecord(String),
+    #[error("{0}")]
+    TooDeep(String),
     #[error("repository format: snapshot {id} has record format {found}, newer than this snapfs understands")]
     NewerRecord { id: String, found: u32 },
 }
@@ -71,7 +73,7 @@ pub enum SnapError {
 pub type SnapResult<T> = Result<T, SnapError>;
 
 fn backing(path: &[u8], errno: Errno) -> SnapError {
-    SnapError::Backing { path: String::from_utf8_lossy(path).into_owned(), errno }
+    SnapError::Backing { path: crate::util::show_path(path), errno }
 }
 
 /// The stats of this snapshot's start, for the record.
@@ -138,6 +140,19 @@ mod tests {
             let want_reads: u64 = dirty.iter().map(|(s, e)| e.min(&new_n) - s).sum();
             assert_eq!(reads, want_reads, "{old_n}->{new_n}");
         }
+    }
+
+    #[test]
+    fn diff_walks_trees_of_any_depth() {
+        let (_t, o) = objects();
+        let depth = 2 * crate::util::MAX_DEPTH;
+        let (a, b) = (test_chain(&o, depth, 1), test_chain(&o, depth, 2));
+        let d = diff(&o, a, b, 4096).unwrap();
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].path.len(), 2 * depth + 1);
+        assert!(d[0].path.starts_with("d/d/") && d[0].path.ends_with("/d/f"));
+        assert_eq!((d[0].change.as_str(), d[0].kind.as_str()), ("modified", "file"));
+        assert!(diff(&o, a, a, 4096).unwrap().is_empty());
     }
 
     #[test]

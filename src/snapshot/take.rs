@@ -101,7 +101,8 @@ impl Take<'_> {
         let paused = t0.elapsed();
         // sealed: from now on `progress` answers
         *self.progress.locked() = Some(progress.clone());
-        let result = (|| -> Result<SnapshotInfo> {
+        // (a panic is an error here too: the capture must end, the epoch unseal)
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<SnapshotInfo> {
             let mut b =
                 Builder::new(self.objects, self.block_size, if incremental { Some(&sealed) } else { None }, links_prev);
             b.set_progress(progress.clone());
@@ -145,7 +146,8 @@ impl Take<'_> {
                 stats,
             };
             Ok(super::commit(&*store, &record)?)
-        })();
+        }))
+        .unwrap_or_else(|p| Err(anyhow::anyhow!("internal error: {}", util::panic_message(&*p))));
         self.live.end_capture();
         *self.progress.locked() = None;
         match result {

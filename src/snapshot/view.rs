@@ -621,7 +621,8 @@ impl View {
         let mut parts = Vec::new();
         let mut cur = id;
         let mut snap = 0;
-        for _ in 0..4096 {
+        // (any depth: a chain longer than the nodes held is a loop)
+        for _ in 0..=self.node_count() {
             let Ok(v) = self.node(cur) else { break };
             snap = v.snap;
             if v.parent == VIEW_ROOT {
@@ -634,7 +635,7 @@ impl View {
         format!(
             "snapshot {}, file {}",
             self.snap_name(snap),
-            if parts.is_empty() { ".".into() } else { parts.join("/") }
+            if parts.is_empty() { ".".into() } else { crate::util::show_path(parts.join("/").as_bytes()) }
         )
     }
 

@@ -702,27 +702,31 @@ impl Tracker {
         s
     }
 
+    /// The path of a record, from the links of it and its ancestors (any
+    /// depth: a chain longer than the number of records is a loop).
     fn path_of(st: &State, ino: u64) -> String {
-        let mut parts: Vec<Vec<u8>> = Vec::new();
+        let mut parts: Vec<&[u8]> = Vec::new();
+        let mut unknown = None;
         let mut cur = ino;
-        let mut guard = 0;
         while cur != st.root {
-            guard += 1;
             match st.records.get(&cur) {
-                Some(r) if r.parent != 0 && guard < 4096 => {
-                    parts.push(r.name.as_bytes().to_vec());
+                Some(r) if r.parent != 0 && parts.len() <= st.records.len() => {
+                    parts.push(r.name.as_bytes());
                     cur = r.parent;
                 }
                 Some(r) => {
-                    parts.push(r.name.as_bytes().to_vec());
-                    parts.push(format!("<inode {cur}?>").into_bytes());
+                    parts.push(r.name.as_bytes());
+                    unknown = Some(format!("<inode {cur}?>"));
                     break;
                 }
                 None => {
-                    parts.push(format!("<inode {cur}>").into_bytes());
+                    unknown = Some(format!("<inode {cur}>"));
                     break;
                 }
             }
+        }
+        if let Some(u) = &unknown {
+            parts.push(u.as_bytes());
         }
         parts.reverse();
         let joined = parts.join(&b'/');

@@ -10,12 +10,12 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::os::errno::SysResult;
+use crate::os::errno::{Errno, SysResult};
 use crate::os::sys;
 use crate::tracker::{Ancestry, Kind, Tracker};
 
@@ -38,7 +38,17 @@ impl Ancestry for Links {
 }
 
 /// Scan the tree under `root` and mark everything with `ctime >= threshold_ns`.
+/// (A panic is an error: the caller then compares everything.)
 pub fn scan(root: BorrowedFd<'_>, tracker: &Tracker, threshold_ns: i128) -> SysResult<ScanStats> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scan_tree(root, tracker, threshold_ns))).unwrap_or_else(
+        |p| {
+            log::error!("INTERNAL ERROR: the scan panicked: {}", crate::util::panic_message(&*p));
+            Err(Errno::EIO)
+        },
+    )
+}
+
+fn scan_tree(root: BorrowedFd<'_>, tracker: &Tracker, threshold_ns: i128) -> SysResult<ScanStats> {
     let t0 = Instant::now();
     let mut stats = ScanStats::default();
     let root_fd = sys::open_path(root, c".")?;
@@ -49,10 +59,24 @@ pub fn scan(root: BorrowedFd<'_>, tracker: &Tracker, threshold_ns: i128) -> SysR
         tracker.entries(&links, root_st.st_ino);
         stats.changed += 1;
     }
-    let mut stack: Vec<(OwnedFd, u64)> = vec![(root_fd, root_st.st_ino)];
-    while let Some((dir, dir_ino)) = stack.pop() {
+    // The directories still to list, depth first (any depth, no recursion),
+    // parked while they wait: a file handle each, not a descriptor.
+    let parking = sys::Parking::new(root_fd.as_fd());
+    let mut stack: Vec<(sys::LevelFd, u64)> = vec![(sys::LevelFd::new(root_fd), root_st.st_ino)];
+    while let Some((mut dir, dir_ino)) = stack.pop() {
+        match parking.ensure(&mut dir) {
+            Ok(()) => {}
+            Err(e) if e.0 == libc::ESTALE || e == Errno::ENOENT => continue, // removed meanwhile
+            Err(e) => {
+                log::warn!("scan: cannot open directory inode {dir_ino} again: {e}; marking it for a full comparison");
+                tracker.full(&links, dir_ino, Kind::Dir, 0);
+                stats.errors += 1;
+                continue;
+            }
+        }
+        let dir = dir.get()?;
         stats.dirs += 1;
-        let entries = match sys::list_dir(dir.as_fd()) {
+        let entries = match sys::list_dir(dir) {
             Ok(e) => e,
             Err(e) => {
                 log::warn!("scan: cannot list directory inode {dir_ino}: {e}; marking it for a full comparison");
@@ -67,7 +91,7 @@ pub fn scan(root: BorrowedFd<'_>, tracker: &Tracker, threshold_ns: i128) -> SysR
             }
             stats.entries += 1;
             let Ok(c) = sys::cstr(&e.name) else { continue };
-            let st = match sys::fstatat(dir.as_fd(), &c) {
+            let st = match sys::fstatat(dir, &c) {
                 Ok(st) => st,
                 Err(_) => {
                     // Vanished while we looked: the directory changed.
@@ -86,8 +110,12 @@ pub fn scan(root: BorrowedFd<'_>, tracker: &Tracker, threshold_ns: i128) -> SysR
                 }
             }
             if kind == Kind::Dir && st.st_dev == dev {
-                match sys::open_path(dir.as_fd(), &c) {
-                    Ok(fd) => stack.push((fd, st.st_ino)),
+                match sys::open_path(dir, &c) {
+                    Ok(fd) => {
+                        let mut waiting = sys::LevelFd::new(fd);
+                        parking.park(&mut waiting);
+                        stack.push((waiting, st.st_ino));
+                    }
                     Err(err) => {
                         log::warn!("scan: cannot open directory {:?}: {err}", e.name);
                         stats.errors += 1;

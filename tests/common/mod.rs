@@ -61,6 +61,11 @@ impl Mounted {
     }
 
     pub fn with(dir: &Path, o: MountOpts) -> Mounted {
+        Self::with_env(dir, o, &[])
+    }
+
+    /// With these variables in the daemon's environment.
+    pub fn with_env(dir: &Path, o: MountOpts, env: &[(&str, &str)]) -> Mounted {
         let dir = dir.canonicalize().expect("mount point exists");
         let log = dir.parent().unwrap().join(format!("{}.log", dir.file_name().unwrap().to_string_lossy()));
         let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
@@ -74,6 +79,7 @@ impl Mounted {
         }
         cmd.args(&o.extra);
         cmd.arg(&dir);
+        cmd.envs(env.iter().copied());
         cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(logf.try_clone().unwrap()).stderr(logf);
         let child = cmd.spawn().expect("spawn snapfs");
         let mut m = Mounted { dir: dir.clone(), child: Some(child), log };
