@@ -27,6 +27,10 @@ use crate::{ops::maint, ops::schedule, ops::verify, tracker::scan, util};
 pub(crate) const STATE_RETRY: Duration = Duration::from_secs(3);
 
 /// Everything the control socket and the signal thread need.
+///
+/// Lock order, where several are held: `snapshotting`, then `forgetting`,
+/// then `maint`; the others are short and never held while another is
+/// taken.
 pub(crate) struct Service {
     pub(crate) dir: PathBuf,
     pub(crate) backing: PathBuf,
