@@ -23,7 +23,7 @@ pub(crate) fn rollback(dir: &Path, name: &str, path: &str, json: bool) -> Result
     let objects = snapfs::repo::objstore::Objects::open(r.store(), None)?;
     let root = std::fs::File::open(&dir).with_context(|| dir.display().to_string())?;
     use std::os::fd::AsFd;
-    snapfs::ops::restore::rollback_check(&objects, &target, path, root.as_fd())?;
+    snapfs::ops::rollback::rollback_check(&objects, &target, path, root.as_fd())?;
     // a safety snapshot of the directory as it is now
     daemon::syncfs(&dir);
     let safety = snapfs::snapshot::unique_name(
@@ -33,7 +33,7 @@ pub(crate) fn rollback(dir: &Path, name: &str, path: &str, json: bool) -> Result
     let reply =
         control::call(&dir, &Request::Snapshot { name: Some(safety), full: false }, Duration::from_secs(7 * 86400))?;
     let now = reply.answer("safety snapshot", |r| r.snapshot).context("safety snapshot")?;
-    let st = snapfs::ops::restore::rollback(&objects, &target, &now, path, root.as_fd())?;
+    let st = snapfs::ops::rollback::rollback(&objects, &target, &now, path, root.as_fd())?;
     if json {
         println!("{}", serde_json::to_string_pretty(&st)?);
     } else {

@@ -10,6 +10,7 @@ pub mod health;
 pub mod maint;
 pub mod replica;
 pub mod restore;
+pub mod rollback;
 pub mod schedule;
 pub mod verify;
 pub mod verify_live;

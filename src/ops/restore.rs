@@ -66,37 +66,37 @@ pub struct RestoreStats {
 }
 
 #[derive(Default)]
-struct Counters {
-    files: AtomicU64,
-    written: AtomicU64,
-    kept: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) files: AtomicU64,
+    pub(crate) written: AtomicU64,
+    pub(crate) kept: AtomicU64,
 }
 
 /// A file to write: its directory (relative to the target) and entry.
-struct Job {
+pub(crate) struct Job {
     dir: Vec<u8>,
     entry: Entry,
 }
 
-fn check_name(n: &[u8]) -> Result<()> {
+pub(crate) fn check_name(n: &[u8]) -> Result<()> {
     if n.is_empty() || n == b"." || n == b".." || n.contains(&b'/') || n.contains(&0) {
         bail!("the snapshot holds an unsafe name {:?}; refusing to restore it", String::from_utf8_lossy(n));
     }
     Ok(())
 }
 
-fn cname(n: &[u8]) -> CString {
+pub(crate) fn cname(n: &[u8]) -> CString {
     CString::new(n).expect("checked: no NUL")
 }
 
-fn show(p: &[u8]) -> String {
+pub(crate) fn show(p: &[u8]) -> String {
     util::show_path(p)
 }
 
 /// Open a directory of the target, relative to its root, never leaving it.
 /// A path longer than PATH_MAX is opened a piece at a time, each piece
 /// beneath the directory the one before opened.
-fn open_dir(root: BorrowedFd<'_>, rel: &[u8]) -> Result<OwnedFd> {
+pub(crate) fn open_dir(root: BorrowedFd<'_>, rel: &[u8]) -> Result<OwnedFd> {
     const PIECE: usize = 4000; // below PATH_MAX
     let fail = |e: Errno| anyhow!("{}: {e} (not a directory, or a symlink: not followed)", show(rel));
     if rel.len() <= PIECE {
@@ -120,7 +120,7 @@ fn open_dir(root: BorrowedFd<'_>, rel: &[u8]) -> Result<OwnedFd> {
 /// Remove whatever is at `dir/name` (a file, a link, or a whole directory,
 /// down to [`util::MAX_DEPTH`] levels below it: the directories being
 /// emptied are kept on the heap, one descriptor each).
-fn remove_any(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+pub(crate) fn remove_any(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
     let st = match sys::fstatat(dir, name) {
         Ok(st) => st,
         Err(Errno::ENOENT) => return Ok(()),
@@ -169,7 +169,7 @@ fn remove_any(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
 
 /// The progress marker in the target, if there is one (a regular file:
 /// never followed, never a fifo that would hang us).
-fn read_marker(root: BorrowedFd<'_>) -> Option<Marker> {
+pub(crate) fn read_marker(root: BorrowedFd<'_>) -> Option<Marker> {
     let m = CString::new(MARKER).expect("no NUL");
     let fd = sys::openat(root, &m, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK, 0).ok()?;
     let st = sys::fstat(fd.as_fd()).ok()?;
@@ -183,7 +183,7 @@ fn read_marker(root: BorrowedFd<'_>) -> Option<Marker> {
 
 /// Write the progress marker: whatever has the name goes first, and the
 /// new file is created, never opened through a link.
-fn write_marker(root: BorrowedFd<'_>, marker: &Marker) -> Result<()> {
+pub(crate) fn write_marker(root: BorrowedFd<'_>, marker: &Marker) -> Result<()> {
     let m = CString::new(MARKER).expect("no NUL");
     // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     match cvt(unsafe { libc::unlinkat(root.as_raw_fd(), m.as_ptr(), 0) }) {
@@ -201,7 +201,7 @@ fn write_marker(root: BorrowedFd<'_>, marker: &Marker) -> Result<()> {
 }
 
 /// Set owner, mode, xattrs and times of `dir/name` as the entry says.
-fn set_meta(dir: BorrowedFd<'_>, name: &CStr, e: &Entry) -> Result<()> {
+pub(crate) fn set_meta(dir: BorrowedFd<'_>, name: &CStr, e: &Entry) -> Result<()> {
     let nofollow = libc::AT_SYMLINK_NOFOLLOW;
     // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     match cvt(unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), e.uid, e.gid, nofollow) }) {
@@ -252,7 +252,7 @@ fn set_meta(dir: BorrowedFd<'_>, name: &CStr, e: &Entry) -> Result<()> {
 }
 
 /// The id a block would have in the repository.
-fn block_id(data: &[u8]) -> ObjectId {
+pub(crate) fn block_id(data: &[u8]) -> ObjectId {
     if data.iter().all(|&b| b == 0) {
         ObjectId::ZERO
     } else {
@@ -261,7 +261,14 @@ fn block_id(data: &[u8]) -> ObjectId {
 }
 
 /// Write one file (`dir/name`), verifying what was written.
-fn write_file(objects: &Objects, bs: u64, dir: BorrowedFd<'_>, e: &Entry, c: &Counters, path: &[u8]) -> Result<()> {
+pub(crate) fn write_file(
+    objects: &Objects,
+    bs: u64,
+    dir: BorrowedFd<'_>,
+    e: &Entry,
+    c: &Counters,
+    path: &[u8],
+) -> Result<()> {
     let name = cname(&e.name);
     // An existing regular file is updated in place; anything else replaced.
     let existing = sys::fstatat(dir, &name).ok();
@@ -323,7 +330,7 @@ fn write_file(objects: &Objects, bs: u64, dir: BorrowedFd<'_>, e: &Entry, c: &Co
 /// Make block `b` (at `off`, `buf.len()` bytes) of the file `fd` hold the
 /// object `id`: a hole for a zero id, else its bytes; then read it back and
 /// check it. Returns the bytes written.
-fn put_block(
+pub(crate) fn put_block(
     objects: &Objects,
     fd: BorrowedFd<'_>,
     b: usize,
@@ -365,7 +372,7 @@ fn put_block(
     Ok(written)
 }
 
-fn write_all_at(fd: BorrowedFd<'_>, mut data: &[u8], mut off: u64) -> Result<(), Errno> {
+pub(crate) fn write_all_at(fd: BorrowedFd<'_>, mut data: &[u8], mut off: u64) -> Result<(), Errno> {
     while !data.is_empty() {
         match sys::pwrite(fd, data, off) {
             Ok(0) => return Err(Errno::EIO),
@@ -382,7 +389,7 @@ fn write_all_at(fd: BorrowedFd<'_>, mut data: &[u8], mut off: u64) -> Result<(),
 
 /// A record restore can use: sound, and of a block size a repository may
 /// have (it sizes the buffers).
-fn check_record(snap: &SnapshotInfo) -> Result<()> {
+pub(crate) fn check_record(snap: &SnapshotInfo) -> Result<()> {
     if let Some(problem) = &snap.damaged {
         bail!("snapshot record {} is damaged: {problem}", snap.id);
     }
@@ -391,7 +398,7 @@ fn check_record(snap: &SnapshotInfo) -> Result<()> {
 
 /// How much a restore may create: what the entry at its top (and the
 /// record) says lies below it.
-struct Expansion(Totals);
+pub(crate) struct Expansion(Totals);
 
 impl Expansion {
     fn of(snap: &SnapshotInfo, top: &Entry) -> Expansion {
@@ -430,7 +437,7 @@ impl Expansion {
 }
 
 #[derive(Serialize, Deserialize, PartialEq, Eq)]
-struct Marker {
+pub(crate) struct Marker {
     snapshot: String,
     path: String,
 }
@@ -655,7 +662,7 @@ pub fn restore(
 /// Create a non-directory entry in `dir`, or queue it (files), or note it
 /// as another name of a hard-linked file.
 #[allow(clippy::too_many_arguments)]
-fn place(
+pub(crate) fn place(
     dir: BorrowedFd<'_>,
     path: &[u8],
     e: &Entry,
@@ -721,7 +728,7 @@ fn place(
     Ok(())
 }
 
-fn progress(c: &Counters, total: u64, done: &std::sync::atomic::AtomicBool) {
+pub(crate) fn progress(c: &Counters, total: u64, done: &std::sync::atomic::AtomicBool) {
     let (after, every) = (std::time::Duration::from_secs(2), std::time::Duration::from_millis(250));
     util::progress_line(done, after, every, |t| {
         Some(format!(
@@ -731,271 +738,6 @@ fn progress(c: &Counters, total: u64, done: &std::sync::atomic::AtomicBool) {
             t.as_secs_f64()
         ))
     })
-}
-
-/// What a rollback changed.
-#[derive(Debug, Default, Serialize, Deserialize, Clone)]
-pub struct RollbackStats {
-    /// The safety snapshot taken first.
-    pub safety_snapshot: String,
-    pub removed: u64,
-    pub restored: u64,
-    pub patched_files: u64,
-    pub metadata: u64,
-    pub written: u64,
-}
-
-/// Revert `sub` of the live directory (`root`: a descriptor of the mount)
-/// to snapshot `to`, given `now`: a snapshot of the directory as it is (the
-/// safety snapshot, taken just before). Only what differs between the two
-/// (by hashes) is touched; only differing blocks are written.
-/// Whether `sub` can be rolled back to `to`: it names something in the
-/// snapshot, and its parent is a directory of the live tree at `root`.
-/// Checked before the safety snapshot is taken, so a bad PATH leaves
-/// nothing behind.
-pub fn rollback_check(objects: &Objects, to: &SnapshotInfo, sub: &str, root: BorrowedFd<'_>) -> Result<()> {
-    if sub.split('/').any(|p| p == "..") {
-        bail!("{sub}: a path in the directory may not contain ..");
-    }
-    find_entry(objects, to, sub)?;
-    let rel = sub.trim_matches('/').as_bytes();
-    let pdir = rel.iter().rposition(|b| *b == b'/').map_or(&rel[..0], |i| &rel[..i]);
-    open_dir(root, pdir).map(drop)
-}
-
-pub fn rollback(
-    objects: &Objects,
-    to: &SnapshotInfo,
-    now: &SnapshotInfo,
-    sub: &str,
-    root: BorrowedFd<'_>,
-) -> Result<RollbackStats> {
-    sys::raise_nofile_limit(); // a descriptor per level of a deep tree
-    let bs = to.record.block_size;
-    check_record(to)?;
-    check_record(now)?;
-    let want = find_entry(objects, to, sub)?;
-    let have = find_entry(objects, now, sub).ok();
-    let mut st = RollbackStats { safety_snapshot: now.record.name.clone(), ..Default::default() };
-    let rel = sub.trim_matches('/').as_bytes().to_vec();
-    let (pdir, name) = match rel.iter().rposition(|b| *b == b'/') {
-        Some(i) => (rel[..i].to_vec(), rel[i + 1..].to_vec()),
-        None => (Vec::new(), rel.clone()),
-    };
-    if rel.is_empty() {
-        if want.kind != EntryKind::Dir {
-            bail!("the snapshot's root is not a directory");
-        }
-        let have = have.ok_or_else(|| anyhow!("no root in the current snapshot"))?;
-        let work =
-            vec![Work::Dir { parent: None, path: Vec::new(), want: want.clone(), have: Some(have.clone()), depth: 0 }];
-        sync_tree(objects, bs, root, work, &mut st)?;
-        if meta_differs(&want, &have) {
-            set_meta(root, c".", &want)?;
-            st.metadata += 1;
-        }
-    } else {
-        let d = Arc::new(open_dir(root, &pdir)?);
-        let mut w = want.clone();
-        w.name = name.clone();
-        let mut work = Vec::new();
-        let depth = rel.split(|b| *b == b'/').count();
-        sync_entry(objects, bs, &d, &pdir, &w, have.as_ref(), &mut st, &mut work, depth)?;
-        sync_tree(objects, bs, root, work, &mut st)?;
-    }
-    Ok(st)
-}
-
-fn meta_differs(a: &Entry, b: &Entry) -> bool {
-    (a.mode, a.uid, a.gid, a.mtime, &a.xattrs) != (b.mode, b.uid, b.gid, b.mtime, &b.xattrs)
-}
-
-/// What the rollback walk leaves for later, kept on the heap (any depth
-/// down to [`util::MAX_DEPTH`] levels; one descriptor per level at most).
-#[allow(clippy::large_enum_variant)] // a few per level at most
-enum Work {
-    /// Make the directory `want.name` in `parent` (`None`: the root
-    /// itself), at `path`, hold what `want` holds, given it holds `have`
-    /// (`None`: it was just made).
-    Dir { parent: Option<Arc<OwnedFd>>, path: Vec<u8>, want: Entry, have: Option<Entry>, depth: usize },
-    /// Then (its directories done) set its metadata: it was restored
-    /// anew, or its metadata differed.
-    Meta { parent: Arc<OwnedFd>, want: Entry, restored: bool },
-}
-
-/// Do the work, and what it leaves, until none is left.
-fn sync_tree(
-    objects: &Objects,
-    bs: u64,
-    root: BorrowedFd<'_>,
-    mut work: Vec<Work>,
-    st: &mut RollbackStats,
-) -> Result<()> {
-    while let Some(w) = work.pop() {
-        let (parent, path, want, have, depth) = match w {
-            Work::Meta { parent, want, restored } => {
-                set_meta(parent.as_fd(), &cname(&want.name), &want)?;
-                if restored {
-                    st.restored += 1;
-                } else {
-                    st.metadata += 1;
-                }
-                continue;
-            }
-            Work::Dir { parent, path, want, have, depth } => (parent, path, want, have, depth),
-        };
-        if have.as_ref().is_some_and(|h| h.content == want.content) {
-            continue;
-        }
-        if depth > util::MAX_DEPTH {
-            bail!(util::too_deep(&path));
-        }
-        let wt = objects.tree(&want.content)?;
-        let ht = match &have {
-            Some(h) => Some(objects.tree(&h.content)?),
-            None => None,
-        };
-        let d = Arc::new(match &parent {
-            None => open_dir(root, &path)?,
-            Some(up) => sys::open_beneath(up.as_fd(), &cname(&want.name), libc::O_RDONLY | libc::O_DIRECTORY)
-                .map_err(|e| anyhow!("{}: {e} (not a directory, or a symlink: not followed)", show(&path)))?,
-        });
-        if let Some(ht) = &ht {
-            // names that are gone from the snapshot go first
-            for h in &ht.entries {
-                if wt.get(&h.name).is_none() {
-                    check_name(&h.name)?;
-                    remove_any(d.as_fd(), &cname(&h.name))?;
-                    st.removed += 1;
-                }
-            }
-        }
-        for w in &wt.entries {
-            check_name(&w.name)?;
-            let h = ht.as_ref().and_then(|t| t.get(&w.name));
-            sync_entry(objects, bs, &d, &path, w, h, st, &mut work, depth + 1)?;
-        }
-    }
-    Ok(())
-}
-
-/// Make `w.name` in `dir` (at `path`) what `w` says, given it is `h` now;
-/// a directory below is left as work for later (at `depth`).
-#[allow(clippy::too_many_arguments)]
-fn sync_entry(
-    objects: &Objects,
-    bs: u64,
-    dir_fd: &Arc<OwnedFd>,
-    path: &[u8],
-    w: &Entry,
-    h: Option<&Entry>,
-    st: &mut RollbackStats,
-    work: &mut Vec<Work>,
-    depth: usize,
-) -> Result<()> {
-    let dir = dir_fd.as_fd();
-    let n = cname(&w.name);
-    let p = util::join_rel(path, &w.name);
-    let h = h.filter(|h| h.kind == w.kind);
-    if h.is_none() && sys::fstatat(dir, &n).is_ok() {
-        remove_any(dir, &n)?;
-        st.removed += 1;
-    }
-    match (w.kind, h) {
-        (EntryKind::Dir, Some(h)) => {
-            // its metadata after what is below it
-            if meta_differs(w, h) {
-                work.push(Work::Meta { parent: dir_fd.clone(), want: w.clone(), restored: false });
-            }
-            let (want, have) = (w.clone(), Some(h.clone()));
-            work.push(Work::Dir { parent: Some(dir_fd.clone()), path: p, want, have, depth });
-        }
-        (EntryKind::Dir, None) => {
-            // restore the whole subtree from the snapshot
-            // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
-            cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), n.as_ptr(), 0o700) })
-                .map_err(|e| anyhow!("{}: {e}", show(&p)))?;
-            work.push(Work::Meta { parent: dir_fd.clone(), want: w.clone(), restored: true });
-            work.push(Work::Dir { parent: Some(dir_fd.clone()), path: p, want: w.clone(), have: None, depth });
-        }
-        (EntryKind::File, Some(h)) => {
-            if h.nlink > 1 && w.nlink == 1 && (w.content != h.content || w.size != h.size || meta_differs(w, h)) {
-                // linked since: patching the shared inode would change its
-                // other names too; this name gets a file of its own
-                remove_any(dir, &n)?;
-                let c = Counters::default();
-                write_file(objects, bs, dir, w, &c, &p)?;
-                st.written += c.written.load(Ordering::Relaxed);
-                st.restored += 1;
-            } else if w.content != h.content || w.size != h.size {
-                st.written += patch_file(objects, bs, dir, w, h, &p)?;
-                st.patched_files += 1;
-            } else if meta_differs(w, h) {
-                set_meta(dir, &n, w)?;
-                st.metadata += 1;
-            }
-        }
-        (EntryKind::Symlink, Some(h)) if w.target == h.target => {
-            if meta_differs(w, h) {
-                set_meta(dir, &n, w)?;
-                st.metadata += 1;
-            }
-        }
-        (_, Some(h)) if w.kind != EntryKind::File && w.kind != EntryKind::Symlink && w.rdev == h.rdev => {
-            if meta_differs(w, h) {
-                set_meta(dir, &n, w)?;
-                st.metadata += 1;
-            }
-        }
-        (EntryKind::File, None) => {
-            let c = Counters::default();
-            write_file(objects, bs, dir, w, &c, &p)?;
-            st.written += c.written.load(Ordering::Relaxed);
-            st.restored += 1;
-        }
-        _ => {
-            // symlinks with another target, devices, fifos, sockets
-            if sys::fstatat(dir, &n).is_ok() {
-                remove_any(dir, &n)?;
-            }
-            let mut jobs = Vec::new();
-            let mut links = Vec::new();
-            let mut first = HashMap::new();
-            let mut rs = RestoreStats::default();
-            let mut one = w.clone();
-            one.nlink = 1;
-            place(dir, path, &one, true, &mut jobs, &mut links, &mut first, &mut rs)?;
-            st.restored += 1;
-        }
-    }
-    Ok(())
-}
-
-/// Turn file `dir/name`, known to hold `h`'s content, into `w`'s: write the
-/// blocks whose ids differ (the hashes say which; nothing else is read),
-/// cut or extend it to the right size, verify what was written. Returns
-/// the bytes written.
-fn patch_file(objects: &Objects, bs: u64, dir: BorrowedFd<'_>, w: &Entry, h: &Entry, path: &[u8]) -> Result<u64> {
-    let n = cname(&w.name);
-    let new = snapshot::entry_blocks(objects, w, bs)?;
-    let old = snapshot::entry_blocks(objects, h, bs)?;
-    let fd = sys::openat(dir, &n, libc::O_RDWR | libc::O_NOFOLLOW, 0).map_err(|e| anyhow!("{}: {e}", show(path)))?;
-    // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
-    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), w.size as i64) }).map_err(|e| anyhow!("{}: {e}", show(path)))?;
-    let mut written = 0;
-    let mut buf = vec![0u8; bs as usize];
-    for (b, id) in new.iter().enumerate() {
-        let off = b as u64 * bs;
-        let len = bs.min(w.size - off) as usize;
-        // ids hash the whole block, length included: equal ids, equal bytes
-        if old.get(b) == Some(id) {
-            continue;
-        }
-        written += put_block(objects, fd.as_fd(), b, *id, off, &mut buf[..len], path)?;
-    }
-    drop(fd);
-    set_meta(dir, &n, w).with_context(|| show(path))?;
-    Ok(written)
 }
 
 #[cfg(test)]
