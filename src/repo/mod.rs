@@ -22,6 +22,7 @@
 //! A local config is written once, at `init`, with the durable-write
 //! sequence (temporary name, fsync, rename, fsync of the directory).
 
+pub mod ids;
 pub mod objects;
 pub mod objstore;
 pub mod pack;
