@@ -1,0 +1,138 @@
+//! Open directories and their listings (reserved names left out at the root).
+
+use super::*;
+use crate::os::errno::{cvt, Errno, SysResult};
+use crate::os::sys::{self, cstr};
+use crate::util::{Locked, RwLocked};
+use fuser::{FileAttr, FileType};
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+impl LiveFs {
+    pub(crate) fn dir(&self, fh: u64) -> SysResult<Arc<DirHandle>> {
+        self.dirs.read_locked().get(&fh).cloned().ok_or(Errno::EBADF)
+    }
+
+    pub fn opendir(&self, nodeid: u64) -> SysResult<u64> {
+        let i = self.inode(nodeid)?;
+        let fd = sys::reopen(self.fd(&i)?.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        let fh = self.next_fh.fetch_add(1, Ordering::SeqCst);
+        let d = DirHandle { fd, nodeid, ino: i.ino, pos: Mutex::new(0) };
+        self.dirs.write_locked().insert(fh, Arc::new(d));
+        Ok(fh)
+    }
+
+    /// List entries from `offset`; `add(ino, next_offset, type, name)` returns
+    /// true when the reply is full.
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: i64,
+        mut add: impl FnMut(u64, i64, FileType, &OsStr) -> bool,
+    ) -> SysResult<()> {
+        let d = self.dir(fh)?;
+        let mut pos = d.pos.locked();
+        if *pos != offset {
+            sys::lseek(d.fd.as_fd(), offset, libc::SEEK_SET)?;
+            *pos = offset;
+        }
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let batch = sys::getdents(d.fd.as_fd(), &mut buf)?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for e in batch {
+                if reserved::hidden(d.nodeid == ROOT, e.name.as_bytes()) {
+                    *pos = e.next_off;
+                    continue;
+                }
+                if add(e.ino, e.next_off, dtype_to_filetype(e.dtype), &e.name) {
+                    // Reply full: this entry comes again in the next call,
+                    // and the descriptor is past it; reposition then.
+                    *pos = -1;
+                    return Ok(());
+                }
+                *pos = e.next_off;
+            }
+        }
+    }
+
+    /// Like [`LiveFs::readdir`], with each entry's attributes. Every entry but
+    /// `.` and `..` counts as a lookup (the kernel will forget it), but only
+    /// once `add` accepted it.
+    pub fn readdirplus(
+        &self,
+        fh: u64,
+        offset: i64,
+        mut add: impl FnMut(i64, &OsStr, &FileAttr) -> bool,
+    ) -> SysResult<()> {
+        let d = self.dir(fh)?;
+        let mut pos = d.pos.locked();
+        if *pos != offset {
+            sys::lseek(d.fd.as_fd(), offset, libc::SEEK_SET)?;
+            *pos = offset;
+        }
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let batch = sys::getdents(d.fd.as_fd(), &mut buf)?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for e in batch {
+                let hidden = reserved::hidden(d.nodeid == ROOT, e.name.as_bytes());
+                let dots = e.name == "." || e.name == "..";
+                let full = if hidden {
+                    false
+                } else if dots {
+                    // The kernel does not count lookups of dot entries.
+                    let c = cstr(&e.name)?;
+                    match sys::fstatat(d.fd.as_fd(), &c) {
+                        Ok(st) => add(e.next_off, &e.name, &attr_for(&st, st.st_ino)),
+                        Err(_) => false,
+                    }
+                } else {
+                    let c = cstr(&e.name)?;
+                    let found = sys::open_path(d.fd.as_fd(), &c).and_then(|fd| Ok((sys::fstat(fd.as_fd())?, fd)));
+                    match found {
+                        Ok((st, fd)) => {
+                            let node = self.remember(fd, &st, d.ino, &e.name);
+                            let full = add(e.next_off, &e.name, &attr_for(&st, node));
+                            if full {
+                                self.forget(node, 1);
+                            }
+                            full
+                        }
+                        // vanished since getdents: leave it out
+                        Err(_) => false,
+                    }
+                };
+                if full {
+                    // this entry comes again in the next call; reposition then
+                    *pos = -1;
+                    return Ok(());
+                }
+                *pos = e.next_off;
+            }
+        }
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.write_locked().remove(&fh);
+    }
+
+    pub fn fsyncdir(&self, fh: u64, datasync: bool) -> SysResult<()> {
+        let d = self.dir(fh)?;
+        let r = if datasync {
+            // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
+            unsafe { libc::fdatasync(d.fd.as_raw_fd()) }
+        } else {
+            // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
+            unsafe { libc::fsync(d.fd.as_raw_fd()) }
+        };
+        cvt(r).map(|_| ())
+    }
+}
