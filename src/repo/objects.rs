@@ -1,5 +1,7 @@
-//! Repository objects: ids and the byte encodings of file block lists and
-//! directory trees.
+//! Repository objects: the byte encodings of file block lists and
+//! directory trees, and the limits every decoded field is checked against.
+//! (One file on purpose, with its tests: the encodings and their limits
+//! are read together.)
 //!
 //! Every object is named by the blake3 hash of its kind byte followed by its
 //! (uncompressed) bytes. The kinds:

@@ -1,6 +1,10 @@
 //! The read-only view of snapshots: what `DIR/.snapshots/` and a `browse`
 //! mount show. A plain API over the repository, driven by the FUSE adapter.
 //!
+//! (One file on purpose, about 600 lines of code and 500 of tests: the
+//! node table, the caches and the reads that use them are one unit, and
+//! splitting them would put the caches' invariants in two places.)
+//!
 //! # Node ids
 //! Every view node has bit 63 set, so it never collides with a live node
 //! (backing inode numbers). `VIEW_ROOT` is the folder of snapshots. A
