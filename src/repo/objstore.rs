@@ -47,6 +47,16 @@ impl ObjError {
     }
 }
 
+/// Every object failure (missing, damaged, malformed) is `EIO` to a reader.
+impl crate::os::errno::ToErrno for ObjError {
+    fn to_errno(&self) -> crate::os::errno::Errno {
+        match self {
+            ObjError::Store(e) => e.to_errno(),
+            _ => crate::os::errno::Errno::EIO,
+        }
+    }
+}
+
 pub type ObjResult<T> = Result<T, ObjError>;
 
 /// Where an object is.

@@ -54,6 +54,20 @@ impl StoreError {
     }
 }
 
+/// Storage failures reaching a reader are I/O errors (a missing file in a
+/// snapshot's repository is damage, not "no such file"); a full device
+/// says so.
+impl crate::os::errno::ToErrno for StoreError {
+    fn to_errno(&self) -> crate::os::errno::Errno {
+        match self {
+            StoreError::Io { err, .. } if err.raw_os_error() == Some(libc::ENOSPC) => {
+                crate::os::errno::Errno(libc::ENOSPC)
+            }
+            _ => crate::os::errno::Errno::EIO,
+        }
+    }
+}
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Write-once file storage.

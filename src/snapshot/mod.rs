@@ -70,6 +70,22 @@ pub enum SnapError {
     NewerRecord { id: String, found: u32 },
 }
 
+/// What a snapshot failure is to a caller that wants an errno: the
+/// backing filesystem's own error, else `EIO` (or `EINVAL` for a bad name).
+impl crate::os::errno::ToErrno for SnapError {
+    fn to_errno(&self) -> crate::os::errno::Errno {
+        use crate::os::errno::Errno;
+        match self {
+            SnapError::Obj(e) => e.to_errno(),
+            SnapError::Store(e) => e.to_errno(),
+            SnapError::Backing { errno, .. } => *errno,
+            SnapError::BadName(_) | SnapError::Duplicate(_) => Errno::EINVAL,
+            SnapError::Unknown(_) => Errno::ENOENT,
+            _ => Errno::EIO,
+        }
+    }
+}
+
 pub type SnapResult<T> = Result<T, SnapError>;
 
 fn backing(path: &[u8], errno: Errno) -> SnapError {

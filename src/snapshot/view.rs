@@ -50,7 +50,7 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{FileAttr, FileType};
 
-use crate::os::errno::{Errno, SysResult};
+use crate::os::errno::{Errno, SysResult, ToErrno};
 use crate::repo::objects::{self, Entry, EntryKind, FileNode, ObjKind, ObjectId, Time, Tree};
 use crate::repo::objstore::{ObjError, Objects};
 use crate::snapshot::{self, SnapshotInfo};
@@ -459,7 +459,7 @@ impl View {
         }
         let t = Arc::new(self.objects.tree(id).map_err(|e| {
             log::error!("snapshot tree {id}: {e}");
-            Errno::EIO
+            e.to_errno()
         })?);
         let mut c = self.trees.locked();
         let (cache, bytes) = &mut *c;
@@ -790,7 +790,7 @@ impl View {
         })
         .map_err(|err| {
             log::error!("READ FAILED: {}: {err}", self.describe(id));
-            Errno::EIO
+            err.to_errno()
         })?;
         match found {
             Some(b) => Ok(((b * self.bs) as i64).clamp(offset, size)),
