@@ -136,11 +136,7 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
         }
         let p = Arc::new(VerifyProgress::default());
         let opts = VerifyOptions { read_data: a.read_data, subset: a.subset, jobs, block_size: Some(r.block_size()) };
-        let report = with_progress(a.json, || Some(p.view()), || verify::verify(&objects, &opts, &p))?;
-        health.set_verify(&report);
-        if !report.ok {
-            health.error("verify", &verify::summary(&report));
-        }
+        let report = with_progress(a.json, || Some(p.view()), || verify::run(&objects, &opts, &health, &p))?;
         if a.rebuild_index && !report.index_problems.is_empty() {
             let n = objects.rebuild_index()?;
             eprintln!("snapfs: index rebuilt from {n} packs");
@@ -264,9 +260,10 @@ fn prune_report(
         eprintln!("snapfs: {note}");
     }
     let objects = Objects::open(r.store(), Some(&db))?;
+    let health = Health::open(&db)?;
     let p = Arc::new(VerifyProgress::default());
     let opts = PruneOptions { dry_run, max_unused: max_unused.unwrap_or(PruneOptions::default().max_unused) };
-    with_progress(quiet, || Some(p.view()), || maint::prune(&objects, &opts, &p))
+    with_progress(quiet, || Some(p.view()), || maint::run_prune(&objects, &opts, &health, &p))
 }
 
 fn print_prune(p: &PruneReport) {

@@ -297,14 +297,8 @@ impl Service {
         let r = {
             let _readers = self.maint.read_locked();
             let p = Arc::new(verify::VerifyProgress::default());
-            self.with_task(p.clone(), || verify::verify(&self.objects, &opts, &p))
-                .inspect_err(|e| self.health.error("verify", &format!("{e:#}")))?
+            self.with_task(p.clone(), || verify::run(&self.objects, &opts, &self.health, &p))?
         };
-        self.health.set_verify(&r);
-        if !r.ok {
-            log::error!("VERIFY FOUND DAMAGE: {}", verify::summary(&r));
-            self.health.error("verify", &verify::summary(&r));
-        }
         if rebuild_index && !r.index_problems.is_empty() {
             // not while a snapshot or a verify reads through the index
             let _one = self.snapshotting.locked();
@@ -375,11 +369,8 @@ impl Service {
         self.check_repository()?;
         self.recover_state().context("the state database cannot be written")?;
         let p = Arc::new(verify::VerifyProgress::default());
-        self.with_task(p.clone(), || maint::prune(&self.objects, opts, &p)).inspect_err(|e| {
-            self.note_state_error(e);
-            log::error!("PRUNE FAILED: {e:#}");
-            self.health.error("prune", &format!("{e:#}"))
-        })
+        self.with_task(p.clone(), || maint::run_prune(&self.objects, opts, &self.health, &p))
+            .inspect_err(|e| self.note_state_error(e))
     }
 
     /// Unmount ourselves; busy mounts are detached lazily when `lazy`.

@@ -320,6 +320,20 @@ pub(crate) fn mark(objects: &Objects, snaps: &[SnapshotInfo], progress: &VerifyP
     Ok(used)
 }
 
+/// `prune` as both the daemon and the offline command run it: a failure
+/// logged loudly and kept among `health`'s recent errors.
+pub fn run_prune(
+    objects: &Objects,
+    opts: &PruneOptions,
+    health: &crate::ops::health::Health,
+    progress: &VerifyProgress,
+) -> Result<PruneReport> {
+    prune(objects, opts, progress).inspect_err(|e| {
+        log::error!("PRUNE FAILED: {e:#}");
+        health.error("prune", &format!("{e:#}"))
+    })
+}
+
 /// Remove what no snapshot references. The caller excludes snapshots.
 pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) -> Result<PruneReport> {
     let t0 = Instant::now();

@@ -376,6 +376,24 @@ fn subset_count(n: usize, pct: f64) -> usize {
     (((n as f64) * pct / 100.0).ceil() as usize).clamp(1, n)
 }
 
+/// `verify` as both the daemon and the offline command run it: the result
+/// kept in `health` (the last verify, and damage among the recent errors),
+/// damage logged loudly.
+pub fn run(
+    objects: &Objects,
+    opts: &VerifyOptions,
+    health: &crate::ops::health::Health,
+    progress: &VerifyProgress,
+) -> anyhow::Result<VerifyReport> {
+    let r = verify(objects, opts, progress).inspect_err(|e| health.error("verify", &format!("{e:#}")))?;
+    health.set_verify(&r);
+    if !r.ok {
+        log::error!("VERIFY FOUND DAMAGE: {}", summary(&r));
+        health.error("verify", &summary(&r));
+    }
+    Ok(r)
+}
+
 /// Verify the repository behind `objects`.
 pub fn verify(objects: &Objects, opts: &VerifyOptions, progress: &VerifyProgress) -> anyhow::Result<VerifyReport> {
     let t0 = Instant::now();
