@@ -53,9 +53,9 @@ impl LiveFs {
         if trunc {
             let old = sys::fstat(self.fd(&i)?.as_fd())?.st_size as u64;
             if old > 0 {
-                self.tracker.set_size(self, i.ino, old, 0);
+                self.observer.set_size(self, i.ino, old, 0);
             } else {
-                self.tracker.meta(self, i.ino, i.kind());
+                self.observer.meta(self, i.ino, i.kind());
             }
         }
         let fd = {
@@ -77,7 +77,7 @@ impl LiveFs {
         let c = cstr(name)?;
         let (f, direct) = self.backing_flags(flags);
         self.cap_dir(&p);
-        self.tracker.entries(self, p.ino);
+        self.observer.entries(self, p.ino);
         let fd = {
             let _as = AsCaller::new(ctx.uid, ctx.gid);
             sys::openat(self.fd(&p)?.as_fd(), &c, f | libc::O_CREAT | libc::O_NOFOLLOW | (flags & libc::O_EXCL), mode)?
@@ -89,7 +89,7 @@ impl LiveFs {
             // a new file carries no security.capability
             i.no_caps.store(true, Ordering::SeqCst);
         }
-        self.tracker.created(self, p.ino, name, st.st_ino, Kind::from_mode(st.st_mode));
+        self.observer.created(self, p.ino, name, st.st_ino, Kind::from_mode(st.st_mode));
         let fh = self.add_file(fd, st.st_ino, nodeid, f);
         Ok((Entry { nodeid, attr: attr_for(&st, nodeid) }, OpenReply { fh, direct_io: direct, keep_cache: !direct }))
     }
@@ -126,7 +126,7 @@ impl LiveFs {
         // captured even when unlinked: a snapshot may be reading it through a pin
         self.cap_data(&h, DataChange::Range { off, len: data.len() as u64 });
         if linked(&st) {
-            self.tracker.write(self, h.ino, off, data.len() as u64, st.st_size as u64);
+            self.observer.write(self, h.ino, off, data.len() as u64, st.st_size as u64);
         }
         let _kill = WithoutFsetid::new(kill_suidgid);
         let mut done = 0;
@@ -175,20 +175,20 @@ impl LiveFs {
         if !linked(&st) {
             // not in any snapshot
         } else if mode & libc::FALLOC_FL_COLLAPSE_RANGE != 0 {
-            self.tracker.shift(self, h.ino, off, size.saturating_sub(len));
+            self.observer.shift(self, h.ino, off, size.saturating_sub(len));
         } else if mode & libc::FALLOC_FL_INSERT_RANGE != 0 {
-            self.tracker.shift(self, h.ino, off, size + len);
+            self.observer.shift(self, h.ino, off, size + len);
         } else {
-            self.tracker.touch_range(self, h.ino, off, len, size);
+            self.observer.touch_range(self, h.ino, off, len, size);
             if !keep && end > size {
-                self.tracker.set_size(self, h.ino, size, end);
+                self.observer.set_size(self, h.ino, size, end);
             }
         }
         // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
         cvt(unsafe { libc::fallocate(h.fd.as_raw_fd(), mode, off as i64, len as i64) })?;
         self.keep_kernel_mtime_of(h.node, h.fd.as_fd());
         if let Ok(st) = sys::fstat(h.fd.as_fd()) {
-            self.tracker.observe_size(h.ino, st.st_size as u64);
+            self.observer.observe_size(h.ino, st.st_size as u64);
         }
         Ok(())
     }
@@ -240,7 +240,7 @@ impl LiveFs {
         let st = sys::fstat(ho.fd.as_fd())?;
         self.cap_data(&ho, DataChange::Range { off: off_out, len });
         if linked(&st) {
-            self.tracker.write(self, ho.ino, off_out, len, st.st_size as u64);
+            self.observer.write(self, ho.ino, off_out, len, st.st_size as u64);
         }
         let mut oi = off_in as i64;
         let mut oo = off_out as i64;
@@ -250,7 +250,7 @@ impl LiveFs {
         })?;
         self.keep_kernel_mtime_of(ho.node, ho.fd.as_fd());
         if let Ok(st) = sys::fstat(ho.fd.as_fd()) {
-            self.tracker.observe_size(ho.ino, st.st_size as u64);
+            self.observer.observe_size(ho.ino, st.st_size as u64);
         }
         Ok(r as u32)
     }

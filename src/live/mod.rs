@@ -43,17 +43,19 @@ use crate::os::creds::{AsCaller, WithoutFsetid};
 use crate::os::errno::{cvt, Errno, SysResult};
 use crate::os::sys::{self, cstr, Stat};
 use crate::snapshot::capture::{Capture, DataChange};
-use crate::tracker::{Ancestry, Kind, Tracker};
+use crate::tracker::{Ancestry, Kind};
 use crate::util::{Locked, RwLocked};
 
 mod dirs;
 mod files;
 mod inodes;
+mod observer;
 pub mod reserved;
 mod xattrs;
 
 pub use inodes::Inode;
 use inodes::{mtime_of, Anchor, Table};
+pub use observer::ChangeObserver;
 pub use reserved::{Reserved, REPO_NAME, SNAPSHOTS_NAME};
 
 /// Node id of the root.
@@ -165,7 +167,8 @@ pub struct LiveFs {
     files: RwLock<HashMap<u64, Arc<Handle>>>,
     dirs: RwLock<HashMap<u64, Arc<DirHandle>>>,
     next_fh: AtomicU64,
-    tracker: Arc<Tracker>,
+    /// Told before every change (the tracker, on a mount).
+    observer: Arc<dyn ChangeObserver>,
     root_dev: u64,
     root_ino: u64,
     opts: Options,
@@ -256,7 +259,7 @@ impl Ancestry for LiveFs {
 impl LiveFs {
     /// A passthrough over the directory `root` (any descriptor of it; an
     /// `O_PATH` one is made from it).
-    pub fn new(root: BorrowedFd<'_>, tracker: Arc<Tracker>, opts: Options) -> SysResult<LiveFs> {
+    pub fn new(root: BorrowedFd<'_>, observer: Arc<dyn ChangeObserver>, opts: Options) -> SysResult<LiveFs> {
         let fd = sys::open_path(root, c".")?;
         let st = sys::fstat(fd.as_fd())?;
         if !sys::is_dir(&st) {
@@ -292,7 +295,7 @@ impl LiveFs {
             files: RwLock::new(HashMap::new()),
             dirs: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            tracker,
+            observer,
             root_dev: st.st_dev,
             root_ino: st.st_ino,
             opts,
@@ -370,10 +373,6 @@ impl LiveFs {
         &self.opts
     }
 
-    pub fn tracker(&self) -> &Arc<Tracker> {
-        &self.tracker
-    }
-
     pub fn root_ino(&self) -> u64 {
         self.root_ino
     }
@@ -436,7 +435,7 @@ impl LiveFs {
         }
         self.cap_meta(&i);
         if track && (a.mode.is_some() || a.uid.is_some() || a.gid.is_some() || a.atime.is_some() || a.mtime.is_some()) {
-            self.tracker.meta(self, i.ino, kind);
+            self.observer.meta(self, i.ino, kind);
         }
         if a.uid.is_some() || a.gid.is_some() {
             let uid = a.uid.unwrap_or(u32::MAX);
@@ -476,7 +475,7 @@ impl LiveFs {
             };
             let old = sys::fstat(fd)?.st_size as u64;
             if track {
-                self.tracker.set_size(self, i.ino, old, size);
+                self.observer.set_size(self, i.ino, old, size);
             }
             let _kill = WithoutFsetid::new(ctx.uid != 0);
             // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
@@ -531,13 +530,13 @@ impl LiveFs {
         }
         let c = cstr(name)?;
         self.cap_dir(&p);
-        self.tracker.entries(self, p.ino);
+        self.observer.entries(self, p.ino);
         {
             let _as = AsCaller::new(ctx.uid, ctx.gid);
             make(self.fd(&p)?.as_fd(), &c)?;
         }
         let e = self.entry_for(&p, name)?;
-        self.tracker.created(self, p.ino, name, e.attr.ino.0, Kind::from_mode(mode_of(&e.attr)));
+        self.observer.created(self, p.ino, name, e.attr.ino.0, Kind::from_mode(mode_of(&e.attr)));
         Ok(e)
     }
 
@@ -573,8 +572,8 @@ impl LiveFs {
         let c = cstr(newname)?;
         self.cap_dir(&p);
         self.cap_meta(&i);
-        self.tracker.entries(self, p.ino);
-        self.tracker.linked(self, i.ino, i.kind());
+        self.observer.entries(self, p.ino);
+        self.observer.linked(self, i.ino, i.kind());
         // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
         cvt(unsafe {
             libc::linkat(
@@ -621,16 +620,16 @@ impl LiveFs {
         let st = sys::fstatat(self.fd(&p)?.as_fd(), &c)?;
         let last = sys::is_dir(&st) || st.st_nlink <= 1;
         self.cap_unlink(&p, &c);
-        self.tracker.entries(self, p.ino);
+        self.observer.entries(self, p.ino);
         if last {
             self.pin(st.st_dev, st.st_ino);
         } else {
-            self.tracker.meta(self, st.st_ino, Kind::from_mode(st.st_mode));
+            self.observer.meta(self, st.st_ino, Kind::from_mode(st.st_mode));
         }
         // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
         cvt(unsafe { libc::unlinkat(self.fd(&p)?.as_raw_fd(), c.as_ptr(), flags) })?;
         if last {
-            self.tracker.gone(st.st_ino);
+            self.observer.gone(st.st_ino);
         } else {
             self.unlinked_name(&st, p.ino, name);
         }
@@ -655,11 +654,11 @@ impl LiveFs {
         } else {
             self.cap_dir(&np);
         }
-        self.tracker.entries(self, p.ino);
-        self.tracker.entries(self, np.ino);
-        self.tracker.meta(self, src.st_ino, Kind::from_mode(src.st_mode));
+        self.observer.entries(self, p.ino);
+        self.observer.entries(self, np.ino);
+        self.observer.meta(self, src.st_ino, Kind::from_mode(src.st_mode));
         if let Some(d) = &dst {
-            self.tracker.meta(self, d.st_ino, Kind::from_mode(d.st_mode));
+            self.observer.meta(self, d.st_ino, Kind::from_mode(d.st_mode));
             let replaced = flags & libc::RENAME_EXCHANGE == 0 && (sys::is_dir(d) || d.st_nlink <= 1);
             if replaced && d.st_ino != src.st_ino {
                 self.pin(d.st_dev, d.st_ino);
@@ -676,15 +675,15 @@ impl LiveFs {
                 return Ok(());
             }
             if exchange {
-                self.tracker.moved(self, d.st_ino, Kind::from_mode(d.st_mode), p.ino, name);
+                self.observer.moved(self, d.st_ino, Kind::from_mode(d.st_mode), p.ino, name);
                 self.relink(d.st_dev, d.st_ino, (np.ino, newname), (p.ino, name));
             } else if sys::is_dir(d) || d.st_nlink <= 1 {
-                self.tracker.gone(d.st_ino);
+                self.observer.gone(d.st_ino);
             } else {
                 self.unlinked_name(d, np.ino, newname);
             }
         }
-        self.tracker.moved(self, src.st_ino, Kind::from_mode(src.st_mode), np.ino, newname);
+        self.observer.moved(self, src.st_ino, Kind::from_mode(src.st_mode), np.ino, newname);
         self.relink(src.st_dev, src.st_ino, (p.ino, name), (np.ino, newname));
         Ok(())
     }
@@ -698,7 +697,7 @@ impl LiveFs {
             t.by_key.get(&(st.st_dev, st.st_ino)).and_then(|n| t.by_node.get(n)).cloned()
         };
         if let Some((p, n)) = node.and_then(|i| i.drop_link(parent, name)) {
-            self.tracker.moved(self, st.st_ino, Kind::from_mode(st.st_mode), p, &n);
+            self.observer.moved(self, st.st_ino, Kind::from_mode(st.st_mode), p, &n);
         }
     }
 
@@ -749,6 +748,8 @@ mod tests {
     //! `LiveFs` without a mount: the parts that need no kernel.
     use super::*;
     use crate::repo::state::StateDb;
+    use crate::tracker::Tracker;
+    use crate::util::Locked;
     use std::ffi::OsStr;
 
     fn live() -> (tempfile::TempDir, LiveFs, Arc<Tracker>) {
@@ -795,5 +796,81 @@ mod tests {
         fs.unlink(ROOT, OsStr::new("f")).unwrap();
         assert_eq!(tracker.summary().files, 0, "a removed file is forgotten");
         assert!(fs.getattr(e.nodeid, None).is_ok(), "the node stays until the kernel forgets it");
+    }
+
+    /// Records what it is told, and the size the file had then.
+    struct Recorder {
+        file: std::path::PathBuf,
+        seen: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl ChangeObserver for Recorder {
+        fn write(&self, _: &dyn Ancestry, _ino: u64, off: u64, len: u64, old_size: u64) {
+            let now = std::fs::metadata(&self.file).map(|m| m.len()).unwrap_or(0);
+            self.seen.locked().push(format!("write {off}+{len} of {old_size} (file {now})"));
+        }
+        fn set_size(&self, _: &dyn Ancestry, _: u64, old: u64, new: u64) {
+            self.seen.locked().push(format!("size {old}->{new}"));
+        }
+        fn touch_range(&self, _: &dyn Ancestry, _: u64, _: u64, _: u64, _: u64) {
+            self.seen.locked().push("touch".into());
+        }
+        fn shift(&self, _: &dyn Ancestry, _: u64, _: u64, _: u64) {
+            self.seen.locked().push("shift".into());
+        }
+        fn meta(&self, _: &dyn Ancestry, _: u64, _: Kind) {
+            self.seen.locked().push("meta".into());
+        }
+        fn entries(&self, _: &dyn Ancestry, dir: u64) {
+            self.seen.locked().push(format!("entries {}", if dir == 0 { "?" } else { "dir" }));
+        }
+        fn created(&self, _: &dyn Ancestry, _: u64, name: &OsStr, _: u64, _: Kind) {
+            self.seen.locked().push(format!("created {}", name.to_string_lossy()));
+        }
+        fn linked(&self, _: &dyn Ancestry, _: u64, _: Kind) {
+            self.seen.locked().push("linked".into());
+        }
+        fn moved(&self, _: &dyn Ancestry, _: u64, _: Kind, _: u64, name: &OsStr) {
+            self.seen.locked().push(format!("moved {}", name.to_string_lossy()));
+        }
+        fn gone(&self, _: u64) {
+            self.seen.locked().push("gone".into());
+        }
+        fn observe_size(&self, _: u64, size: u64) {
+            self.seen.locked().push(format!("size is {size}"));
+        }
+    }
+
+    #[test]
+    fn the_observer_hears_of_each_change_before_it_is_made() {
+        let t = tempfile::tempdir().unwrap();
+        let root = std::fs::File::open(t.path()).unwrap();
+        let rec = Arc::new(Recorder { file: t.path().join("f"), seen: Default::default() });
+        let fs = LiveFs::new(root.as_fd(), rec.clone(), Options::default()).unwrap();
+        let c = Ctx::root();
+        let (_, o) = fs.create(&c, ROOT, OsStr::new("f"), 0o644, libc::O_RDWR).unwrap();
+        fs.write(o.fh, 0, b"hello", false).unwrap();
+        fs.write(o.fh, 5, b" world", false).unwrap();
+        fs.release(o.fh);
+        fs.rename(ROOT, OsStr::new("f"), ROOT, OsStr::new("g"), 0).unwrap();
+        fs.unlink(ROOT, OsStr::new("g")).unwrap();
+        let seen = rec.seen.locked().clone();
+        assert_eq!(
+            seen,
+            [
+                "entries dir",
+                "created f",
+                // told before: the file is still as it was
+                "write 0+5 of 0 (file 0)",
+                "write 5+6 of 5 (file 5)",
+                "entries dir",
+                "entries dir",
+                "meta",
+                "moved g",
+                "entries dir",
+                "gone",
+            ],
+            "{seen:?}"
+        );
     }
 }

@@ -22,7 +22,7 @@ impl LiveFs {
         let p = self.xattr_path(&i)?;
         let n = cstr(name)?;
         self.cap_meta(&i);
-        self.tracker.meta(self, i.ino, i.kind());
+        self.observer.meta(self, i.ino, i.kind());
         i.no_caps.store(false, Ordering::SeqCst);
         // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
         cvt(unsafe {
@@ -80,7 +80,7 @@ impl LiveFs {
         let p = self.xattr_path(&i)?;
         let n = cstr(name)?;
         self.cap_meta(&i);
-        self.tracker.meta(self, i.ino, i.kind());
+        self.observer.meta(self, i.ino, i.kind());
         // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
         cvt(unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) }).map(|_| ())
     }
