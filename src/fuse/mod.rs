@@ -18,8 +18,11 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::live::{Ctx, LiveFs, OpenReply, SetAttr, TimeSpec, ROOT, SNAPSHOTS_NAME};
+use crate::live::{Attr, Ctx, LiveFs, OpenReply, SetAttr, TimeSpec, ROOT, SNAPSHOTS_NAME};
+use crate::os::sys;
 use crate::snapshot::view::{is_view, View, VIEW_ROOT};
+use fuser::{FileAttr, FileType};
+use std::time::SystemTime;
 
 mod browse;
 mod guard;
@@ -168,6 +171,52 @@ fn view_lseek(view: &View, ino: u64, offset: i64, whence: i32, reply: ReplyLseek
     }
 }
 
+fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn dtype_kind(d: u8) -> FileType {
+    match d {
+        libc::DT_DIR => FileType::Directory,
+        libc::DT_LNK => FileType::Symlink,
+        libc::DT_FIFO => FileType::NamedPipe,
+        libc::DT_SOCK => FileType::Socket,
+        libc::DT_CHR => FileType::CharDevice,
+        libc::DT_BLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+/// The kernel's form of what the passthrough reports.
+fn file_attr(a: &Attr) -> FileAttr {
+    let st = &a.st;
+    FileAttr {
+        ino: fuser::INodeNo(a.ino),
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: sys::time_from(st.st_atime, st.st_atime_nsec),
+        mtime: sys::time_from(st.st_mtime, st.st_mtime_nsec),
+        ctime: sys::time_from(st.st_ctime, st.st_ctime_nsec),
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: file_type(st.st_mode),
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        blksize: st.st_blksize as u32,
+        flags: 0,
+    }
+}
+
 fn ctx(req: &Request) -> Ctx {
     Ctx { uid: req.uid(), gid: req.gid(), pid: req.pid() }
 }
@@ -237,7 +286,7 @@ impl Filesystem for SnapFuse {
             return view_entry(&self.view, self.view.getattr(VIEW_ROOT), reply);
         }
         match self.live.lookup(parent.0, name) {
-            Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
+            Ok(e) => reply.entry(&self.ttl(), &file_attr(&e.attr), Generation(0)),
             Err(e) => reply.error(e.into()),
         }
     }
@@ -254,7 +303,7 @@ impl Filesystem for SnapFuse {
             return view_attr(&self.view, ino.0, reply);
         }
         match self.live.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(a) => reply.attr(&self.live.options().attr_ttl, &a),
+            Ok(a) => reply.attr(&self.live.options().attr_ttl, &file_attr(&a)),
             Err(e) => reply.error(e.into()),
         }
     }
@@ -282,7 +331,7 @@ impl Filesystem for SnapFuse {
         }
         let a = SetAttr { mode, uid, gid, size, atime: time(atime), mtime: time(mtime), fh: fh.map(|f| f.0) };
         match self.live.setattr(&ctx(_req), ino.0, &a) {
-            Ok(a) => reply.attr(&self.live.options().attr_ttl, &a),
+            Ok(a) => reply.attr(&self.live.options().attr_ttl, &file_attr(&a)),
             Err(e) => reply.error(e.into()),
         }
     }
@@ -309,7 +358,7 @@ impl Filesystem for SnapFuse {
             return reply.error(e);
         }
         match self.live.mknod(&ctx(req), parent.0, name, mode, rdev) {
-            Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
+            Ok(e) => reply.entry(&self.ttl(), &file_attr(&e.attr), Generation(0)),
             Err(e) => reply.error(e.into()),
         }
     }
@@ -319,7 +368,7 @@ impl Filesystem for SnapFuse {
             return reply.error(e);
         }
         match self.live.mkdir(&ctx(req), parent.0, name, mode) {
-            Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
+            Ok(e) => reply.entry(&self.ttl(), &file_attr(&e.attr), Generation(0)),
             Err(e) => reply.error(e.into()),
         }
     }
@@ -349,7 +398,7 @@ impl Filesystem for SnapFuse {
             return reply.error(e);
         }
         match self.live.symlink(&ctx(req), parent.0, link_name, target.as_os_str()) {
-            Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
+            Ok(e) => reply.entry(&self.ttl(), &file_attr(&e.attr), Generation(0)),
             Err(e) => reply.error(e.into()),
         }
     }
@@ -378,7 +427,7 @@ impl Filesystem for SnapFuse {
             return reply.error(e);
         }
         match self.live.link(ino.0, newparent.0, newname) {
-            Ok(e) => reply.entry(&self.ttl(), &e.attr, Generation(0)),
+            Ok(e) => reply.entry(&self.ttl(), &file_attr(&e.attr), Generation(0)),
             Err(e) => reply.error(e.into()),
         }
     }
@@ -483,9 +532,9 @@ impl Filesystem for SnapFuse {
         if is_view(_ino.0) {
             return view_readdir(&self.view, _ino.0, offset, reply);
         }
-        let r = self
-            .live
-            .readdir(fh.0, offset as i64, |ino, next, kind, name| reply.add(INodeNo(ino), next as u64, kind, name));
+        let r = self.live.readdir(fh.0, offset as i64, |ino, next, d, name| {
+            reply.add(INodeNo(ino), next as u64, dtype_kind(d), name)
+        });
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e.into()),
@@ -498,7 +547,7 @@ impl Filesystem for SnapFuse {
         }
         let ttl = self.ttl();
         let r = self.live.readdirplus(fh.0, offset as i64, |next, name, attr| {
-            reply.add(attr.ino, next as u64, name, &ttl, attr, Generation(0))
+            reply.add(INodeNo(attr.ino), next as u64, name, &ttl, &file_attr(attr), Generation(0))
         });
         match r {
             Ok(()) => reply.ok(),
@@ -609,7 +658,7 @@ impl Filesystem for SnapFuse {
             return reply.error(e);
         }
         match self.live.create(&ctx(req), parent.0, name, mode, flags) {
-            Ok((e, o)) => reply.created(&self.ttl(), &e.attr, Generation(0), FileHandle(o.fh), fopen(&o)),
+            Ok((e, o)) => reply.created(&self.ttl(), &file_attr(&e.attr), Generation(0), FileHandle(o.fh), fopen(&o)),
             Err(e) => reply.error(e.into()),
         }
     }

@@ -4,7 +4,6 @@ use super::*;
 use crate::os::errno::{cvt, Errno, SysResult};
 use crate::os::sys::{self, cstr};
 use crate::util::{Locked, RwLocked};
-use fuser::{FileAttr, FileType};
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -27,12 +26,7 @@ impl LiveFs {
 
     /// List entries from `offset`; `add(ino, next_offset, type, name)` returns
     /// true when the reply is full.
-    pub fn readdir(
-        &self,
-        fh: u64,
-        offset: i64,
-        mut add: impl FnMut(u64, i64, FileType, &OsStr) -> bool,
-    ) -> SysResult<()> {
+    pub fn readdir(&self, fh: u64, offset: i64, mut add: impl FnMut(u64, i64, u8, &OsStr) -> bool) -> SysResult<()> {
         let d = self.dir(fh)?;
         let mut pos = d.pos.locked();
         if *pos != offset {
@@ -50,7 +44,7 @@ impl LiveFs {
                     *pos = e.next_off;
                     continue;
                 }
-                if add(e.ino, e.next_off, dtype_to_filetype(e.dtype), &e.name) {
+                if add(e.ino, e.next_off, e.dtype, &e.name) {
                     // Reply full: this entry comes again in the next call,
                     // and the descriptor is past it; reposition then.
                     *pos = -1;
@@ -64,12 +58,7 @@ impl LiveFs {
     /// Like [`LiveFs::readdir`], with each entry's attributes. Every entry but
     /// `.` and `..` counts as a lookup (the kernel will forget it), but only
     /// once `add` accepted it.
-    pub fn readdirplus(
-        &self,
-        fh: u64,
-        offset: i64,
-        mut add: impl FnMut(i64, &OsStr, &FileAttr) -> bool,
-    ) -> SysResult<()> {
+    pub fn readdirplus(&self, fh: u64, offset: i64, mut add: impl FnMut(i64, &OsStr, &Attr) -> bool) -> SysResult<()> {
         let d = self.dir(fh)?;
         let mut pos = d.pos.locked();
         if *pos != offset {
@@ -91,7 +80,7 @@ impl LiveFs {
                     // The kernel does not count lookups of dot entries.
                     let c = cstr(&e.name)?;
                     match sys::fstatat(d.fd.as_fd(), &c) {
-                        Ok(st) => add(e.next_off, &e.name, &attr_for(&st, st.st_ino)),
+                        Ok(st) => add(e.next_off, &e.name, &Attr::of(&st, st.st_ino)),
                         Err(_) => false,
                     }
                 } else {
@@ -100,7 +89,7 @@ impl LiveFs {
                     match found {
                         Ok((st, fd)) => {
                             let node = self.remember(fd, &st, d.ino, &e.name);
-                            let full = add(e.next_off, &e.name, &attr_for(&st, node));
+                            let full = add(e.next_off, &e.name, &Attr::of(&st, node));
                             if full {
                                 self.forget(node, 1);
                             }

@@ -91,7 +91,7 @@ impl LiveFs {
         }
         self.observer.created(self, p.ino, name, st.st_ino, Kind::from_mode(st.st_mode));
         let fh = self.add_file(fd, st.st_ino, nodeid, f);
-        Ok((Entry { nodeid, attr: attr_for(&st, nodeid) }, OpenReply { fh, direct_io: direct, keep_cache: !direct }))
+        Ok((Entry { nodeid, attr: Attr::of(&st, nodeid) }, OpenReply { fh, direct_io: direct, keep_cache: !direct }))
     }
 
     /// Read up to `size` bytes at `off` and hand them to `f` (no copy).

@@ -37,8 +37,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use fuser::{FileAttr, FileType};
-
 use crate::os::creds::{AsCaller, WithoutFsetid};
 use crate::os::errno::{cvt, Errno, SysResult};
 use crate::os::sys::{self, cstr, Stat};
@@ -134,7 +132,7 @@ pub enum TimeSpec {
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub nodeid: u64,
-    pub attr: FileAttr,
+    pub attr: Attr,
 }
 
 /// What `open`/`create` tell the kernel about a handle.
@@ -178,56 +176,25 @@ thread_local! {
     static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-pub(crate) fn file_type(mode: u32) -> FileType {
-    match mode & libc::S_IFMT {
-        libc::S_IFDIR => FileType::Directory,
-        libc::S_IFLNK => FileType::Symlink,
-        libc::S_IFIFO => FileType::NamedPipe,
-        libc::S_IFSOCK => FileType::Socket,
-        libc::S_IFCHR => FileType::CharDevice,
-        libc::S_IFBLK => FileType::BlockDevice,
-        _ => FileType::RegularFile,
+/// What the passthrough reports of a node: the backing `stat`, and the
+/// inode number `stat` through the mount shows (the node id; the root shows
+/// its backing number). The FUSE adapter turns it into the kernel's form.
+#[derive(Clone, Copy)]
+pub struct Attr {
+    pub ino: u64,
+    pub st: Stat,
+}
+
+impl std::fmt::Debug for Attr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Attr {{ ino: {}, mode: {:o}, size: {} }}", self.ino, self.st.st_mode, self.st.st_size)
     }
 }
 
-pub(crate) fn dtype_to_filetype(d: u8) -> FileType {
-    match d {
-        libc::DT_DIR => FileType::Directory,
-        libc::DT_LNK => FileType::Symlink,
-        libc::DT_FIFO => FileType::NamedPipe,
-        libc::DT_SOCK => FileType::Socket,
-        libc::DT_CHR => FileType::CharDevice,
-        libc::DT_BLK => FileType::BlockDevice,
-        _ => FileType::RegularFile,
+impl Attr {
+    pub fn of(st: &Stat, nodeid: u64) -> Attr {
+        Attr { ino: nodeid, st: *st }
     }
-}
-
-/// Build the attributes the kernel sees from a backing stat.
-pub fn attr_from_stat(st: &Stat) -> FileAttr {
-    FileAttr {
-        ino: fuser::INodeNo(st.st_ino),
-        size: st.st_size as u64,
-        blocks: st.st_blocks as u64,
-        atime: sys::time_from(st.st_atime, st.st_atime_nsec),
-        mtime: sys::time_from(st.st_mtime, st.st_mtime_nsec),
-        ctime: sys::time_from(st.st_ctime, st.st_ctime_nsec),
-        crtime: SystemTime::UNIX_EPOCH,
-        kind: file_type(st.st_mode),
-        perm: (st.st_mode & 0o7777) as u16,
-        nlink: st.st_nlink as u32,
-        uid: st.st_uid,
-        gid: st.st_gid,
-        rdev: st.st_rdev as u32,
-        blksize: st.st_blksize as u32,
-        flags: 0,
-    }
-}
-
-/// Attributes as the kernel must see them for node `nodeid`.
-pub fn attr_for(st: &Stat, nodeid: u64) -> FileAttr {
-    let mut a = attr_from_stat(st);
-    a.ino = fuser::INodeNo(nodeid);
-    a
 }
 
 pub(crate) fn timespec(t: Option<TimeSpec>) -> libc::timespec {
@@ -396,7 +363,7 @@ impl LiveFs {
         let fd = sys::open_path(self.fd(parent)?.as_fd(), &c)?;
         let st = sys::fstat(fd.as_fd())?;
         let nodeid = self.remember(fd, &st, parent.ino, name);
-        Ok(Entry { nodeid, attr: attr_for(&st, nodeid) })
+        Ok(Entry { nodeid, attr: Attr::of(&st, nodeid) })
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> SysResult<Entry> {
@@ -408,20 +375,20 @@ impl LiveFs {
         self.entry_for(&p, name)
     }
 
-    pub fn getattr(&self, nodeid: u64, fh: Option<u64>) -> SysResult<FileAttr> {
+    pub fn getattr(&self, nodeid: u64, fh: Option<u64>) -> SysResult<Attr> {
         let st = match fh.and_then(|fh| self.file(fh).ok()) {
             Some(h) => sys::fstat(h.fd.as_fd())?,
             None => sys::fstat(self.fd(&*self.inode(nodeid)?)?.as_fd())?,
         };
         // The root shows its backing number; the kernel knows it as node 1.
-        Ok(if nodeid == ROOT { attr_from_stat(&st) } else { attr_for(&st, nodeid) })
+        Ok(Attr::of(&st, if nodeid == ROOT { st.st_ino } else { nodeid }))
     }
 
     pub(crate) fn proc_path(fd: &Arc<OwnedFd>) -> std::ffi::CString {
         sys::proc_fd_path(fd.as_raw_fd())
     }
 
-    pub fn setattr(&self, ctx: &Ctx, nodeid: u64, a: &SetAttr) -> SysResult<FileAttr> {
+    pub fn setattr(&self, ctx: &Ctx, nodeid: u64, a: &SetAttr) -> SysResult<Attr> {
         let _writers = self.writer();
         let i = self.inode(nodeid)?;
         let handle = a.fh.and_then(|fh| self.file(fh).ok());
@@ -536,7 +503,7 @@ impl LiveFs {
             make(self.fd(&p)?.as_fd(), &c)?;
         }
         let e = self.entry_for(&p, name)?;
-        self.observer.created(self, p.ino, name, e.attr.ino.0, Kind::from_mode(mode_of(&e.attr)));
+        self.observer.created(self, p.ino, name, e.attr.ino, Kind::from_mode(e.attr.st.st_mode));
         Ok(e)
     }
 
@@ -599,7 +566,7 @@ impl LiveFs {
             }
             _ => self.remember(fd, &st, p.ino, newname),
         };
-        Ok(Entry { nodeid, attr: attr_for(&st, nodeid) })
+        Ok(Entry { nodeid, attr: Attr::of(&st, nodeid) })
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> SysResult<()> {
@@ -724,18 +691,6 @@ impl LiveFs {
 /// open belongs to no snapshot).
 pub(crate) fn linked(st: &Stat) -> bool {
     st.st_nlink > 0 || sys::is_dir(st)
-}
-
-pub(crate) fn mode_of(a: &FileAttr) -> u32 {
-    match a.kind {
-        FileType::Directory => libc::S_IFDIR,
-        FileType::Symlink => libc::S_IFLNK,
-        FileType::NamedPipe => libc::S_IFIFO,
-        FileType::Socket => libc::S_IFSOCK,
-        FileType::CharDevice => libc::S_IFCHR,
-        FileType::BlockDevice => libc::S_IFBLK,
-        FileType::RegularFile => libc::S_IFREG,
-    }
 }
 
 /// Name bytes for logs.
