@@ -1,11 +1,11 @@
 //! Open files: open and create, reads and writes, fsync, fallocate, copy_file_range; every
 //! data change told to the tracker and to copy-before-write first, and the kernel's mtime kept.
 
+use super::DataChange;
 use super::*;
 use crate::os::creds::{AsCaller, WithoutFsetid};
 use crate::os::errno::{cvt, Errno, SysResult};
 use crate::os::sys::{self, cstr};
-use crate::snapshot::capture::DataChange;
 use crate::tracker::Kind;
 use crate::util::{Locked, RwLocked};
 use std::ffi::OsStr;
@@ -47,7 +47,7 @@ impl LiveFs {
         let _writers = trunc.then(|| self.writer());
         if trunc {
             if let Some(c) = self.cap() {
-                self.cap_data_inode(&c, &i, DataChange::Truncate { size: 0 });
+                self.cap_data_inode(&*c, &i, DataChange::Truncate { size: 0 });
             }
         }
         if trunc {

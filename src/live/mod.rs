@@ -40,7 +40,6 @@ use std::time::{Duration, SystemTime};
 use crate::os::creds::{AsCaller, WithoutFsetid};
 use crate::os::errno::{cvt, Errno, SysResult};
 use crate::os::sys::{self, cstr, Stat};
-use crate::snapshot::capture::{Capture, DataChange};
 use crate::tracker::{Ancestry, Kind};
 use crate::util::{Locked, RwLocked};
 
@@ -53,7 +52,7 @@ mod xattrs;
 
 pub use inodes::Inode;
 use inodes::{mtime_of, Anchor, Table};
-pub use observer::ChangeObserver;
+pub use observer::{ChangeObserver, DataChange, Preserver};
 pub use reserved::{Reserved, REPO_NAME, SNAPSHOTS_NAME};
 
 /// Node id of the root.
@@ -151,7 +150,7 @@ pub struct LiveFs {
     /// it reads: see doc/DESIGN.md).
     gate: RwLock<()>,
     /// Copy-before-write for a snapshot being read.
-    capture: RwLock<Option<Arc<Capture>>>,
+    preserver: RwLock<Option<Arc<dyn Preserver>>>,
     table: RwLock<Table>,
     /// `O_PATH` descriptors of handle-anchored inodes, most recently used
     /// kept. A passthrough cannot hold one descriptor per inode the kernel
@@ -253,7 +252,7 @@ impl LiveFs {
         let mount_fd = Arc::new(sys::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?);
         Ok(LiveFs {
             gate: RwLock::new(()),
-            capture: RwLock::new(None),
+            preserver: RwLock::new(None),
             table: RwLock::new(t),
             fds: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(cap).unwrap())),
             mount_fd,
@@ -278,17 +277,17 @@ impl LiveFs {
         self.gate.write_locked()
     }
 
-    /// From now on, let `c` save what each change would destroy.
-    pub fn begin_capture(&self, c: Arc<Capture>) {
-        *self.capture.write_locked() = Some(c);
+    /// From now on, let `p` save what each change would destroy.
+    pub fn begin_preserving(&self, p: Arc<dyn Preserver>) {
+        *self.preserver.write_locked() = Some(p);
     }
 
-    pub fn end_capture(&self) {
-        *self.capture.write_locked() = None;
+    pub fn end_preserving(&self) {
+        *self.preserver.write_locked() = None;
     }
 
-    pub(crate) fn cap(&self) -> Option<Arc<Capture>> {
-        self.capture.read_locked().clone()
+    pub(crate) fn cap(&self) -> Option<Arc<dyn Preserver>> {
+        self.preserver.read_locked().clone()
     }
 
     /// Copy-before-write of a data change through an open file.
@@ -297,11 +296,11 @@ impl LiveFs {
         if h.readable {
             c.before_data(h.ino, h.fd.as_fd(), change);
         } else if let Ok(i) = self.inode(h.node) {
-            self.cap_data_inode(&c, &i, change);
+            self.cap_data_inode(&*c, &i, change);
         }
     }
 
-    pub(crate) fn cap_data_inode(&self, c: &Capture, i: &Inode, change: DataChange) {
+    pub(crate) fn cap_data_inode(&self, c: &dyn Preserver, i: &Inode, change: DataChange) {
         if let Ok(r) = self.fd(i).and_then(|p| sys::reopen(p.as_fd(), libc::O_RDONLY | libc::O_NONBLOCK)) {
             c.before_data(i.ino, r.as_fd(), change);
         }
@@ -397,7 +396,7 @@ impl LiveFs {
         let track = linked(&sys::fstat(self.fd(&i)?.as_fd())?);
         if let Some(size) = a.size {
             if let Some(c) = self.cap() {
-                self.cap_data_inode(&c, &i, DataChange::Truncate { size });
+                self.cap_data_inode(&*c, &i, DataChange::Truncate { size });
             }
         }
         self.cap_meta(&i);
@@ -827,5 +826,60 @@ mod tests {
             ],
             "{seen:?}"
         );
+    }
+    /// Saves, at each call, what the descriptor still shows.
+    #[derive(Default)]
+    struct Saver {
+        seen: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Preserver for Saver {
+        fn before_data(&self, _: u64, fd: BorrowedFd<'_>, change: DataChange) {
+            let mut buf = vec![0u8; 64];
+            let n = sys::pread_full(fd, &mut buf, 0).unwrap();
+            let old = String::from_utf8_lossy(&buf[..n]).into_owned();
+            self.seen.locked().push(format!("data {change:?} of {old:?}"));
+        }
+        fn before_meta(&self, _: u64, fd: BorrowedFd<'_>) {
+            self.seen.locked().push(format!("meta mode {:o}", sys::fstat(fd).unwrap().st_mode & 0o7777));
+        }
+        fn before_dir(&self, _: u64, fd: BorrowedFd<'_>) {
+            let names = sys::list_dir(fd).unwrap().into_iter().map(|d| d.name.to_string_lossy().into_owned());
+            let mut names: Vec<String> = names.filter(|n| n != "." && n != "..").collect();
+            names.sort();
+            self.seen.locked().push(format!("dir {names:?}"));
+        }
+        fn before_unlink(&self, _: u64, dir: BorrowedFd<'_>, name: &std::ffi::CStr) {
+            let there = sys::open_path(dir, name).is_ok();
+            self.seen.locked().push(format!("unlink {} (there: {there})", name.to_string_lossy()));
+        }
+    }
+
+    #[test]
+    fn the_preserver_sees_the_state_each_change_destroys() {
+        let (t, fs, _) = live();
+        let c = Ctx::root();
+        let (e, o) = fs.create(&c, ROOT, OsStr::new("f"), 0o644, libc::O_RDWR).unwrap();
+        fs.write(o.fh, 0, b"old", false).unwrap();
+        let saver = Arc::new(Saver::default());
+        fs.begin_preserving(saver.clone());
+        fs.write(o.fh, 0, b"new", false).unwrap();
+        let chmod = SetAttr { mode: Some(0o600), ..Default::default() };
+        fs.setattr(&c, e.nodeid, &chmod).unwrap();
+        fs.release(o.fh);
+        fs.unlink(ROOT, OsStr::new("f")).unwrap();
+        fs.end_preserving();
+        fs.mkdir(&c, ROOT, OsStr::new("d"), 0o755).unwrap();
+        fs.begin_preserving(saver.clone());
+        fs.mkdir(&c, ROOT, OsStr::new("e"), 0o755).unwrap();
+        fs.end_preserving();
+        fs.mkdir(&c, ROOT, OsStr::new("later"), 0o755).unwrap();
+        let seen = saver.seen.locked().clone();
+        assert_eq!(
+            seen,
+            ["data Range { off: 0, len: 3 } of \"old\"", "meta mode 644", "unlink f (there: true)", "dir [\"d\"]",],
+            "{seen:?}"
+        );
+        assert!(!t.path().join("f").exists() && t.path().join("later").is_dir());
     }
 }

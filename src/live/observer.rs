@@ -3,10 +3,13 @@
 //! a mount; tests use one that records the calls. Every call comes *before*
 //! the backing file changes (a crash in between leaves the change marked,
 //! never unmarked), with the `Ancestry` to name the inode's directories.
-//! (Copy-before-write, which saves what a running snapshot still needs, is
-//! the passthrough's own: it needs the descriptors.)
+//!
+//! While a snapshot runs, a second seam, the `Preserver`, is called before
+//! each change too, with a descriptor of what is about to change: it saves
+//! what the snapshot still needs (copy-before-write, `snapshot::capture`).
 
-use std::ffi::OsStr;
+use std::ffi::{CStr, OsStr};
+use std::os::fd::BorrowedFd;
 
 use crate::tracker::{Ancestry, Kind};
 
@@ -34,6 +37,31 @@ pub trait ChangeObserver: Send + Sync {
     /// `ino` is `size` bytes long now (after a change whose size only the
     /// filesystem knew).
     fn observe_size(&self, ino: u64, size: u64);
+}
+
+/// What a change is about to do to a file's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataChange {
+    /// Bytes `off..off+len` change.
+    Range { off: u64, len: u64 },
+    /// The file is cut (or grown) to this size.
+    Truncate { size: u64 },
+    /// Everything from `off` on moves (collapse / insert range).
+    Shift { off: u64 },
+}
+
+/// Called before each change while a snapshot runs, with a descriptor of
+/// the inode (or directory) about to change, so that what the change
+/// destroys can be saved first. Failures are the preserver's to record.
+pub trait Preserver: Send + Sync {
+    /// Before the data of file `ino` (open readable as `fd`) changes.
+    fn before_data(&self, ino: u64, fd: BorrowedFd<'_>, change: DataChange);
+    /// Before a metadata change to the inode `fd` refers to.
+    fn before_meta(&self, ino: u64, fd: BorrowedFd<'_>);
+    /// Before a name in directory `dir` (descriptor `fd`) changes.
+    fn before_dir(&self, dir: u64, fd: BorrowedFd<'_>);
+    /// Before `name` in `dir` is unlinked, replaced or moved away.
+    fn before_unlink(&self, dir: u64, dir_fd: BorrowedFd<'_>, name: &CStr);
 }
 
 impl ChangeObserver for crate::tracker::Tracker {

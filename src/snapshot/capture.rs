@@ -20,27 +20,17 @@
 //! Inodes the walk has finished are marked done and captured no more.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
+pub use crate::live::{DataChange, Preserver};
 use crate::os::errno::{Errno, SysResult};
 use crate::os::sys::{self, Stat};
 use crate::repo::objects::{ObjKind, ObjectId};
 use crate::repo::objstore::Objects;
 use crate::tracker::{Kind, Record, FULL, RENAMED};
 use crate::util::Locked;
-
-/// What a change is about to do to a file's data.
-#[derive(Debug, Clone, Copy)]
-pub enum DataChange {
-    /// Bytes `off..off+len` change.
-    Range { off: u64, len: u64 },
-    /// The file is cut (or grown) to this size.
-    Truncate { size: u64 },
-    /// Everything from `off` on moves (collapse / insert range).
-    Shift { off: u64 },
-}
 
 /// The sealed state of one inode.
 #[derive(Clone)]
@@ -112,8 +102,24 @@ impl Capture {
         }
     }
 
+    fn copy_block(&self, fd: BorrowedFd<'_>, b: u64, size: u64) -> Result<ObjectId, String> {
+        let off = b * self.bs;
+        let len = self.bs.min(size - off) as usize;
+        let mut buf = vec![0u8; len];
+        let got = sys::pread_full(fd, &mut buf, off).map_err(|e| e.to_string())?;
+        buf.truncate(got);
+        if buf.iter().all(|&x| x == 0) {
+            return Ok(ObjectId::ZERO);
+        }
+        self.objects.put(ObjKind::Blob, &buf).map(|(id, _)| id).map_err(|e| e.to_string())
+    }
+}
+
+/// The calls the live layer makes before each change (see the module
+/// comment): save what the sealed snapshot would lose.
+impl Preserver for Capture {
     /// Before a metadata change to the inode `fd` refers to.
-    pub fn before_meta(&self, ino: u64, fd: BorrowedFd<'_>) {
+    fn before_meta(&self, ino: u64, fd: BorrowedFd<'_>) {
         if !self.wanted(ino) || self.lock().inodes.contains_key(&ino) {
             return;
         }
@@ -126,7 +132,7 @@ impl Capture {
     }
 
     /// Before a name in directory `dir` (descriptor `fd`) changes.
-    pub fn before_dir(&self, dir: u64, fd: BorrowedFd<'_>) {
+    fn before_dir(&self, dir: u64, fd: BorrowedFd<'_>) {
         if !self.wanted(dir) || !self.dir_walked(dir) || self.lock().dirs.contains_key(&dir) {
             return;
         }
@@ -139,7 +145,7 @@ impl Capture {
     }
 
     /// Before `name` in `dir` is unlinked, replaced or moved away: keep it open.
-    pub fn before_unlink(&self, dir: u64, dir_fd: BorrowedFd<'_>, name: &CString) {
+    fn before_unlink(&self, dir: u64, dir_fd: BorrowedFd<'_>, name: &CStr) {
         self.before_dir(dir, dir_fd);
         let Ok(fd) = sys::open_path(dir_fd, name) else { return };
         let Ok(st) = sys::fstat(fd.as_fd()) else { return };
@@ -151,7 +157,7 @@ impl Capture {
     }
 
     /// Before the data of file `ino` (open as `fd`, readable) changes.
-    pub fn before_data(&self, ino: u64, fd: BorrowedFd<'_>, change: DataChange) {
+    fn before_data(&self, ino: u64, fd: BorrowedFd<'_>, change: DataChange) {
         if !self.wanted(ino) {
             return;
         }
@@ -197,19 +203,9 @@ impl Capture {
             }
         }
     }
+}
 
-    fn copy_block(&self, fd: BorrowedFd<'_>, b: u64, size: u64) -> Result<ObjectId, String> {
-        let off = b * self.bs;
-        let len = self.bs.min(size - off) as usize;
-        let mut buf = vec![0u8; len];
-        let got = sys::pread_full(fd, &mut buf, off).map_err(|e| e.to_string())?;
-        buf.truncate(got);
-        if buf.iter().all(|&x| x == 0) {
-            return Ok(ObjectId::ZERO);
-        }
-        self.objects.put(ObjKind::Blob, &buf).map(|(id, _)| id).map_err(|e| e.to_string())
-    }
-
+impl Capture {
     // --- what the walk asks, after reading the live state
 
     pub fn inode(&self, ino: u64) -> Option<Captured> {

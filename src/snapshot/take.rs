@@ -96,7 +96,7 @@ impl Take<'_> {
             incremental.then(|| sealed.clone()),
             incremental && super::links_force_walks(&links_prev, &sealed),
         ));
-        self.live.begin_capture(capture.clone());
+        self.live.begin_preserving(capture.clone());
         drop(writers);
         let paused = t0.elapsed();
         // sealed: from now on `progress` answers
@@ -148,7 +148,7 @@ impl Take<'_> {
             Ok(super::commit(&*store, &record)?)
         }))
         .unwrap_or_else(|p| Err(anyhow::anyhow!("internal error: {}", util::panic_message(&*p))));
-        self.live.end_capture();
+        self.live.end_preserving();
         *self.progress.locked() = None;
         match result {
             Ok(info) => {
