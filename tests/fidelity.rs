@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use snapfs::repo::objects::{Entry, EntryKind, FileNode, ObjKind, ObjectId, Time, Totals, Tree};
+use snapfs::repo::objects::{Entry, EntryKind, FileNode, ObjKind, ObjectId, SnapshotId, Time, Totals, Tree};
 use snapfs::repo::objstore::Objects;
 use snapfs::repo::store::{LocalStore, Store};
 use snapfs::snapshot::{self, SnapshotRecord, SnapshotStats};
@@ -316,9 +316,9 @@ fn damaged_records_are_shown_named_and_give_eio() {
     let repo = s.repo();
     let store = LocalStore::new(&repo);
     let all = snapshot::list(&store).unwrap();
-    let flipped = all.iter().find(|x| x.record.name == "flipped").unwrap().clone();
+    let flipped = all.iter().find(|x| x.record.name == "flipped").unwrap().id.to_string();
     // 1. a flipped byte: no longer matches its name
-    let p = repo.join("snapshots").join(&flipped.id);
+    let p = repo.join("snapshots").join(&flipped);
     let mut b = fs::read(&p).unwrap();
     let at = b.len() / 2;
     b[at] ^= 0x01;
@@ -334,7 +334,7 @@ fn damaged_records_are_shown_named_and_give_eio() {
     // list, through the daemon and offline
     let dir = s.mnt().to_str().unwrap().to_string();
     let out = run_ok(&["list", &dir]);
-    for id in [&flipped.id, &garbage, &huge] {
+    for id in [&flipped, &garbage, &huge] {
         assert!(
             out.lines().any(|l| l.contains("DAMAGED") && l.contains(id.as_str())),
             "list does not name {id}:\n{out}"
@@ -345,7 +345,7 @@ fn damaged_records_are_shown_named_and_give_eio() {
     assert!(ok);
     let arr = v.as_array().unwrap();
     assert_eq!(arr.len(), 4);
-    for id in [&flipped.id, &garbage, &huge] {
+    for id in [&flipped, &garbage, &huge] {
         let e = arr.iter().find(|e| e["id"] == id.as_str()).unwrap_or_else(|| panic!("{id} not in --json"));
         assert!(e["damaged"].is_string(), "{e}");
     }
@@ -373,7 +373,7 @@ fn damaged_records_are_shown_named_and_give_eio() {
     assert!(!ok, "verify must fail");
     let damaged: Vec<&str> =
         v["damaged_records"].as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
-    for id in [&flipped.id, &garbage, &huge] {
+    for id in [&flipped, &garbage, &huge] {
         assert!(damaged.contains(&id.as_str()), "verify does not name {id}: {v}");
     }
     s.umount();
@@ -385,13 +385,13 @@ fn damaged_records_are_shown_named_and_give_eio() {
     // (and restore given such a record directly refuses it too)
     let objects = Objects::open(Arc::new(LocalStore::new(&repo)), None).unwrap();
     let opts = snapfs::ops::restore::RestoreOptions { jobs: 1, overwrite: false, progress: false };
-    let info = snapshot::SnapshotInfo { id: huge.clone(), record: rec, damaged: None };
+    let info = snapshot::SnapshotInfo { id: SnapshotId::parse(&huge).unwrap(), record: rec, damaged: None };
     let err = snapfs::ops::restore::restore(&objects, &info, "", &target, &opts).unwrap_err();
     assert!(format!("{err:#}").contains("block size"), "{err:#}");
     // forget removes a damaged record by its id; prune refuses while one is there
     let out = snapfs(&["prune", "--repo", repo.to_str().unwrap()]);
     assert!(!out.status.success(), "prune with damaged records must stop");
-    for id in [&flipped.id, &garbage, &huge] {
+    for id in [&flipped, &garbage, &huge] {
         run_ok(&["forget", "--repo", repo.to_str().unwrap(), id]);
     }
     assert_eq!(snapshot::list_all(&store).unwrap().len(), 1);

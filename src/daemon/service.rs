@@ -15,6 +15,7 @@ use super::umount;
 use crate::control::{Reply, Request, StatusReport};
 use crate::live::LiveFs;
 use crate::ops::health::Health;
+use crate::repo::objects::SnapshotId;
 use crate::repo::objstore::Objects;
 use crate::repo::state::StateDb;
 use crate::repo::Repo;
@@ -61,7 +62,7 @@ pub(crate) struct Service {
     /// error it is reopened and written back from memory.
     pub(crate) state: Arc<StateDb>,
     /// Snapshots a restore or rollback is reading (id -> until when).
-    pub(crate) held: Mutex<std::collections::HashMap<String, Instant>>,
+    pub(crate) held: Mutex<std::collections::HashMap<SnapshotId, Instant>>,
     /// Taken by forget while it decides and removes, and by a new hold.
     pub(crate) forgetting: Mutex<()>,
     /// Copies of the repository elsewhere, brought up to date after each
@@ -145,7 +146,7 @@ impl Service {
     }
 
     /// The snapshots held now.
-    fn held_ids(&self) -> std::collections::HashSet<String> {
+    fn held_ids(&self) -> std::collections::HashSet<SnapshotId> {
         let mut h = self.held.locked();
         let now = Instant::now();
         h.retain(|_, until| *until > now);
@@ -156,11 +157,12 @@ impl Service {
     /// forget runs).
     fn hold(&self, id: &str, secs: u64) -> Result<()> {
         let _no_forget = self.forgetting.locked();
-        if !snapshot::list(&**self.objects.store())?.iter().any(|s| s.id == id) {
+        let Some(id) = snapshot::list(&**self.objects.store())?.into_iter().map(|s| s.id).find(|s| s.as_str() == id)
+        else {
             bail!("snapshot {id} does not exist (forgotten?)");
-        }
+        };
         let until = Instant::now() + Duration::from_secs(secs.min(3600));
-        self.held.locked().insert(id.to_string(), until);
+        self.held.locked().insert(id, until);
         Ok(())
     }
 
@@ -269,7 +271,7 @@ impl Service {
             )
         })?;
         r.snapshot = latest.record.name.clone();
-        r.snapshot_id = latest.id.clone();
+        r.snapshot_id = latest.id.to_string();
         log::info!(
             "verify --live against {}: {} dirs, {} files, {} missed, {} ms",
             r.snapshot,

@@ -29,7 +29,7 @@ use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::ops::verify::VerifyProgress;
-use crate::repo::objects::{EntryKind, ObjKind, ObjectId, PackId};
+use crate::repo::objects::{EntryKind, ObjKind, ObjectId, PackId, SnapshotId};
 use crate::repo::objstore::{Location, Objects};
 use crate::repo::pack::PackEntry;
 use crate::repo::store::{FileKind, Store};
@@ -163,7 +163,7 @@ pub struct ForgetReport {
 fn item(s: &SnapshotInfo, reasons: &[&str]) -> ForgetItem {
     ForgetItem {
         name: s.record.name.clone(),
-        id: s.id.clone(),
+        id: s.id.to_string(),
         time: s.record.time.clone(),
         reasons: reasons.iter().map(|r| r.to_string()).collect(),
     }
@@ -178,7 +178,7 @@ pub fn forget(
     policy: &Policy,
     dry_run: bool,
     only_prefix: Option<&str>,
-    held: &HashSet<String>,
+    held: &HashSet<SnapshotId>,
 ) -> Result<ForgetReport> {
     let with_damaged = snapshot::list_all(store)?;
     let mut all: Vec<_> = with_damaged.iter().filter(|s| s.damaged.is_none()).cloned().collect();
@@ -186,7 +186,7 @@ pub fn forget(
         all.retain(|s| s.record.name.starts_with(p));
     }
     let mut report = ForgetReport { dry_run, policy: policy.to_string(), ..Default::default() };
-    let doomed: HashSet<String> = match (names.is_empty(), policy.is_empty()) {
+    let doomed: HashSet<SnapshotId> = match (names.is_empty(), policy.is_empty()) {
         (false, false) => bail!("give snapshot names or keep rules, not both"),
         (true, true) => {
             bail!("nothing to forget: give snapshot names or keep rules (--keep-last N, --keep-daily N, ...)")

@@ -480,7 +480,7 @@ pub fn restore(
         // SAFETY: the raw descriptor stays open for as long as the borrow is used (AT_FDCWD: always).
         sys::openat(unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) }, &tpath, libc::O_RDONLY | libc::O_DIRECTORY, 0)
             .map_err(|e| anyhow!("{}: {e}", target.display()))?;
-    let marker = Marker { snapshot: snap.id.clone(), path: sub.to_string() };
+    let marker = Marker { snapshot: snap.id.to_string(), path: sub.to_string() };
     if top.kind == EntryKind::Dir
         && !top.content.is_zero()
         && objects.tree(&top.content)?.get(MARKER.as_bytes()).is_some()
@@ -769,7 +769,11 @@ mod tests {
             // (what the chain holds, so that the expansion cap lets it through)
             stats: SnapshotStats { files: 1, dirs: util::MAX_DEPTH as u64 + 2, ..Default::default() },
         };
-        let snap = SnapshotInfo { id: "0".repeat(64), record, damaged: None };
+        let snap = SnapshotInfo {
+            id: crate::repo::objects::SnapshotId::parse(&"0".repeat(64)).unwrap(),
+            record,
+            damaged: None,
+        };
         let target = t.path().join("target");
         let opts = RestoreOptions { jobs: 1, overwrite: false, progress: false };
         let err = restore(&objects, &snap, "", &target, &opts).unwrap_err().to_string();

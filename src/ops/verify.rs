@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::repo::objects::{EntryKind, ObjKind, ObjectId, Totals};
+use crate::repo::objects::{EntryKind, ObjKind, ObjectId, SnapshotId, Totals};
 use crate::repo::objstore::{ObjResult, Objects};
 use crate::repo::pack::{self, PackEntry};
 use crate::repo::store::{FileKind, StoreError};
@@ -574,7 +574,7 @@ pub fn verify(objects: &Objects, opts: &VerifyOptions, progress: &VerifyProgress
         let mut found: Vec<(Vec<u8>, ObjectId)> = Vec::new();
         if opts.block_size.is_some_and(|bs| bs != s.record.block_size) {
             report.damaged_records.push(DamagedFile {
-                name: s.id.clone(),
+                name: s.id.to_string(),
                 problem: format!(
                     "its block size {} is not the repository's {}",
                     s.record.block_size,
@@ -673,8 +673,9 @@ fn read_pack(store: &dyn crate::repo::store::Store, name: &str, entries: &[PackE
     (packs, objs)
 }
 
-fn read_record(store: &dyn crate::repo::store::Store, id: &str) -> Result<SnapshotInfo, String> {
-    let all = snapshot::read_one(store, id).map_err(|e| e.to_string())?;
+fn read_record(store: &dyn crate::repo::store::Store, name: &str) -> Result<SnapshotInfo, String> {
+    let id = SnapshotId::parse(name).ok_or("it is not named as a snapshot record is (64 hex digits)")?;
+    let all = snapshot::read_one(store, &id).map_err(|e| e.to_string())?;
     match all.damaged {
         Some(problem) => Err(problem),
         None => Ok(all),

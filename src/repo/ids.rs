@@ -1,6 +1,7 @@
 //! Typed ids, parsed once at the edge: `ObjectId` (blake3 of an object's
-//! kind and bytes; hex in JSON), `PackId` (a pack's name, made only from a
-//! valid one), and `ObjKind`.
+//! kind and bytes; hex in JSON), `PackId` (a pack's name) and `SnapshotId`
+//! (a snapshot record's name), each made only from a valid one, and
+//! `ObjKind`.
 
 use std::fmt;
 
@@ -105,6 +106,68 @@ impl fmt::Display for PackId {
 impl fmt::Debug for PackId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0[..12])
+    }
+}
+
+/// The name of a snapshot record: the hex blake3 of its JSON. Made only
+/// from a name that is one; in JSON (a record's parent, `--json` output)
+/// it is that hex string.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SnapshotId(String);
+
+impl SnapshotId {
+    pub fn parse(name: &str) -> Option<SnapshotId> {
+        ObjectId::from_hex(name).map(SnapshotId::of_id)
+    }
+
+    /// The id of a record with these bytes.
+    pub fn of_record(bytes: &[u8]) -> SnapshotId {
+        SnapshotId::of_id(ObjectId::of(bytes))
+    }
+
+    fn of_id(id: ObjectId) -> SnapshotId {
+        SnapshotId(id.hex())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The first 12 hex digits, as `list` shows them.
+    pub fn short(&self) -> &str {
+        &self.0[..12]
+    }
+}
+
+impl std::ops::Deref for SnapshotId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SnapshotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for SnapshotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.short())
+    }
+}
+
+impl serde::Serialize for SnapshotId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SnapshotId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SnapshotId, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        SnapshotId::parse(&s).ok_or_else(|| serde::de::Error::custom("not a snapshot id (64 hex digits)"))
     }
 }
 

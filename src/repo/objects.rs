@@ -15,7 +15,7 @@
 
 use thiserror::Error;
 
-pub use super::ids::{ObjKind, ObjectId, PackId};
+pub use super::ids::{ObjKind, ObjectId, PackId, SnapshotId};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("malformed {what} object")]

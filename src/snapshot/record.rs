@@ -2,7 +2,7 @@
 //! the record's JSON), their names, checks, listing and lookup.
 
 use super::*;
-use crate::repo::objects::{self, ObjectId};
+use crate::repo::objects::{self, ObjectId, SnapshotId};
 use crate::repo::store::{FileKind, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
@@ -55,7 +55,7 @@ pub struct SnapshotRecord {
     /// The link table object.
     pub links: ObjectId,
     /// The snapshot this one was taken relative to, if incremental.
-    pub parent: Option<String>,
+    pub parent: Option<SnapshotId>,
     pub full: bool,
     pub source: String,
     pub host: String,
@@ -65,7 +65,7 @@ pub struct SnapshotRecord {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SnapshotInfo {
-    pub id: String,
+    pub id: SnapshotId,
     #[serde(flatten)]
     pub record: SnapshotRecord,
     /// Set for a damaged record (only [`list_all`] gives those): what is
@@ -106,13 +106,10 @@ pub fn valid_name(n: &str) -> bool {
 }
 
 /// What is wrong with a record's fields, if anything: the name rules,
-/// a parent that is a snapshot id, a block size a repository may have, nanoseconds.
+/// a block size a repository may have, nanoseconds.
 pub fn check_record(r: &SnapshotRecord) -> Result<(), String> {
     if !valid_name(&r.name) {
         return Err(format!("its name {:?} is not a valid snapshot name", r.name));
-    }
-    if r.parent.as_ref().is_some_and(|p| ObjectId::from_hex(p).is_none()) {
-        return Err("its parent is not a snapshot id".into());
     }
     if !objects::valid_block_size(r.block_size) {
         return Err(format!("its block size {} is not one a repository can have", r.block_size));
@@ -126,7 +123,7 @@ pub fn check_record(r: &SnapshotRecord) -> Result<(), String> {
 /// Read and check one record: it must hash to its name, parse, be of a
 /// format we know (a newer one is an error of its own) and pass
 /// [`check_record`]. `Ok(Err(..))`: damaged, with what could be read.
-fn read_record(store: &dyn Store, id: &str) -> SnapResult<Result<SnapshotInfo, SnapshotInfo>> {
+fn read_record(store: &dyn Store, id: &SnapshotId) -> SnapResult<Result<SnapshotInfo, SnapshotInfo>> {
     let bytes = store.get(FileKind::Snapshot, id)?;
     let v: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
     let damaged = |problem: String| {
@@ -137,9 +134,9 @@ fn read_record(store: &dyn Store, id: &str) -> SnapResult<Result<SnapshotInfo, S
         if !valid_name(&record.name) {
             record.name = String::new();
         }
-        Ok(Err(SnapshotInfo { id: id.to_string(), record, damaged: Some(problem) }))
+        Ok(Err(SnapshotInfo { id: id.clone(), record, damaged: Some(problem) }))
     };
-    if ObjectId::of(&bytes).hex() != id {
+    if SnapshotId::of_record(&bytes) != *id {
         return damaged("its contents do not match its name".into());
     }
     let Some(v) = v.clone() else { return damaged("it is not JSON".into()) };
@@ -154,7 +151,7 @@ fn read_record(store: &dyn Store, id: &str) -> SnapResult<Result<SnapshotInfo, S
     if let Err(problem) = check_record(&record) {
         return damaged(problem);
     }
-    Ok(Ok(SnapshotInfo { id: id.to_string(), record, damaged: None }))
+    Ok(Ok(SnapshotInfo { id: id.clone(), record, damaged: None }))
 }
 
 impl SnapshotRecord {
@@ -180,7 +177,7 @@ impl SnapshotRecord {
 }
 
 /// One record, by id, read and checked as [`list_all`] does.
-pub fn read_one(store: &dyn Store, id: &str) -> SnapResult<SnapshotInfo> {
+pub fn read_one(store: &dyn Store, id: &SnapshotId) -> SnapResult<SnapshotInfo> {
     read_record(store, id).map(|r| r.unwrap_or_else(|d| d))
 }
 
@@ -200,7 +197,11 @@ fn sort_infos(out: &mut [SnapshotInfo]) {
 /// listed is left out).
 pub fn list_all(store: &dyn Store) -> SnapResult<Vec<SnapshotInfo>> {
     let mut out = Vec::new();
-    for id in store.list(FileKind::Snapshot)? {
+    for name in store.list(FileKind::Snapshot)? {
+        let Some(id) = SnapshotId::parse(&name) else {
+            log::warn!("snapshots/{name:?} is not named as a snapshot record is: ignored");
+            continue;
+        };
         match read_record(store, &id) {
             Ok(Ok(s)) | Ok(Err(s)) => out.push(s),
             Err(SnapError::Store(StoreError::NotFound { .. })) => {}
@@ -227,7 +228,7 @@ pub fn list(store: &dyn Store) -> SnapResult<Vec<SnapshotInfo>> {
 
 /// Find a snapshot by name, full id or unique id prefix (4+ characters).
 pub fn find<'a>(all: &'a [SnapshotInfo], key: &str) -> SnapResult<&'a SnapshotInfo> {
-    if let Some(s) = all.iter().find(|s| s.record.name == key || s.id == key) {
+    if let Some(s) = all.iter().find(|s| s.record.name == key || s.id.as_str() == key) {
         return Ok(s);
     }
     let matches: Vec<_> = all.iter().filter(|s| key.len() >= 4 && s.id.starts_with(key)).collect();
@@ -240,7 +241,7 @@ pub fn find<'a>(all: &'a [SnapshotInfo], key: &str) -> SnapResult<&'a SnapshotIn
 /// Write a record; the commit point.
 pub fn commit(store: &dyn Store, record: &SnapshotRecord) -> SnapResult<SnapshotInfo> {
     let bytes = serde_json::to_vec_pretty(record).expect("record serializes");
-    let id = ObjectId::of(&bytes).hex();
+    let id = SnapshotId::of_record(&bytes);
     store.put(FileKind::Snapshot, &id, &bytes)?;
     Ok(SnapshotInfo { id, record: record.clone(), damaged: None })
 }

@@ -51,7 +51,7 @@ use std::time::{Duration, SystemTime};
 use fuser::{FileAttr, FileType};
 
 use crate::os::errno::{Errno, SysResult, ToErrno};
-use crate::repo::objects::{self, Entry, EntryKind, FileNode, ObjKind, ObjectId, Time, Tree};
+use crate::repo::objects::{self, Entry, EntryKind, FileNode, ObjKind, ObjectId, SnapshotId, Time, Tree};
 use crate::repo::objstore::{ObjError, Objects};
 use crate::snapshot::{self, SnapshotInfo};
 use crate::util::{Locked, RwLocked};
@@ -89,7 +89,7 @@ struct Snaps {
     /// index -> snapshot (index 0 unused)
     by_index: Vec<Option<SnapshotInfo>>,
     by_name: HashMap<String, u32>,
-    by_id: HashMap<String, u32>,
+    by_id: HashMap<SnapshotId, u32>,
     /// The device of each snapshot's root (`None`: not recorded).
     root_dev: HashMap<u32, Option<u64>>,
 }
@@ -217,9 +217,9 @@ impl View {
             }
         }
         // forgotten snapshots leave the folder
-        let present: std::collections::HashSet<&str> = all.iter().map(|i| i.id.as_str()).collect();
-        let gone: Vec<(String, u32)> =
-            s.by_id.iter().filter(|(id, _)| !present.contains(id.as_str())).map(|(id, i)| (id.clone(), *i)).collect();
+        let present: std::collections::HashSet<&SnapshotId> = all.iter().map(|i| &i.id).collect();
+        let gone: Vec<(SnapshotId, u32)> =
+            s.by_id.iter().filter(|(id, _)| !present.contains(id)).map(|(id, i)| (id.clone(), *i)).collect();
         for (id, idx) in gone {
             s.by_id.remove(&id);
             if let Some(Some(info)) = s.by_index.get(idx as usize) {
@@ -233,7 +233,7 @@ impl View {
         // sound records take their names first
         let (good, bad): (Vec<_>, Vec<_>) = all.into_iter().partition(|i| i.damaged.is_none());
         for mut info in good.into_iter().chain(bad) {
-            if self.only.as_ref().is_some_and(|o| *o != info.record.name && *o != info.id) {
+            if self.only.as_ref().is_some_and(|o| *o != info.record.name && o.as_str() != info.id.as_str()) {
                 continue;
             }
             if s.by_id.contains_key(&info.id) {
@@ -250,7 +250,7 @@ impl View {
             if let Some(problem) = &info.damaged {
                 log::error!("snapshot record {} is damaged: {problem}", info.id);
                 if info.record.name.is_empty() || s.by_name.contains_key(&info.record.name) {
-                    info.record.name = info.id.clone();
+                    info.record.name = info.id.to_string();
                 }
             }
             let idx = s.by_index.len() as u32;
