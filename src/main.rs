@@ -12,6 +12,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    keys: cli::keys::KeyArgs,
 }
 
 #[derive(Subcommand)]
@@ -21,7 +23,23 @@ enum Cmd {
         /// Block size, fixed for the repository's life (e.g. 64K, 1M).
         #[arg(long, default_value = "64K")]
         block_size: String,
+        /// `none` for a repository that is not encrypted (by default it is,
+        /// with a passphrase or a key file: see --password-file, --key-file).
+        #[arg(long, value_name = "none", value_parser = ["none", "default"], default_value = "default")]
+        encryption: String,
+        /// Argon2id memory cost of the passphrase slot, in MiB (default 64).
+        #[arg(long, value_name = "MIB")]
+        kdf_memory: Option<u32>,
+        /// Argon2id passes (default 3).
+        #[arg(long, value_name = "N")]
+        kdf_iterations: Option<u32>,
         repo: String,
+    },
+    /// An encrypted repository's key slots: list, add (--write-only for
+    /// hosts that may write but not read), remove, passwd.
+    Key {
+        #[command(subcommand)]
+        what: KeyCmd,
     },
     /// Protect DIR: mount snapfs over it (in place) or show --backing RAW at DIR.
     Mount {
@@ -241,6 +259,58 @@ enum Cmd {
         #[arg(long)]
         repo: Option<String>,
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// The key slots (the one in use marked *).
+    List {
+        #[arg(long)]
+        repo: Option<String>,
+        #[arg(long)]
+        json: bool,
+        dir: Option<PathBuf>,
+    },
+    /// Add a slot: a passphrase (--new-password-file, or typed twice) or a
+    /// new key file (--new-key-file, made there).
+    Add {
+        #[arg(long)]
+        repo: Option<String>,
+        /// A slot that can add snapshots but not read file contents back.
+        #[arg(long)]
+        write_only: bool,
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+        #[arg(long, value_name = "FILE", conflicts_with = "new_password_file")]
+        new_key_file: Option<PathBuf>,
+        #[arg(long, value_name = "MIB")]
+        kdf_memory: Option<u32>,
+        #[arg(long, value_name = "N")]
+        kdf_iterations: Option<u32>,
+        dir: Option<PathBuf>,
+    },
+    /// Remove a slot (by name or unique prefix); the last full one stays.
+    Remove {
+        #[arg(long)]
+        repo: Option<String>,
+        /// [DIR] SLOT (DIR unless --repo)
+        #[arg(num_args = 1..=2)]
+        args: Vec<String>,
+    },
+    /// Replace the slot in use by one with a new passphrase (or key file).
+    Passwd {
+        #[arg(long)]
+        repo: Option<String>,
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+        #[arg(long, value_name = "FILE", conflicts_with = "new_password_file")]
+        new_key_file: Option<PathBuf>,
+        #[arg(long, value_name = "MIB")]
+        kdf_memory: Option<u32>,
+        #[arg(long, value_name = "N")]
+        kdf_iterations: Option<u32>,
+        dir: Option<PathBuf>,
     },
 }
 

@@ -222,6 +222,11 @@ impl<T: ?Sized> RwLocked<T> for std::sync::RwLock<T> {
     }
 }
 
+/// This machine's host name (empty when it cannot be read).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

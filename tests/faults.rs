@@ -94,7 +94,7 @@ fn full_repository_device() {
     }
     let tmpfs = FsMount::tmpfs(&dev, "8m");
     let repo = dev.join("repo");
-    run_ok(&["init", repo.to_str().unwrap()]);
+    run_ok(&["init", "--encryption", "none", repo.to_str().unwrap()]);
     // more incompressible data than the device holds
     fs::create_dir(raw.join("data")).unwrap();
     for i in 0..6 {
@@ -181,7 +181,7 @@ fn unreachable_repository() {
         fs::create_dir(d).unwrap();
     }
     let repo = t.path().join("repo");
-    run_ok(&["init", repo.to_str().unwrap()]);
+    run_ok(&["init", "--encryption", "none", repo.to_str().unwrap()]);
     fs::write(raw.join("a.txt"), b"first").unwrap();
     let m = Mounted::with(&mnt, MountOpts { backing: Some(raw.clone()), repo: Some(repo.clone()), extra: vec![] });
     snap(&m.dir, "before");

@@ -429,7 +429,7 @@ fn file_entry(name: &str, size: u64, content: ObjectId, levels: u8) -> Entry {
 /// rejected at decode, so it lives in its own directory `bad/`), and
 /// `node7` (a block list whose root is a node of level 7).
 fn crafted_repository(repo: &Path) {
-    run(Command::new(bin()).arg("init").arg(repo));
+    run(Command::new(bin()).args(["init", "--encryption", "none"]).arg(repo));
     let store: Arc<dyn Store> = Arc::new(LocalStore::new(repo));
     let o = Objects::open(store.clone(), None).unwrap();
     let (blob, _) = o.put(ObjKind::Blob, b"hello").unwrap();
@@ -504,7 +504,7 @@ fn a_crafted_repository_gets_errors_not_a_dead_browse_mount() {
 fn a_small_shared_subtree_cannot_expand_past_what_the_snapshot_records() {
     let t = tempfile::tempdir().unwrap();
     let repo = t.path().join("repo");
-    run(Command::new(bin()).arg("init").arg(&repo));
+    run(Command::new(bin()).args(["init", "--encryption", "none"]).arg(&repo));
     let store: Arc<dyn Store> = Arc::new(LocalStore::new(&repo));
     let o = Objects::open(store.clone(), None).unwrap();
     let (blob, _) = o.put(ObjKind::Blob, b"x").unwrap();

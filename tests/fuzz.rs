@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use proptest::prelude::*;
+use snapfs::repo::crypto::Keys;
 use snapfs::repo::objects::{self, Entry, EntryKind, FileNode, ObjKind, ObjectId, Time, Totals, Tree};
 use snapfs::repo::objstore::Objects;
 use snapfs::repo::pack::{self, PackEntry, PackWriter};
@@ -107,6 +108,15 @@ fn ops_on_objects(b: &[u8]) {
 }
 
 fn ops_on_pack(name: &str, bytes: &[u8]) {
+    ops_on_pack_with(None, name, bytes);
+    ops_on_pack_with(Some(&KEYS), name, bytes);
+}
+
+/// The keys of the encrypted repository the fuzzed packs may come from.
+static KEYS: std::sync::LazyLock<std::sync::Arc<Keys>> =
+    std::sync::LazyLock::new(|| std::sync::Arc::new(Keys::generate("fuzz")));
+
+fn ops_on_pack_with(keys: Option<&Keys>, name: &str, bytes: &[u8]) {
     let size = bytes.len() as u64;
     if bytes.len() < 16 {
         let _ = pack::parse_footer(name, bytes, size);
@@ -114,10 +124,10 @@ fn ops_on_pack(name: &str, bytes: &[u8]) {
     }
     if let Ok(off) = pack::parse_footer(name, &bytes[bytes.len() - 16..], size) {
         let t = &bytes[off as usize..bytes.len() - 16];
-        if let Ok(entries) = pack::parse_trailer(name, t, off) {
+        if let Ok(entries) = pack::parse_trailer(keys, name, t, off) {
             for e in entries {
                 let s = &bytes[e.offset as usize..(e.offset + e.stored as u64) as usize];
-                let _ = pack::decode_object(name, &e, s);
+                let _ = pack::decode_object(keys, name, &e, s);
             }
         }
     }
@@ -131,7 +141,10 @@ proptest! {
         ops_on_objects(&b);
         ops_on_pack("p", &b);
         let e = PackEntry { id: ObjectId::ZERO, kind: ObjKind::Tree, codec: b.first().copied().unwrap_or(1) % 3, offset: 8, stored: b.len() as u32, raw: u32::MAX };
-        let _ = pack::decode_object("p", &e, &b);
+        let _ = pack::decode_object(None, "p", &e, &b);
+        let _ = pack::decode_object(Some(&KEYS), "p", &e, &b);
+        let _ = KEYS.open_record(&b, "r");
+        let _ = KEYS.open_trailer(&b, "p");
     }
 
     #[test]
@@ -155,14 +168,18 @@ proptest! {
 
     #[test]
     fn mutated_packs_never_panic(objs in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 1..5), ms in proptest::collection::vec(mutation(), 1..4)) {
-        let mut w = PackWriter::new();
-        for o in &objs {
-            w.add(ObjectId::of_object(ObjKind::Blob, o), ObjKind::Blob, o);
+        for keys in [None, Some(&*KEYS)] {
+            let mut w = PackWriter::new(keys);
+            for (i, o) in objs.iter().enumerate() {
+                let kind = if i % 2 == 0 { ObjKind::Blob } else { ObjKind::Tree };
+                let id = keys.map(|k| k.id_of(kind, o)).unwrap_or_else(|| ObjectId::of_object(kind, o));
+                w.add(id, kind, o);
+            }
+            let (name, mut bytes, _) = w.finish();
+            ops_on_pack_with(keys.map(|k| &**k), &name, &bytes);
+            mutate(&mut bytes, &ms);
+            ops_on_pack(&name, &bytes);
         }
-        let (name, mut bytes, _) = w.finish();
-        ops_on_pack(&name, &bytes);
-        mutate(&mut bytes, &ms);
-        ops_on_pack(&name, &bytes);
     }
 }
 

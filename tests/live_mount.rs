@@ -102,7 +102,7 @@ fn refusals_are_clear() {
     assert!(!is_mounted(&d));
     // a repository of a newer format
     let newer = t.path().join("newer");
-    assert!(snapfs(&["init", newer.to_str().unwrap()]).status.success());
+    assert!(snapfs(&["init", "--encryption", "none", newer.to_str().unwrap()]).status.success());
     let mut cfg: serde_json::Value = serde_json::from_slice(&fs::read(newer.join("config")).unwrap()).unwrap();
     cfg["format"] = 99.into();
     fs::write(newer.join("config"), serde_json::to_vec(&cfg).unwrap()).unwrap();
@@ -114,7 +114,7 @@ fn refusals_are_clear() {
     assert!(!out.status.success());
     assert!(!is_mounted(&d));
     // init with a bad block size
-    let out = snapfs(&["init", "--block-size", "1000", t.path().join("bad").to_str().unwrap()]);
+    let out = snapfs(&["init", "--encryption", "none", "--block-size", "1000", t.path().join("bad").to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("power of two"));
 }
@@ -123,7 +123,7 @@ fn refusals_are_clear() {
 fn external_repository_with_its_block_size() {
     let (t, d) = tmp_dir();
     let r = t.path().join("repo");
-    assert!(snapfs(&["init", "--block-size", "4K", r.to_str().unwrap()]).status.success());
+    assert!(snapfs(&["init", "--encryption", "none", "--block-size", "4K", r.to_str().unwrap()]).status.success());
     fs::write(d.join("f"), vec![1u8; 64 * 1024]).unwrap();
     let m = Mounted::with(&d, MountOpts { repo: Some(r.clone()), ..Default::default() });
     write_at(&m.path("f"), 5000, b"x");

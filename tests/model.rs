@@ -180,7 +180,7 @@ fn run_on(ops: &[Op], s3: Option<String>) {
     fs::create_dir(&mnt).unwrap();
     let repo = match &s3 {
         Some(url) => {
-            run_ok(&["init", url]);
+            run_ok(&["init", "--encryption", "none", url]);
             url.clone()
         }
         None => raw.join(".snapfs").to_str().unwrap().to_string(),

@@ -81,7 +81,7 @@ fn replicas_are_remembered_and_refuse_other_repositories() {
     wait_caught_up(&m.dir, Duration::from_secs(10));
     // another repository is not taken over
     let other = s3_url("other");
-    run_ok(&["init", &other]);
+    run_ok(&["init", "--encryption", "none", &other]);
     let o = snapfs(&["replica", "add", m.dir.to_str().unwrap(), &other]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("another repository"), "{o:?}");
     let o = snapfs(&["replica", "add", m.dir.to_str().unwrap(), "s3:http:/127.0.0.1:3900/snapfs-test"]);

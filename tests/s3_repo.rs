@@ -16,11 +16,15 @@ fn out_text(o: &std::process::Output) -> String {
 fn init_refuses_what_is_not_an_empty_place_in_a_bucket() {
     let t = tempfile::tempdir().unwrap();
     let url = s3_url("init");
-    let o = std::process::Command::new(bin()).args(["init", &url]).current_dir(t.path()).output().unwrap();
+    let o = std::process::Command::new(bin())
+        .args(["init", "--encryption", "none", &url])
+        .current_dir(t.path())
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", out_text(&o));
     // nothing made locally (an old bug made directories named s3:http:)
     assert_eq!(fs::read_dir(t.path()).unwrap().count(), 0);
-    let o = snapfs(&["init", &url]);
+    let o = snapfs(&["init", "--encryption", "none", &url]);
     assert!(!o.status.success() && out_text(&o).contains("already holds a snapfs repository"), "{}", out_text(&o));
     let base = std::env::var("SNAPFS_TEST_S3").unwrap();
     for (bad, says) in [
@@ -28,19 +32,19 @@ fn init_refuses_what_is_not_an_empty_place_in_a_bucket() {
         ("s3:http:/127.0.0.1:3900/snapfs-test".to_string(), "the form is"),
         ("s3:http://127.0.0.1:1/snapfs-test/x".to_string(), "gave up"),
     ] {
-        let o = snapfs(&["init", &bad]);
+        let o = snapfs(&["init", "--encryption", "none", &bad]);
         assert!(!o.status.success() && out_text(&o).contains(says), "{bad}: {}", out_text(&o));
     }
     let o = std::process::Command::new(bin())
-        .args(["init", &s3_url("creds")])
+        .args(["init", "--encryption", "none", &s3_url("creds")])
         .env("AWS_SECRET_ACCESS_KEY", "0".repeat(64))
         .output()
         .unwrap();
     assert!(!o.status.success() && out_text(&o).contains("wrong credentials"), "{}", out_text(&o));
     // a prefix holding something else is not taken over
     let other = s3_url("other");
-    run_ok(&["init", &format!("{other}/inner")]);
-    let o = snapfs(&["init", &other]);
+    run_ok(&["init", "--encryption", "none", &format!("{other}/inner")]);
+    let o = snapfs(&["init", "--encryption", "none", &other]);
     assert!(!o.status.success() && out_text(&o).contains("not empty"), "{}", out_text(&o));
     // and a place with no repository says so
     let o = snapfs(&["list", "--repo", &s3_url("none")]);
@@ -61,7 +65,7 @@ fn fill(d: &Path) {
 fn every_command_works_on_an_s3_repository() {
     let t = tempfile::tempdir().unwrap();
     let url = s3_url("cmds");
-    run_ok(&["init", &url]);
+    run_ok(&["init", "--encryption", "none", &url]);
     let d = t.path().join("d");
     fs::create_dir(&d).unwrap();
     fill(&d);
@@ -123,7 +127,7 @@ fn every_command_works_on_an_s3_repository() {
 fn scheduled_snapshots_go_to_the_bucket() {
     let t = tempfile::tempdir().unwrap();
     let url = s3_url("sched");
-    run_ok(&["init", &url]);
+    run_ok(&["init", "--encryption", "none", &url]);
     let d = t.path().join("d");
     fs::create_dir(&d).unwrap();
     fs::write(d.join("f"), b"one").unwrap();

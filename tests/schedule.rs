@@ -43,7 +43,7 @@ fn scheduled_snapshots_with_retention_survive_remount_and_catch_up_once() {
     let (raw, mnt, repo) = (t.path().join("raw"), t.path().join("mnt"), t.path().join("repo"));
     fs::create_dir(&raw).unwrap();
     fs::create_dir(&mnt).unwrap();
-    run_ok(&["init", repo.to_str().unwrap()]);
+    run_ok(&["init", "--encryption", "none", repo.to_str().unwrap()]);
     let opts = |extra: &[&str]| MountOpts {
         backing: Some(raw.clone()),
         repo: Some(repo.clone()),

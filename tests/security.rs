@@ -56,7 +56,7 @@ fn the_repository_is_private_whatever_the_umask() {
     let d = t.path().join("d");
     fs::create_dir(&d).unwrap();
     fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
-    run_ok(&["init", repo.to_str().unwrap()]);
+    run_ok(&["init", "--encryption", "none", repo.to_str().unwrap()]);
     let m = Mounted::with(&d, MountOpts { repo: Some(repo.clone()), ..Default::default() });
     // a root-only file and a directory of its own
     fs::write(m.path("secret"), noise(7, 300_000)).unwrap();
@@ -364,7 +364,7 @@ fn layouts_that_would_serve_themselves_are_refused() {
     let o = snapfs(&["mount", "/"]);
     assert!(!o.status.success() && out_text(&o).contains("refusing to protect /"), "{}", out_text(&o));
     let repo = raw.join("myrepo");
-    run_ok(&["init", repo.to_str().unwrap()]);
+    run_ok(&["init", "--encryption", "none", repo.to_str().unwrap()]);
     let dir = t.path().join("shown");
     fs::create_dir(&dir).unwrap();
     let o =
@@ -452,7 +452,7 @@ fn a_damaged_state_database_is_moved_aside_and_rebuilt() {
     let d = t.path().join("d");
     fs::create_dir(&d).unwrap();
     let repo = t.path().join("repo");
-    run_ok(&["init", repo.to_str().unwrap()]);
+    run_ok(&["init", "--encryption", "none", repo.to_str().unwrap()]);
     let opts = MountOpts { repo: Some(repo.clone()), ..Default::default() };
     let m = Mounted::with(&d, opts.clone());
     fs::write(m.path("a"), b"one").unwrap();

@@ -148,7 +148,7 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
     } else {
         print!("{}", verify::render(&report));
     }
-    if let Ok(r) = super::repo_for(a.dir, a.repo) {
+    if let Ok(r) = super::locate_repo(a.dir, a.repo) {
         let exposed = snapfs::os::private::exposure(&r.path);
         for line in &exposed {
             eprintln!("snapfs: WARNING: repository not private: {line}");

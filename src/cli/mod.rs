@@ -3,6 +3,7 @@
 //! prints what it found (text, or `--json`). `main.rs` holds the argument
 //! definitions only.
 
+pub mod keys;
 pub mod maint;
 pub mod recovery;
 pub mod snapshots;
@@ -19,20 +20,81 @@ use snapfs::daemon::{self, MountArgs};
 use snapfs::repo::{self, Repo};
 use snapfs::util;
 
-use crate::{Cli, Cmd, ReplicaCmd};
+use crate::{Cli, Cmd, KeyCmd, ReplicaCmd};
 use maint as cli_maint;
 use recovery::rollback;
 use snapshots::{diff, list, print_diff, print_list, take_snapshot};
 use status::{print_replica, print_schedule, print_status, status};
 
 /// Carry out one command.
+/// The key options of this run (for every repository a command opens).
+static KEY_ARGS: std::sync::OnceLock<keys::KeyArgs> = std::sync::OnceLock::new();
+
+pub(crate) fn key_args() -> &'static keys::KeyArgs {
+    KEY_ARGS.get_or_init(keys::KeyArgs::default)
+}
+
 pub(crate) fn run(cli: Cli) -> Result<()> {
+    let _ = KEY_ARGS.set(cli.keys.clone());
     match cli.cmd {
-        Cmd::Init { block_size, repo } => {
+        Cmd::Init { block_size, encryption, kdf_memory, kdf_iterations, repo } => {
             let bs = util::parse_size(&block_size).with_context(|| format!("cannot read block size {block_size:?}"))?;
-            let r = Repo::init_at(&repo::Location::parse_canonical(&repo)?, bs, None)?;
-            println!("created repository {} (id {}, block size {})", r.location, r.config.id, util::human_bytes(bs));
+            let loc = repo::Location::parse_canonical(&repo)?;
+            let mut made = None;
+            let src = match encryption.as_str() {
+                "none" => None,
+                _ => {
+                    let (s, m) = keys::new_source(None, None, Some(&cli.keys))?;
+                    made = m;
+                    Some(s)
+                }
+            };
+            let kdf = keys::kdf(kdf_memory, kdf_iterations)?;
+            let enc = src.as_ref().map(|source| repo::Encryption { source, kdf });
+            let r = Repo::init_at(&loc, bs, None, enc.as_ref())?;
+            let how = if r.is_encrypted() { "encrypted" } else { "NOT encrypted" };
+            println!(
+                "created repository {} (id {}, block size {}, {how})",
+                r.location,
+                r.config.id,
+                util::human_bytes(bs)
+            );
+            if let Some(p) = made {
+                println!("key file {} made: keep a copy elsewhere, it opens the repository", p.display());
+            }
             Ok(())
+        }
+        Cmd::Key { what } => {
+            let (repo, dir, kdf) = match &what {
+                KeyCmd::List { repo, dir, .. } => (repo, dir.clone(), (None, None)),
+                KeyCmd::Add { repo, dir, kdf_memory, kdf_iterations, .. }
+                | KeyCmd::Passwd { repo, dir, kdf_memory, kdf_iterations, .. } => {
+                    (repo, dir.clone(), (*kdf_memory, *kdf_iterations))
+                }
+                KeyCmd::Remove { repo, args } => match (repo, args.as_slice()) {
+                    (Some(_), [_]) => (repo, None, (None, None)),
+                    (None, [d, _]) => (repo, Some(PathBuf::from(d)), (None, None)),
+                    _ => bail!("give DIR SLOT, or --repo REPO SLOT"),
+                },
+            };
+            let mut r = repo_for(dir.as_deref(), repo.as_deref())?;
+            let kdf = keys::kdf(kdf.0, kdf.1)?;
+            let op = match &what {
+                KeyCmd::List { json, .. } => keys::KeyOp::List { json: *json },
+                KeyCmd::Add { write_only, new_password_file, new_key_file, .. } => keys::KeyOp::Add {
+                    write_only: *write_only,
+                    new_password_file: new_password_file.as_deref(),
+                    new_key_file: new_key_file.as_deref(),
+                    kdf,
+                },
+                KeyCmd::Remove { args, .. } => keys::KeyOp::Remove { name: args.last().expect("checked above") },
+                KeyCmd::Passwd { new_password_file, new_key_file, .. } => keys::KeyOp::Passwd {
+                    new_password_file: new_password_file.as_deref(),
+                    new_key_file: new_key_file.as_deref(),
+                    kdf,
+                },
+            };
+            keys::key(&mut r, &cli.keys, op)
         }
         Cmd::Mount {
             backing,
@@ -49,7 +111,13 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             dir,
         } => {
             let writeback = !no_writeback;
+            let local = backing.as_deref().unwrap_or(&dir).join(snapfs::live::REPO_NAME);
+            let key = cli.keys.for_repo(|| match &repo {
+                Some(r) => repo::Location::parse_canonical(r).ok(),
+                None => Some(repo::Location::Local(local.clone())),
+            })?;
             daemon::mount(MountArgs {
+                key,
                 dir,
                 backing,
                 repo,
@@ -181,7 +249,8 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Rollback { json, dir, snapshot, path } => rollback(&dir, &snapshot, path.as_deref().unwrap_or(""), json),
         Cmd::Browse { repo, snapshot, foreground, ready_fd, mnt } => {
-            daemon::browse(daemon::BrowseArgs { repo, mnt, snapshot, foreground, ready_fd })
+            let key = cli.keys.for_repo(|| repo::Location::parse_canonical(&repo).ok())?;
+            daemon::browse(daemon::BrowseArgs { repo, mnt, snapshot, foreground, ready_fd, key })
         }
         Cmd::Snapshot { name, full, json, dir } => take_snapshot(&dir, name, full, json),
         Cmd::List { repo, json, dir } => {
@@ -346,7 +415,16 @@ pub(crate) fn mounted(dir: Option<&Path>, repo: Option<&str>) -> Option<PathBuf>
     (repo.is_none() && daemon::snapfs_mount_at(&d).is_some()).then_some(d)
 }
 
+/// The repository of DIR or --repo, unlocked (an encrypted one asks for its key).
 pub(crate) fn repo_for(dir: Option<&Path>, repo: Option<&str>) -> Result<Repo> {
+    let mut r = locate_repo(dir, repo)?;
+    key_args().unlock(&mut r)?;
+    Ok(r)
+}
+
+/// The repository of DIR or --repo, opened without its keys (for its
+/// config and local state only).
+pub(crate) fn locate_repo(dir: Option<&Path>, repo: Option<&str>) -> Result<Repo> {
     if let Some(d) = mounted(dir, repo) {
         let r = control::call(&d, &Request::Status { files: false }, Duration::from_secs(30))
             .with_context(|| format!("asking the daemon of {}", d.display()))?;
@@ -354,13 +432,20 @@ pub(crate) fn repo_for(dir: Option<&Path>, repo: Option<&str>) -> Result<Repo> {
         // (a path through the daemon's descriptor, or a URL: used as is)
         return Ok(Repo::open_at(&repo::Location::parse(&s.repository_access)?, None)?);
     }
-    offline_repo(dir, repo)
+    offline_repo_locked(dir, repo)
 }
 
 /// The repository of an unmounted directory or given with --repo (a path
 /// or an s3: URL; a repository elsewhere keeps its local state in DIR's
 /// hidden .snapfs/cache when DIR is given, else in ~/.cache/snapfs).
 pub(crate) fn offline_repo(dir: Option<&Path>, repo: Option<&str>) -> Result<Repo> {
+    let mut r = offline_repo_locked(dir, repo)?;
+    key_args().unlock(&mut r)?;
+    Ok(r)
+}
+
+/// As [`offline_repo`], without the keys.
+pub(crate) fn offline_repo_locked(dir: Option<&Path>, repo: Option<&str>) -> Result<Repo> {
     let cache = dir.map(|d| daemon::canonical(d).join(snapfs::live::REPO_NAME).join("cache"));
     let loc = match (repo, dir) {
         (Some(r), _) => repo::Location::parse_canonical(r)?,

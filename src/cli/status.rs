@@ -11,8 +11,6 @@ use snapfs::repo::{self};
 use snapfs::tracker::Tracker;
 use snapfs::util;
 
-use super::*;
-
 pub(crate) fn status(dir: &Path, files: bool, repo: Option<&str>) -> Result<StatusReport> {
     let dir = daemon::canonical(dir);
     if daemon::snapfs_mount_at(&dir).is_some() {
@@ -37,7 +35,7 @@ pub(crate) fn status(dir: &Path, files: bool, repo: Option<&str>) -> Result<Stat
             dir.display()
         );
     }
-    let r = offline_repo(Some(&dir), repo).map_err(|e| match e.downcast_ref::<repo::RepoError>() {
+    let r = super::offline_repo_locked(Some(&dir), repo).map_err(|e| match e.downcast_ref::<repo::RepoError>() {
         Some(repo::RepoError::NotARepo(p)) => {
             anyhow::anyhow!("{} is not mounted and has no repository at {} (give --repo)", dir.display(), p.display())
         }

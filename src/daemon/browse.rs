@@ -24,6 +24,8 @@ pub struct BrowseArgs {
     pub snapshot: Option<String>,
     pub foreground: bool,
     pub ready_fd: Option<RawFd>,
+    /// The key of an encrypted repository.
+    pub key: Option<std::sync::Arc<crate::repo::keyslot::KeySource>>,
 }
 
 /// `snapfs browse`: mount a repository's snapshots read-only, with no live
@@ -36,7 +38,7 @@ pub fn browse(args: BrowseArgs) -> Result<()> {
         if let Some(s) = &args.snapshot {
             a.extend(["--snapshot".into(), s.into()]);
         }
-        let pid = spawn_daemon(a, &mnt)?;
+        let pid = spawn_daemon(a, &mnt, args.key.as_deref())?;
         println!(
             "snapfs: snapshots of {} are at {} (read-only, pid {pid}, log {})",
             loc,
@@ -71,7 +73,8 @@ fn serve_browse(args: BrowseArgs) -> Result<()> {
     if args.ready_fd.is_some() {
         redirect_output_to(&browse_log(&mnt)?)?;
     }
-    let repo = Repo::open_at(&crate::repo::Location::parse_canonical(&args.repo)?, None)?;
+    let mut repo = Repo::open_at(&crate::repo::Location::parse_canonical(&args.repo)?, None)?;
+    repo.unlock_with(|| args.key.as_deref().map(|k| k.clone_source()))?;
     let repo_path = repo.location.to_string();
     let objects = Arc::new(Objects::open(repo.store(), None)?);
     let all = snapshot::list(&**objects.store())?;

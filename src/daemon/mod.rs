@@ -66,6 +66,9 @@ pub struct MountArgs {
     pub keep: Option<maint::Policy>,
     /// Replicas to add (kept with the repository; earlier ones stay).
     pub replicas: Vec<String>,
+    /// The key of an encrypted repository (also: a new default repository
+    /// is made encrypted with it).
+    pub key: Option<std::sync::Arc<crate::repo::keyslot::KeySource>>,
 }
 
 fn cpath(p: &Path) -> Result<CString> {
@@ -240,7 +243,12 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
             let repo = if p.exists() {
                 Repo::open(&p).map_err(shown_err)?
             } else {
-                Repo::init(&p, DEFAULT_BLOCK_SIZE).map_err(shown_err)?
+                let enc = args.key.as_deref().map(|source| crate::repo::Encryption { source, kdf: Default::default() });
+                let r = Repo::init_with(&p, DEFAULT_BLOCK_SIZE, enc.as_ref()).map_err(shown_err)?;
+                if !r.is_encrypted() {
+                    log::warn!("made the repository {shown}, NOT encrypted (give a key to mount to encrypt a new one)");
+                }
+                r
             };
             (repo, shown)
         }
@@ -271,6 +279,7 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
             (repo, loc.to_string())
         }
     };
+    repo.unlock_with(|| args.key.as_deref().map(|k| k.clone_source()))?;
     repo.lock()?;
     if ready_fd_is_background(&args) {
         redirect_output_to(&repo.log_path())?;

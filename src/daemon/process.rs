@@ -43,14 +43,22 @@ pub(crate) fn spawn_background(args: &MountArgs) -> Result<()> {
     for r in &args.replicas {
         a.extend(["--replica".into(), r.into()]);
     }
-    let pid = spawn_daemon(a, &dir)?;
+    let pid = spawn_daemon(a, &dir, args.key.as_deref())?;
     println!("snapfs: {} is protected (daemon pid {pid})", dir.display());
     Ok(())
 }
 
 /// Run `snapfs ARGS --foreground --ready-fd 3 DIR` in a new session and wait
 /// for its one line: `READY` (returns its pid) or `ERROR <message>`.
-pub(crate) fn spawn_daemon(args: Vec<std::ffi::OsString>, dir: &Path) -> Result<u32> {
+///
+/// A key is handed over through a pipe on descriptor 4 (`--key-fd 4`),
+/// never on the command line or in the environment.
+pub(crate) fn spawn_daemon(
+    args: Vec<std::ffi::OsString>,
+    dir: &Path,
+    key: Option<&crate::repo::keyslot::KeySource>,
+) -> Result<u32> {
+    let key_pipe = key.map(key_pipe).transpose()?;
     let mut fds = [0 as RawFd; 2];
     // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -60,23 +68,44 @@ pub(crate) fn spawn_daemon(args: Vec<std::ffi::OsString>, dir: &Path) -> Result<
     let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let exe = std::env::current_exe().context("cannot find the snapfs executable")?;
     let mut cmd = Command::new(exe);
-    cmd.args(&args).arg("--foreground").arg("--ready-fd").arg("3").arg(dir);
+    cmd.args(&args).arg("--foreground").arg("--ready-fd").arg("3");
+    if key_pipe.is_some() {
+        cmd.arg("--key-fd").arg("4");
+        // (the parent read the key from them: the daemon needs none)
+        for k in ["SNAPFS_PASSWORD", "SNAPFS_PASSWORD_FILE", "SNAPFS_KEY_FILE"] {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.arg(dir);
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     let wfd = w.as_raw_fd();
+    let kfd = key_pipe.as_ref().map(|k| k.as_raw_fd());
     // SAFETY: between fork and exec the closure only makes async-signal-safe system calls.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if libc::dup2(wfd, 3) < 0 {
+            // (moved above 10 first: either may be 3 or 4 already)
+            let high = |fd: RawFd| match libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) {
+                n if n < 0 => Err(std::io::Error::last_os_error()),
+                n => Ok(n),
+            };
+            let (w3, k4) = (high(wfd)?, kfd.map(high).transpose()?);
+            if libc::dup2(w3, 3) < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(k) = k4 {
+                if libc::dup2(k, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
     }
     let mut child = cmd.spawn().context("cannot start the snapfs daemon")?;
     drop(w);
+    drop(key_pipe);
     let mut line = String::new();
     BufReader::new(std::fs::File::from(r)).read_line(&mut line)?;
     let line = line.trim_end();
@@ -89,6 +118,21 @@ pub(crate) fn spawn_daemon(args: Vec<std::ffi::OsString>, dir: &Path) -> Result<
     }
     let status = child.wait()?;
     bail!("the snapfs daemon exited before the mount was ready ({status}); run with --foreground to see why")
+}
+
+/// A pipe holding the key (all of it written and the writing end closed:
+/// a key is far smaller than a pipe's buffer); returns the reading end.
+fn key_pipe(key: &crate::repo::keyslot::KeySource) -> Result<OwnedFd> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: every pointer is to a buffer that outlives the call, of the length the call expects; the result is checked.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!("pipe: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded: both descriptors are new and ours alone.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let mut w = std::fs::File::from(w);
+    w.write_all(&key.to_bytes()).context("handing the key to the daemon")?;
+    Ok(r)
 }
 
 pub(crate) fn block_signals() -> libc::sigset_t {

@@ -431,8 +431,8 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
                 let ok = store
                     .get_range(FileKind::Pack, &loc.pack, loc.entry.offset, loc.entry.stored as usize)
                     .ok()
-                    .and_then(|b| crate::repo::pack::decode_object(&loc.pack, &loc.entry, &b).ok())
-                    .is_some_and(|raw| ObjectId::of_object(loc.entry.kind, &raw) == *id);
+                    .and_then(|b| objects.decode_object(&loc.pack, &loc.entry, &b).ok())
+                    .is_some_and(|raw| objects.id_of(loc.entry.kind, &raw) == *id);
                 if !ok {
                     log::warn!("prune: the copy of {id} in pack {} is damaged; keeping another", loc.pack);
                     lost.insert(*id); // not a home: copied below

@@ -252,11 +252,11 @@ pub(crate) fn set_meta(dir: BorrowedFd<'_>, name: &CStr, e: &Entry) -> Result<()
 }
 
 /// The id a block would have in the repository.
-pub(crate) fn block_id(data: &[u8]) -> ObjectId {
+pub(crate) fn block_id(objects: &Objects, data: &[u8]) -> ObjectId {
     if data.iter().all(|&b| b == 0) {
         ObjectId::ZERO
     } else {
-        ObjectId::of_object(ObjKind::Blob, data)
+        objects.id_of(ObjKind::Blob, data)
     }
 }
 
@@ -307,7 +307,7 @@ pub(crate) fn write_file(
             let have = if off < size_now {
                 let got = sys::pread_full(fd.as_fd(), &mut buf[..len], off)?;
                 buf[got..len].fill(0);
-                block_id(&buf[..len])
+                block_id(objects, &buf[..len])
             } else {
                 ObjectId::ZERO
             };
@@ -366,7 +366,7 @@ pub(crate) fn put_block(
     }
     // verify what the file now holds
     let got = sys::pread_full(fd, buf, off)?;
-    if got != len || block_id(buf) != id {
+    if got != len || block_id(objects, buf) != id {
         bail!("{}: block {b} does not read back as written", show(path));
     }
     Ok(written)

@@ -335,7 +335,7 @@ impl Walker<'_> {
                 continue;
             }
             for c in n.entries {
-                if crate::repo::objects::is_hole(&c, level) {
+                if self.objects.is_hole(&c, level) {
                     continue;
                 }
                 if level == 0 && self.located.get(&c).is_some_and(|(_, e)| e.raw as u64 > self.bs) {
@@ -660,10 +660,13 @@ fn read_pack(store: &dyn crate::repo::store::Store, name: &str, entries: &[PackE
     if ObjectId::of(&bytes).hex() != name {
         packs.push(DamagedFile { name: name.into(), problem: "its contents do not match its name (damaged)".into() });
     }
+    let keys = store.keys();
     for e in entries {
         let end = e.offset as usize + e.stored as usize;
         let r = match bytes.get(e.offset as usize..end) {
-            Some(stored) => pack::decode_object(name, e, stored).map(|_| ()).map_err(|err| err.to_string()),
+            Some(stored) => {
+                pack::decode_object(keys.as_deref(), name, e, stored).map(|_| ()).map_err(|err| err.to_string())
+            }
             None => Err(format!("pack {name} is shorter than its trailer says")),
         };
         if let Err(problem) = r {

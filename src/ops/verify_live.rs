@@ -373,7 +373,7 @@ impl Checker<'_> {
             self.r.bytes_compared += len as u64;
             let block = &self.buf[..len];
             let id =
-                if block.iter().all(|&x| x == 0) { ObjectId::ZERO } else { ObjectId::of_object(ObjKind::Blob, block) };
+                if block.iter().all(|&x| x == 0) { ObjectId::ZERO } else { self.objects.id_of(ObjKind::Blob, block) };
             if ids.get(b as usize) != Some(&id) {
                 bad.push(b);
             }

@@ -2,10 +2,12 @@
 //! and `/proc/self/fd` paths (`sys`), the one place errors become errno
 //! values (`errno`), per-thread credentials and umask for requests that
 //! create inodes (`creds`), the mount table and client-side calls on a
-//! mount point (`mounts`), and files only their owner can use (`private`).
+//! mount point (`mounts`), files only their owner can use (`private`), and
+//! memory for keys, out of core dumps and swap (`secret`).
 
 pub mod creds;
 pub mod errno;
 pub mod mounts;
 pub mod private;
+pub mod secret;
 pub mod sys;

@@ -5,10 +5,17 @@
 //! ([`Location`]), holding
 //!
 //! ```text
-//! config      JSON: magic, format version, repository id, block size, creation time
+//! config      JSON: magic, format version, repository id, block size, creation time,
+//!             and for an encrypted repository its scheme and a MAC under its keys
+//! keys/       key slots of an encrypted repository (`keyslot`)
 //! packs/      pack files (through the `Store` trait)
 //! snapshots/  snapshot records
 //! ```
+//!
+//! An encrypted repository (format 3) is opened in two steps: `open_at`
+//! reads its config, [`Repo::unlock`] opens a key slot and checks the
+//! config's MAC; from then on `store()` carries the keys, and objects,
+//! packs and records are sealed and opened with them (`crypto`).
 //!
 //! and a local directory (`Repo::path`: the repository itself when local,
 //! else a cache directory per repository id) holding
@@ -22,7 +29,9 @@
 //! A local config is written once, at `init`, with the durable-write
 //! sequence (temporary name, fsync, rename, fsync of the directory).
 
+pub mod crypto;
 pub mod ids;
+pub mod keyslot;
 pub mod objects;
 pub mod objstore;
 pub mod pack;
@@ -39,8 +48,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::repo::crypto::Keys;
+use crate::repo::keyslot::{KdfParams, KeySource};
 use crate::repo::s3::{S3Location, S3Store};
-use crate::repo::store::{LocalStore, Store, StoreError};
+use crate::repo::store::{LocalStore, Store, StoreError, WithKeys};
 use crate::util;
 
 /// Where a repository lives.
@@ -100,6 +111,9 @@ pub const MAGIC: &str = "snapfs-repository";
 /// format 1 repository is upgraded when a daemon first mounts it (its
 /// next snapshot writes format 2 trees, which snapfs before 2 cannot read).
 pub const FORMAT_VERSION: u32 = 2;
+/// The format of an encrypted repository: as 2, with sealed packs and
+/// records, keyed ids and key slots (snapfs before it cannot read one).
+pub const ENCRYPTED_FORMAT: u32 = 3;
 pub const DEFAULT_BLOCK_SIZE: u64 = 64 * 1024;
 pub const MIN_BLOCK_SIZE: u64 = 4 * 1024;
 pub const MAX_BLOCK_SIZE: u64 = 16 * 1024 * 1024;
@@ -117,7 +131,7 @@ pub enum RepoError {
     #[error("{0}: not a snapfs repository (no valid config file)")]
     NotARepo(PathBuf),
     #[error(
-        "{path}: repository format {found} is newer than this snapfs understands ({FORMAT_VERSION}); upgrade snapfs"
+        "{path}: repository format {found} is newer than this snapfs understands ({ENCRYPTED_FORMAT}); upgrade snapfs"
     )]
     NewerFormat { path: PathBuf, found: u32 },
     #[error("{0}: already exists and is not empty; not creating a repository there")]
@@ -143,6 +157,22 @@ pub enum RepoError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "repository {0} is encrypted: give its key (--password-file FILE, SNAPFS_PASSWORD_FILE, SNAPFS_PASSWORD, \
+         --password-command CMD, --key-file FILE, or type the passphrase at the prompt)"
+    )]
+    NeedsKey(String),
+    #[error("repository {0}: {1}")]
+    Key(String, #[source] crate::repo::keyslot::KeyError),
+    #[error("repository {0}: its config was changed (its MAC does not match its keys): edited by hand or damaged")]
+    ConfigChanged(String),
+    #[error(
+        "repository {0}: its config says it is not encrypted, but it holds key slots: the config was replaced \
+         (refusing to write plaintext into an encrypted repository)"
+    )]
+    Downgraded(String),
+    #[error("repository {0}: unknown encryption {1:?}")]
+    UnknownEncryption(String, String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RepoError + '_ {
@@ -156,6 +186,23 @@ pub struct Config {
     pub id: String,
     pub block_size: u64,
     pub created: String,
+    /// The encryption scheme ([`crypto::SCHEME`]) of an encrypted repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<String>,
+    /// Of an encrypted repository: the MAC of this config (without it) under its keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+impl Config {
+    pub fn is_encrypted(&self) -> bool {
+        self.encryption.is_some()
+    }
+
+    /// The bytes the MAC covers: the config without its MAC, as JSON.
+    fn mac_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&Config { mac: None, ..self.clone() }).expect("config serializes")
+    }
 }
 
 /// An opened repository.
@@ -167,6 +214,8 @@ pub struct Repo {
     pub config: Config,
     lock: Option<File>,
     store: std::sync::Arc<dyn Store>,
+    /// Of an unlocked encrypted repository: its keys and the slot that opened them.
+    keys: Option<(std::sync::Arc<Keys>, String)>,
 }
 
 impl std::fmt::Debug for Repo {
@@ -183,11 +232,18 @@ fn parse_config(data: &[u8], shown: &Path) -> Result<Config, RepoError> {
         return Err(RepoError::NotARepo(shown.to_path_buf()));
     }
     let found = value.get("format").and_then(|f| f.as_u64()).unwrap_or(0) as u32;
-    if found > FORMAT_VERSION {
+    if found > ENCRYPTED_FORMAT {
         return Err(RepoError::NewerFormat { path: shown.to_path_buf(), found });
     }
     let config: Config = serde_json::from_value(value).map_err(|_| RepoError::NotARepo(shown.to_path_buf()))?;
     check_block_size(config.block_size)?;
+    let shown_s = || shown.display().to_string();
+    match (&config.encryption, config.format) {
+        (Some(s), _) if s != crypto::SCHEME => return Err(RepoError::UnknownEncryption(shown_s(), s.clone())),
+        (Some(_), ENCRYPTED_FORMAT) if config.mac.is_some() => {}
+        (None, f) if f < ENCRYPTED_FORMAT && config.mac.is_none() => {}
+        _ => return Err(RepoError::ConfigChanged(shown_s())),
+    }
     if config.id.is_empty() || !config.id.bytes().all(|b| b.is_ascii_hexdigit()) || config.id.len() > 64 {
         return Err(RepoError::NotARepo(shown.to_path_buf()));
     }
@@ -201,7 +257,27 @@ fn new_config(block_size: u64) -> Config {
         id: util::random_id(),
         block_size,
         created: util::rfc3339(util::unix_now()),
+        encryption: None,
+        mac: None,
     }
+}
+
+/// How `init` encrypts a repository: the first slot's key source, what it
+/// may do (full), and the passphrase's Argon2id cost.
+pub struct Encryption<'a> {
+    pub source: &'a KeySource,
+    pub kdf: KdfParams,
+}
+
+/// A new config (and keys, for an encrypted repository: `config.mac` set).
+fn new_config_with(block_size: u64, enc: Option<&Encryption>) -> (Config, Option<std::sync::Arc<Keys>>) {
+    let mut c = new_config(block_size);
+    let Some(_) = enc else { return (c, None) };
+    c.format = ENCRYPTED_FORMAT;
+    c.encryption = Some(crypto::SCHEME.into());
+    let keys = std::sync::Arc::new(Keys::generate(&c.id));
+    c.mac = Some(keys.config_mac(&c.mac_bytes()));
+    (c, Some(keys))
 }
 
 pub fn check_block_size(bs: u64) -> Result<(), RepoError> {
@@ -231,6 +307,12 @@ pub fn write_durably(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()>
 impl Repo {
     /// Create a repository at `path` (which must not exist or be empty).
     pub fn init(path: &Path, block_size: u64) -> Result<Repo, RepoError> {
+        Repo::init_with(path, block_size, None)
+    }
+
+    /// Create a repository at `path`, encrypted if `enc` says how. The
+    /// first key slot is written before the config (the commit point).
+    pub fn init_with(path: &Path, block_size: u64, enc: Option<&Encryption>) -> Result<Repo, RepoError> {
         check_block_size(block_size)?;
         match fs::read_dir(path) {
             Ok(mut rd) => {
@@ -243,18 +325,89 @@ impl Repo {
             }
             Err(e) => return Err(io_err(path)(e)),
         }
-        let config = new_config(block_size);
-        let json = serde_json::to_vec_pretty(&config).expect("config serializes");
-        write_durably(path, "config", &json).map_err(io_err(path))?;
+        let (config, keys) = new_config_with(block_size, enc);
         for d in ["packs", "snapshots"] {
             crate::os::private::create_dir(&path.join(d)).map_err(io_err(path))?;
         }
-        Ok(Repo::local(path, config))
+        let mut repo = Repo::local(path, config.clone());
+        if let (Some(k), Some(e)) = (&keys, enc) {
+            crate::os::private::create_dir(&path.join("keys")).map_err(io_err(path))?;
+            let slot = keyslot::add(&*repo.store, k, e.source, crypto::Access::Full, e.kdf)
+                .map_err(|err| RepoError::Key(path.display().to_string(), err))?;
+            repo.set_keys(k.clone(), slot);
+        }
+        let json = serde_json::to_vec_pretty(&config).expect("config serializes");
+        write_durably(path, "config", &json).map_err(io_err(path))?;
+        Ok(repo)
     }
 
     fn local(path: &Path, config: Config) -> Repo {
         let store = std::sync::Arc::new(LocalStore::new(path));
-        Repo { location: Location::Local(path.to_path_buf()), path: path.to_path_buf(), config, lock: None, store }
+        Repo {
+            location: Location::Local(path.to_path_buf()),
+            path: path.to_path_buf(),
+            config,
+            lock: None,
+            store,
+            keys: None,
+        }
+    }
+
+    fn set_keys(&mut self, keys: std::sync::Arc<Keys>, slot: String) {
+        let plain = self.store.clone();
+        self.store = std::sync::Arc::new(WithKeys::new(plain, keys.clone()));
+        self.keys = Some((keys, slot));
+        // what the ciphers copy of the keys stays out of core dumps too
+        crate::os::secret::no_dumps();
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        self.config.is_encrypted()
+    }
+
+    /// The keys of an unlocked encrypted repository.
+    pub fn keys(&self) -> Option<&std::sync::Arc<Keys>> {
+        self.keys.as_ref().map(|(k, _)| k)
+    }
+
+    /// The key slot this repository was unlocked with.
+    pub fn slot(&self) -> Option<&str> {
+        self.keys.as_ref().map(|(_, s)| s.as_str())
+    }
+
+    /// Open an encrypted repository's keys with `src` and check its config
+    /// against them. A plain repository needs none (Ok, nothing done).
+    pub fn unlock(&mut self, src: &KeySource) -> Result<(), RepoError> {
+        if !self.is_encrypted() || self.keys.is_some() {
+            return Ok(());
+        }
+        let shown = self.location.to_string();
+        let (keys, slot) =
+            keyslot::unlock(&*self.store, &self.config.id, src).map_err(|e| RepoError::Key(shown.clone(), e))?;
+        if self.config.mac.as_deref() != Some(keys.config_mac(&self.config.mac_bytes()).as_str()) {
+            return Err(RepoError::ConfigChanged(shown));
+        }
+        self.set_keys(keys, slot);
+        Ok(())
+    }
+
+    /// `unlock` with the source `get` gives, asked for only when the
+    /// repository is encrypted; `None` from it is [`RepoError::NeedsKey`].
+    pub fn unlock_with(&mut self, get: impl FnOnce() -> Option<KeySource>) -> Result<(), RepoError> {
+        if !self.is_encrypted() || self.keys.is_some() {
+            return Ok(());
+        }
+        let src = get().ok_or_else(|| RepoError::NeedsKey(self.location.to_string()))?;
+        self.unlock(&src)
+    }
+
+    /// A plain config over a repository with key slots: refused (someone
+    /// replaced an encrypted repository's config).
+    fn check_not_downgraded(&self) -> Result<(), RepoError> {
+        if !self.is_encrypted() && !self.store.list(crate::repo::store::FileKind::Key)?.is_empty() {
+            return Err(RepoError::Downgraded(self.location.to_string()));
+        }
+        Ok(())
     }
 
     /// Open an existing repository, checking that it is one and that we can read its format.
@@ -267,14 +420,21 @@ impl Repo {
             }
             Err(e) => return Err(io_err(&cfg_path)(e)),
         };
-        Ok(Repo::local(path, parse_config(&data, path)?))
+        let r = Repo::local(path, parse_config(&data, path)?);
+        r.check_not_downgraded()?;
+        Ok(r)
     }
 
     /// Create a repository at `loc`; a remote one keeps its local state in
     /// `cache` (default: [`default_cache`]) under its id.
-    pub fn init_at(loc: &Location, block_size: u64, cache: Option<&Path>) -> Result<Repo, RepoError> {
+    pub fn init_at(
+        loc: &Location,
+        block_size: u64,
+        cache: Option<&Path>,
+        enc: Option<&Encryption>,
+    ) -> Result<Repo, RepoError> {
         let s3 = match loc {
-            Location::Local(p) => return Repo::init(p, block_size),
+            Location::Local(p) => return Repo::init_with(p, block_size, enc),
             Location::S3(l) => l,
         };
         check_block_size(block_size)?;
@@ -290,9 +450,17 @@ impl Repo {
         if !keys.is_empty() {
             return Err(RepoError::NotEmpty(PathBuf::from(s3.to_string())));
         }
-        let config = new_config(block_size);
-        store.put_key(&s3.key("config"), &serde_json::to_vec_pretty(&config).expect("config serializes"))?;
-        Repo::remote(loc.clone(), store, config, cache)
+        let (config, keys) = new_config_with(block_size, enc);
+        let config_json = serde_json::to_vec_pretty(&config).expect("config serializes");
+        let config_key = s3.key("config");
+        let mut repo = Repo::remote(loc.clone(), store, config, cache)?;
+        if let (Some(k), Some(e)) = (&keys, enc) {
+            let slot = keyslot::add(&*repo.store, k, e.source, crypto::Access::Full, e.kdf)
+                .map_err(|err| RepoError::Key(loc.to_string(), err))?;
+            repo.set_keys(k.clone(), slot);
+        }
+        S3Store::from_env(s3.clone())?.put_key(&config_key, &config_json)?;
+        Ok(repo)
     }
 
     /// Make `loc` a replica of the repository whose config is `config`: a
@@ -352,17 +520,23 @@ impl Repo {
             Err(e) => return Err(e.into()),
         };
         let config = parse_config(&data, &shown)?;
-        Repo::remote(loc.clone(), store, config, cache)
+        let r = Repo::remote(loc.clone(), store, config, cache)?;
+        r.check_not_downgraded()?;
+        Ok(r)
     }
 
     fn remote(location: Location, store: S3Store, config: Config, cache: Option<&Path>) -> Result<Repo, RepoError> {
         let path = cache.map(Path::to_path_buf).unwrap_or_else(default_cache).join(&config.id);
-        Ok(Repo { location, path, config, lock: None, store: std::sync::Arc::new(store) })
+        Ok(Repo { location, path, config, lock: None, store: std::sync::Arc::new(store), keys: None })
     }
 
     /// Write `config` in place of the repository's (a format upgrade: the
     /// only time a config is written again).
-    pub fn rewrite_config(&mut self, config: Config) -> Result<(), RepoError> {
+    pub fn rewrite_config(&mut self, mut config: Config) -> Result<(), RepoError> {
+        if config.is_encrypted() {
+            let keys = self.keys().ok_or_else(|| RepoError::NeedsKey(self.location.to_string()))?;
+            config.mac = Some(keys.config_mac(&config.mac_bytes()));
+        }
         let json = serde_json::to_vec_pretty(&config).expect("config serializes");
         match &self.location {
             Location::Local(p) => write_durably(p, "config", &json).map_err(io_err(p))?,
@@ -537,7 +711,7 @@ mod tests {
         assert!(matches!(Repo::init(&t.path().join("x"), 1000), Err(RepoError::BadBlockSize(1000))));
         // a newer format is refused with a clear message
         let mut c = o.config.clone();
-        c.format = FORMAT_VERSION + 1;
+        c.format = ENCRYPTED_FORMAT + 1;
         fs::write(p.join("config"), serde_json::to_vec(&c).unwrap()).unwrap();
         let e = Repo::open(&p).unwrap_err();
         assert!(matches!(e, RepoError::NewerFormat { .. }));

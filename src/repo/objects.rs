@@ -177,19 +177,24 @@ pub fn node_span(level: u8) -> u64 {
 /// The id of a full node at `level` all of whose blocks are holes (256
 /// zero ids at level 0; 256 of these at level 1, and so on): a reader
 /// skips such a subtree without reading it.
+/// (In a plain repository; an encrypted one's differ: see
+/// `Objects::hole_node`.)
 pub fn hole_node(level: u8) -> ObjectId {
     static HOLES: std::sync::OnceLock<Vec<ObjectId>> = std::sync::OnceLock::new();
-    let h = HOLES.get_or_init(|| {
-        let mut out = Vec::new();
-        let mut below = ObjectId::ZERO;
-        for level in 0..=MAX_LEVEL {
-            let id = ObjectId::of_object(ObjKind::FileNode, &FileNode { level, entries: vec![below; FANOUT] }.encode());
-            out.push(id);
-            below = id;
-        }
-        out
-    });
+    let h = HOLES.get_or_init(|| hole_nodes(ObjectId::of_object));
     h.get(level as usize).copied().unwrap_or(ObjectId::ZERO)
+}
+
+/// The all-hole node ids of every level, with ids made by `id_of`.
+pub fn hole_nodes(id_of: impl Fn(ObjKind, &[u8]) -> ObjectId) -> Vec<ObjectId> {
+    let mut out = Vec::new();
+    let mut below = ObjectId::ZERO;
+    for level in 0..=MAX_LEVEL {
+        let id = id_of(ObjKind::FileNode, &FileNode { level, entries: vec![below; FANOUT] }.encode());
+        out.push(id);
+        below = id;
+    }
+    out
 }
 
 /// Whether the subtree `id` at `level` of a block list is all holes, by its

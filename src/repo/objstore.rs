@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use thiserror::Error;
 
+use crate::repo::crypto::Keys;
 use crate::repo::objects::{DecodeError, FileNode, ObjKind, ObjectId, PackId, Tree};
 use crate::repo::pack::{self, PackEntry, PackError, PackWriter};
 use crate::repo::state::StateDb;
@@ -181,6 +182,10 @@ pub struct AddStats {
 
 pub struct Objects {
     store: Arc<dyn Store>,
+    /// An encrypted repository's keys (from the store it was opened with).
+    keys: Option<Arc<Keys>>,
+    /// The ids of all-hole block-list nodes, per level (they depend on the id key).
+    holes: Vec<ObjectId>,
     index: Index,
     pending: Mutex<Pending>,
     added_objects: AtomicU64,
@@ -198,10 +203,17 @@ impl Objects {
             Some(db) => Index::Sled(db.clone()),
             None => Index::Memory { objects: RwLock::new(HashMap::new()), packs: RwLock::new(HashSet::new()) },
         };
+        let keys = store.keys();
+        let holes = match &keys {
+            None => (0..=crate::repo::objects::MAX_LEVEL).map(crate::repo::objects::hole_node).collect(),
+            Some(k) => crate::repo::objects::hole_nodes(|kind, raw| k.id_of(kind, raw)),
+        };
         let o = Objects {
             store,
             index,
-            pending: Mutex::new(Pending { writer: PackWriter::new(), raw: HashMap::new() }),
+            pending: Mutex::new(Pending { writer: PackWriter::new(keys.as_ref()), raw: HashMap::new() }),
+            keys,
+            holes,
             added_objects: AtomicU64::new(0),
             added_stored: AtomicU64::new(0),
             added_raw: AtomicU64::new(0),
@@ -216,6 +228,37 @@ impl Objects {
         &self.store
     }
 
+    /// The keys of an encrypted repository.
+    pub fn keys(&self) -> Option<&Arc<Keys>> {
+        self.keys.as_ref()
+    }
+
+    /// The id `raw` has as an object of `kind` in this repository (keyed
+    /// blake3 in an encrypted one).
+    pub fn id_of(&self, kind: ObjKind, raw: &[u8]) -> ObjectId {
+        match &self.keys {
+            Some(k) => k.id_of(kind, raw),
+            None => ObjectId::of_object(kind, raw),
+        }
+    }
+
+    /// The id of a full all-hole block-list node at `level` (see
+    /// [`crate::repo::objects::hole_node`]).
+    pub fn hole_node(&self, level: u8) -> ObjectId {
+        self.holes.get(level as usize).copied().unwrap_or(ObjectId::ZERO)
+    }
+
+    /// Whether the subtree `id` at `level` of a block list is all holes, by
+    /// its id alone.
+    pub fn is_hole(&self, id: &ObjectId, level: u8) -> bool {
+        id.is_zero() || *id == self.hole_node(level)
+    }
+
+    /// The checked bytes of an object as stored in pack `pack`.
+    pub fn decode_object(&self, pack: &str, e: &PackEntry, stored: &[u8]) -> Result<Vec<u8>, PackError> {
+        pack::decode_object(self.keys.as_deref(), pack, e, stored)
+    }
+
     /// Read the trailer of a pack.
     pub fn pack_entries(&self, name: &str) -> ObjResult<Vec<PackEntry>> {
         let size = self.store.size(FileKind::Pack, name)?;
@@ -225,7 +268,16 @@ impl Objects {
         let footer = self.store.get_range(FileKind::Pack, name, size - 16, 16)?;
         let off = pack::parse_footer(name, &footer, size)?;
         let t = self.store.get_range(FileKind::Pack, name, off, (size - 16 - off) as usize)?;
-        Ok(pack::parse_trailer(name, &t, off)?)
+        match pack::parse_trailer(self.keys.as_deref(), name, &t, off) {
+            Ok(e) => Ok(e),
+            Err(e) => {
+                // say so when the pack is of the other form (an encrypted
+                // pack in a plain repository, or the reverse)
+                let head = self.store.get_range(FileKind::Pack, name, 0, 8)?;
+                pack::check_magic(name, &head, self.keys.is_some())?;
+                Err(e.into())
+            }
+        }
     }
 
     /// Index every pack in the store the index does not know. Returns how many.
@@ -354,7 +406,7 @@ impl Objects {
     /// index knows it (prune moving it out of a pack that will go). Its
     /// stored bytes are verified first.
     pub fn copy_object(&self, from: &str, e: &PackEntry, stored: &[u8]) -> ObjResult<()> {
-        let raw = pack::decode_object(from, e, stored)?;
+        let raw = self.decode_object(from, e, stored)?;
         let full = {
             let mut p = self.pending.locked();
             if p.raw.contains_key(&e.id) {
@@ -386,7 +438,7 @@ impl Objects {
         if raw.len() > crate::repo::objects::max_object_bytes(kind) {
             return Err(ObjError::TooLarge { kind, len: raw.len() });
         }
-        let id = ObjectId::of_object(kind, raw);
+        let id = self.id_of(kind, raw);
         if self.index.get(&id)?.is_some() {
             return Ok((id, false));
         }
@@ -423,7 +475,7 @@ impl Objects {
         if p.writer.is_empty() {
             return Ok(());
         }
-        let writer = std::mem::take(&mut p.writer);
+        let writer = std::mem::replace(&mut p.writer, PackWriter::new(self.keys.as_ref()));
         let (name, bytes, entries) = writer.finish();
         match self.store.put(FileKind::Pack, &name, &bytes) {
             Ok(()) => {}
@@ -443,7 +495,7 @@ impl Objects {
     /// Drop what is pending without writing it (a failed snapshot).
     pub fn discard_pending(&self) {
         let mut p = self.pending.locked();
-        p.writer = PackWriter::new();
+        p.writer = PackWriter::new(self.keys.as_ref());
         p.raw.clear();
     }
 
@@ -478,7 +530,7 @@ impl Objects {
     fn read_indexed(&self, id: &ObjectId) -> ObjResult<(ObjKind, Vec<u8>)> {
         let loc = self.index.get(id)?.ok_or(ObjError::Missing(*id))?;
         let stored = self.store.get_range(FileKind::Pack, &loc.pack, loc.entry.offset, loc.entry.stored as usize)?;
-        let raw = pack::decode_object(&loc.pack, &loc.entry, &stored)?;
+        let raw = self.decode_object(&loc.pack, &loc.entry, &stored)?;
         Ok((loc.entry.kind, raw))
     }
 

@@ -272,6 +272,7 @@ impl S3Store {
         match kind {
             FileKind::Pack => self.loc.key(&format!("packs/{}/{name}", name.get(..2).unwrap_or("00"))),
             FileKind::Snapshot => self.loc.key(&format!("snapshots/{name}")),
+            FileKind::Key => self.loc.key(&format!("keys/{name}")),
         }
     }
 
@@ -474,6 +475,7 @@ impl Store for S3Store {
         let dir = match kind {
             FileKind::Pack => "packs/",
             FileKind::Snapshot => "snapshots/",
+            FileKind::Key => "keys/",
         };
         let prefix = self.loc.key(dir);
         Ok(self

@@ -12,6 +12,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::repo::crypto::Keys;
 use crate::util::Locked;
 use thiserror::Error;
 
@@ -20,6 +21,8 @@ use thiserror::Error;
 pub enum FileKind {
     Pack,
     Snapshot,
+    /// Key slots of an encrypted repository.
+    Key,
 }
 
 impl FileKind {
@@ -27,6 +30,7 @@ impl FileKind {
         match self {
             FileKind::Pack => "packs",
             FileKind::Snapshot => "snapshots",
+            FileKind::Key => "keys",
         }
     }
 }
@@ -85,6 +89,52 @@ pub trait Store: Send + Sync {
     fn sweep(&self, _age: std::time::Duration) -> StoreResult<u64> {
         Ok(0)
     }
+    /// The keys of an encrypted repository, for a store opened with them
+    /// (see [`WithKeys`]).
+    fn keys(&self) -> Option<std::sync::Arc<Keys>> {
+        None
+    }
+}
+
+/// A store seen with the repository's keys: the same bytes (sealing is
+/// the caller's: objects, packs and records use [`Store::keys`]), so
+/// copies between stores (replicas) move ciphertext only.
+pub struct WithKeys {
+    inner: std::sync::Arc<dyn Store>,
+    keys: std::sync::Arc<Keys>,
+}
+
+impl WithKeys {
+    pub fn new(inner: std::sync::Arc<dyn Store>, keys: std::sync::Arc<Keys>) -> WithKeys {
+        WithKeys { inner, keys }
+    }
+}
+
+impl Store for WithKeys {
+    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> StoreResult<()> {
+        self.inner.put(kind, name, data)
+    }
+    fn get(&self, kind: FileKind, name: &str) -> StoreResult<Vec<u8>> {
+        self.inner.get(kind, name)
+    }
+    fn get_range(&self, kind: FileKind, name: &str, off: u64, len: usize) -> StoreResult<Vec<u8>> {
+        self.inner.get_range(kind, name, off, len)
+    }
+    fn size(&self, kind: FileKind, name: &str) -> StoreResult<u64> {
+        self.inner.size(kind, name)
+    }
+    fn list(&self, kind: FileKind) -> StoreResult<Vec<String>> {
+        self.inner.list(kind)
+    }
+    fn delete(&self, kind: FileKind, name: &str) -> StoreResult<()> {
+        self.inner.delete(kind, name)
+    }
+    fn sweep(&self, age: std::time::Duration) -> StoreResult<u64> {
+        self.inner.sweep(age)
+    }
+    fn keys(&self) -> Option<std::sync::Arc<Keys>> {
+        Some(self.keys.clone())
+    }
 }
 
 /// A store in a local directory: `packs/<2 hex>/<name>`, `snapshots/<name>`.
@@ -122,7 +172,7 @@ impl LocalStore {
     fn dir_of(&self, kind: FileKind, name: &str) -> PathBuf {
         match kind {
             FileKind::Pack => self.root.join(kind.dir()).join(name.get(..2).unwrap_or("00")),
-            FileKind::Snapshot => self.root.join(kind.dir()),
+            FileKind::Snapshot | FileKind::Key => self.root.join(kind.dir()),
         }
     }
 
@@ -247,7 +297,7 @@ impl Store for LocalStore {
 
     fn sweep(&self, age: std::time::Duration) -> StoreResult<u64> {
         let mut n = 0;
-        for kind in [FileKind::Pack, FileKind::Snapshot] {
+        for kind in [FileKind::Pack, FileKind::Snapshot, FileKind::Key] {
             self.sweep_dir(&self.root.join(kind.dir()), age, &mut n)?;
         }
         Ok(n)

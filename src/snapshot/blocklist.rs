@@ -155,7 +155,7 @@ pub fn visit_blocks<E: From<ObjError>>(
             return Err(bad_list(e.content, "block list (more blocks than its size)").into());
         }
         let span = objects::node_span(level).min(n - start);
-        if objects::is_hole(&id, level) {
+        if objects.is_hole(&id, level) {
             f(start, span, ObjectId::ZERO)?;
             next = start + span;
             continue;

@@ -124,8 +124,23 @@ pub fn check_record(r: &SnapshotRecord) -> Result<(), String> {
 /// format we know (a newer one is an error of its own) and pass
 /// [`check_record`]. `Ok(Err(..))`: damaged, with what could be read.
 fn read_record(store: &dyn Store, id: &SnapshotId) -> SnapResult<Result<SnapshotInfo, SnapshotInfo>> {
-    let bytes = store.get(FileKind::Snapshot, id)?;
-    let v: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+    let stored = store.get(FileKind::Snapshot, id)?;
+    // In an encrypted repository a record is sealed: opened, it is the JSON.
+    let opened = match store.keys() {
+        Some(k) => k.open_record(&stored, id).map_err(|e| e.to_string()),
+        None if stored.starts_with(crate::repo::crypto::RECORD_MAGIC) => {
+            Err("it is encrypted, and this repository is not".to_string())
+        }
+        None => Ok(stored.clone()),
+    };
+    // (what could be read of it is shown even when it does not match its name)
+    let (bytes, opened) = match opened {
+        Ok(b) if SnapshotId::of_record(&stored) != *id => (b, Err("its contents do not match its name".to_string())),
+        Ok(b) => (b, Ok(())),
+        Err(e) => (Vec::new(), Err(e)),
+    };
+    let bytes = &bytes[..];
+    let v: Option<serde_json::Value> = serde_json::from_slice(bytes).ok();
     let damaged = |problem: String| {
         let mut record: SnapshotRecord = v
             .clone()
@@ -136,8 +151,8 @@ fn read_record(store: &dyn Store, id: &SnapshotId) -> SnapResult<Result<Snapshot
         }
         Ok(Err(SnapshotInfo { id: id.clone(), record, damaged: Some(problem) }))
     };
-    if SnapshotId::of_record(&bytes) != *id {
-        return damaged("its contents do not match its name".into());
+    if let Err(problem) = &opened {
+        return damaged(problem.clone());
     }
     let Some(v) = v.clone() else { return damaged("it is not JSON".into()) };
     let found = v.get("format").and_then(|f| f.as_u64()).unwrap_or(0);
@@ -240,7 +255,10 @@ pub fn find<'a>(all: &'a [SnapshotInfo], key: &str) -> SnapResult<&'a SnapshotIn
 
 /// Write a record; the commit point.
 pub fn commit(store: &dyn Store, record: &SnapshotRecord) -> SnapResult<SnapshotInfo> {
-    let bytes = serde_json::to_vec_pretty(record).expect("record serializes");
+    let mut bytes = serde_json::to_vec_pretty(record).expect("record serializes");
+    if let Some(k) = store.keys() {
+        bytes = k.seal_record(&bytes);
+    }
     let id = SnapshotId::of_record(&bytes);
     store.put(FileKind::Snapshot, &id, &bytes)?;
     Ok(SnapshotInfo { id, record: record.clone(), damaged: None })

@@ -667,7 +667,7 @@ impl View {
         let mut id = e.content;
         let mut level = e.levels;
         loop {
-            if objects::is_hole(&id, level) {
+            if self.objects.is_hole(&id, level) {
                 return Ok(ObjectId::ZERO);
             }
             let n = self.file_node(&id, level)?;
@@ -726,7 +726,7 @@ impl View {
             *end = start + span;
             return Ok(false);
         }
-        if objects::is_hole(&id, level) {
+        if self.objects.is_hole(&id, level) {
             let s = start.max(from);
             *end = start + span;
             return Ok(f(s, start + span - s, true));
