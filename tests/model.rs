@@ -80,6 +80,17 @@ fn read_back(repo: &str, id: &str) -> (BTreeMap<String, Vec<u8>>, Times) {
         Ok(loc) => Arc::new(snapfs::repo::s3::S3Store::from_env(loc).unwrap()),
         Err(_) => Arc::new(LocalStore::new(Path::new(repo))),
     };
+    // an encrypted repository is read with its keys (the passphrase the test gave)
+    let store = match std::env::var("SNAPFS_PASSWORD") {
+        Ok(p) => {
+            let mut r = snapfs::repo::Repo::open_at(&snapfs::repo::Location::parse(repo).unwrap(), None).unwrap();
+            assert!(r.is_encrypted(), "the repository was made encrypted");
+            let src = snapfs::repo::keyslot::KeySource::Passphrase(p.into_bytes().into());
+            r.unlock(&src).unwrap();
+            r.store()
+        }
+        Err(_) => store,
+    };
     let objects = Objects::open(store.clone(), None).unwrap();
     let all = snapshot::list(&*store).unwrap();
     let s = snapshot::find(&all, id).unwrap();
@@ -169,7 +180,9 @@ fn run(ops: &[Op]) {
     run_on(ops, None)
 }
 
-/// Run `ops` with the repository in the backing directory, or at `s3`.
+/// Run `ops` with the repository in the backing directory, or at `s3`;
+/// encrypted when the test sets SNAPFS_PASSWORD (every snapfs it runs
+/// then has the key: a new default repository is made encrypted with it).
 fn run_on(ops: &[Op], s3: Option<String>) {
     let t = tempfile::tempdir().unwrap();
     let raw = t.path().join("raw");
@@ -180,7 +193,10 @@ fn run_on(ops: &[Op], s3: Option<String>) {
     fs::create_dir(&mnt).unwrap();
     let repo = match &s3 {
         Some(url) => {
-            run_ok(&["init", "--encryption", "none", url]);
+            match std::env::var_os("SNAPFS_PASSWORD") {
+                Some(_) => run_ok(&["init", "--kdf-memory", "8", "--kdf-iterations", "1", url]),
+                None => run_ok(&["init", "--encryption", "none", url]),
+            };
             url.clone()
         }
         None => raw.join(".snapfs").to_str().unwrap().to_string(),
@@ -413,6 +429,24 @@ proptest! {
     #[test]
     fn snapshots_equal_the_model_on_s3(ops in prop::collection::vec(op(), 1..30)) {
         run_on(&ops, Some(s3_url("model")));
+    }
+}
+
+proptest! {
+    // The same on an encrypted repository.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("SNAPFS_MODEL_CASES").ok().and_then(|v| v.parse().ok()).map(|n: u32| n / 3).unwrap_or(4),
+        max_shrink_iters: 32,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn snapshots_equal_the_model_encrypted(ops in prop::collection::vec(op(), 1..45)) {
+        // (each test is a process of its own under nextest: this reaches
+        // only the snapfs commands this test runs)
+        std::env::set_var("SNAPFS_PASSWORD", "model passphrase");
+        run(&ops);
     }
 }
 

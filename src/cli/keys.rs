@@ -281,6 +281,9 @@ pub fn key(repo: &mut Repo, keys: &KeyArgs, op: KeyOp) -> Result<()> {
                 }
             }
         }
+        KeyOp::Add { write_only: false, .. } if k.access() != Access::Full => {
+            bail!("a write-only key can add only write-only slots (give --write-only, or use a full key)")
+        }
         KeyOp::Add { write_only, new_password_file, new_key_file, kdf } => {
             let (src, made) = new_source(new_password_file, new_key_file, None)?;
             let access = if write_only { Access::WriteOnly } else { Access::Full };
@@ -289,6 +292,9 @@ pub fn key(repo: &mut Repo, keys: &KeyArgs, op: KeyOp) -> Result<()> {
                 println!("key file {} made (keep it safe: it opens the repository)", p.display());
             }
             println!("key slot {name} added ({access})");
+        }
+        KeyOp::Remove { .. } if k.access() != Access::Full => {
+            bail!("a write-only key cannot remove key slots (that needs a full key)")
         }
         KeyOp::Remove { name } => {
             let s = keyslot::find(&*store, &id, name)?;

@@ -180,6 +180,7 @@ pub fn forget(
     only_prefix: Option<&str>,
     held: &HashSet<SnapshotId>,
 ) -> Result<ForgetReport> {
+    crate::repo::crypto::require_full(store.keys().as_deref(), "forget")?;
     let with_damaged = snapshot::list_all(store)?;
     let mut all: Vec<_> = with_damaged.iter().filter(|s| s.damaged.is_none()).cloned().collect();
     if let Some(p) = only_prefix {
@@ -336,6 +337,7 @@ pub fn run_prune(
 
 /// Remove what no snapshot references. The caller excludes snapshots.
 pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) -> Result<PruneReport> {
+    crate::repo::crypto::require_full(objects.keys().map(|k| &**k), "prune")?;
     let t0 = Instant::now();
     let store = objects.store().clone();
     let mut report = PruneReport { dry_run: opts.dry_run, ..Default::default() };

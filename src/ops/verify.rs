@@ -396,6 +396,11 @@ pub fn run(
 
 /// Verify the repository behind `objects`.
 pub fn verify(objects: &Objects, opts: &VerifyOptions, progress: &VerifyProgress) -> anyhow::Result<VerifyReport> {
+    if opts.read_data && objects.keys().is_some_and(|k| k.access() != crate::repo::crypto::Access::Full) {
+        anyhow::bail!(
+            "verify --read-data needs a full key: a write-only key checks the structure only (without --read-data)"
+        );
+    }
     let t0 = Instant::now();
     let store = objects.store().clone();
     let now = crate::util::unix_now();

@@ -86,6 +86,17 @@ pub enum CryptoError {
     /// A write-only key was asked to open file contents.
     #[error("file contents cannot be read with a write-only key (reading needs a full key)")]
     WriteOnly,
+    /// A write-only key was asked to remove something.
+    #[error("{0} needs a full key: this one is write-only (it adds snapshots, never removes them)")]
+    NeedsFull(&'static str),
+}
+
+/// Refuse `what` (a removal) unless the keys, if any, are full.
+pub fn require_full(keys: Option<&Keys>, what: &'static str) -> Result<(), CryptoError> {
+    match keys {
+        Some(k) if k.access() != Access::Full => Err(CryptoError::NeedsFull(what)),
+        _ => Ok(()),
+    }
 }
 
 // Layout of the key page.

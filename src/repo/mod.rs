@@ -162,8 +162,9 @@ pub enum RepoError {
          --password-command CMD, --key-file FILE, or type the passphrase at the prompt)"
     )]
     NeedsKey(String),
+    /// (The key error is in the message, not a `source`: shown once.)
     #[error("repository {0}: {1}")]
-    Key(String, #[source] crate::repo::keyslot::KeyError),
+    Key(String, crate::repo::keyslot::KeyError),
     #[error("repository {0}: its config was changed (its MAC does not match its keys): edited by hand or damaged")]
     ConfigChanged(String),
     #[error(

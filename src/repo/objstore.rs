@@ -48,11 +48,15 @@ impl ObjError {
     }
 }
 
-/// Every object failure (missing, damaged, malformed) is `EIO` to a reader.
+/// Every object failure (missing, damaged, malformed) is `EIO` to a
+/// reader; file contents a write-only key cannot open are `EACCES`.
 impl crate::os::errno::ToErrno for ObjError {
     fn to_errno(&self) -> crate::os::errno::Errno {
         match self {
             ObjError::Store(e) => e.to_errno(),
+            ObjError::Pack(PackError::Sealed(crate::repo::crypto::CryptoError::WriteOnly)) => {
+                crate::os::errno::Errno(libc::EACCES)
+            }
             _ => crate::os::errno::Errno::EIO,
         }
     }

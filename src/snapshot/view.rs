@@ -818,8 +818,15 @@ impl View {
             return Ok(Vec::new());
         }
         let fail = |err: ObjError| {
-            log::error!("READ FAILED: {}: {err}", self.describe(id));
-            Errno::EIO
+            // (the error decides: damage is EIO, contents a write-only key
+            // cannot open EACCES)
+            let errno = crate::os::errno::ToErrno::to_errno(&err);
+            if errno == Errno(libc::EACCES) {
+                log::debug!("read of {}: {err}", self.describe(id));
+            } else {
+                log::error!("READ FAILED: {}: {err}", self.describe(id));
+            }
+            errno
         };
         e.check_blocks(self.bs).map_err(|err| fail(ObjError::Decode { id: e.content, err }))?;
         let end = off.saturating_add(size as u64).min(e.size);
