@@ -492,3 +492,40 @@ fn a_write_only_host_snapshots_but_reads_no_contents() {
     assert_eq!(fs::read(a_sees.join("b2.txt")).unwrap(), b"more");
     ma.umount();
 }
+
+#[test]
+fn replicas_of_an_encrypted_repository_hold_ciphertext_and_its_key_slots() {
+    let s = Setup::new();
+    let d = s.dir("d");
+    fs::write(d.join(SECRET_NAME), CANARY).unwrap();
+    let copy = s.t.path().join("second-disk");
+    let m = s.mount(&d, &["--password-file", s.p(), "--replica", copy.to_str().unwrap()]);
+    snap(&d, "one");
+    let dir = d.to_str().unwrap();
+    run_ok(&["replica", "sync", dir]);
+    // a slot added on the primary reaches the replica; one removed goes
+    let pw2 = s.t.path().join("pw2");
+    fs::write(&pw2, "second\n").unwrap();
+    let mut add =
+        vec!["key", "add", "--new-password-file", pw2.to_str().unwrap(), "--password-file", s.p(), "--repo", s.r()];
+    add.extend(CHEAP);
+    run_ok(&add);
+    run_ok(&["replica", "sync", dir]);
+    let c = copy.to_str().unwrap();
+    run_ok(&["list", "--repo", c, "--password-file", pw2.to_str().unwrap()]);
+    let (_, v) = json_of(&["key", "list", "--json", "--password-file", pw2.to_str().unwrap(), "--repo", s.r()]);
+    let second =
+        v.as_array().unwrap().iter().find(|x| x["current"] == true).unwrap()["name"].as_str().unwrap().to_string();
+    run_ok(&["key", "remove", "--password-file", s.p(), "--repo", s.r(), &second]);
+    run_ok(&["replica", "sync", dir]);
+    fails_with(&["list", "--repo", c, "--password-file", pw2.to_str().unwrap()], "wrong passphrase");
+    m.umount();
+    // the replica alone: encrypted, nothing in the clear, restores with the key
+    assert!(holding(&repository_files(&copy), CANARY.as_bytes()).is_empty());
+    assert!(holding(&repository_files(&copy), SECRET_NAME.as_bytes()).is_empty());
+    fails_with(&["list", "--repo", c], "is encrypted");
+    let t = s.t.path().join("t");
+    run_ok(&["restore", "--repo", c, "--password-file", s.p(), "one", t.to_str().unwrap()]);
+    assert_eq!(fs::read(t.join(SECRET_NAME)).unwrap(), CANARY.as_bytes());
+    run_ok(&["verify", "--read-data", "--repo", c, "--password-file", s.p()]);
+}

@@ -77,6 +77,22 @@ pub fn lag(from: &dyn Store, to: &dyn Store) -> Result<Lag> {
     Ok(lag)
 }
 
+/// Make the replica's key slots the primary's. Slots are small and named
+/// by their hash: a slot of the same name is the same slot.
+fn sync_keys(from: &dyn Store, to: &dyn Store) -> Result<()> {
+    let want: HashSet<String> = from.list(FileKind::Key)?.into_iter().collect();
+    let have: HashSet<String> = to.list(FileKind::Key)?.into_iter().collect();
+    for k in want.difference(&have) {
+        to.put(FileKind::Key, k, &from.get(FileKind::Key, k)?)?;
+    }
+    if !want.is_empty() {
+        for k in have.difference(&want) {
+            to.delete(FileKind::Key, k)?;
+        }
+    }
+    Ok(())
+}
+
 /// Live counters of a round (for status and progress bars).
 #[derive(Debug, Default)]
 pub struct SyncProgress {
@@ -96,6 +112,9 @@ pub fn sync(
 ) -> Result<SyncReport> {
     let t0 = Instant::now();
     let mut report = SyncReport::default();
+    // 0. key slots (an encrypted repository's): what the primary has, and
+    // no more (a slot removed there is revoked here too)
+    sync_keys(&**from, &**to)?;
     // 1. records, then packs
     let r0: HashSet<String> = from.list(FileKind::Snapshot)?.into_iter().collect();
     let packs = from.list(FileKind::Pack)?;
