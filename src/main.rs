@@ -33,6 +33,17 @@ enum Cmd {
         /// Argon2id passes (default 3).
         #[arg(long, value_name = "N")]
         kdf_iterations: Option<u32>,
+        /// Copy every snapshot of the repository OLD into the new one (each
+        /// object re-read and sealed with the new keys): how a plain
+        /// repository's history moves to an encrypted one.
+        #[arg(long, value_name = "OLD")]
+        copy_from: Option<String>,
+        /// OLD's passphrase, if it is encrypted (else: a prompt).
+        #[arg(long, value_name = "FILE", requires = "copy_from")]
+        from_password_file: Option<PathBuf>,
+        /// OLD's key file, if it is encrypted.
+        #[arg(long, value_name = "FILE", requires = "copy_from", conflicts_with = "from_password_file")]
+        from_key_file: Option<PathBuf>,
         repo: String,
     },
     /// An encrypted repository's key slots: list, add (--write-only for

@@ -529,3 +529,55 @@ fn replicas_of_an_encrypted_repository_hold_ciphertext_and_its_key_slots() {
     assert_eq!(fs::read(t.join(SECRET_NAME)).unwrap(), CANARY.as_bytes());
     run_ok(&["verify", "--read-data", "--repo", c, "--password-file", s.p()]);
 }
+
+#[test]
+fn a_plain_history_moves_to_an_encrypted_repository() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("d");
+    fs::create_dir_all(d.join("deep/er")).unwrap();
+    fs::write(d.join(SECRET_NAME), CANARY).unwrap();
+    fs::write(d.join("deep/er/big"), noise(3, 700_000)).unwrap();
+    fs::hard_link(d.join(SECRET_NAME), d.join("deep/link")).unwrap();
+    let f = fs::File::create(d.join("sparse")).unwrap();
+    f.set_len(50 << 20).unwrap();
+    write_at(&d.join("sparse"), 30 << 20, b"island");
+    let m = Mounted::new(&d);
+    snap(&d, "first");
+    write_at(&d.join("deep/er/big"), 100_000, b"second version");
+    snap(&d, "second");
+    m.umount();
+    let old = d.join(".snapfs");
+    let new = t.path().join("new");
+    let pw = t.path().join("pw");
+    fs::write(&pw, "moved\n").unwrap();
+    let mut init = vec!["init", "--password-file", pw.to_str().unwrap(), "--copy-from", old.to_str().unwrap()];
+    init.extend(CHEAP);
+    init.push(new.to_str().unwrap());
+    let out = run_ok(&init);
+    assert!(out.contains("copied 2 snapshots"), "{out}");
+    assert!(holding(&repository_files(&new), CANARY.as_bytes()).is_empty());
+    let key = ["--password-file", pw.to_str().unwrap()];
+    let mut verify = vec!["verify", "--read-data", "--repo", new.to_str().unwrap()];
+    verify.extend(key);
+    run_ok(&verify);
+    for name in ["first", "second"] {
+        let a = t.path().join(format!("old-{name}"));
+        let b = t.path().join(format!("new-{name}"));
+        run_ok(&["restore", "--repo", old.to_str().unwrap(), name, a.to_str().unwrap()]);
+        let mut r = vec!["restore", "--repo", new.to_str().unwrap(), name, b.to_str().unwrap()];
+        r.extend(key);
+        run_ok(&r);
+        assert_same(&model(&a), &model(&b), name);
+        // holes stay holes, links stay links
+        assert!(fs::metadata(b.join("sparse")).map(|m| std::os::unix::fs::MetadataExt::blocks(&m)).unwrap() < 1024);
+        let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+        assert_eq!(ino(&b.join(SECRET_NAME)), ino(&b.join("deep/link")));
+    }
+    // the copy is incremental where the old history was: the second
+    // snapshot names the first as its parent
+    let mut l = vec!["list", "--json", "--repo", new.to_str().unwrap()];
+    l.extend(key);
+    let (_, v) = json_of(&l);
+    let a = v.as_array().unwrap();
+    assert_eq!(a[1]["parent"], a[0]["id"], "{v}");
+}

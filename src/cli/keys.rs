@@ -139,6 +139,24 @@ impl KeyArgs {
         }
     }
 
+    /// As [`KeyArgs::unlock`], from the flags alone (never the
+    /// environment, which belongs to another repository then).
+    pub fn unlock_no_env(&self, repo: &mut Repo) -> Result<()> {
+        if !repo.is_encrypted() {
+            return Ok(());
+        }
+        let src = match (&self.key_file, &self.password_file) {
+            (Some(p), _) => Some(key_file(p)?),
+            (None, Some(p)) => Some(passphrase(first_line(&read_secret_file(p)?), &p.display().to_string())?),
+            (None, None) if std::io::stdin().is_terminal() => {
+                Some(KeySource::Passphrase(prompt(&format!("passphrase for repository {}: ", repo.location))?))
+            }
+            (None, None) => None,
+        };
+        repo.unlock_with(|| src)?;
+        Ok(())
+    }
+
     /// Unlock `repo` if it is encrypted (asking for the key only then).
     pub fn unlock(&self, repo: &mut Repo) -> Result<()> {
         if !repo.is_encrypted() || repo.keys().is_some() {

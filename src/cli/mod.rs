@@ -37,9 +37,40 @@ pub(crate) fn key_args() -> &'static keys::KeyArgs {
 pub(crate) fn run(cli: Cli) -> Result<()> {
     let _ = KEY_ARGS.set(cli.keys.clone());
     match cli.cmd {
-        Cmd::Init { block_size, encryption, kdf_memory, kdf_iterations, repo } => {
-            let bs = util::parse_size(&block_size).with_context(|| format!("cannot read block size {block_size:?}"))?;
+        Cmd::Init {
+            block_size,
+            encryption,
+            kdf_memory,
+            kdf_iterations,
+            copy_from,
+            from_password_file,
+            from_key_file,
+            repo,
+        } => {
+            let mut bs =
+                util::parse_size(&block_size).with_context(|| format!("cannot read block size {block_size:?}"))?;
             let loc = repo::Location::parse_canonical(&repo)?;
+            // the old repository first: its key, and its block size (that of its blocks)
+            let old = match &copy_from {
+                Some(old) => {
+                    let from_keys = keys::KeyArgs {
+                        password_file: from_password_file,
+                        key_file: from_key_file,
+                        ..Default::default()
+                    };
+                    let mut o = Repo::open_at(&repo::Location::parse_canonical(old)?, None)?;
+                    from_keys.unlock_no_env(&mut o)?;
+                    if block_size != "64K" && bs != o.block_size() {
+                        bail!(
+                            "--copy-from keeps the old repository's block size ({})",
+                            util::human_bytes(o.block_size())
+                        );
+                    }
+                    bs = o.block_size();
+                    Some(o)
+                }
+                None => None,
+            };
             let mut made = None;
             let src = match encryption.as_str() {
                 "none" => None,
@@ -61,6 +92,30 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             );
             if let Some(p) = made {
                 println!("key file {} made: keep a copy elsewhere, it opens the repository", p.display());
+            }
+            if let Some(o) = old {
+                let from = snapfs::repo::objstore::Objects::open(o.store(), None)?;
+                let to = snapfs::repo::objstore::Objects::open(r.store(), None)?;
+                let rep = snapfs::ops::copy::copy_history(&from, &to, |s, rep| {
+                    println!(
+                        "copied {} ({} objects, {} so far)",
+                        s.record.name,
+                        rep.objects,
+                        util::human_bytes(rep.bytes)
+                    )
+                })?;
+                println!(
+                    "copied {} snapshots of {} ({} objects, {}){}",
+                    rep.snapshots,
+                    o.location,
+                    rep.objects,
+                    util::human_bytes(rep.bytes),
+                    if rep.skipped > 0 {
+                        format!("; {} damaged records left behind", rep.skipped)
+                    } else {
+                        String::new()
+                    }
+                );
             }
             Ok(())
         }

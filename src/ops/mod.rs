@@ -6,6 +6,7 @@
 //! (what status reports), `schedule` (automatic snapshots' clock),
 //! `replica` (copies elsewhere).
 
+pub mod copy;
 pub mod health;
 pub mod maint;
 pub mod replica;

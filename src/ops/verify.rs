@@ -335,7 +335,8 @@ impl Walker<'_> {
                 continue;
             }
             for c in n.entries {
-                if self.objects.is_hole(&c, level) {
+                // (a hole: a zero block id, or a child node all of holes)
+                if c.is_zero() || (level > 0 && self.objects.is_hole(&c, level - 1)) {
                     continue;
                 }
                 if level == 0 && self.located.get(&c).is_some_and(|(_, e)| e.raw as u64 > self.bs) {
