@@ -1,4 +1,4 @@
-//! Small helpers: sizes, times, random ids.
+//! Small helpers: sizes, times, random ids, error chains for messages.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -225,6 +225,19 @@ impl<T: ?Sized> RwLocked<T> for std::sync::RwLock<T> {
 /// This machine's host name (empty when it cannot be read).
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// An error and its causes (its `source()` chain), as `outer: inner: ...`:
+/// what `{:#}` of an `anyhow::Error` prints, for errors that are not one.
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut next = e.source();
+    while let Some(c) = next {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        next = c.source();
+    }
+    s
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ops::OpResult;
 use crate::repo::objects::{EntryKind, ObjKind, ObjectId, SnapshotId, Totals};
 use crate::repo::objstore::{ObjResult, Objects};
 use crate::repo::pack::{self, PackEntry};
@@ -385,8 +386,8 @@ pub fn run(
     opts: &VerifyOptions,
     health: &crate::ops::health::Health,
     progress: &VerifyProgress,
-) -> anyhow::Result<VerifyReport> {
-    let r = verify(objects, opts, progress).inspect_err(|e| health.error("verify", &format!("{e:#}")))?;
+) -> OpResult<VerifyReport> {
+    let r = verify(objects, opts, progress).inspect_err(|e| health.error("verify", &crate::util::with_causes(e)))?;
     health.set_verify(&r);
     if !r.ok {
         log::error!("VERIFY FOUND DAMAGE: {}", summary(&r));
@@ -396,9 +397,9 @@ pub fn run(
 }
 
 /// Verify the repository behind `objects`.
-pub fn verify(objects: &Objects, opts: &VerifyOptions, progress: &VerifyProgress) -> anyhow::Result<VerifyReport> {
+pub fn verify(objects: &Objects, opts: &VerifyOptions, progress: &VerifyProgress) -> OpResult<VerifyReport> {
     if opts.read_data && objects.keys().is_some_and(|k| k.access() != crate::repo::crypto::Access::Full) {
-        anyhow::bail!(
+        refused!(
             "verify --read-data needs a full key: a write-only key checks the structure only (without --read-data)"
         );
     }

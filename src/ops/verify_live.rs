@@ -39,6 +39,7 @@ use std::sync::atomic::Ordering;
 use serde::{Deserialize, Serialize};
 
 use crate::ops::verify::VerifyProgress;
+use crate::ops::{OpError, OpResult};
 use crate::os::sys;
 use crate::repo::objects::{Entry, EntryKind, ObjKind, ObjectId, Tree};
 use crate::repo::objstore::Objects;
@@ -86,7 +87,7 @@ pub fn check(
     links: &LinkTable,
     record: &dyn Fn(u64) -> Option<Record>,
     progress: &VerifyProgress,
-) -> anyhow::Result<LiveReport> {
+) -> OpResult<LiveReport> {
     let t0 = Instant::now();
     progress.phase.store(6, Ordering::Relaxed);
     // the rules the next (incremental) snapshot follows
@@ -94,14 +95,12 @@ pub fn check(
     let mut c =
         Checker { objects, bs, record, links, plan, progress, r: LiveReport::default(), buf: vec![0u8; bs as usize] };
     let top = objects.tree(&top)?;
-    let prev = top.get(b".").cloned().ok_or_else(|| anyhow::anyhow!("snapshot has no root entry"))?;
+    let Some(prev) = top.get(b".").cloned() else {
+        damaged!("snapshot has no root entry");
+    };
     let st = sys::fstat(root)?;
     if st.st_ino != prev.ino {
-        anyhow::bail!(
-            "the snapshot is of another directory (root inode {} here, {} in the snapshot)",
-            st.st_ino,
-            prev.ino
-        );
+        refused!("the snapshot is of another directory (root inode {} here, {} in the snapshot)", st.st_ino, prev.ino);
     }
     let strict = if c.plan.must_walk(b"", record(st.st_ino).is_some(), true) { None } else { Some(st.st_ino) };
     c.dir(root, b"", &prev, strict)?;
@@ -164,7 +163,7 @@ impl Checker<'_> {
     /// which down the snapshot would be reused whole. The directories being
     /// checked are kept on the heap, one [`Level`] each, down to
     /// [`util::MAX_DEPTH`] levels.
-    fn dir(&mut self, fd: BorrowedFd<'_>, path: &[u8], prev: &Entry, strict: Option<u64>) -> anyhow::Result<()> {
+    fn dir(&mut self, fd: BorrowedFd<'_>, path: &[u8], prev: &Entry, strict: Option<u64>) -> OpResult<()> {
         let root = fd;
         let parking = sys::Parking::new(root);
         let mut path = path.to_vec();
@@ -187,7 +186,7 @@ impl Checker<'_> {
                         stack.pop();
                         continue;
                     }
-                    Err(e) => return Err(anyhow::anyhow!("{}: {e}", show(&path))),
+                    Err(e) => return Err(OpError::sys(show(&path), e)),
                 }
             }
             let lvl = stack.last().expect("a level");
@@ -205,7 +204,7 @@ impl Checker<'_> {
             let st = match sys::fstatat(fd, &cname) {
                 Ok(st) => st,
                 Err(crate::os::errno::Errno::ENOENT) => continue, // gone meanwhile
-                Err(e) => return Err(anyhow::anyhow!("{}: {e}", show(child))),
+                Err(e) => return Err(OpError::sys(show(child), e)),
             };
             let live = snapshot::entry_from_stat(&name, &st);
             let prev_e = lvl.tree.get(&name).filter(|p| p.ino == live.ino && p.kind == live.kind).cloned();
@@ -238,7 +237,7 @@ impl Checker<'_> {
                 let xattrs = match sys::xattrs_at(fd, &cname) {
                     Ok(x) => x,
                     Err(crate::os::errno::Errno::ENOENT) => continue,
-                    Err(e) => return Err(anyhow::anyhow!("{}: {e}", show(child))),
+                    Err(e) => return Err(OpError::sys(show(child), e)),
                 };
                 if xattrs != prev_e.xattrs {
                     let expl = self.meta_explained(fd, &cname, live.ino, strict);
@@ -253,14 +252,14 @@ impl Checker<'_> {
             match live.kind {
                 EntryKind::Dir => {
                     if depth > util::MAX_DEPTH {
-                        anyhow::bail!(util::too_deep(child));
+                        refused!("{}", util::too_deep(child));
                     }
                     let walked = strict.is_none() && self.plan.must_walk(child, rec.is_some(), true);
                     let child_strict = if walked { None } else { strict.or(Some(live.ino)) };
                     let sub = match sys::openat(fd, &cname, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0) {
                         Ok(d) => d,
                         Err(crate::os::errno::Errno::ENOENT) => continue,
-                        Err(e) => return Err(anyhow::anyhow!("{}: {e}", show(child))),
+                        Err(e) => return Err(OpError::sys(show(child), e)),
                     };
                     // go down (the rest of this directory comes after)
                     if let Some(below) = self.level(Some(sub), root, &path, &prev_e, child_strict)? {
@@ -284,7 +283,7 @@ impl Checker<'_> {
         path: &[u8],
         prev: &Entry,
         strict: Option<u64>,
-    ) -> anyhow::Result<Option<Level>> {
+    ) -> OpResult<Option<Level>> {
         let dir = fd.as_ref().map_or(root, |d| d.as_fd());
         self.r.dirs += 1;
         let tree = if prev.content.is_zero() { Tree::default() } else { self.objects.tree(&prev.content)? };
@@ -295,7 +294,7 @@ impl Checker<'_> {
                 self.r.explained += 1;
                 return Ok(None);
             }
-            Err(e) => return Err(anyhow::anyhow!("{}: {e}", show(path))),
+            Err(e) => return Err(OpError::sys(show(path), e)),
         };
         let mut names: Vec<Vec<u8>> = listed.into_iter().map(|e| e.name.into_vec()).collect();
         if path.is_empty() {
@@ -325,7 +324,7 @@ impl Checker<'_> {
         rec: Option<Record>,
         strict: Option<u64>,
         linked: bool,
-    ) -> anyhow::Result<()> {
+    ) -> OpResult<()> {
         let bs = self.bs;
         // what the next snapshot re-reads
         let dirty: Vec<(u64, u64)> = match (&rec, strict) {
@@ -348,7 +347,7 @@ impl Checker<'_> {
         let fd = match sys::openat(dir, name, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK, 0) {
             Ok(fd) => fd,
             Err(crate::os::errno::Errno::ENOENT) => return Ok(()),
-            Err(e) => return Err(anyhow::anyhow!("{}: {e}", show(path))),
+            Err(e) => return Err(OpError::sys(show(path), e)),
         };
         if sys::fstat(fd.as_fd())?.st_ino != live.ino {
             return Ok(()); // replaced meanwhile: the next snapshot reads it anew
