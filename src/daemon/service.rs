@@ -200,7 +200,7 @@ impl Service {
     }
 
     fn links_of(&self, s: &SnapshotInfo) -> Result<snapshot::LinkTable> {
-        snapshot::take::links_of(&self.objects, s)
+        Ok(snapshot::take::links_of(&self.objects, s)?)
     }
 
     /// Run `work` with a progress that `snapfs` clients can ask for.

@@ -68,6 +68,13 @@ pub enum SnapError {
     TooDeep(String),
     #[error("repository format: snapshot {id} has record format {found}, newer than this snapfs understands")]
     NewerRecord { id: String, found: u32 },
+    /// Copy-before-write could not save what a change destroyed while the
+    /// snapshot was being taken (its message).
+    #[error("copy-before-write failed: {0}")]
+    CopyBeforeWrite(String),
+    /// Taking the snapshot panicked (caught: it fails as any error does).
+    #[error("internal error: {0}")]
+    Panicked(String),
 }
 
 /// What a snapshot failure is to a caller that wants an errno: the

@@ -14,10 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
-
 use super::capture::Capture;
-use super::{Builder, LinkTable, Progress, SnapError, SnapshotInfo, SnapshotRecord};
+use super::{Builder, LinkTable, Progress, SnapError, SnapResult, SnapshotInfo, SnapshotRecord};
 use crate::live::LiveFs;
 use crate::repo::objects::ObjKind;
 use crate::repo::objstore::Objects;
@@ -40,27 +38,23 @@ pub struct Take<'a> {
 }
 
 /// The hard-link table of snapshot `s` (empty if it has none).
-pub fn links_of(objects: &Objects, s: &SnapshotInfo) -> Result<LinkTable> {
+pub fn links_of(objects: &Objects, s: &SnapshotInfo) -> SnapResult<LinkTable> {
     Ok(super::decode_links(&objects.get(&s.record.links, ObjKind::Meta)?).unwrap_or_default())
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 impl Take<'_> {
     /// Take one (the caller holds the snapshot lock). Returns the committed
     /// snapshot, and whether the tracker could save that it moved on.
-    pub fn run(&self, name: Option<String>, full: bool) -> Result<(SnapshotInfo, Result<(), TrackerError>)> {
+    pub fn run(&self, name: Option<String>, full: bool) -> SnapResult<(SnapshotInfo, Result<(), TrackerError>)> {
         let store = self.objects.store().clone();
         let all = super::list(&*store)?;
         let name = match name {
             Some(n) => {
                 if !super::valid_name(&n) {
-                    return Err(SnapError::BadName(n).into());
+                    return Err(SnapError::BadName(n));
                 }
                 if all.iter().any(|s| s.record.name == n) {
-                    return Err(SnapError::Duplicate(n).into());
+                    return Err(SnapError::Duplicate(n));
                 }
                 n
             }
@@ -102,7 +96,7 @@ impl Take<'_> {
         // sealed: from now on `progress` answers
         *self.progress.locked() = Some(progress.clone());
         // (a panic is an error here too: the capture must end, the epoch unseal)
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<SnapshotInfo> {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> SnapResult<SnapshotInfo> {
             let mut b =
                 Builder::new(self.objects, self.block_size, if incremental { Some(&sealed) } else { None }, links_prev);
             b.set_progress(progress.clone());
@@ -110,7 +104,7 @@ impl Take<'_> {
             let t_walk = Instant::now();
             let top = b.build(self.live.root_fd(), prev_top)?;
             if let Some(e) = capture.error() {
-                bail!("copy-before-write failed: {e}");
+                return Err(SnapError::CopyBeforeWrite(e));
             }
             let (links, _) = self.objects.put(ObjKind::Meta, &super::encode_links(b.links()))?;
             let t_flush = Instant::now();
@@ -141,13 +135,13 @@ impl Take<'_> {
                 parent: if incremental { latest.map(|l| l.id.clone()) } else { None },
                 full: !incremental,
                 source: self.source.clone(),
-                host: hostname(),
+                host: util::hostname(),
                 block_size: self.block_size,
                 stats,
             };
-            Ok(super::commit(&*store, &record)?)
+            super::commit(&*store, &record)
         }))
-        .unwrap_or_else(|p| Err(anyhow::anyhow!("internal error: {}", util::panic_message(&*p))));
+        .unwrap_or_else(|p| Err(SnapError::Panicked(util::panic_message(&*p))));
         self.live.end_preserving();
         *self.progress.locked() = None;
         match result {
@@ -167,7 +161,7 @@ impl Take<'_> {
             Err(e) => {
                 self.objects.discard_pending();
                 self.tracker.unseal();
-                log::error!("SNAPSHOT FAILED: {e:#}");
+                log::error!("SNAPSHOT FAILED: {}", util::with_causes(&e));
                 Err(e)
             }
         }
