@@ -33,9 +33,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::ops::{OpContext, OpError, OpResult};
 use crate::os::errno::{cvt, Errno};
 use crate::os::sys;
 use crate::repo::objects::{Entry, EntryKind, ObjKind, ObjectId, Totals};
@@ -78,9 +78,9 @@ pub(crate) struct Job {
     entry: Entry,
 }
 
-pub(crate) fn check_name(n: &[u8]) -> Result<()> {
+pub(crate) fn check_name(n: &[u8]) -> OpResult<()> {
     if n.is_empty() || n == b"." || n == b".." || n.contains(&b'/') || n.contains(&0) {
-        bail!("the snapshot holds an unsafe name {:?}; refusing to restore it", String::from_utf8_lossy(n));
+        damaged!("the snapshot holds an unsafe name {:?}; refusing to restore it", String::from_utf8_lossy(n));
     }
     Ok(())
 }
@@ -93,12 +93,18 @@ pub(crate) fn show(p: &[u8]) -> String {
     util::show_path(p)
 }
 
+/// What opening a directory of the target beneath it (`openat2`, no
+/// symlinks) failing at `path` means.
+pub(crate) fn not_followed(path: &[u8], e: Errno) -> OpError {
+    OpError::Refused(format!("{}: {e} (not a directory, or a symlink: not followed)", show(path)))
+}
+
 /// Open a directory of the target, relative to its root, never leaving it.
 /// A path longer than PATH_MAX is opened a piece at a time, each piece
 /// beneath the directory the one before opened.
-pub(crate) fn open_dir(root: BorrowedFd<'_>, rel: &[u8]) -> Result<OwnedFd> {
+pub(crate) fn open_dir(root: BorrowedFd<'_>, rel: &[u8]) -> OpResult<OwnedFd> {
     const PIECE: usize = 4000; // below PATH_MAX
-    let fail = |e: Errno| anyhow!("{}: {e} (not a directory, or a symlink: not followed)", show(rel));
+    let fail = |e: Errno| not_followed(rel, e);
     if rel.len() <= PIECE {
         let p = if rel.is_empty() { c".".to_owned() } else { cname(rel) };
         return sys::open_beneath(root, &p, libc::O_RDONLY | libc::O_DIRECTORY).map_err(fail);
@@ -120,18 +126,18 @@ pub(crate) fn open_dir(root: BorrowedFd<'_>, rel: &[u8]) -> Result<OwnedFd> {
 /// Remove whatever is at `dir/name` (a file, a link, or a whole directory,
 /// down to [`util::MAX_DEPTH`] levels below it: the directories being
 /// emptied are kept on the heap, one descriptor each).
-pub(crate) fn remove_any(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+pub(crate) fn remove_any(dir: BorrowedFd<'_>, name: &CStr) -> OpResult<()> {
     let st = match sys::fstatat(dir, name) {
         Ok(st) => st,
         Err(Errno::ENOENT) => return Ok(()),
-        Err(e) => bail!("{name:?}: {e}"),
+        Err(e) => return Err(OpError::sys(format!("{name:?}"), e)),
     };
     if !sys::is_dir(&st) {
         // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
         cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) })?;
         return Ok(());
     }
-    let open = |at: BorrowedFd<'_>, n: &CStr| -> Result<(OwnedFd, std::vec::IntoIter<CString>)> {
+    let open = |at: BorrowedFd<'_>, n: &CStr| -> OpResult<(OwnedFd, std::vec::IntoIter<CString>)> {
         let sub = sys::openat(at, n, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)?;
         let names: Vec<CString> =
             sys::list_dir(sub.as_fd())?.iter().map(|e| cname(e.name.as_encoded_bytes())).collect();
@@ -153,13 +159,13 @@ pub(crate) fn remove_any(dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
         let st = match sys::fstatat(fd.as_fd(), &n) {
             Ok(st) => st,
             Err(Errno::ENOENT) => continue,
-            Err(e) => bail!("{n:?}: {e}"),
+            Err(e) => return Err(OpError::sys(format!("{n:?}"), e)),
         };
         if !sys::is_dir(&st) {
             // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
             cvt(unsafe { libc::unlinkat(fd.as_raw_fd(), n.as_ptr(), 0) })?;
         } else if depth > util::MAX_DEPTH {
-            bail!(util::too_deep(format!("{name:?}/…/{n:?}").as_bytes()));
+            refused!("{}", util::too_deep(format!("{name:?}/…/{n:?}").as_bytes()));
         } else {
             let below = open(fd.as_fd(), &n)?;
             stack.push((below.0, below.1, n));
@@ -183,25 +189,24 @@ pub(crate) fn read_marker(root: BorrowedFd<'_>) -> Option<Marker> {
 
 /// Write the progress marker: whatever has the name goes first, and the
 /// new file is created, never opened through a link.
-pub(crate) fn write_marker(root: BorrowedFd<'_>, marker: &Marker) -> Result<()> {
+pub(crate) fn write_marker(root: BorrowedFd<'_>, marker: &Marker) -> OpResult<()> {
     let m = CString::new(MARKER).expect("no NUL");
     // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     match cvt(unsafe { libc::unlinkat(root.as_raw_fd(), m.as_ptr(), 0) }) {
         Ok(_) | Err(Errno::ENOENT) => {}
-        Err(e) => bail!("{e}"),
+        Err(e) => return Err(e.into()),
     }
-    let fd = sys::openat(root, &m, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600)
-        .map_err(|e| anyhow!("{e}"))?;
+    let fd = sys::openat(root, &m, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600)?;
     let bytes = serde_json::to_vec(marker)?;
-    let n = sys::pwrite(fd.as_fd(), &bytes, 0).map_err(|e| anyhow!("{e}"))?;
+    let n = sys::pwrite(fd.as_fd(), &bytes, 0)?;
     if n != bytes.len() {
-        bail!("short write");
+        return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "short write").into());
     }
     Ok(())
 }
 
 /// Set owner, mode, xattrs and times of `dir/name` as the entry says.
-pub(crate) fn set_meta(dir: BorrowedFd<'_>, name: &CStr, e: &Entry) -> Result<()> {
+pub(crate) fn set_meta(dir: BorrowedFd<'_>, name: &CStr, e: &Entry) -> OpResult<()> {
     let nofollow = libc::AT_SYMLINK_NOFOLLOW;
     // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     match cvt(unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), e.uid, e.gid, nofollow) }) {
@@ -214,7 +219,7 @@ pub(crate) fn set_meta(dir: BorrowedFd<'_>, name: &CStr, e: &Entry) -> Result<()
                 eprintln!("snapfs: not running as root: owners are not restored (files belong to you)");
             }
         }
-        Err(err) => bail!("chown {name:?}: {err}"),
+        Err(err) => return Err(OpError::sys(format!("chown {name:?}"), err)),
     }
     if e.kind != EntryKind::Symlink {
         // after chown, which clears setuid/setgid
@@ -222,24 +227,24 @@ pub(crate) fn set_meta(dir: BorrowedFd<'_>, name: &CStr, e: &Entry) -> Result<()
         // with O_PATH|O_NOFOLLOW; a symlink gives EOPNOTSUPP)
         // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
         cvt(unsafe { libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), e.mode & 0o7777, nofollow) })
-            .map_err(|err| anyhow!("chmod {name:?}: {err}"))?;
+            .map_err(|err| OpError::sys(format!("chmod {name:?}"), err))?;
     }
     for (k, v) in &e.xattrs {
         if let Err(err) = sys::set_xattr_at(dir, name, k, v) {
             // user.* cannot be set on symlinks; nothing else may fail silently
             if !(e.kind == EntryKind::Symlink && err == Errno::EPERM) {
-                bail!("xattr {} of {name:?}: {err}", show(k));
+                return Err(OpError::sys(format!("xattr {} of {name:?}", show(k)), err));
             }
         }
     }
     // and those the snapshot does not have go (an ACL added since, say);
     // security.* labels belong to the system
     if e.kind != EntryKind::Symlink {
-        let now = sys::xattrs_at(dir, name).map_err(|err| anyhow!("xattrs of {name:?}: {err}"))?;
+        let now = sys::xattrs_at(dir, name).map_err(|err| OpError::sys(format!("xattrs of {name:?}"), err))?;
         for (k, _) in now {
             if !k.starts_with(b"security.") && !e.xattrs.iter().any(|(x, _)| *x == k) {
                 sys::remove_xattr_at(dir, name, &k)
-                    .map_err(|err| anyhow!("removing xattr {} of {name:?}: {err}", show(&k)))?;
+                    .map_err(|err| OpError::sys(format!("removing xattr {} of {name:?}", show(&k)), err))?;
             }
         }
     }
@@ -247,7 +252,7 @@ pub(crate) fn set_meta(dir: BorrowedFd<'_>, name: &CStr, e: &Entry) -> Result<()
     let times = [ts(e.atime), ts(e.mtime)];
     // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     cvt(unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), times.as_ptr(), nofollow) })
-        .map_err(|err| anyhow!("times of {name:?}: {err}"))?;
+        .map_err(|err| OpError::sys(format!("times of {name:?}"), err))?;
     Ok(())
 }
 
@@ -268,7 +273,7 @@ pub(crate) fn write_file(
     e: &Entry,
     c: &Counters,
     path: &[u8],
-) -> Result<()> {
+) -> OpResult<()> {
     let name = cname(&e.name);
     // An existing regular file is updated in place; anything else replaced.
     let existing = sys::fstatat(dir, &name).ok();
@@ -284,19 +289,19 @@ pub(crate) fn write_file(
             cvt(unsafe {
                 libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), (st.st_mode & 0o7777) | 0o200, libc::AT_SYMLINK_NOFOLLOW)
             })
-            .map_err(|err| anyhow!("{}: {err}", show(path)))?;
+            .map_err(|err| OpError::sys(show(path), err))?;
             open()
         }
         (r, _) => r,
     }
-    .map_err(|err| anyhow!("{}: {err}", show(path)))?;
+    .map_err(|err| OpError::sys(show(path), err))?;
     let size_now = sys::fstat(fd.as_fd())?.st_size as u64;
     // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
-    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), e.size as i64) }).map_err(|err| anyhow!("{}: {err}", show(path)))?;
+    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), e.size as i64) }).map_err(|err| OpError::sys(show(path), err))?;
     let mut buf = vec![0u8; bs as usize];
     // runs of holes past the old end are holes already (the truncate made
     // them): a sparse file costs what it stores
-    snapshot::visit_blocks(objects, e, bs, |first, count, id| -> Result<()> {
+    snapshot::visit_blocks(objects, e, bs, |first, count, id| -> OpResult<()> {
         for b in first..first + count {
             let off = b * bs;
             if off >= e.size || (id.is_zero() && off >= size_now) {
@@ -320,9 +325,9 @@ pub(crate) fn write_file(
         }
         Ok(())
     })
-    .with_context(|| show(path))?;
+    .with_what(|| show(path))?;
     drop(fd);
-    set_meta(dir, &name, e).with_context(|| show(path))?;
+    set_meta(dir, &name, e).with_what(|| show(path))?;
     c.files.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
@@ -338,7 +343,7 @@ pub(crate) fn put_block(
     off: u64,
     buf: &mut [u8],
     path: &[u8],
-) -> Result<u64> {
+) -> OpResult<u64> {
     let len = buf.len();
     let mut written = 0;
     if id.is_zero() {
@@ -354,20 +359,20 @@ pub(crate) fn put_block(
         };
         if r != 0 {
             buf.fill(0);
-            write_all_at(fd, buf, off).map_err(|e| anyhow!("{}: {e}", show(path)))?;
+            write_all_at(fd, buf, off).map_err(|e| OpError::sys(show(path), e))?;
         }
     } else {
-        let data = objects.get(&id, ObjKind::Blob).map_err(|e| anyhow!("{}: {e}", show(path)))?;
+        let data = objects.get(&id, ObjKind::Blob).with_what(|| show(path))?;
         if data.len() != len {
-            bail!("{}: block {b} holds {} bytes where the file needs {len}: damaged", show(path), data.len());
+            damaged!("{}: block {b} holds {} bytes where the file needs {len}: damaged", show(path), data.len());
         }
-        write_all_at(fd, &data, off).map_err(|e| anyhow!("{}: {e}", show(path)))?;
+        write_all_at(fd, &data, off).map_err(|e| OpError::sys(show(path), e))?;
         written = data.len() as u64;
     }
     // verify what the file now holds
     let got = sys::pread_full(fd, buf, off)?;
     if got != len || block_id(objects, buf) != id {
-        bail!("{}: block {b} does not read back as written", show(path));
+        damaged!("{}: block {b} does not read back as written", show(path));
     }
     Ok(written)
 }
@@ -389,11 +394,12 @@ pub(crate) fn write_all_at(fd: BorrowedFd<'_>, mut data: &[u8], mut off: u64) ->
 
 /// A record restore can use: sound, and of a block size a repository may
 /// have (it sizes the buffers).
-pub(crate) fn check_record(snap: &SnapshotInfo) -> Result<()> {
+pub(crate) fn check_record(snap: &SnapshotInfo) -> OpResult<()> {
     if let Some(problem) = &snap.damaged {
-        bail!("snapshot record {} is damaged: {problem}", snap.id);
+        damaged!("snapshot record {} is damaged: {problem}", snap.id);
     }
-    snapshot::check_record(&snap.record).map_err(|p| anyhow!("snapshot record {} is damaged: {p}", snap.id))
+    snapshot::check_record(&snap.record)
+        .map_err(|p| OpError::Damaged(format!("snapshot record {} is damaged: {p}", snap.id)))
 }
 
 /// How much a restore may create: what the entry at its top (and the
@@ -413,7 +419,7 @@ impl Expansion {
     }
 
     /// Count entry `e` (one name) into `placed`; an error past the limit.
-    fn count(&self, placed: &mut Totals, e: &Entry) -> Result<()> {
+    fn count(&self, placed: &mut Totals, e: &Entry) -> OpResult<()> {
         match e.kind {
             EntryKind::Dir => placed.dirs += 1,
             EntryKind::File => {
@@ -424,7 +430,7 @@ impl Expansion {
         }
         let l = &self.0;
         if placed.files > l.files || placed.dirs > l.dirs || placed.others > l.others || placed.bytes > l.bytes {
-            bail!(
+            damaged!(
                 "the snapshot holds more than its record and directories say ({} files, {} directories, {} others, {} bytes): damaged; refusing to expand it",
                 l.files,
                 l.dirs,
@@ -443,17 +449,17 @@ pub(crate) struct Marker {
 }
 
 /// Find the entry at `sub` (a '/'-separated path) in a snapshot.
-pub fn find_entry(objects: &Objects, snap: &SnapshotInfo, sub: &str) -> Result<Entry> {
+pub fn find_entry(objects: &Objects, snap: &SnapshotInfo, sub: &str) -> OpResult<Entry> {
     let mut e = snapshot::root_entry(objects, snap.root_tree()?)?;
     for part in sub.split('/').filter(|p| !p.is_empty() && *p != ".") {
         if e.kind != EntryKind::Dir {
-            bail!("{sub}: not a directory in snapshot {}", snap.record.name);
+            refused!("{sub}: not a directory in snapshot {}", snap.record.name);
         }
         let t = objects.tree(&e.content)?;
-        e = t
-            .get(part.as_bytes())
-            .cloned()
-            .ok_or_else(|| anyhow!("{sub}: no such path in snapshot {}", snap.record.name))?;
+        let Some(next) = t.get(part.as_bytes()) else {
+            refused!("{sub}: no such path in snapshot {}", snap.record.name);
+        };
+        e = next.clone();
     }
     Ok(e)
 }
@@ -465,7 +471,7 @@ pub fn restore(
     sub: &str,
     target: &Path,
     opts: &RestoreOptions,
-) -> Result<RestoreStats> {
+) -> OpResult<RestoreStats> {
     sys::raise_nofile_limit(); // a descriptor per level of a deep tree
     let bs = snap.record.block_size;
     check_record(snap)?;
@@ -474,25 +480,26 @@ pub fn restore(
     // small subtree referenced many times must not make millions of files).
     let limit = Expansion::of(snap, &top);
     let mut placed = Totals::default();
-    std::fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
-    let tpath = CString::new(target.as_os_str().as_encoded_bytes()).map_err(|_| anyhow!("bad target path"))?;
+    std::fs::create_dir_all(target).with_what(|| format!("creating {}", target.display()))?;
+    let tpath =
+        CString::new(target.as_os_str().as_encoded_bytes()).map_err(|_| OpError::Refused("bad target path".into()))?;
     let root =
         // SAFETY: the raw descriptor stays open for as long as the borrow is used (AT_FDCWD: always).
         sys::openat(unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) }, &tpath, libc::O_RDONLY | libc::O_DIRECTORY, 0)
-            .map_err(|e| anyhow!("{}: {e}", target.display()))?;
+            .map_err(|e| OpError::sys(target.display().to_string(), e))?;
     let marker = Marker { snapshot: snap.id.to_string(), path: sub.to_string() };
     if top.kind == EntryKind::Dir
         && !top.content.is_zero()
         && objects.tree(&top.content)?.get(MARKER.as_bytes()).is_some()
     {
-        bail!("the snapshot has a {MARKER} of its own at the top, the name restore uses for its progress; restore the directories below it one by one");
+        refused!("the snapshot has a {MARKER} of its own at the top, the name restore uses for its progress; restore the directories below it one by one");
     }
     let resuming = read_marker(root.as_fd()).is_some_and(|m| m == marker);
     let others: Vec<_> = sys::list_dir(root.as_fd())?.into_iter().filter(|e| e.name != MARKER).collect();
     if !others.is_empty() && !opts.overwrite && !resuming {
-        bail!("{} is not empty; restore into an empty directory, or give --overwrite", target.display());
+        refused!("{} is not empty; restore into an empty directory, or give --overwrite", target.display());
     }
-    write_marker(root.as_fd(), &marker).with_context(|| format!("{}/{MARKER}", target.display()))?;
+    write_marker(root.as_fd(), &marker).with_what(|| format!("{}/{MARKER}", target.display()))?;
     let overwrite = opts.overwrite || resuming;
 
     // 1. directories and everything but regular files
@@ -522,11 +529,11 @@ pub fn restore(
         let fd = Arc::new(match above {
             None => open_dir(root.as_fd(), &path)?,
             Some((up, _)) => sys::open_beneath(up.as_fd(), &cname(&dir.name), libc::O_RDONLY | libc::O_DIRECTORY)
-                .map_err(|e| anyhow!("{}: {e} (not a directory, or a symlink: not followed)", show(&path)))?,
+                .map_err(|e| not_followed(&path, e))?,
         });
-        let tree = objects.tree(&dir.content).with_context(|| format!("directory {}", show(&path)))?;
+        let tree = objects.tree(&dir.content).with_what(|| format!("directory {}", show(&path)))?;
         if tree.is_top() {
-            bail!("directory {}: its tree is shaped as a snapshot's top tree: damaged", show(&path));
+            damaged!("directory {}: its tree is shaped as a snapshot's top tree: damaged", show(&path));
         }
         for e in &tree.entries {
             check_name(&e.name)?;
@@ -534,7 +541,7 @@ pub fn restore(
             let p = util::join_rel(&path, &e.name);
             if e.kind == EntryKind::Dir {
                 if depth >= util::MAX_DEPTH {
-                    bail!(util::too_deep(&p));
+                    refused!("{}", util::too_deep(&p));
                 }
                 let n = cname(&e.name);
                 match sys::fstatat(fd.as_fd(), &n) {
@@ -544,13 +551,13 @@ pub fn restore(
                         // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
                         cvt(unsafe { libc::mkdirat(fd.as_raw_fd(), n.as_ptr(), 0o700) })?;
                     }
-                    Ok(_) => bail!("{}: exists and is not a directory", show(&p)),
+                    Ok(_) => refused!("{}: exists and is not a directory", show(&p)),
                     Err(Errno::ENOENT) => {
                         // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
                         cvt(unsafe { libc::mkdirat(fd.as_raw_fd(), n.as_ptr(), 0o700) })
-                            .map_err(|err| anyhow!("{}: {err}", show(&p)))?;
+                            .map_err(|err| OpError::sys(show(&p), err))?;
                     }
-                    Err(err) => bail!("{}: {err}", show(&p)),
+                    Err(err) => return Err(OpError::sys(show(&p), err)),
                 }
                 dirs.push((p.clone(), e.clone()));
                 stack.push((p, e.clone(), Some((fd.clone(), depth + 1))));
@@ -565,7 +572,7 @@ pub fn restore(
     let total = jobs.len() as u64;
     let c = Arc::new(Counters::default());
     let queue = Mutex::new(jobs);
-    let failed: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let failed: Mutex<Option<OpError>> = Mutex::new(None);
     let done = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         if opts.progress {
@@ -596,7 +603,7 @@ pub fn restore(
         done.store(true, Ordering::SeqCst);
     });
     if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        return Err(e.context("restore stopped; run it again to continue"));
+        return Err(e.within("restore stopped; run it again to continue"));
     }
     stats.files += c.files.load(Ordering::Relaxed);
     stats.written = c.written.load(Ordering::Relaxed);
@@ -619,7 +626,7 @@ pub fn restore(
             remove_any(to.as_fd(), &n)?;
             // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
             cvt(unsafe { libc::linkat(from.as_raw_fd(), cname(fname).as_ptr(), to.as_raw_fd(), n.as_ptr(), 0) })
-                .map_err(|err| anyhow!("link {}: {err}", show(&util::join_rel(dir, &e.name))))?;
+                .map_err(|err| OpError::sys(format!("link {}", show(&util::join_rel(dir, &e.name))), err))?;
         }
         stats.links += 1;
     }
@@ -627,20 +634,21 @@ pub fn restore(
     // 4. directory metadata, deepest first
     for (path, e) in dirs.iter().rev() {
         if path.is_empty() {
-            set_meta(root.as_fd(), c".", e).with_context(|| target.display().to_string())?;
+            set_meta(root.as_fd(), c".", e).with_what(|| target.display().to_string())?;
         } else {
             let (pdir, name) = match path.iter().rposition(|b| *b == b'/') {
                 Some(i) => (&path[..i], &path[i + 1..]),
                 None => (&b""[..], &path[..]),
             };
             let d = open_dir(root.as_fd(), pdir)?;
-            set_meta(d.as_fd(), &cname(name), e).with_context(|| show(path))?;
+            set_meta(d.as_fd(), &cname(name), e).with_what(|| show(path))?;
         }
     }
     // everything on disk before the marker goes: an interrupted restore
     // (power lost included) can be continued
     // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
-    cvt(unsafe { libc::syncfs(root.as_raw_fd()) }).map_err(|e| anyhow!("syncfs {}: {e}", target.display()))?;
+    cvt(unsafe { libc::syncfs(root.as_raw_fd()) })
+        .map_err(|e| OpError::sys(format!("syncfs {}", target.display()), e))?;
     let m = CString::new(MARKER).expect("no NUL");
     // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     let unlink = || cvt(unsafe { libc::unlinkat(root.as_raw_fd(), m.as_ptr(), 0) });
@@ -651,10 +659,10 @@ pub fn restore(
         Err(Errno::EACCES) => cvt(unsafe { libc::fchmod(root.as_raw_fd(), 0o700) }).and_then(|_| unlink()),
         r => r,
     }
-    .map_err(|e| anyhow!("removing {}/{MARKER}: {e}", target.display()))?;
+    .map_err(|e| OpError::sys(format!("removing {}/{MARKER}", target.display()), e))?;
     // the marker's removal changed the target's mtime: set it again
     if top.kind == EntryKind::Dir {
-        set_meta(root.as_fd(), c".", &top).with_context(|| target.display().to_string())?;
+        set_meta(root.as_fd(), c".", &top).with_what(|| target.display().to_string())?;
     }
     Ok(stats)
 }
@@ -671,7 +679,7 @@ pub(crate) fn place(
     links: &mut Vec<(Vec<u8>, Vec<u8>, Entry)>,
     first_path: &mut HashMap<(u64, u64), Vec<u8>>,
     stats: &mut RestoreStats,
-) -> Result<()> {
+) -> OpResult<()> {
     let p = util::join_rel(path, &e.name);
     if e.nlink > 1 {
         // an inode is (device, inode number): equal numbers on two
@@ -686,7 +694,7 @@ pub(crate) fn place(
     let n = cname(&e.name);
     let exists = sys::fstatat(dir, &n).is_ok();
     if exists && !overwrite {
-        bail!("{}: exists", show(&p));
+        refused!("{}: exists", show(&p));
     }
     match e.kind {
         EntryKind::File => {
@@ -701,10 +709,11 @@ pub(crate) fn place(
                 }
             }
             if sys::fstatat(dir, &n).is_err() {
-                let t = CString::new(e.target.clone()).map_err(|_| anyhow!("{}: bad symlink target", show(&p)))?;
+                let t = CString::new(e.target.clone())
+                    .map_err(|_| OpError::Damaged(format!("{}: bad symlink target", show(&p))))?;
                 // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
                 cvt(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), n.as_ptr()) })
-                    .map_err(|err| anyhow!("{}: {err}", show(&p)))?;
+                    .map_err(|err| OpError::sys(show(&p), err))?;
             }
         }
         EntryKind::Fifo | EntryKind::Socket | EntryKind::CharDev | EntryKind::BlockDev => {
@@ -719,11 +728,11 @@ pub(crate) fn place(
             };
             // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
             cvt(unsafe { libc::mknodat(dir.as_raw_fd(), n.as_ptr(), ft | 0o600, e.rdev as libc::dev_t) })
-                .map_err(|err| anyhow!("{}: {err}", show(&p)))?;
+                .map_err(|err| OpError::sys(show(&p), err))?;
         }
         EntryKind::Dir => unreachable!("directories are made by the walk"),
     }
-    set_meta(dir, &n, e).with_context(|| show(&p))?;
+    set_meta(dir, &n, e).with_what(|| show(&p))?;
     stats.others += 1;
     Ok(())
 }

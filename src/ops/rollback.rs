@@ -4,13 +4,13 @@
 //! between the snapshot and the safety snapshot is written.
 
 use super::restore::*;
+use crate::ops::{OpContext, OpError, OpResult};
 use crate::os::errno::cvt;
 use crate::os::sys;
 use crate::repo::objects::{Entry, EntryKind};
 use crate::repo::objstore::Objects;
 use crate::snapshot::{self, SnapshotInfo};
 use crate::util;
-use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -37,9 +37,9 @@ pub struct RollbackStats {
 /// snapshot, and its parent is a directory of the live tree at `root`.
 /// Checked before the safety snapshot is taken, so a bad PATH leaves
 /// nothing behind.
-pub fn rollback_check(objects: &Objects, to: &SnapshotInfo, sub: &str, root: BorrowedFd<'_>) -> Result<()> {
+pub fn rollback_check(objects: &Objects, to: &SnapshotInfo, sub: &str, root: BorrowedFd<'_>) -> OpResult<()> {
     if sub.split('/').any(|p| p == "..") {
-        bail!("{sub}: a path in the directory may not contain ..");
+        refused!("{sub}: a path in the directory may not contain ..");
     }
     find_entry(objects, to, sub)?;
     let rel = sub.trim_matches('/').as_bytes();
@@ -53,7 +53,7 @@ pub fn rollback(
     now: &SnapshotInfo,
     sub: &str,
     root: BorrowedFd<'_>,
-) -> Result<RollbackStats> {
+) -> OpResult<RollbackStats> {
     sys::raise_nofile_limit(); // a descriptor per level of a deep tree
     let bs = to.record.block_size;
     check_record(to)?;
@@ -68,9 +68,11 @@ pub fn rollback(
     };
     if rel.is_empty() {
         if want.kind != EntryKind::Dir {
-            bail!("the snapshot's root is not a directory");
+            damaged!("the snapshot's root is not a directory");
         }
-        let have = have.ok_or_else(|| anyhow!("no root in the current snapshot"))?;
+        let Some(have) = have else {
+            damaged!("no root in the current snapshot");
+        };
         let work =
             vec![Work::Dir { parent: None, path: Vec::new(), want: want.clone(), have: Some(have.clone()), depth: 0 }];
         sync_tree(objects, bs, root, work, &mut st)?;
@@ -114,7 +116,7 @@ fn sync_tree(
     root: BorrowedFd<'_>,
     mut work: Vec<Work>,
     st: &mut RollbackStats,
-) -> Result<()> {
+) -> OpResult<()> {
     while let Some(w) = work.pop() {
         let (parent, path, want, have, depth) = match w {
             Work::Meta { parent, want, restored } => {
@@ -132,7 +134,7 @@ fn sync_tree(
             continue;
         }
         if depth > util::MAX_DEPTH {
-            bail!(util::too_deep(&path));
+            refused!("{}", util::too_deep(&path));
         }
         let wt = objects.tree(&want.content)?;
         let ht = match &have {
@@ -142,7 +144,7 @@ fn sync_tree(
         let d = Arc::new(match &parent {
             None => open_dir(root, &path)?,
             Some(up) => sys::open_beneath(up.as_fd(), &cname(&want.name), libc::O_RDONLY | libc::O_DIRECTORY)
-                .map_err(|e| anyhow!("{}: {e} (not a directory, or a symlink: not followed)", show(&path)))?,
+                .map_err(|e| not_followed(&path, e))?,
         });
         if let Some(ht) = &ht {
             // names that are gone from the snapshot go first
@@ -176,7 +178,7 @@ fn sync_entry(
     st: &mut RollbackStats,
     work: &mut Vec<Work>,
     depth: usize,
-) -> Result<()> {
+) -> OpResult<()> {
     let dir = dir_fd.as_fd();
     let n = cname(&w.name);
     let p = util::join_rel(path, &w.name);
@@ -197,8 +199,7 @@ fn sync_entry(
         (EntryKind::Dir, None) => {
             // restore the whole subtree from the snapshot
             // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
-            cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), n.as_ptr(), 0o700) })
-                .map_err(|e| anyhow!("{}: {e}", show(&p)))?;
+            cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), n.as_ptr(), 0o700) }).map_err(|e| OpError::sys(show(&p), e))?;
             work.push(Work::Meta { parent: dir_fd.clone(), want: w.clone(), restored: true });
             work.push(Work::Dir { parent: Some(dir_fd.clone()), path: p, want: w.clone(), have: None, depth });
         }
@@ -259,13 +260,13 @@ fn sync_entry(
 /// blocks whose ids differ (the hashes say which; nothing else is read),
 /// cut or extend it to the right size, verify what was written. Returns
 /// the bytes written.
-fn patch_file(objects: &Objects, bs: u64, dir: BorrowedFd<'_>, w: &Entry, h: &Entry, path: &[u8]) -> Result<u64> {
+fn patch_file(objects: &Objects, bs: u64, dir: BorrowedFd<'_>, w: &Entry, h: &Entry, path: &[u8]) -> OpResult<u64> {
     let n = cname(&w.name);
     let new = snapshot::entry_blocks(objects, w, bs)?;
     let old = snapshot::entry_blocks(objects, h, bs)?;
-    let fd = sys::openat(dir, &n, libc::O_RDWR | libc::O_NOFOLLOW, 0).map_err(|e| anyhow!("{}: {e}", show(path)))?;
+    let fd = sys::openat(dir, &n, libc::O_RDWR | libc::O_NOFOLLOW, 0).map_err(|e| OpError::sys(show(path), e))?;
     // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
-    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), w.size as i64) }).map_err(|e| anyhow!("{}: {e}", show(path)))?;
+    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), w.size as i64) }).map_err(|e| OpError::sys(show(path), e))?;
     let mut written = 0;
     let mut buf = vec![0u8; bs as usize];
     for (b, id) in new.iter().enumerate() {
@@ -278,6 +279,6 @@ fn patch_file(objects: &Objects, bs: u64, dir: BorrowedFd<'_>, w: &Entry, h: &En
         written += put_block(objects, fd.as_fd(), b, *id, off, &mut buf[..len], path)?;
     }
     drop(fd);
-    set_meta(dir, &n, w).with_context(|| show(path))?;
+    set_meta(dir, &n, w).with_what(|| show(path))?;
     Ok(written)
 }
