@@ -478,6 +478,8 @@ mod tests {
         // the last full slot stays
         assert!(matches!(remove(&store, "repo1", &a), Err(KeyError::LastFullSlot)));
         assert_eq!(list(&store, "repo1", Some(&a)).unwrap().len(), 2);
+        // a slot of another repository is not used
+        assert!(matches!(unlock(&store, "repo2", &pass("correct horse")), Err(KeyError::OtherRepository { .. })));
         // a slot edited by hand is named as such
         let p = t.path().join("keys").join(&a);
         let mut b = std::fs::read(&p).unwrap();
@@ -486,8 +488,6 @@ mod tests {
         std::fs::write(&p, b).unwrap();
         let e = unlock(&store, "repo1", &pass("correct horse")).unwrap_err();
         assert!(matches!(e, KeyError::Changed(_)), "{e}");
-        // and a slot of another repository is not used
-        assert!(matches!(unlock(&store, "repo2", &pass("correct horse")), Err(KeyError::OtherRepository { .. })));
     }
 
     #[test]

@@ -2,15 +2,19 @@
 //!
 //! New objects collect in a pending pack (deduplicated against the index and
 //! the pending pack) that is written to the [`Store`] when it reaches
-//! [`PACK_TARGET`] bytes or on [`Objects::flush`]. The index maps object id
+//! [`PACK_TARGET`] bytes or on [`Objects::flush`]. Compressing, sealing and
+//! writing packs happen on an encoder thread (started at the first object
+//! added), so that the caller hashes and reads the next block meanwhile; a
+//! failed pack write is returned by the next `put` and by `flush`. The index maps object id
 //! to pack and position; it lives in sled (`index` and `indexed_packs`
 //! trees) and can always be rebuilt from the pack trailers. At open, packs
 //! the index does not know yet (written before a crash) are indexed. Every
 //! object read is checked against its id.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use thiserror::Error;
 
@@ -40,11 +44,19 @@ pub enum ObjError {
     TooLarge { kind: ObjKind, len: usize },
     #[error("index database: {0}")]
     Db(#[from] sled::Error),
+    /// A pack written in the background failed (`flush` returns the error
+    /// itself); what was pending is dropped.
+    #[error("writing a pack failed: {message}")]
+    PackWriteFailed { message: String, enospc: bool },
 }
 
 impl ObjError {
     pub fn is_enospc(&self) -> bool {
-        matches!(self, ObjError::Store(e) if e.is_enospc())
+        match self {
+            ObjError::Store(e) => e.is_enospc(),
+            ObjError::PackWriteFailed { enospc, .. } => *enospc,
+            _ => false,
+        }
     }
 }
 
@@ -163,12 +175,138 @@ impl Index {
 
 /// See [`Objects::quiesce`].
 pub struct Quiet<'a> {
-    _pending: std::sync::MutexGuard<'a, Pending>,
+    _io: std::sync::MutexGuard<'a, ()>,
 }
 
+/// The objects added and not yet in an indexed pack (queued to the encoder,
+/// or in the pack it is filling), readable from here meanwhile.
+#[derive(Default)]
 struct Pending {
-    writer: PackWriter,
-    raw: HashMap<ObjectId, (ObjKind, Vec<u8>)>,
+    raw: HashMap<ObjectId, (ObjKind, Arc<[u8]>)>,
+}
+
+/// What the encoder thread shares with [`Objects`].
+struct Sink {
+    store: Arc<dyn Store>,
+    keys: Option<Arc<Keys>>,
+    index: Index,
+    pending: Mutex<Pending>,
+    /// Held while a pack is written and indexed (see [`Objects::quiesce`]).
+    io: Mutex<()>,
+    /// Packs written and indexed so far (changed under `pending`).
+    packs_done: AtomicU64,
+    /// A background pack write failed: puts fail until `flush` returns the
+    /// error (or `discard_pending`).
+    failed: AtomicBool,
+    failure: Mutex<Option<ObjError>>,
+    added_objects: AtomicU64,
+    added_stored: AtomicU64,
+    added_raw: AtomicU64,
+    added_blob: AtomicU64,
+    added_packs: AtomicU64,
+}
+
+/// Work for the encoder thread, done in order.
+enum Job {
+    Put { id: ObjectId, kind: ObjKind, raw: Arc<[u8]> },
+    Copy { entry: PackEntry, stored: Vec<u8> },
+    Flush(SyncSender<ObjResult<()>>),
+    Discard(SyncSender<()>),
+}
+
+/// Jobs queued to the encoder before `put` waits (each at most one block).
+const QUEUE: usize = 16;
+
+struct Encoder {
+    tx: SyncSender<Job>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Sink {
+    /// The encoder thread: fill a pack, write it when full or asked.
+    fn encode(self: Arc<Sink>, jobs: std::sync::mpsc::Receiver<Job>) {
+        let mut writer = PackWriter::new(self.keys.as_ref());
+        for job in jobs {
+            match job {
+                Job::Put { id, kind, raw } => {
+                    if self.failed.load(Ordering::Acquire) {
+                        self.drop_pending(&id);
+                        continue;
+                    }
+                    let stored = writer.add(id, kind, &raw);
+                    self.added_stored.fetch_add(stored as u64, Ordering::Relaxed);
+                }
+                Job::Copy { entry, stored } => {
+                    if self.failed.load(Ordering::Acquire) {
+                        self.drop_pending(&entry.id);
+                        continue;
+                    }
+                    writer.add_encoded(&entry, &stored);
+                }
+                Job::Flush(reply) => {
+                    let r = match self.write(&mut writer) {
+                        Ok(()) => match self.failure.locked().take() {
+                            Some(e) => Err(e),
+                            None => Ok(()),
+                        },
+                        Err(e) => Err(e),
+                    };
+                    self.failed.store(false, Ordering::Release);
+                    let _ = reply.send(r);
+                    continue;
+                }
+                Job::Discard(reply) => {
+                    writer = PackWriter::new(self.keys.as_ref());
+                    *self.failure.locked() = None;
+                    self.failed.store(false, Ordering::Release);
+                    let _ = reply.send(());
+                    continue;
+                }
+            }
+            if writer.len() >= PACK_TARGET {
+                if let Err(e) = self.write(&mut writer) {
+                    self.failed.store(true, Ordering::Release);
+                    self.failure.locked().get_or_insert(e);
+                }
+            }
+        }
+    }
+
+    /// An object queued after a pack write failed is not written: it must
+    /// not stay pending (a later put would take it as stored).
+    fn drop_pending(&self, id: &ObjectId) {
+        self.pending.locked().raw.remove(id);
+    }
+
+    /// Write the pack `writer` holds (durably), index it, and let its
+    /// objects go from pending. On failure nothing half-done is kept: the
+    /// pending objects are dropped, the caller fails and starts over.
+    fn write(&self, writer: &mut PackWriter) -> ObjResult<()> {
+        if writer.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(writer, PackWriter::new(self.keys.as_ref()));
+        let (name, bytes, entries) = full.finish();
+        let io = self.io.locked();
+        let written = self.store.put(FileKind::Pack, &name, &bytes).map_err(ObjError::from);
+        let r = written.and_then(|()| self.index.add_pack(&name, &entries));
+        drop(io);
+        let mut p = self.pending.locked();
+        match r {
+            Ok(()) => {
+                for e in &entries {
+                    p.raw.remove(&e.id);
+                }
+                self.packs_done.fetch_add(1, Ordering::AcqRel);
+                self.added_packs.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                p.raw.clear();
+                Err(e)
+            }
+        }
+    }
 }
 
 /// Counters of what was added since they were last taken.
@@ -185,18 +323,21 @@ pub struct AddStats {
 }
 
 pub struct Objects {
-    store: Arc<dyn Store>,
-    /// An encrypted repository's keys (from the store it was opened with).
-    keys: Option<Arc<Keys>>,
+    sink: Arc<Sink>,
     /// The ids of all-hole block-list nodes, per level (they depend on the id key).
     holes: Vec<ObjectId>,
-    index: Index,
-    pending: Mutex<Pending>,
-    added_objects: AtomicU64,
-    added_stored: AtomicU64,
-    added_raw: AtomicU64,
-    added_blob: AtomicU64,
-    added_packs: AtomicU64,
+    encoder: OnceLock<Encoder>,
+}
+
+impl Drop for Objects {
+    /// What is still pending is dropped (as without a flush); the encoder
+    /// finishes the job it is on and ends.
+    fn drop(&mut self) {
+        if let Some(Encoder { tx, thread }) = self.encoder.take() {
+            drop(tx);
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Objects {
@@ -212,35 +353,39 @@ impl Objects {
             None => (0..=crate::repo::objects::MAX_LEVEL).map(crate::repo::objects::hole_node).collect(),
             Some(k) => crate::repo::objects::hole_nodes(|kind, raw| k.id_of(kind, raw)),
         };
-        let o = Objects {
+        let sink = Arc::new(Sink {
             store,
-            index,
-            pending: Mutex::new(Pending { writer: PackWriter::new(keys.as_ref()), raw: HashMap::new() }),
             keys,
-            holes,
+            index,
+            pending: Mutex::new(Pending::default()),
+            io: Mutex::new(()),
+            packs_done: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
             added_objects: AtomicU64::new(0),
             added_stored: AtomicU64::new(0),
             added_raw: AtomicU64::new(0),
             added_blob: AtomicU64::new(0),
             added_packs: AtomicU64::new(0),
-        };
+        });
+        let o = Objects { sink, holes, encoder: OnceLock::new() };
         o.index_new_packs()?;
         Ok(o)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+        &self.sink.store
     }
 
     /// The keys of an encrypted repository.
     pub fn keys(&self) -> Option<&Arc<Keys>> {
-        self.keys.as_ref()
+        self.sink.keys.as_ref()
     }
 
     /// The id `raw` has as an object of `kind` in this repository (keyed
     /// blake3 in an encrypted one).
     pub fn id_of(&self, kind: ObjKind, raw: &[u8]) -> ObjectId {
-        match &self.keys {
+        match &self.sink.keys {
             Some(k) => k.id_of(kind, raw),
             None => ObjectId::of_object(kind, raw),
         }
@@ -260,25 +405,25 @@ impl Objects {
 
     /// The checked bytes of an object as stored in pack `pack`.
     pub fn decode_object(&self, pack: &str, e: &PackEntry, stored: &[u8]) -> Result<Vec<u8>, PackError> {
-        pack::decode_object(self.keys.as_deref(), pack, e, stored)
+        pack::decode_object(self.sink.keys.as_deref(), pack, e, stored)
     }
 
     /// Read the trailer of a pack.
     pub fn pack_entries(&self, name: &str) -> ObjResult<Vec<PackEntry>> {
-        let size = self.store.size(FileKind::Pack, name)?;
+        let size = self.sink.store.size(FileKind::Pack, name)?;
         if size < 8 + 4 + 16 {
             return Err(PackError::Malformed(name.into()).into());
         }
-        let footer = self.store.get_range(FileKind::Pack, name, size - 16, 16)?;
+        let footer = self.sink.store.get_range(FileKind::Pack, name, size - 16, 16)?;
         let off = pack::parse_footer(name, &footer, size)?;
-        let t = self.store.get_range(FileKind::Pack, name, off, (size - 16 - off) as usize)?;
-        match pack::parse_trailer(self.keys.as_deref(), name, &t, off) {
+        let t = self.sink.store.get_range(FileKind::Pack, name, off, (size - 16 - off) as usize)?;
+        match pack::parse_trailer(self.sink.keys.as_deref(), name, &t, off) {
             Ok(e) => Ok(e),
             Err(e) => {
                 // say so when the pack is of the other form (an encrypted
                 // pack in a plain repository, or the reverse)
-                let head = self.store.get_range(FileKind::Pack, name, 0, 8)?;
-                pack::check_magic(name, &head, self.keys.is_some())?;
+                let head = self.sink.store.get_range(FileKind::Pack, name, 0, 8)?;
+                pack::check_magic(name, &head, self.sink.keys.is_some())?;
                 Err(e.into())
             }
         }
@@ -286,13 +431,13 @@ impl Objects {
 
     /// Index every pack in the store the index does not know. Returns how many.
     pub fn index_new_packs(&self) -> ObjResult<usize> {
-        self.index_packs_into(&self.index)
+        self.index_packs_into(&self.sink.index)
     }
 
     /// Add every pack of the store that `index` does not know to it.
     fn index_packs_into(&self, index: &Index) -> ObjResult<usize> {
         let mut n = 0;
-        for name in self.store.list(FileKind::Pack)? {
+        for name in self.sink.store.list(FileKind::Pack)? {
             let Some(id) = PackId::parse(&name) else {
                 log::warn!("packs/{name}: not a pack name; ignored");
                 continue;
@@ -313,7 +458,7 @@ impl Objects {
     /// Build an index in memory anew from the packs there are now, and
     /// put it in place of the old one at once (readers never see it empty).
     fn reload_memory_index(&self) -> ObjResult<()> {
-        let Index::Memory { objects, packs } = &self.index else { return Ok(()) };
+        let Index::Memory { objects, packs } = &self.sink.index else { return Ok(()) };
         let fresh = Index::Memory { objects: RwLock::new(HashMap::new()), packs: RwLock::new(HashSet::new()) };
         self.index_packs_into(&fresh)?;
         let Index::Memory { objects: o, packs: p } = fresh else { unreachable!("built above") };
@@ -324,20 +469,20 @@ impl Objects {
 
     /// Forget the index and build it again from the packs.
     pub fn rebuild_index(&self) -> ObjResult<usize> {
-        self.index.clear()?;
+        self.sink.index.clear()?;
         self.index_new_packs()
     }
 
     /// Whether the index is the persistent one (sled) rather than one built
     /// in memory from the pack trailers at open.
     pub fn index_is_persistent(&self) -> bool {
-        matches!(self.index, Index::Sled(_))
+        matches!(self.sink.index, Index::Sled(_))
     }
 
     /// Call `f` for every entry of the index, and return the packs it holds
     /// as indexed. (For a memory index: the same, built from the trailers.)
     pub fn scan_index(&self, mut f: impl FnMut(ObjectId, Option<Location>)) -> ObjResult<HashSet<String>> {
-        match &self.index {
+        match &self.sink.index {
             Index::Sled(db) => {
                 let (objects, packs) = (db.tree("index")?, db.tree("indexed_packs")?);
                 for kv in objects.iter() {
@@ -368,7 +513,7 @@ impl Objects {
     /// their packs go), and drop `packs` from the set of indexed packs; then
     /// make it durable.
     pub fn reindex(&self, changes: &[(ObjectId, Option<Location>)], packs: &[String]) -> ObjResult<()> {
-        match &self.index {
+        match &self.sink.index {
             Index::Sled(db) => {
                 let (objects, indexed) = (db.tree("index")?, db.tree("indexed_packs")?);
                 // Packs first: killed half-way (sled recovers a prefix), a
@@ -411,30 +556,26 @@ impl Objects {
     /// stored bytes are verified first.
     pub fn copy_object(&self, from: &str, e: &PackEntry, stored: &[u8]) -> ObjResult<()> {
         let raw = self.decode_object(from, e, stored)?;
-        let full = {
-            let mut p = self.pending.locked();
+        self.check_failed()?;
+        {
+            let mut p = self.sink.pending.locked();
             if p.raw.contains_key(&e.id) {
                 return Ok(());
             }
-            p.writer.add_encoded(e, stored);
-            p.raw.insert(e.id, (e.kind, raw));
-            p.writer.len() >= PACK_TARGET
-        };
-        if full {
-            self.flush()?;
+            p.raw.insert(e.id, (e.kind, raw.into()));
         }
-        Ok(())
+        self.send(Job::Copy { entry: *e, stored: stored.to_vec() })
     }
 
     pub fn has(&self, id: &ObjectId) -> ObjResult<bool> {
-        if self.pending.locked().raw.contains_key(id) {
+        if self.sink.pending.locked().raw.contains_key(id) {
             return Ok(true);
         }
-        Ok(self.index.get(id)?.is_some())
+        Ok(self.sink.index.get(id)?.is_some())
     }
 
     pub fn locate(&self, id: &ObjectId) -> ObjResult<Option<Location>> {
-        self.index.get(id)
+        self.sink.index.get(id)
     }
 
     /// Store an object unless it is there already. Returns its id and whether it was new.
@@ -443,76 +584,103 @@ impl Objects {
             return Err(ObjError::TooLarge { kind, len: raw.len() });
         }
         let id = self.id_of(kind, raw);
-        if self.index.get(&id)?.is_some() {
+        self.check_failed()?;
+        let packs = self.sink.packs_done.load(Ordering::Acquire);
+        if self.sink.index.get(&id)?.is_some() {
             return Ok((id, false));
         }
-        let full = {
-            let mut p = self.pending.locked();
+        let data: Arc<[u8]> = {
+            let mut p = self.sink.pending.locked();
             if p.raw.contains_key(&id) {
                 return Ok((id, false));
             }
-            let stored = p.writer.add(id, kind, raw);
-            p.raw.insert(id, (kind, raw.to_vec()));
-            self.added_objects.fetch_add(1, Ordering::Relaxed);
-            self.added_stored.fetch_add(stored as u64, Ordering::Relaxed);
-            self.added_raw.fetch_add(raw.len() as u64, Ordering::Relaxed);
-            if kind == ObjKind::Blob {
-                self.added_blob.fetch_add(raw.len() as u64, Ordering::Relaxed);
+            // a pack written since the index was asked took its objects
+            // out of pending: ask again
+            if self.sink.packs_done.load(Ordering::Acquire) != packs && self.sink.index.get(&id)?.is_some() {
+                return Ok((id, false));
             }
-            p.writer.len() >= PACK_TARGET
+            let data: Arc<[u8]> = raw.into();
+            p.raw.insert(id, (kind, data.clone()));
+            data
         };
-        if full {
-            self.flush()?;
+        self.sink.added_objects.fetch_add(1, Ordering::Relaxed);
+        self.sink.added_raw.fetch_add(raw.len() as u64, Ordering::Relaxed);
+        if kind == ObjKind::Blob {
+            self.sink.added_blob.fetch_add(raw.len() as u64, Ordering::Relaxed);
         }
+        self.send(Job::Put { id, kind, raw: data })?;
         Ok((id, true))
     }
 
-    /// While the guard lives, no pack is written or indexed (writers of
-    /// objects wait): the packs in the store and the index agree.
-    pub fn quiesce(&self) -> Quiet<'_> {
-        Quiet { _pending: self.pending.locked() }
-    }
-
-    /// Write the pending pack (durably) and index it.
-    pub fn flush(&self) -> ObjResult<()> {
-        let mut p = self.pending.locked();
-        if p.writer.is_empty() {
+    /// A pack written in the background failed: say so (the error itself
+    /// comes from `flush`).
+    fn check_failed(&self) -> ObjResult<()> {
+        if !self.sink.failed.load(Ordering::Acquire) {
             return Ok(());
         }
-        let writer = std::mem::replace(&mut p.writer, PackWriter::new(self.keys.as_ref()));
-        let (name, bytes, entries) = writer.finish();
-        match self.store.put(FileKind::Pack, &name, &bytes) {
-            Ok(()) => {}
-            Err(e) => {
-                // Keep nothing half-done: the objects are gone from pending,
-                // the caller fails the snapshot and starts over.
-                p.raw.clear();
-                return Err(e.into());
-            }
+        let f = self.sink.failure.locked();
+        Err(ObjError::PackWriteFailed {
+            message: f.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "an earlier pack".into()),
+            enospc: f.as_ref().is_some_and(|e| e.is_enospc()),
+        })
+    }
+
+    /// Hand a job to the encoder thread (started at the first).
+    fn send(&self, job: Job) -> ObjResult<()> {
+        let enc = self.encoder.get_or_init(|| {
+            let (tx, rx) = sync_channel(QUEUE);
+            let sink = self.sink.clone();
+            let thread = std::thread::Builder::new()
+                .name("snapfs-encoder".into())
+                .spawn(move || sink.encode(rx))
+                .expect("spawn the pack encoder thread");
+            Encoder { tx, thread }
+        });
+        enc.tx
+            .send(job)
+            .map_err(|_| ObjError::PackWriteFailed { message: "the pack encoder thread is gone".into(), enospc: false })
+    }
+
+    /// While the guard lives, no pack is written or indexed (objects still
+    /// queue up for the encoder): the packs in the store and the index agree.
+    pub fn quiesce(&self) -> Quiet<'_> {
+        Quiet { _io: self.sink.io.locked() }
+    }
+
+    /// Write the pending pack (durably) and index it; return the error of
+    /// any pack written in the background since the last flush.
+    pub fn flush(&self) -> ObjResult<()> {
+        if self.encoder.get().is_none() {
+            return Ok(());
         }
-        self.index.add_pack(&name, &entries)?;
-        p.raw.clear();
-        self.added_packs.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        let (tx, rx) = sync_channel(1);
+        self.send(Job::Flush(tx))?;
+        rx.recv().unwrap_or_else(|_| {
+            Err(ObjError::PackWriteFailed { message: "the pack encoder thread is gone".into(), enospc: false })
+        })
     }
 
     /// Drop what is pending without writing it (a failed snapshot).
     pub fn discard_pending(&self) {
-        let mut p = self.pending.locked();
-        p.writer = PackWriter::new(self.keys.as_ref());
-        p.raw.clear();
+        if self.encoder.get().is_some() {
+            let (tx, rx) = sync_channel(1);
+            if self.send(Job::Discard(tx)).is_ok() {
+                let _ = rx.recv();
+            }
+        }
+        self.sink.pending.locked().raw.clear();
     }
 
     /// The verified bytes of an object, and its kind.
     pub fn get_any(&self, id: &ObjectId) -> ObjResult<(ObjKind, Vec<u8>)> {
-        if let Some((k, raw)) = self.pending.locked().raw.get(id) {
-            return Ok((*k, raw.clone()));
+        if let Some((k, raw)) = self.sink.pending.locked().raw.get(id) {
+            return Ok((*k, raw.to_vec()));
         }
         match self.read_indexed(id) {
             // An index built in memory beside a running daemon goes stale
             // when the daemon writes packs or prune moves objects: index the
             // packs written since, and look again.
-            Err(e @ ObjError::Missing(_)) if matches!(self.index, Index::Memory { .. }) => {
+            Err(e @ ObjError::Missing(_)) if matches!(self.sink.index, Index::Memory { .. }) => {
                 if self.index_new_packs()? == 0 {
                     return Err(e);
                 }
@@ -520,7 +688,7 @@ impl Objects {
             }
             // (a pack deleted since: the index may even have preferred it
             // to the copy, if both were there when it was built)
-            Err(ObjError::Store(StoreError::NotFound { .. })) if matches!(self.index, Index::Memory { .. }) => {
+            Err(ObjError::Store(StoreError::NotFound { .. })) if matches!(self.sink.index, Index::Memory { .. }) => {
                 self.reload_memory_index()?;
                 self.read_indexed(id)
             }
@@ -532,8 +700,9 @@ impl Objects {
     }
 
     fn read_indexed(&self, id: &ObjectId) -> ObjResult<(ObjKind, Vec<u8>)> {
-        let loc = self.index.get(id)?.ok_or(ObjError::Missing(*id))?;
-        let stored = self.store.get_range(FileKind::Pack, &loc.pack, loc.entry.offset, loc.entry.stored as usize)?;
+        let loc = self.sink.index.get(id)?.ok_or(ObjError::Missing(*id))?;
+        let stored =
+            self.sink.store.get_range(FileKind::Pack, &loc.pack, loc.entry.offset, loc.entry.stored as usize)?;
         let raw = self.decode_object(&loc.pack, &loc.entry, &stored)?;
         Ok((loc.entry.kind, raw))
     }
@@ -559,11 +728,11 @@ impl Objects {
     /// Counters since the last call, reset.
     pub fn take_stats(&self) -> AddStats {
         AddStats {
-            objects: self.added_objects.swap(0, Ordering::Relaxed),
-            stored_bytes: self.added_stored.swap(0, Ordering::Relaxed),
-            raw_bytes: self.added_raw.swap(0, Ordering::Relaxed),
-            blob_bytes: self.added_blob.swap(0, Ordering::Relaxed),
-            packs: self.added_packs.swap(0, Ordering::Relaxed),
+            objects: self.sink.added_objects.swap(0, Ordering::Relaxed),
+            stored_bytes: self.sink.added_stored.swap(0, Ordering::Relaxed),
+            raw_bytes: self.sink.added_raw.swap(0, Ordering::Relaxed),
+            blob_bytes: self.sink.added_blob.swap(0, Ordering::Relaxed),
+            packs: self.sink.added_packs.swap(0, Ordering::Relaxed),
         }
     }
 }
@@ -625,6 +794,69 @@ mod tests {
         fn delete(&self, k: FileKind, n: &str) -> crate::repo::store::StoreResult<()> {
             LocalStore::new(&self.0).delete(k, n)
         }
+    }
+
+    /// A store whose pack writes fail with ENOSPC while `full` is set.
+    struct Full(std::path::PathBuf, std::sync::atomic::AtomicBool);
+    impl Store for Full {
+        fn put(&self, k: FileKind, n: &str, d: &[u8]) -> crate::repo::store::StoreResult<()> {
+            if self.1.load(Ordering::SeqCst) {
+                let err = std::io::Error::from_raw_os_error(libc::ENOSPC);
+                return Err(StoreError::Io { path: self.0.join(n), err });
+            }
+            LocalStore::new(&self.0).put(k, n, d)
+        }
+        fn get(&self, k: FileKind, n: &str) -> crate::repo::store::StoreResult<Vec<u8>> {
+            LocalStore::new(&self.0).get(k, n)
+        }
+        fn get_range(&self, k: FileKind, n: &str, o: u64, l: usize) -> crate::repo::store::StoreResult<Vec<u8>> {
+            LocalStore::new(&self.0).get_range(k, n, o, l)
+        }
+        fn size(&self, k: FileKind, n: &str) -> crate::repo::store::StoreResult<u64> {
+            LocalStore::new(&self.0).size(k, n)
+        }
+        fn list(&self, k: FileKind) -> crate::repo::store::StoreResult<Vec<String>> {
+            LocalStore::new(&self.0).list(k)
+        }
+        fn delete(&self, k: FileKind, n: &str) -> crate::repo::store::StoreResult<()> {
+            LocalStore::new(&self.0).delete(k, n)
+        }
+    }
+
+    #[test]
+    fn a_pack_failed_in_the_background_fails_the_next_put_and_the_flush_once() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Arc::new(Full(t.path().to_path_buf(), AtomicBool::new(true)));
+        let o = Objects::open(store.clone(), Some(&StateDb::temporary())).unwrap();
+        // fill more than a pack: its write fails on the encoder thread
+        let mut block = vec![0u8; 1 << 20];
+        let mut failed = None;
+        for i in 0..((2 * PACK_TARGET) >> 20) {
+            block[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            block[8..].iter_mut().enumerate().for_each(|(j, b)| *b = (j as u64 * 2654435761 + i as u64) as u8);
+            if let Err(e) = o.put(ObjKind::Blob, &block) {
+                failed = Some(e);
+                break;
+            }
+        }
+        // (the put that finds it may come before the encoder is done)
+        let e = match failed {
+            Some(e) => e,
+            None => o.flush().unwrap_err(),
+        };
+        assert!(e.is_enospc(), "{e}");
+        if matches!(e, ObjError::PackWriteFailed { .. }) {
+            // the flush returns the error itself, once
+            let f = o.flush().unwrap_err();
+            assert!(matches!(f, ObjError::Store(_)) && f.is_enospc(), "{f}");
+        }
+        // nothing half-done stays pending; with room again, objects go in
+        store.1.store(false, Ordering::SeqCst);
+        let (id, new) = o.put(ObjKind::Blob, b"after the failure").unwrap();
+        assert!(new);
+        o.flush().unwrap();
+        assert_eq!(o.get(&id, ObjKind::Blob).unwrap(), b"after the failure");
+        assert_eq!(store.list(FileKind::Pack).unwrap().len(), 1);
     }
 
     #[test]
