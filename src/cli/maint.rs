@@ -263,7 +263,7 @@ fn prune_report(
     let health = Health::open(&db)?;
     let p = Arc::new(VerifyProgress::default());
     let opts = PruneOptions { dry_run, max_unused: max_unused.unwrap_or(PruneOptions::default().max_unused) };
-    with_progress(quiet, || Some(p.view()), || maint::run_prune(&objects, &opts, &health, &p))
+    Ok(with_progress(quiet, || Some(p.view()), || maint::run_prune(&objects, &opts, &health, &p))?)
 }
 
 fn print_prune(p: &PruneReport) {

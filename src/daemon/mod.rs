@@ -332,7 +332,7 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
         match replicas.add(url) {
             Ok(u) => log::info!("replica {u} added"),
             Err(e) if e.to_string().contains("is a replica already") => {}
-            Err(e) => bail!("replica {url}: {e:#}"),
+            Err(e) => bail!("replica {url}: {}", util::with_causes(&e)),
         }
     }
     // The repository on the disk it protects is no backup against that disk.

@@ -318,7 +318,8 @@ impl Service {
             maint::forget(&**self.objects.store(), names, policy, dry_run, None, &self.held_ids())
         }
         .inspect(|_| self.replicas.wake())
-        .inspect_err(|e| self.health.error("forget", &format!("{e:#}")))
+        .inspect_err(|e| self.health.error("forget", &util::with_causes(e)))
+        .map_err(Into::into)
     }
 
     /// One scheduled run: a snapshot named `auto-<time>`, then retention
@@ -372,6 +373,7 @@ impl Service {
         self.recover_state().context("the state database cannot be written")?;
         let p = Arc::new(verify::VerifyProgress::default());
         self.with_task(p.clone(), || maint::run_prune(&self.objects, opts, &self.health, &p))
+            .map_err(anyhow::Error::from)
             .inspect_err(|e| self.note_state_error(e))
     }
 

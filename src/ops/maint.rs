@@ -25,10 +25,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::ops::verify::VerifyProgress;
+use crate::ops::{OpError, OpResult};
 use crate::repo::objects::{EntryKind, ObjKind, ObjectId, PackId, SnapshotId};
 use crate::repo::objstore::{Location, Objects};
 use crate::repo::pack::PackEntry;
@@ -179,7 +179,7 @@ pub fn forget(
     dry_run: bool,
     only_prefix: Option<&str>,
     held: &HashSet<SnapshotId>,
-) -> Result<ForgetReport> {
+) -> OpResult<ForgetReport> {
     crate::repo::crypto::require_full(store.keys().as_deref(), "forget")?;
     let with_damaged = snapshot::list_all(store)?;
     let mut all: Vec<_> = with_damaged.iter().filter(|s| s.damaged.is_none()).cloned().collect();
@@ -188,9 +188,9 @@ pub fn forget(
     }
     let mut report = ForgetReport { dry_run, policy: policy.to_string(), ..Default::default() };
     let doomed: HashSet<SnapshotId> = match (names.is_empty(), policy.is_empty()) {
-        (false, false) => bail!("give snapshot names or keep rules, not both"),
+        (false, false) => refused!("give snapshot names or keep rules, not both"),
         (true, true) => {
-            bail!("nothing to forget: give snapshot names or keep rules (--keep-last N, --keep-daily N, ...)")
+            refused!("nothing to forget: give snapshot names or keep rules (--keep-last N, --keep-daily N, ...)")
         }
         (false, true) => {
             let mut d = HashSet::new();
@@ -270,13 +270,17 @@ pub struct PruneReport {
 }
 
 /// Every object id the snapshots reference.
-pub(crate) fn mark(objects: &Objects, snaps: &[SnapshotInfo], progress: &VerifyProgress) -> Result<HashSet<ObjectId>> {
+pub(crate) fn mark(
+    objects: &Objects,
+    snaps: &[SnapshotInfo],
+    progress: &VerifyProgress,
+) -> OpResult<HashSet<ObjectId>> {
     let mut used: HashSet<ObjectId> = HashSet::new();
     let what = |id: &ObjectId, s: &SnapshotInfo, e: crate::repo::objstore::ObjError| {
-        anyhow!(
+        OpError::Damaged(format!(
             "snapshot {}: object {id} cannot be read ({e}); prune stops so as not to drop data: run `snapfs verify`",
             s.record.name
-        )
+        ))
     };
     progress.snapshots_total.store(snaps.len() as u64, Ordering::Relaxed);
     for (i, s) in snaps.iter().enumerate() {
@@ -328,15 +332,16 @@ pub fn run_prune(
     opts: &PruneOptions,
     health: &crate::ops::health::Health,
     progress: &VerifyProgress,
-) -> Result<PruneReport> {
+) -> OpResult<PruneReport> {
     prune(objects, opts, progress).inspect_err(|e| {
-        log::error!("PRUNE FAILED: {e:#}");
-        health.error("prune", &format!("{e:#}"))
+        let msg = crate::util::with_causes(e);
+        log::error!("PRUNE FAILED: {msg}");
+        health.error("prune", &msg)
     })
 }
 
 /// Remove what no snapshot references. The caller excludes snapshots.
-pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) -> Result<PruneReport> {
+pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) -> OpResult<PruneReport> {
     crate::repo::crypto::require_full(objects.keys().map(|k| &**k), "prune")?;
     let t0 = Instant::now();
     let store = objects.store().clone();
@@ -344,7 +349,7 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
     // every record must be readable: an unreadable one could reference anything
     let snaps = snapshot::list_all(&*store)?;
     if let Some(s) = snaps.iter().find(|s| s.damaged.is_some()) {
-        bail!(
+        damaged!(
             "snapshot record {} is damaged; prune stops so as not to drop data: run `snapfs verify` (or forget it by its id)",
             s.id
         );
@@ -368,7 +373,9 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
     let mut packs = Vec::with_capacity(names.len());
     for (i, name) in names.into_iter().enumerate() {
         let entries = objects.pack_entries(&name).map_err(|e| {
-            anyhow!("{e}; prune stops so as not to drop data: run `snapfs verify` (and remove or repair the pack)")
+            OpError::Damaged(format!(
+                "{e}; prune stops so as not to drop data: run `snapfs verify` (and remove or repair the pack)"
+            ))
         })?;
         let size = store.size(FileKind::Pack, &name)?;
         let used_bytes = entries.iter().filter(|e| used.contains(&e.id)).map(|e| e.stored as u64).sum();
@@ -460,7 +467,7 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
     for (p, f) in packs.iter().zip(&fates) {
         if *f == Fate::Delete {
             if let Some(e) = p.entries.iter().find(|e| used.contains(&e.id)) {
-                bail!("internal error: pack {} to be deleted holds object {} in use", p.name, e.id);
+                return Err(OpError::Internal(format!("pack {} to be deleted holds object {} in use", p.name, e.id)));
             }
         }
     }
@@ -507,10 +514,10 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
             let e = &to_copy[k].1;
             let stored = bytes
                 .get(e.offset as usize..(e.offset + e.stored as u64) as usize)
-                .ok_or_else(|| anyhow!("pack {} is shorter than its trailer says", p.name))?;
-            objects
-                .copy_object(&p.name, e, stored)
-                .map_err(|err| anyhow!("{err}; prune stops so as not to drop data: run `snapfs verify`"))?;
+                .ok_or_else(|| OpError::Damaged(format!("pack {} is shorter than its trailer says", p.name)))?;
+            objects.copy_object(&p.name, e, stored).map_err(|err| {
+                OpError::Damaged(format!("{err}; prune stops so as not to drop data: run `snapfs verify`"))
+            })?;
             progress.bytes_done.fetch_add(e.stored as u64, Ordering::Relaxed);
             k += 1;
         }

@@ -15,7 +15,6 @@ use thiserror::Error;
 
 use crate::os::errno::Errno;
 use crate::repo::crypto::CryptoError;
-use crate::repo::keyslot::KeyError;
 use crate::repo::objstore::ObjError;
 use crate::repo::store::StoreError;
 use crate::repo::RepoError;
@@ -33,6 +32,9 @@ pub enum OpError {
     /// The repository or the data is damaged or missing.
     #[error("{0}")]
     Damaged(String),
+    /// A check of what cannot happen failed: a bug, stopped before harm.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A system call failed on a named path or thing.
     #[error("{what}")]
     Sys { what: String, source: Errno },
@@ -49,8 +51,6 @@ pub enum OpError {
     Obj(#[from] ObjError),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
-    #[error(transparent)]
-    Key(#[from] KeyError),
     #[error(transparent)]
     Snap(#[from] SnapError),
     #[error(transparent)]

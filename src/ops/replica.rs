@@ -29,9 +29,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::ops::{OpError, OpResult};
 use crate::repo::objstore::Objects;
 use crate::repo::store::{FileKind, Store, StoreError};
 use crate::util::Locked;
@@ -59,7 +59,7 @@ pub struct Lag {
 }
 
 /// The primary's records and packs the replica lacks, and their size.
-pub fn lag(from: &dyn Store, to: &dyn Store) -> Result<Lag> {
+pub fn lag(from: &dyn Store, to: &dyn Store) -> OpResult<Lag> {
     let have_r: HashSet<String> = to.list(FileKind::Snapshot)?.into_iter().collect();
     let have_p: HashSet<String> = to.list(FileKind::Pack)?.into_iter().collect();
     let mut lag = Lag::default();
@@ -79,7 +79,7 @@ pub fn lag(from: &dyn Store, to: &dyn Store) -> Result<Lag> {
 
 /// Make the replica's key slots the primary's. Slots are small and named
 /// by their hash: a slot of the same name is the same slot.
-fn sync_keys(from: &dyn Store, to: &dyn Store) -> Result<()> {
+fn sync_keys(from: &dyn Store, to: &dyn Store) -> OpResult<()> {
     let want: HashSet<String> = from.list(FileKind::Key)?.into_iter().collect();
     let have: HashSet<String> = to.list(FileKind::Key)?.into_iter().collect();
     for k in want.difference(&have) {
@@ -109,7 +109,7 @@ pub fn sync(
     seen: &mut HashSet<String>,
     jobs: usize,
     progress: &SyncProgress,
-) -> Result<SyncReport> {
+) -> OpResult<SyncReport> {
     let t0 = Instant::now();
     let mut report = SyncReport::default();
     // 0. key slots (an encrypted repository's): what the primary has, and
@@ -128,7 +128,7 @@ pub fn sync(
     progress.bytes_total.store(sizes.iter().sum(), Ordering::Relaxed);
     progress.bytes_done.store(0, Ordering::Relaxed);
     let next = Mutex::new(todo.iter());
-    let failed: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let failed: Mutex<Option<OpError>> = Mutex::new(None);
     let copied = AtomicU64::new(0);
     std::thread::scope(|s| {
         for _ in 0..jobs.clamp(1, 32).min(todo.len().max(1)) {
@@ -141,7 +141,7 @@ pub fn sync(
                     // the pack's name is the hash of its bytes: a damaged
                     // primary copy is not spread
                     if crate::repo::objects::ObjectId::of(&data).hex() != *p {
-                        bail!("pack {p} is damaged on the primary (its bytes do not match its name): not copied");
+                        damaged!("pack {p} is damaged on the primary (its bytes do not match its name): not copied");
                     }
                     to.put(FileKind::Pack, p, &data)?;
                     progress.bytes_done.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -191,18 +191,18 @@ pub fn sync(
     Ok(report)
 }
 
-fn gone(e: StoreError, p: &str) -> anyhow::Error {
+fn gone(e: StoreError, p: &str) -> OpError {
     match e {
-        StoreError::NotFound { .. } => {
-            anyhow!("pack {p} went away on the primary while being copied (prune?): the next round goes on")
-        }
+        StoreError::NotFound { .. } => OpError::Refused(format!(
+            "pack {p} went away on the primary while being copied (prune?): the next round goes on"
+        )),
         e => e.into(),
     }
 }
 
 /// Delete the replica's packs the primary no longer has and that no
 /// replica record uses. Returns how many.
-fn drop_unused_packs(from: &Arc<dyn Store>, to: &Arc<dyn Store>) -> Result<u64> {
+fn drop_unused_packs(from: &Arc<dyn Store>, to: &Arc<dyn Store>) -> OpResult<u64> {
     let primary: HashSet<String> = from.list(FileKind::Pack)?.into_iter().collect();
     let candidates: Vec<String> = to.list(FileKind::Pack)?.into_iter().filter(|p| !primary.contains(p)).collect();
     if candidates.is_empty() {
@@ -309,7 +309,7 @@ impl Replicas {
         }));
     }
 
-    fn save(&self) -> Result<()> {
+    fn save(&self) -> OpResult<()> {
         let urls: Vec<String> = self.list.locked().iter().map(|r| r.url.clone()).collect();
         let mut text = urls.join("\n");
         text.push('\n');
@@ -320,11 +320,11 @@ impl Replicas {
     /// Add a replica at `url` (a path or an s3: URL): made a replica of
     /// this repository (or found to be one already); its history is
     /// copied by the rounds that follow.
-    pub fn add(&self, url: &str) -> Result<String> {
+    pub fn add(&self, url: &str) -> OpResult<String> {
         let loc = crate::repo::Location::parse_canonical(url)?;
         let url = loc.to_string();
         if self.list.locked().iter().any(|r| r.url == url) {
-            bail!("{url} is a replica already");
+            refused!("{url} is a replica already");
         }
         crate::repo::Repo::init_replica(&loc, &self.config)?;
         self.push(&url);
@@ -333,13 +333,13 @@ impl Replicas {
         Ok(url)
     }
 
-    pub fn remove(&self, url: &str) -> Result<()> {
+    pub fn remove(&self, url: &str) -> OpResult<()> {
         let loc = crate::repo::Location::parse_canonical(url)?.to_string();
         let mut l = self.list.locked();
         let before = l.len();
         l.retain(|r| r.url != loc && r.url != url);
         if l.len() == before {
-            bail!("{url} is not a replica of this repository");
+            refused!("{url} is not a replica of this repository");
         }
         drop(l);
         let _ = std::fs::remove_file(seen_file(&self.dir, &loc));
@@ -397,11 +397,11 @@ impl Replicas {
 
     fn round(&self, r: &Replica) {
         let _one = r.busy.locked();
-        let result = (|| -> Result<SyncReport> {
+        let result = (|| -> OpResult<SyncReport> {
             let loc = crate::repo::Location::parse(&r.url)?;
             let mut repo = crate::repo::Repo::open_at(&loc, None)?;
             if repo.config.id != self.config.id {
-                bail!("{} now holds another repository (id {}): not synced", r.url, repo.config.id);
+                refused!("{} now holds another repository (id {}): not synced", r.url, repo.config.id);
             }
             // a replica made before the primary's format upgrade follows it
             if repo.config.format < self.config.format {
@@ -442,7 +442,7 @@ impl Replicas {
                 st.last_sync = Some(rep);
             }
             Err(e) => {
-                let msg = format!("{e:#}");
+                let msg = crate::util::with_causes(&e);
                 log::error!("REPLICA {} BEHIND: {msg}", r.url);
                 st.last_error = Some(msg.clone());
                 st.last_error_time = Some(crate::util::rfc3339(now));
