@@ -69,6 +69,11 @@ enum Cmd {
         /// brought up to date after each snapshot; repeatable, remembered.
         #[arg(long = "replica", value_name = "URL")]
         replicas: Vec<String>,
+        /// The host name snapshots are recorded under (default: this
+        /// machine's); with the directory, it tells one host's snapshots from
+        /// another's in a repository they share.
+        #[arg(long, value_name = "NAME", value_parser = snapfs::snapshot::parse_host)]
+        host: Option<String>,
         /// Stay attached to the terminal (for systemd).
         #[arg(long)]
         foreground: bool,
@@ -130,6 +135,9 @@ enum Cmd {
     List {
         #[arg(long)]
         repo: Option<String>,
+        /// Only the snapshots of this host (repeatable).
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
         #[arg(long)]
         json: bool,
         dir: Option<PathBuf>,
@@ -249,6 +257,11 @@ enum Cmd {
         /// Rewrite packs with more than this percentage unused (default 20).
         #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
         max_unused: Option<f64>,
+        /// In a repository several hosts share (s3:): how long condemned
+        /// packs wait before a later prune deletes them (default 1h); longer
+        /// than the lag of the store's listings, twice over.
+        #[arg(long, value_name = "DURATION", value_parser = snapfs::ops::schedule::parse_duration)]
+        grace: Option<u64>,
         #[arg(long)]
         json: bool,
         dir: Option<PathBuf>,

@@ -212,7 +212,7 @@ pub fn forget(a: ForgetArgs) -> Result<()> {
         r.answer("forget report", |r| r.forget)?
     } else {
         let r = lock_offline(a.dir, a.repo, "forget")?;
-        maint::forget(&*r.store(), &a.names, &a.policy, a.dry_run, None, &Default::default())?
+        maint::forget(&*r.store(), &a.names, &a.policy, a.dry_run, None, &Default::default(), None)?
     };
     if a.json && !a.prune {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -230,7 +230,7 @@ pub fn forget(a: ForgetArgs) -> Result<()> {
     if a.prune && a.dry_run {
         eprintln!("snapfs: --dry-run: not pruning (a prune now would not see these snapshots gone)");
     } else if a.prune {
-        let p = prune_report(a.dir, a.repo, a.dry_run, None, a.json)?;
+        let p = prune_report(a.dir, a.repo, a.dry_run, None, None, a.json)?;
         if a.json {
             println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "forget": report, "prune": p }))?);
         } else {
@@ -245,10 +245,11 @@ fn prune_report(
     repo: Option<&str>,
     dry_run: bool,
     max_unused: Option<f64>,
+    grace_secs: Option<u64>,
     quiet: bool,
 ) -> Result<PruneReport> {
     if let Some(d) = mounted(dir, repo) {
-        let req = Request::Prune { dry_run, max_unused };
+        let req = Request::Prune { dry_run, max_unused, grace_secs };
         let get = || control::call(&d, &Request::Progress, Duration::from_secs(5)).ok().and_then(|r| r.task);
         let r = with_progress(quiet, get, || control::call(&d, &req, Duration::from_secs(30 * 86400)))
             .with_context(|| format!("asking the daemon of {}", d.display()))?;
@@ -262,7 +263,12 @@ fn prune_report(
     let objects = Objects::open(r.store(), Some(&db))?;
     let health = Health::open(&db)?;
     let p = Arc::new(VerifyProgress::default());
-    let opts = PruneOptions { dry_run, max_unused: max_unused.unwrap_or(PruneOptions::default().max_unused) };
+    let d = PruneOptions::default();
+    let opts = PruneOptions {
+        dry_run,
+        max_unused: max_unused.unwrap_or(d.max_unused),
+        grace_secs: grace_secs.unwrap_or(d.grace_secs),
+    };
     Ok(with_progress(quiet, || Some(p.view()), || maint::run_prune(&objects, &opts, &health, &p))?)
 }
 
@@ -287,10 +293,23 @@ fn print_prune(p: &PruneReport) {
         util::human_bytes(p.bytes_freed),
         util::human_bytes(p.unused_bytes_kept)
     );
+    if p.packs_condemned + p.packs_waiting + p.packs_rescued > 0 {
+        println!(
+            "  shared repository: {} packs condemned now, {} waiting out the grace, {} kept (in use again); condemned packs go at a prune after the grace",
+            p.packs_condemned, p.packs_waiting, p.packs_rescued
+        );
+    }
 }
 
-pub fn prune(dir: Option<&Path>, repo: Option<&str>, dry_run: bool, max_unused: Option<f64>, json: bool) -> Result<()> {
-    let p = prune_report(dir, repo, dry_run, max_unused, json)?;
+pub fn prune(
+    dir: Option<&Path>,
+    repo: Option<&str>,
+    dry_run: bool,
+    max_unused: Option<f64>,
+    grace_secs: Option<u64>,
+    json: bool,
+) -> Result<()> {
+    let p = prune_report(dir, repo, dry_run, max_unused, grace_secs, json)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&p)?);
     } else {

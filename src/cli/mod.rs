@@ -156,6 +156,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             repo,
             cache,
             replicas,
+            host,
             foreground,
             threads,
             no_writeback,
@@ -178,6 +179,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
                 repo,
                 cache,
                 replicas,
+                host,
                 foreground,
                 threads,
                 writeback,
@@ -245,8 +247,8 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
                 json,
             })
         }
-        Cmd::Prune { repo, dry_run, max_unused, json, dir } => {
-            cli_maint::prune(dir.as_deref(), repo.as_deref(), dry_run, max_unused.map(|p| p / 100.0), json)
+        Cmd::Prune { repo, dry_run, max_unused, grace, json, dir } => {
+            cli_maint::prune(dir.as_deref(), repo.as_deref(), dry_run, max_unused.map(|p| p / 100.0), grace, json)
         }
         Cmd::Verify { live: true, json, dir: Some(dir), .. } => cli_maint::verify_live(&dir, json),
         Cmd::Verify { repo, read_data, subset, rebuild_index, jobs, json, dir, .. } => {
@@ -308,8 +310,11 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             daemon::browse(daemon::BrowseArgs { repo, mnt, snapshot, foreground, ready_fd, key })
         }
         Cmd::Snapshot { name, full, json, dir } => take_snapshot(&dir, name, full, json),
-        Cmd::List { repo, json, dir } => {
-            let all = list(dir.as_deref(), repo.as_deref())?;
+        Cmd::List { repo, hosts, json, dir } => {
+            let mut all = list(dir.as_deref(), repo.as_deref())?;
+            if !hosts.is_empty() {
+                all.retain(|s| hosts.contains(&s.record.host));
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else {

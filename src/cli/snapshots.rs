@@ -82,17 +82,22 @@ pub(crate) fn print_list(all: &[snapfs::snapshot::SnapshotInfo]) {
         println!("no snapshots");
         return;
     }
-    println!("{:<28} {:<12} {:<20} {:>12} {:>12} {:>8}", "NAME", "ID", "TIME", "ADDED", "SIZE", "FILES");
+    println!(
+        "{:<28} {:<12} {:<20} {:>12} {:>12} {:>8}  HOST:DIRECTORY",
+        "NAME", "ID", "TIME", "ADDED", "SIZE", "FILES"
+    );
     for s in all.iter().filter(|s| s.damaged.is_none()) {
         let r = &s.record;
         println!(
-            "{:<28} {:<12} {:<20} {:>12} {:>12} {:>8}",
+            "{:<28} {:<12} {:<20} {:>12} {:>12} {:>8}  {}:{}",
             r.name,
             &s.id[..12.min(s.id.len())],
             r.time,
             util::human_bytes(r.stats.added_bytes),
             util::human_bytes(r.stats.logical_bytes),
-            r.stats.files
+            r.stats.files,
+            r.host,
+            r.source
         );
     }
     for s in all {

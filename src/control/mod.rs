@@ -103,6 +103,8 @@ pub enum Request {
         dry_run: bool,
         #[serde(default)]
         max_unused: Option<f64>,
+        #[serde(default)]
+        grace_secs: Option<u64>,
     },
 }
 

@@ -66,6 +66,8 @@ pub struct MountArgs {
     pub keep: Option<maint::Policy>,
     /// Replicas to add (kept with the repository; earlier ones stay).
     pub replicas: Vec<String>,
+    /// The host name of its snapshots (default: this machine's).
+    pub host: Option<String>,
     /// The key of an encrypted repository (also: a new default repository
     /// is made encrypted with it).
     pub key: Option<std::sync::Arc<crate::repo::keyslot::KeySource>>,
@@ -343,6 +345,11 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
         None => format!("/proc/{}/fd/{}/{}", std::process::id(), backing_fd.as_raw_fd(), live::REPO_NAME),
         Some(_) => repo_display.clone(),
     };
+    let host = args.host.clone().unwrap_or_else(util::hostname);
+    let lineage = repo
+        .store()
+        .shared()
+        .then(|| crate::snapshot::Lineage { host: host.clone(), source: dir.display().to_string() });
     let shared = Arc::new(Service {
         dir: dir.clone(),
         backing: backing.clone(),
@@ -374,6 +381,8 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
         forgetting: Mutex::new(()),
         replicas: replicas.clone(),
         same_device,
+        host: host.clone(),
+        lineage: lineage.clone(),
     });
 
     let t_close = tracker.clone();
@@ -382,6 +391,7 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
         Err(e) => log::error!("could not save tracking state: {e}"),
     });
     let view = Arc::new(crate::snapshot::view::View::new(objects.clone(), bs, None));
+    view.set_lineage(lineage);
     let fs = SnapFuse::new(
         live.clone(),
         view,

@@ -43,6 +43,9 @@ pub(crate) fn spawn_background(args: &MountArgs) -> Result<()> {
     for r in &args.replicas {
         a.extend(["--replica".into(), r.into()]);
     }
+    if let Some(h) = &args.host {
+        a.extend(["--host".into(), h.into()]);
+    }
     let pid = spawn_daemon(a, &dir, args.key.as_deref())?;
     println!("snapfs: {} is protected (daemon pid {pid})", dir.display());
     Ok(())

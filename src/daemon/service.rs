@@ -70,9 +70,19 @@ pub(crate) struct Service {
     pub(crate) replicas: Arc<crate::ops::replica::Replicas>,
     /// Whether the repository sits on the device of the data it protects.
     pub(crate) same_device: bool,
+    /// The host name its snapshots are recorded under.
+    pub(crate) host: String,
+    /// In a repository other hosts share: this host's and directory's
+    /// snapshots, the only ones it lists, continues and keeps.
+    pub(crate) lineage: Option<snapshot::Lineage>,
 }
 
 impl Service {
+    /// The snapshots this daemon sees (its lineage's, in a shared repository).
+    fn snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+        Ok(snapshot::of_lineage(snapshot::list(&**self.objects.store())?, self.lineage.as_ref()))
+    }
+
     pub(crate) fn status(&self, files: bool) -> StatusReport {
         StatusReport {
             mounted: true,
@@ -157,8 +167,7 @@ impl Service {
     /// forget runs).
     fn hold(&self, id: &str, secs: u64) -> Result<()> {
         let _no_forget = self.forgetting.locked();
-        let Some(id) = snapshot::list(&**self.objects.store())?.into_iter().map(|s| s.id).find(|s| s.as_str() == id)
-        else {
+        let Some(id) = self.snapshots()?.into_iter().map(|s| s.id).find(|s| s.as_str() == id) else {
             bail!("snapshot {id} does not exist (forgotten?)");
         };
         let until = Instant::now() + Duration::from_secs(secs.min(3600));
@@ -218,6 +227,8 @@ impl Service {
             tracker: &self.tracker,
             block_size: self.block_size,
             source: self.dir.display().to_string(),
+            host: self.host.clone(),
+            lineage: self.lineage.as_ref(),
             scan_failed: &self.scan_failed,
             progress: &self.progress,
         };
@@ -243,7 +254,7 @@ impl Service {
         if self.scan_failed.load(std::sync::atomic::Ordering::SeqCst) {
             bail!("the mount-time scan failed: the next snapshot compares everything, there is no dirty set to check");
         }
-        let all = snapshot::list(&**self.objects.store())?;
+        let all = self.snapshots()?;
         let Some(latest) = all.last() else {
             bail!("no snapshot yet: the first snapshot reads everything, there is nothing to check");
         };
@@ -288,7 +299,7 @@ impl Service {
     }
 
     fn diff(&self, a: &str, b: &str) -> Result<DiffReport> {
-        let all = snapshot::list(&**self.objects.store())?;
+        let all = self.snapshots()?;
         let sa = snapshot::find(&all, a)?;
         let sb = snapshot::find(&all, b)?;
         diff_report(&self.objects, sa, sb)
@@ -315,7 +326,15 @@ impl Service {
         let _one = self.snapshotting.locked();
         {
             let _forgetting = self.forgetting.locked();
-            maint::forget(&**self.objects.store(), names, policy, dry_run, None, &self.held_ids())
+            maint::forget(
+                &**self.objects.store(),
+                names,
+                policy,
+                dry_run,
+                None,
+                &self.held_ids(),
+                self.lineage.as_ref(),
+            )
         }
         .inspect(|_| self.replicas.wake())
         .inspect_err(|e| self.health.error("forget", &util::with_causes(e)))
@@ -325,7 +344,7 @@ impl Service {
     /// One scheduled run: a snapshot named `auto-<time>`, then retention
     /// over the scheduled snapshots and a prune if it forgot any.
     pub(crate) fn scheduled_run(&self, keep: &maint::Policy) -> Result<String> {
-        let all = snapshot::list(&**self.objects.store())?;
+        let all = self.snapshots()?;
         let name = snapshot::unique_name(
             &all,
             &format!("{}{}", schedule::AUTO_PREFIX, snapshot::default_name(util::unix_now())),
@@ -338,7 +357,15 @@ impl Service {
             let _one = self.snapshotting.locked();
             {
                 let _forgetting = self.forgetting.locked();
-                maint::forget(&**self.objects.store(), &[], keep, false, Some(schedule::AUTO_PREFIX), &self.held_ids())?
+                maint::forget(
+                    &**self.objects.store(),
+                    &[],
+                    keep,
+                    false,
+                    Some(schedule::AUTO_PREFIX),
+                    &self.held_ids(),
+                    self.lineage.as_ref(),
+                )?
             }
         };
         if !forgot.removed.is_empty() {
@@ -355,7 +382,7 @@ impl Service {
 
     /// Set the schedule (None: no automatic snapshots), and keep it.
     pub(crate) fn set_schedule(&self, s: Option<schedule::Schedule>) -> Result<()> {
-        let latest = snapshot::list(&**self.objects.store())?.last().map(|l| l.record.time_sec);
+        let latest = self.snapshots()?.last().map(|l| l.record.time_sec);
         self.scheduler.locked().set(s.clone(), latest, util::unix_now());
         self.health.set_schedule(s.as_ref());
         match &s {
@@ -533,10 +560,11 @@ impl Service {
                 Ok(r) => Reply { forget: Some(r), ..Reply::ok() },
                 Err(e) => Reply::err(format!("forget failed: {e:#}")),
             },
-            Request::Prune { dry_run, max_unused } => {
+            Request::Prune { dry_run, max_unused, grace_secs } => {
                 let opts = maint::PruneOptions {
                     dry_run,
                     max_unused: max_unused.unwrap_or(maint::PruneOptions::default().max_unused),
+                    grace_secs: grace_secs.unwrap_or(maint::PruneOptions::default().grace_secs),
                 };
                 match self.prune(&opts) {
                     Ok(r) => Reply { prune: Some(r), ..Reply::ok() },
@@ -580,7 +608,7 @@ impl Service {
                 Err(e) => Reply::err(format!("verify --live failed: {e:#}")),
             },
             Request::List => match snapshot::list_all(&**self.objects.store()) {
-                Ok(l) => Reply { snapshots: Some(l), ..Reply::ok() },
+                Ok(l) => Reply { snapshots: Some(snapshot::of_lineage(l, self.lineage.as_ref())), ..Reply::ok() },
                 Err(e) => Reply::err(e.to_string()),
             },
             Request::Diff { a, b } => match self.diff(&a, &b) {

@@ -20,6 +20,12 @@
 //! survives a crash is simply indexed again at the next open and pruned
 //! next time. Prune never runs beside a snapshot: the daemon serializes
 //! them, and without a daemon the repository lock keeps one from starting.
+//!
+//! A repository other hosts write at the same time (an object store) has no
+//! such lock: there, step 5 is split in two phases a grace period apart
+//! (`repo::plans`): the doomed packs are named in a deletion plan, and a
+//! later prune deletes those of plans older than the grace that hold no
+//! object in use without a copy in a pack no plan names.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -32,6 +38,7 @@ use crate::ops::{OpError, OpResult};
 use crate::repo::objects::{EntryKind, ObjKind, ObjectId, PackId, SnapshotId};
 use crate::repo::objstore::{Location, Objects};
 use crate::repo::pack::PackEntry;
+use crate::repo::plans;
 use crate::repo::store::{FileKind, Store};
 use crate::snapshot::{self, SnapshotInfo};
 
@@ -171,7 +178,10 @@ fn item(s: &SnapshotInfo, reasons: &[&str]) -> ForgetItem {
 
 /// Remove snapshot records: the named ones, or those `policy` does not keep.
 /// With `only_prefix`, the policy applies to the snapshots whose names start
-/// with it (the schedule's); the others are left alone.
+/// with it (the schedule's); the others are left alone. With `lineage` (a
+/// daemon on a shared repository), only that host's and directory's
+/// snapshots are looked at. In a shared repository the keep rules apply to
+/// each host and directory apart (restic's grouping by host and paths).
 pub fn forget(
     store: &dyn Store,
     names: &[String],
@@ -179,6 +189,7 @@ pub fn forget(
     dry_run: bool,
     only_prefix: Option<&str>,
     held: &HashSet<SnapshotId>,
+    lineage: Option<&snapshot::Lineage>,
 ) -> OpResult<ForgetReport> {
     crate::repo::crypto::require_full(store.keys().as_deref(), "forget")?;
     let with_damaged = snapshot::list_all(store)?;
@@ -186,6 +197,7 @@ pub fn forget(
     if let Some(p) = only_prefix {
         all.retain(|s| s.record.name.starts_with(p));
     }
+    all = snapshot::of_lineage(all, lineage);
     let mut report = ForgetReport { dry_run, policy: policy.to_string(), ..Default::default() };
     let doomed: HashSet<SnapshotId> = match (names.is_empty(), policy.is_empty()) {
         (false, false) => refused!("give snapshot names or keep rules, not both"),
@@ -201,14 +213,35 @@ pub fn forget(
             d
         }
         (true, false) => {
-            let times: Vec<i64> = all.iter().map(|s| s.record.time_sec).collect();
-            let reasons = apply(policy, &times, crate::util::local_offset);
-            for (s, r) in all.iter().zip(&reasons) {
-                if !r.is_empty() {
-                    report.kept.push(item(s, r));
+            // (sorted by time: each group is too)
+            let group = |s: &SnapshotInfo| {
+                if store.shared() {
+                    (s.record.host.clone(), s.record.source.clone())
+                } else {
+                    Default::default()
+                }
+            };
+            let mut groups: Vec<((String, String), Vec<&SnapshotInfo>)> = Vec::new();
+            for s in &all {
+                let g = group(s);
+                match groups.iter_mut().find(|(k, _)| *k == g) {
+                    Some((_, v)) => v.push(s),
+                    None => groups.push((g, vec![s])),
                 }
             }
-            all.iter().zip(&reasons).filter(|(_, r)| r.is_empty()).map(|(s, _)| s.id.clone()).collect()
+            let mut doomed = HashSet::new();
+            for (_, members) in &groups {
+                let times: Vec<i64> = members.iter().map(|s| s.record.time_sec).collect();
+                let reasons = apply(policy, &times, crate::util::local_offset);
+                for (s, r) in members.iter().zip(&reasons) {
+                    if r.is_empty() {
+                        doomed.insert(s.id.clone());
+                    } else {
+                        report.kept.push(item(s, r));
+                    }
+                }
+            }
+            doomed
         }
     };
     for s in &all {
@@ -237,11 +270,14 @@ pub struct PruneOptions {
     pub dry_run: bool,
     /// Repack a pack when more than this share of its bytes is unused.
     pub max_unused: f64,
+    /// In a shared repository: how long a condemned pack waits before it
+    /// is deleted (see `repo::plans`).
+    pub grace_secs: u64,
 }
 
 impl Default for PruneOptions {
     fn default() -> Self {
-        PruneOptions { dry_run: false, max_unused: 0.2 }
+        PruneOptions { dry_run: false, max_unused: 0.2, grace_secs: crate::repo::plans::DEFAULT_GRACE_SECS }
     }
 }
 
@@ -267,6 +303,15 @@ pub struct PruneReport {
     pub packs_after: u64,
     pub bytes_after: u64,
     pub duration_ms: u64,
+    /// Shared repository: packs named in a new deletion plan (deleted by a
+    /// prune after the grace), condemned packs kept because a snapshot
+    /// uses them since, and condemned packs still waiting.
+    #[serde(default)]
+    pub packs_condemned: u64,
+    #[serde(default)]
+    pub packs_rescued: u64,
+    #[serde(default)]
+    pub packs_waiting: u64,
 }
 
 /// Every object id the snapshots reference.
@@ -370,7 +415,7 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
         entries: Vec<PackEntry>,
         used_bytes: u64,
     }
-    let mut packs = Vec::with_capacity(names.len());
+    let mut packs: Vec<PackInfo> = Vec::with_capacity(names.len());
     for (i, name) in names.into_iter().enumerate() {
         let entries = objects.pack_entries(&name).map_err(|e| {
             OpError::Damaged(format!(
@@ -384,6 +429,75 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
     }
     report.packs_before = packs.len() as u64;
     report.bytes_before = packs.iter().map(|p| p.size).sum();
+    // A shared repository: delete what plans older than the grace condemned
+    // (phase 2), then plan the rest of the work over the packs no plan names.
+    let shared = store.shared();
+    let mut freed_now = 0u64;
+    if shared {
+        let plans = plans::read_all(&*store)?;
+        let condemned = plans::condemned(&plans);
+        let now = crate::util::unix_now();
+        let ripe: HashSet<&str> = plans
+            .iter()
+            .filter(|l| l.ripe(now, opts.grace_secs))
+            .filter_map(|l| l.plan.as_ref().ok())
+            .flat_map(|p| p.condemned.iter().map(String::as_str))
+            .collect();
+        let (named, free): (Vec<PackInfo>, Vec<PackInfo>) =
+            packs.into_iter().partition(|p| condemned.contains(&p.name));
+        packs = free;
+        let mut elsewhere: HashMap<ObjectId, Location> = HashMap::new();
+        for p in &packs {
+            let pack = PackId::parse(&p.name).expect("listed as a pack id above");
+            for e in &p.entries {
+                elsewhere.entry(e.id).or_insert_with(|| Location { pack: pack.clone(), entry: *e });
+            }
+        }
+        let mut delete: Vec<&PackInfo> = Vec::new();
+        for p in named.iter().filter(|p| ripe.contains(p.name.as_str())) {
+            let ids: Vec<ObjectId> = p.entries.iter().map(|e| e.id).collect();
+            if plans::may_delete(&ids, &used, |id| elsewhere.contains_key(id)) {
+                delete.push(p);
+            } else {
+                log::warn!("prune: condemned pack {} holds objects a snapshot uses since: kept", p.name);
+                report.packs_rescued += 1;
+            }
+        }
+        report.packs_deleted = delete.len() as u64;
+        freed_now = delete.iter().map(|p| p.size).sum();
+        report.packs_waiting = (named.len() - delete.len()) as u64 - report.packs_rescued;
+        let gone: HashSet<&str> = delete.iter().map(|p| p.name.as_str()).collect();
+        report.objects_removed = delete
+            .iter()
+            .flat_map(|p| p.entries.iter())
+            .filter(|e| !used.contains(&e.id))
+            .map(|e| e.id)
+            .collect::<HashSet<_>>()
+            .len() as u64;
+        if !opts.dry_run {
+            let mut changes: Vec<(ObjectId, Option<Location>)> = Vec::new();
+            objects.scan_index(|id, loc| {
+                if loc.is_some_and(|l| gone.contains(l.pack.as_str())) {
+                    changes.push((id, elsewhere.get(&id).cloned()));
+                }
+            })?;
+            let names: Vec<String> = gone.iter().map(|s| s.to_string()).collect();
+            objects.reindex(&changes, &names)?;
+            for name in &names {
+                store.delete(FileKind::Pack, name)?;
+            }
+            // a plan is removed once every host has long seen it (its packs
+            // went a grace ago); one that cannot be read condemns nothing
+            for l in &plans {
+                if l.spent(now, opts.grace_secs) || l.plan.is_err() {
+                    if let Err(e) = &l.plan {
+                        log::warn!("prune: deletion plan {} is damaged ({e}): removed", l.name);
+                    }
+                    store.delete(FileKind::Plan, &l.name)?;
+                }
+            }
+        }
+    }
     #[derive(PartialEq, Clone, Copy)]
     enum Fate {
         Keep,
@@ -471,7 +585,11 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
             }
         }
     }
-    report.packs_deleted = fates.iter().filter(|f| **f == Fate::Delete).count() as u64;
+    if shared {
+        report.packs_condemned = fates.iter().filter(|f| **f != Fate::Keep).count() as u64;
+    } else {
+        report.packs_deleted = fates.iter().filter(|f| **f == Fate::Delete).count() as u64;
+    }
     report.packs_repacked = fates.iter().filter(|f| **f == Fate::Repack).count() as u64;
     report.bytes_copied = to_copy.iter().map(|(_, e)| e.stored as u64).sum();
     report.unused_bytes_kept = packs
@@ -482,16 +600,24 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
         .sum();
     let doomed: Vec<usize> = (0..packs.len()).filter(|&i| fates[i] != Fate::Keep).collect();
     let doomed_bytes: u64 = doomed.iter().map(|&i| packs[i].size).sum();
-    report.objects_removed = doomed
-        .iter()
-        .flat_map(|&i| packs[i].entries.iter())
-        .filter(|e| !used.contains(&e.id))
-        .map(|e| e.id)
-        .collect::<HashSet<_>>()
-        .len() as u64;
+    if !shared {
+        report.objects_removed = doomed
+            .iter()
+            .flat_map(|&i| packs[i].entries.iter())
+            .filter(|e| !used.contains(&e.id))
+            .map(|e| e.id)
+            .collect::<HashSet<_>>()
+            .len() as u64;
+    }
     if opts.dry_run || doomed.is_empty() {
-        report.bytes_freed = doomed_bytes.saturating_sub(report.bytes_copied);
-        report.packs_after = report.packs_before - report.packs_deleted - report.packs_repacked;
+        if shared {
+            // (condemned packs go at a later prune)
+            report.bytes_freed = freed_now;
+            report.packs_after = report.packs_before - report.packs_deleted;
+        } else {
+            report.bytes_freed = doomed_bytes.saturating_sub(report.bytes_copied);
+            report.packs_after = report.packs_before - report.packs_deleted - report.packs_repacked;
+        }
         report.bytes_after = report.bytes_before - report.bytes_freed;
         report.duration_ms = t0.elapsed().as_millis() as u64;
         return Ok(report);
@@ -531,28 +657,45 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
     report.packs_written = added.packs;
     crate::util::crash_point("prune-after-copy");
 
-    // the index: nothing may point into a doomed pack any more
-    let doomed_names: HashSet<&str> = doomed.iter().map(|&i| packs[i].name.as_str()).collect();
-    let mut changes: Vec<(ObjectId, Option<Location>)> = Vec::new();
-    objects.scan_index(|id, loc| {
-        if let Some(loc) = loc {
-            if doomed_names.contains(loc.pack.as_str()) {
-                changes.push((id, home.get(&id).cloned()));
+    if shared {
+        // phase 1: name them in a plan; a prune after the grace deletes them
+        let condemned: Vec<String> = doomed.iter().map(|&i| packs[i].name.clone()).collect();
+        let plan = plans::Plan {
+            format: plans::PLAN_FORMAT,
+            host: crate::util::hostname(),
+            time_sec: crate::util::unix_now(),
+            condemned,
+        };
+        let name = plans::write(&*store, &plan)?;
+        log::info!(
+            "prune: {} packs condemned in plan {name}: deleted by a prune after {} s",
+            doomed.len(),
+            opts.grace_secs
+        );
+    } else {
+        // the index: nothing may point into a doomed pack any more
+        let doomed_names: HashSet<&str> = doomed.iter().map(|&i| packs[i].name.as_str()).collect();
+        let mut changes: Vec<(ObjectId, Option<Location>)> = Vec::new();
+        objects.scan_index(|id, loc| {
+            if let Some(loc) = loc {
+                if doomed_names.contains(loc.pack.as_str()) {
+                    changes.push((id, home.get(&id).cloned()));
+                }
             }
-        }
-    })?;
-    // objects copied were indexed at their new place by the flush: keep that
-    changes.retain(|(id, _)| !copying.contains(id));
-    let dropped: Vec<String> = doomed_names.iter().map(|s| s.to_string()).collect();
-    objects.reindex(&changes, &dropped)?;
-    crate::util::crash_point("prune-after-reindex");
+        })?;
+        // objects copied were indexed at their new place by the flush: keep that
+        changes.retain(|(id, _)| !copying.contains(id));
+        let dropped: Vec<String> = doomed_names.iter().map(|s| s.to_string()).collect();
+        objects.reindex(&changes, &dropped)?;
+        crate::util::crash_point("prune-after-reindex");
 
-    // and only now the packs go
-    progress.phase.store(4, Ordering::Relaxed);
-    for (i, name) in dropped.iter().enumerate() {
-        store.delete(FileKind::Pack, name)?;
-        if i == 0 {
-            crate::util::crash_point("prune-mid-delete");
+        // and only now the packs go
+        progress.phase.store(4, Ordering::Relaxed);
+        for (i, name) in dropped.iter().enumerate() {
+            store.delete(FileKind::Pack, name)?;
+            if i == 0 {
+                crate::util::crash_point("prune-mid-delete");
+            }
         }
     }
     // files interrupted writes left (an hour old: no write takes that long)

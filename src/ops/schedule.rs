@@ -40,6 +40,11 @@ pub fn check_interval(secs: u64) -> Result<u64, String> {
 
 /// `30s`, `15m`, `1h`, `1d`, `90` (seconds), at most `MAX_INTERVAL`.
 pub fn parse_interval(s: &str) -> Result<u64, String> {
+    check_interval(parse_duration(s)?)
+}
+
+/// A duration in seconds: `N`, `Ns`, `Nm`, `Nh`, `Nd`, `Nw` (0 allowed).
+pub fn parse_duration(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -52,8 +57,7 @@ pub fn parse_interval(s: &str) -> Result<u64, String> {
         "w" => 7 * 86_400,
         _ => return Err(format!("{s:?}: unknown unit {unit:?} (s, m, h, d, w)")),
     };
-    let v = n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too long"))?;
-    check_interval(v)
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too long"))
 }
 
 pub fn interval_text(secs: u64) -> String {

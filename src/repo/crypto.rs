@@ -55,6 +55,8 @@ pub const META_OVERHEAD: usize = 1 + NONCE + TAG;
 pub const BLOB_OVERHEAD: usize = 1 + 32 + NONCE + TAG;
 /// What a sealed record begins with.
 pub const RECORD_MAGIC: &[u8; 8] = b"SNAPFSR2";
+/// The first bytes of a sealed deletion plan.
+pub const PLAN_MAGIC: &[u8; 8] = b"SNAPFSD1";
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -279,6 +281,19 @@ impl Keys {
         let what = || format!("snapshot record {id}");
         let body = sealed.strip_prefix(RECORD_MAGIC).ok_or_else(|| CryptoError::Malformed(what()))?;
         open_with(self.key(META_KEY), &self.aad("snapfs record v1"), body, &what)
+    }
+
+    /// A deletion plan (see `repo::plans`), sealed like a record.
+    pub fn seal_plan(&self, plain: &[u8]) -> Vec<u8> {
+        let mut out = PLAN_MAGIC.to_vec();
+        out.extend_from_slice(&seal_with(self.key(META_KEY), &self.aad("snapfs deletion plan v1"), plain));
+        out
+    }
+
+    pub fn open_plan(&self, sealed: &[u8], name: &str) -> Result<Vec<u8>, CryptoError> {
+        let what = || format!("deletion plan {name}");
+        let body = sealed.strip_prefix(PLAN_MAGIC).ok_or_else(|| CryptoError::Malformed(what()))?;
+        open_with(self.key(META_KEY), &self.aad("snapfs deletion plan v1"), body, &what)
     }
 
     /// The MAC of a config's bytes (hex), which ties the config to the keys.

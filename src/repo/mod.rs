@@ -35,6 +35,7 @@ pub mod keyslot;
 pub mod objects;
 pub mod objstore;
 pub mod pack;
+pub mod plans;
 pub mod s3;
 pub mod state;
 pub mod store;

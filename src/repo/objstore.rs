@@ -199,6 +199,9 @@ struct Sink {
     /// error (or `discard_pending`).
     failed: AtomicBool,
     failure: Mutex<Option<ObjError>>,
+    /// While a snapshot is taken: the packs it reused objects from or wrote
+    /// (see [`Objects::track_packs`]).
+    used_packs: Mutex<Option<HashSet<String>>>,
     added_objects: AtomicU64,
     added_stored: AtomicU64,
     added_raw: AtomicU64,
@@ -297,6 +300,9 @@ impl Sink {
                 for e in &entries {
                     p.raw.remove(&e.id);
                 }
+                if let Some(u) = self.used_packs.locked().as_mut() {
+                    u.insert(name.to_string());
+                }
                 self.packs_done.fetch_add(1, Ordering::AcqRel);
                 self.added_packs.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -327,6 +333,12 @@ pub struct Objects {
     /// The ids of all-hole block-list nodes, per level (they depend on the id key).
     holes: Vec<ObjectId>,
     encoder: OnceLock<Encoder>,
+    /// Packs a deletion plan names (see `repo::plans`): their objects are
+    /// not reused, a put stores them again.
+    excluded: RwLock<HashSet<String>>,
+    /// Objects forgotten with a pack another host's prune deleted: a copy
+    /// may be in a pack indexed before (read: the index is built again).
+    forgotten: Mutex<HashSet<ObjectId>>,
 }
 
 impl Drop for Objects {
@@ -362,13 +374,20 @@ impl Objects {
             packs_done: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
+            used_packs: Mutex::new(None),
             added_objects: AtomicU64::new(0),
             added_stored: AtomicU64::new(0),
             added_raw: AtomicU64::new(0),
             added_blob: AtomicU64::new(0),
             added_packs: AtomicU64::new(0),
         });
-        let o = Objects { sink, holes, encoder: OnceLock::new() };
+        let o = Objects {
+            sink,
+            holes,
+            encoder: OnceLock::new(),
+            excluded: RwLock::new(HashSet::new()),
+            forgotten: Mutex::new(HashSet::new()),
+        };
         o.index_new_packs()?;
         Ok(o)
     }
@@ -437,7 +456,15 @@ impl Objects {
     /// Add every pack of the store that `index` does not know to it.
     fn index_packs_into(&self, index: &Index) -> ObjResult<usize> {
         let mut n = 0;
-        for name in self.sink.store.list(FileKind::Pack)? {
+        let mut names = self.sink.store.list(FileKind::Pack)?;
+        // packs a plan condemns first: a copy elsewhere is indexed after, and wins
+        {
+            let ex = self.excluded.read_locked();
+            if !ex.is_empty() {
+                names.sort_by_key(|n| !ex.contains(n));
+            }
+        }
+        for name in names {
             let Some(id) = PackId::parse(&name) else {
                 log::warn!("packs/{name}: not a pack name; ignored");
                 continue;
@@ -586,7 +613,7 @@ impl Objects {
         let id = self.id_of(kind, raw);
         self.check_failed()?;
         let packs = self.sink.packs_done.load(Ordering::Acquire);
-        if self.sink.index.get(&id)?.is_some() {
+        if self.reusable(&id)? {
             return Ok((id, false));
         }
         let data: Arc<[u8]> = {
@@ -596,7 +623,7 @@ impl Objects {
             }
             // a pack written since the index was asked took its objects
             // out of pending: ask again
-            if self.sink.packs_done.load(Ordering::Acquire) != packs && self.sink.index.get(&id)?.is_some() {
+            if self.sink.packs_done.load(Ordering::Acquire) != packs && self.reusable(&id)? {
                 return Ok((id, false));
             }
             let data: Arc<[u8]> = raw.into();
@@ -610,6 +637,81 @@ impl Objects {
         }
         self.send(Job::Put { id, kind, raw: data })?;
         Ok((id, true))
+    }
+
+    /// Whether the index has `id` in a pack no plan condemns (and note the
+    /// pack as used, when tracking).
+    fn reusable(&self, id: &ObjectId) -> ObjResult<bool> {
+        let Some(loc) = self.sink.index.get(id)? else { return Ok(false) };
+        {
+            let ex = self.excluded.read_locked();
+            if !ex.is_empty() && ex.contains(loc.pack.as_str()) {
+                return Ok(false);
+            }
+        }
+        if let Some(u) = self.sink.used_packs.locked().as_mut() {
+            if !u.contains(loc.pack.as_str()) {
+                u.insert(loc.pack.to_string());
+            }
+        }
+        Ok(true)
+    }
+
+    /// Packs whose objects are not to be reused (those deletion plans name).
+    pub fn set_excluded(&self, packs: HashSet<String>) {
+        *self.excluded.write_locked() = packs;
+    }
+
+    /// Start (true) or stop noting the packs that puts reuse objects from
+    /// or write; [`Objects::used_packs`] gives them.
+    pub fn track_packs(&self, on: bool) {
+        *self.sink.used_packs.locked() = on.then(HashSet::new);
+    }
+
+    /// The packs noted since tracking began.
+    pub fn used_packs(&self) -> HashSet<String> {
+        self.sink.used_packs.locked().clone().unwrap_or_default()
+    }
+
+    /// Bring the index up to date with the store other hosts write too:
+    /// index the packs it does not know, and forget the packs that are gone
+    /// (deleted by a prune). Returns (packs indexed, packs forgotten).
+    pub fn refresh(&self) -> ObjResult<(usize, usize)> {
+        let _io = self.sink.io.locked();
+        let listed: HashSet<String> = self.sink.store.list(FileKind::Pack)?.into_iter().collect();
+        let mut known = HashSet::new();
+        self.index_known_packs(|p| {
+            known.insert(p);
+        })?;
+        let gone: Vec<String> = known.into_iter().filter(|p| !listed.contains(p)).collect();
+        if !gone.is_empty() {
+            let gone_set: HashSet<&str> = gone.iter().map(String::as_str).collect();
+            let mut changes = Vec::new();
+            self.scan_index(|id, loc| {
+                if loc.is_some_and(|l| gone_set.contains(l.pack.as_str())) {
+                    changes.push((id, None));
+                }
+            })?;
+            self.reindex(&changes, &gone)?;
+            self.forgotten.locked().extend(changes.iter().map(|(id, _)| *id));
+            log::info!("{} packs deleted by a prune elsewhere: their {} objects forgotten", gone.len(), changes.len());
+        }
+        drop(_io);
+        let added = self.index_new_packs()?;
+        Ok((added, gone.len()))
+    }
+
+    /// Call `f` with the name of every pack the index holds.
+    fn index_known_packs(&self, mut f: impl FnMut(String)) -> ObjResult<()> {
+        match &self.sink.index {
+            Index::Sled(db) => {
+                for kv in db.tree("indexed_packs")?.iter() {
+                    f(String::from_utf8_lossy(&kv?.0).into_owned());
+                }
+            }
+            Index::Memory { packs, .. } => packs.read_locked().iter().cloned().for_each(f),
+        }
+        Ok(())
     }
 
     /// A pack written in the background failed: say so (the error itself
@@ -680,6 +782,19 @@ impl Objects {
             // An index built in memory beside a running daemon goes stale
             // when the daemon writes packs or prune moves objects: index the
             // packs written since, and look again.
+            // Forgotten with a pack a prune elsewhere deleted: a copy may be in
+            // a pack indexed before it; build the index anew.
+            Err(e @ ObjError::Missing(_)) if self.forgotten.locked().remove(id) => {
+                log::info!("object {id} was in a pack deleted elsewhere: indexing every pack again");
+                match &self.sink.index {
+                    Index::Memory { .. } => self.reload_memory_index()?,
+                    Index::Sled(_) => {
+                        self.rebuild_index()?;
+                    }
+                }
+                self.forgotten.locked().clear();
+                self.read_indexed(id).map_err(|_| e)
+            }
             Err(e @ ObjError::Missing(_)) if matches!(self.sink.index, Index::Memory { .. }) => {
                 if self.index_new_packs()? == 0 {
                     return Err(e);

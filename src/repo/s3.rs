@@ -273,6 +273,7 @@ impl S3Store {
             FileKind::Pack => self.loc.key(&format!("packs/{}/{name}", name.get(..2).unwrap_or("00"))),
             FileKind::Snapshot => self.loc.key(&format!("snapshots/{name}")),
             FileKind::Key => self.loc.key(&format!("keys/{name}")),
+            FileKind::Plan => self.loc.key(&format!("plans/{name}")),
         }
     }
 
@@ -446,6 +447,10 @@ fn explain(code: u16, body: &str) -> String {
 }
 
 impl Store for S3Store {
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> StoreResult<()> {
         // Names are hashes of contents: writing again writes the same bytes,
         // so no existence check (and no conditional PUT) is needed.
@@ -476,6 +481,7 @@ impl Store for S3Store {
             FileKind::Pack => "packs/",
             FileKind::Snapshot => "snapshots/",
             FileKind::Key => "keys/",
+            FileKind::Plan => "plans/",
         };
         let prefix = self.loc.key(dir);
         Ok(self

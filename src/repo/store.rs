@@ -23,6 +23,8 @@ pub enum FileKind {
     Snapshot,
     /// Key slots of an encrypted repository.
     Key,
+    /// Deletion plans of prune on a repository several hosts write.
+    Plan,
 }
 
 impl FileKind {
@@ -31,6 +33,7 @@ impl FileKind {
             FileKind::Pack => "packs",
             FileKind::Snapshot => "snapshots",
             FileKind::Key => "keys",
+            FileKind::Plan => "plans",
         }
     }
 }
@@ -94,6 +97,11 @@ pub trait Store: Send + Sync {
     fn keys(&self) -> Option<std::sync::Arc<Keys>> {
         None
     }
+    /// Whether other hosts may write the repository at the same time (an
+    /// object store): prune then deletes in two phases (see `repo::plans`).
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// A store seen with the repository's keys: the same bytes (sealing is
@@ -135,6 +143,9 @@ impl Store for WithKeys {
     fn keys(&self) -> Option<std::sync::Arc<Keys>> {
         Some(self.keys.clone())
     }
+    fn shared(&self) -> bool {
+        self.inner.shared()
+    }
 }
 
 /// A store in a local directory: `packs/<2 hex>/<name>`, `snapshots/<name>`.
@@ -172,7 +183,7 @@ impl LocalStore {
     fn dir_of(&self, kind: FileKind, name: &str) -> PathBuf {
         match kind {
             FileKind::Pack => self.root.join(kind.dir()).join(name.get(..2).unwrap_or("00")),
-            FileKind::Snapshot | FileKind::Key => self.root.join(kind.dir()),
+            FileKind::Snapshot | FileKind::Key | FileKind::Plan => self.root.join(kind.dir()),
         }
     }
 
@@ -297,7 +308,7 @@ impl Store for LocalStore {
 
     fn sweep(&self, age: std::time::Duration) -> StoreResult<u64> {
         let mut n = 0;
-        for kind in [FileKind::Pack, FileKind::Snapshot, FileKind::Key] {
+        for kind in [FileKind::Pack, FileKind::Snapshot, FileKind::Key, FileKind::Plan] {
             self.sweep_dir(&self.root.join(kind.dir()), age, &mut n)?;
         }
         Ok(n)

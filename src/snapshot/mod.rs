@@ -75,6 +75,10 @@ pub enum SnapError {
     /// Taking the snapshot panicked (caught: it fails as any error does).
     #[error("internal error: {0}")]
     Panicked(String),
+    /// A prune elsewhere condemned packs this snapshot reused or wrote,
+    /// before it could commit (it is taken again).
+    #[error("a prune on another host condemned {0} pack(s) this snapshot uses; not committed")]
+    Condemned(usize),
 }
 
 /// What a snapshot failure is to a caller that wants an errno: the

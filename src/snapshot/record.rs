@@ -241,6 +241,41 @@ pub fn list(store: &dyn Store) -> SnapResult<Vec<SnapshotInfo>> {
     Ok(out)
 }
 
+/// Whose snapshots these are: a host and the directory it protects. In a
+/// repository several hosts share (an object store), a daemon sees, names,
+/// continues (incremental) and keeps (retention) its own lineage only; a
+/// repository of its own (local, locked by one daemon) is all one lineage,
+/// whatever the host was called or where the directory was mounted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lineage {
+    pub host: String,
+    pub source: String,
+}
+
+impl Lineage {
+    pub fn holds(&self, r: &SnapshotRecord) -> bool {
+        r.host == self.host && r.source == self.source
+    }
+}
+
+/// The snapshots of `lineage` (all of them for None).
+pub fn of_lineage(mut all: Vec<SnapshotInfo>, lineage: Option<&Lineage>) -> Vec<SnapshotInfo> {
+    if let Some(l) = lineage {
+        all.retain(|s| l.holds(&s.record));
+    }
+    all
+}
+
+/// A host name as `--host` takes it: 1 to 64 letters, digits, `.`, `-`, `_`.
+pub fn parse_host(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is not a host name (1-64 letters, digits, '.', '-', '_')"))
+    }
+}
+
 /// Find a snapshot by name, full id or unique id prefix (4+ characters).
 pub fn find<'a>(all: &'a [SnapshotInfo], key: &str) -> SnapResult<&'a SnapshotInfo> {
     if let Some(s) = all.iter().find(|s| s.record.name == key || s.id.as_str() == key) {

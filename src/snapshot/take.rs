@@ -29,8 +29,12 @@ pub struct Take<'a> {
     pub live: &'a LiveFs,
     pub tracker: &'a Tracker,
     pub block_size: u64,
-    /// The protected directory, as recorded.
+    /// The protected directory and host, as recorded.
     pub source: String,
+    pub host: String,
+    /// In a shared repository: the snapshots of this host and directory
+    /// are the ones it continues and names apart from.
+    pub lineage: Option<&'a super::Lineage>,
     /// The mount-time scan failed: the tracker may have missed changes.
     pub scan_failed: &'a AtomicBool,
     /// Where clients find the progress of the snapshot being taken.
@@ -46,8 +50,54 @@ impl Take<'_> {
     /// Take one (the caller holds the snapshot lock). Returns the committed
     /// snapshot, and whether the tracker could save that it moved on.
     pub fn run(&self, name: Option<String>, full: bool) -> SnapResult<(SnapshotInfo, Result<(), TrackerError>)> {
+        let mut tries = 0;
+        loop {
+            match self.run_once(name.clone(), full) {
+                Err(SnapError::Condemned(n)) if tries < 2 => {
+                    tries += 1;
+                    log::warn!("a prune elsewhere condemned {n} pack(s) this snapshot used: taking it again");
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// In a repository other hosts write: learn the packs they wrote (to
+    /// reuse their objects) and the ones a prune deleted, and reuse nothing
+    /// from a pack a deletion plan names (see `repo::plans`).
+    fn sync_shared(&self) -> SnapResult<()> {
+        let store = self.objects.store();
+        if !store.shared() {
+            return Ok(());
+        }
+        let plans = crate::repo::plans::read_all(&**store)?;
+        self.objects.set_excluded(crate::repo::plans::condemned(&plans));
+        let (added, gone) = self.objects.refresh()?;
+        if added + gone > 0 {
+            log::info!("repository: {added} packs of other hosts indexed, {gone} deleted packs forgotten");
+        }
+        Ok(())
+    }
+
+    /// Before the commit: a plan written meanwhile must name no pack this
+    /// snapshot reused or wrote.
+    fn check_condemned(&self) -> SnapResult<()> {
+        let store = self.objects.store();
+        if !store.shared() {
+            return Ok(());
+        }
+        let condemned = crate::repo::plans::condemned(&crate::repo::plans::read_all(&**store)?);
+        let hit = self.objects.used_packs().iter().filter(|p| condemned.contains(*p)).count();
+        if hit > 0 {
+            return Err(SnapError::Condemned(hit));
+        }
+        Ok(())
+    }
+
+    fn run_once(&self, name: Option<String>, full: bool) -> SnapResult<(SnapshotInfo, Result<(), TrackerError>)> {
         let store = self.objects.store().clone();
-        let all = super::list(&*store)?;
+        self.sync_shared()?;
+        let all = super::of_lineage(super::list(&*store)?, self.lineage);
         let name = match name {
             Some(n) => {
                 if !super::valid_name(&n) {
@@ -80,6 +130,7 @@ impl Take<'_> {
         let progress = Arc::new(Progress::default());
         let t0 = Instant::now();
         self.objects.take_stats();
+        self.objects.track_packs(store.shared());
         // The instant of the snapshot: hold writers only to seal the epoch and
         // start copy-before-write.
         let writers = self.live.pause_writers();
@@ -115,6 +166,7 @@ impl Take<'_> {
                 t_flush.elapsed().as_millis()
             );
             let added = self.objects.take_stats();
+            self.check_condemned()?;
             let mut stats = b.stats.clone();
             stats.added_bytes = added.stored_bytes;
             stats.added_raw_bytes = added.raw_bytes;
@@ -135,7 +187,7 @@ impl Take<'_> {
                 parent: if incremental { latest.map(|l| l.id.clone()) } else { None },
                 full: !incremental,
                 source: self.source.clone(),
-                host: util::hostname(),
+                host: self.host.clone(),
                 block_size: self.block_size,
                 stats,
             };
@@ -143,6 +195,7 @@ impl Take<'_> {
         }))
         .unwrap_or_else(|p| Err(SnapError::Panicked(util::panic_message(&*p))));
         self.live.end_preserving();
+        self.objects.track_packs(false);
         *self.progress.locked() = None;
         match result {
             Ok(info) => {

@@ -130,6 +130,8 @@ pub struct View {
     snaps: RwLock<Snaps>,
     /// Show only this snapshot (browse --snapshot).
     only: Option<String>,
+    /// In a shared repository: the lineage whose snapshots are shown.
+    lineage: RwLock<Option<crate::snapshot::Lineage>>,
     /// Trees, with the bytes they hold in all (bounded by TREE_CACHE_BYTES too).
     trees: Mutex<(lru::LruCache<ObjectId, Arc<Tree>>, usize)>,
     fnodes: Mutex<lru::LruCache<ObjectId, Arc<FileNode>>>,
@@ -178,6 +180,7 @@ impl View {
                 root_dev: HashMap::new(),
             }),
             only,
+            lineage: RwLock::new(None),
             trees: Mutex::new((lru::LruCache::new(cap(TREE_CACHE)), 0)),
             fnodes: Mutex::new(lru::LruCache::new(cap(NODE_CACHE))),
             blocks: Mutex::new(lru::LruCache::new(cap((BLOCK_CACHE_BYTES / bs.max(1)).max(16) as usize))),
@@ -186,6 +189,11 @@ impl View {
             ttl: Duration::from_secs(60),
             refreshed: Mutex::new(None),
         }
+    }
+
+    /// Show only the snapshots of `lineage` (None: all).
+    pub fn set_lineage(&self, lineage: Option<crate::snapshot::Lineage>) {
+        *self.lineage.write_locked() = lineage;
     }
 
     pub fn ttl(&self) -> Duration {
@@ -202,7 +210,7 @@ impl View {
             *r = Some(std::time::Instant::now());
         }
         let all = match snapshot::list_all(&**self.objects.store()) {
-            Ok(a) => a,
+            Ok(a) => snapshot::of_lineage(a, self.lineage.read_locked().as_ref()),
             Err(e) => {
                 log::error!("listing snapshots: {e}");
                 return;
