@@ -75,6 +75,9 @@ pub enum SnapError {
     /// Taking the snapshot panicked (caught: it fails as any error does).
     #[error("internal error: {0}")]
     Panicked(String),
+    /// A name several lineages of a shared repository use.
+    #[error("snapshot name {name:?} is used by more than one host or directory: {}; give the id", hosts.join(", "))]
+    Ambiguous { name: String, hosts: Vec<String> },
     /// A prune elsewhere condemned packs this snapshot reused or wrote,
     /// before it could commit (it is taken again).
     #[error("a prune on another host condemned {0} pack(s) this snapshot uses; not committed")]

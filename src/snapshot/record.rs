@@ -278,8 +278,23 @@ pub fn parse_host(s: &str) -> Result<String, String> {
 
 /// Find a snapshot by name, full id or unique id prefix (4+ characters).
 pub fn find<'a>(all: &'a [SnapshotInfo], key: &str) -> SnapResult<&'a SnapshotInfo> {
-    if let Some(s) = all.iter().find(|s| s.record.name == key || s.id.as_str() == key) {
+    if let Some(s) = all.iter().find(|s| s.id.as_str() == key) {
         return Ok(s);
+    }
+    // (one name can be in several hosts' lineages of a shared repository)
+    let named: Vec<_> = all.iter().filter(|s| s.record.name == key).collect();
+    match named.as_slice() {
+        [one] => return Ok(one),
+        [] => {}
+        many => {
+            return Err(SnapError::Ambiguous {
+                name: key.to_string(),
+                hosts: many
+                    .iter()
+                    .map(|s| format!("{}:{} ({})", s.record.host, s.record.source, &s.id[..12]))
+                    .collect(),
+            })
+        }
     }
     let matches: Vec<_> = all.iter().filter(|s| key.len() >= 4 && s.id.starts_with(key)).collect();
     match matches.as_slice() {
