@@ -205,6 +205,13 @@ enum Cmd {
         /// Rebuild the index from the packs if it disagrees with them.
         #[arg(long)]
         rebuild_index: bool,
+        /// With --read-data: heal what is damaged or missing from another
+        /// copy (the mount's replicas, and each --from), then verify again.
+        #[arg(long, requires = "read_data")]
+        repair: bool,
+        /// A copy of this repository (a replica) to heal from; repeatable.
+        #[arg(long, value_name = "REPO", requires = "repair")]
+        from: Vec<String>,
         /// Instead: compare the live directory with the latest snapshot
         /// plus the dirty set, and report any change the tracker missed.
         #[arg(long, requires = "dir", conflicts_with_all = ["repo", "read_data", "subset", "rebuild_index"])]

@@ -105,6 +105,8 @@ pub struct VerifyArgs<'a> {
     pub read_data: bool,
     pub subset: Option<f64>,
     pub rebuild_index: bool,
+    pub repair: bool,
+    pub from: &'a [String],
     pub jobs: Option<usize>,
     pub json: bool,
 }
@@ -120,7 +122,17 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
     }
     let jobs = a.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)).max(1);
     let report: VerifyReport = if let Some(d) = mounted(a.dir, a.repo) {
-        let req = Request::Verify { read_data: a.read_data, subset: a.subset, rebuild_index: a.rebuild_index };
+        let req = Request::Verify {
+            read_data: a.read_data,
+            subset: a.subset,
+            rebuild_index: a.rebuild_index,
+            repair: a.repair,
+            from: a
+                .from
+                .iter()
+                .map(|u| snapfs::repo::Location::parse_canonical(u).map(|l| l.to_string()))
+                .collect::<Result<_, _>>()?,
+        };
         let get = || control::call(&d, &Request::Progress, Duration::from_secs(5)).ok().and_then(|r| r.task);
         let r = with_progress(a.json, get, || control::call(&d, &req, Duration::from_secs(30 * 86400)))
             .with_context(|| format!("asking the daemon of {}", d.display()))?;
@@ -136,7 +148,21 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
         }
         let p = Arc::new(VerifyProgress::default());
         let opts = VerifyOptions { read_data: a.read_data, subset: a.subset, jobs, block_size: Some(r.block_size()) };
-        let report = with_progress(a.json, || Some(p.view()), || verify::run(&objects, &opts, &health, &p))?;
+        let report = if a.repair {
+            // its replicas (kept with a local repository), and each --from
+            let replicas = snapfs::ops::replica::Replicas::open(&r.path, r.store(), r.config.clone(), Box::new(|_| {}));
+            let mut sources = replicas.sources();
+            for url in a.from {
+                sources.push(snapfs::ops::replica::source(url, &r.config.id, r.store().keys())?);
+            }
+            with_progress(
+                a.json,
+                || Some(p.view()),
+                || snapfs::ops::repair::verify_and_repair(&objects, &opts, &health, &p, &sources),
+            )?
+        } else {
+            with_progress(a.json, || Some(p.view()), || verify::run(&objects, &opts, &health, &p))?
+        };
         if a.rebuild_index && !report.index_problems.is_empty() {
             let n = objects.rebuild_index()?;
             eprintln!("snapfs: index rebuilt from {n} packs");

@@ -251,13 +251,15 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             cli_maint::prune(dir.as_deref(), repo.as_deref(), dry_run, max_unused.map(|p| p / 100.0), grace, json)
         }
         Cmd::Verify { live: true, json, dir: Some(dir), .. } => cli_maint::verify_live(&dir, json),
-        Cmd::Verify { repo, read_data, subset, rebuild_index, jobs, json, dir, .. } => {
+        Cmd::Verify { repo, read_data, subset, rebuild_index, repair, from, jobs, json, dir, .. } => {
             cli_maint::verify(cli_maint::VerifyArgs {
                 dir: dir.as_deref(),
                 repo: repo.as_deref(),
                 read_data,
                 subset,
                 rebuild_index,
+                repair,
+                from: &from,
                 jobs,
                 json,
             })

@@ -127,6 +127,9 @@ pub(crate) fn print_health(h: &snapfs::ops::health::HealthReport) {
     if let Some(l) = &h.last_live_check {
         println!("  last verify --live: {} against {} ({})", l.time, l.snapshot, l.summary);
     }
+    if h.repairs > 0 {
+        println!("  repairs:     {} damaged or missing things healed from other copies (verify --repair)", h.repairs);
+    }
     if let Some(s) = &h.schedule {
         print_schedule(s);
     }

@@ -59,6 +59,11 @@ pub enum Request {
         subset: Option<f64>,
         #[serde(default)]
         rebuild_index: bool,
+        /// Heal what is damaged from the replicas and these repositories.
+        #[serde(default)]
+        repair: bool,
+        #[serde(default)]
+        from: Vec<String>,
     },
     /// Compare the live directory with the latest snapshot and the dirty set
     /// (`snapfs verify DIR --live`).

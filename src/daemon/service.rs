@@ -322,6 +322,21 @@ impl Service {
         Ok(r)
     }
 
+    /// verify --read-data --repair: alone (it writes packs and deletes
+    /// damaged ones), healing from the replicas and `from`.
+    fn verify_repair(&self, opts: verify::VerifyOptions, from: &[String]) -> Result<verify::VerifyReport> {
+        let mut sources = self.replicas.sources();
+        for url in from {
+            sources.push(crate::ops::replica::source(url, &self.repo_id, self.objects.store().keys())?);
+        }
+        let _one = self.snapshotting.locked();
+        let _alone = self.maint.write_locked();
+        let p = Arc::new(verify::VerifyProgress::default());
+        Ok(self.with_task(p.clone(), || {
+            crate::ops::repair::verify_and_repair(&self.objects, &opts, &self.health, &p, &sources)
+        })?)
+    }
+
     fn forget(&self, names: &[String], policy: &maint::Policy, dry_run: bool) -> Result<maint::ForgetReport> {
         let _one = self.snapshotting.locked();
         {
@@ -571,10 +586,11 @@ impl Service {
                     Err(e) => Reply::err(format!("prune failed: {e:#}")),
                 }
             }
-            Request::Verify { read_data, subset, rebuild_index } => {
+            Request::Verify { read_data, subset, rebuild_index, repair, from } => {
                 let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
                 let opts = verify::VerifyOptions { read_data, subset, jobs, block_size: Some(self.block_size) };
-                match self.verify(opts, rebuild_index) {
+                let r = if repair { self.verify_repair(opts, &from) } else { self.verify(opts, rebuild_index) };
+                match r {
                     Ok(r) => Reply { verify: Some(r), ..Reply::ok() },
                     Err(e) => Reply::err(format!("verify failed: {e:#}")),
                 }

@@ -124,6 +124,17 @@ impl Health {
         Ok(())
     }
 
+    /// Objects, packs and records healed by `verify --repair`, in all.
+    pub fn repairs(&self) -> u64 {
+        self.get("repairs").unwrap_or(0)
+    }
+
+    pub fn add_repairs(&self, n: u64) {
+        if n > 0 {
+            self.set("repairs", &(self.repairs() + n));
+        }
+    }
+
     pub fn last_verify(&self) -> Option<VerifySummary> {
         self.get("verify")
     }
@@ -200,6 +211,9 @@ pub struct HealthReport {
     /// The last `verify --live` (the tracker against the live directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_live_check: Option<LiveCheckSummary>,
+    /// Things healed by `verify --repair` (from a replica or --from), in all.
+    #[serde(default)]
+    pub repairs: u64,
     /// Recent errors, oldest first.
     pub errors: Vec<ErrorEvent>,
     /// Set while snapshots fail: the last error. Cleared by a snapshot that
@@ -246,6 +260,7 @@ pub fn report(store: &dyn crate::repo::store::Store, health: Option<&Health>) ->
         r.last_verify = h.last_verify();
         r.last_live_check = h.last_live_check();
         r.errors = h.errors();
+        r.repairs = h.repairs();
         if r.failing.is_none() {
             r.failing = h.get("failing");
         }

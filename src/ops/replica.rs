@@ -262,6 +262,25 @@ pub struct Replicas {
     on_error: Box<dyn Fn(&str) + Send + Sync>,
 }
 
+/// Open the repository at `url` as a copy to heal from: it must be the
+/// repository `id` (same ids and keys), read with `keys`.
+pub fn source(
+    url: &str,
+    id: &str,
+    keys: Option<Arc<crate::repo::crypto::Keys>>,
+) -> OpResult<crate::ops::repair::Source> {
+    let loc = crate::repo::Location::parse(url)?;
+    let repo = crate::repo::Repo::open_at(&loc, None)?;
+    if repo.config.id != id {
+        refused!("{url} holds another repository (id {}), not a copy of this one", repo.config.id);
+    }
+    let store: Arc<dyn Store> = match keys {
+        Some(k) => Arc::new(crate::repo::store::WithKeys::new(repo.store(), k)),
+        None => repo.store(),
+    };
+    Ok(crate::ops::repair::Source { name: loc.to_string(), store })
+}
+
 /// How often replicas are brought up to date without a snapshot (a round
 /// that failed is tried again then).
 pub const RETRY: std::time::Duration = std::time::Duration::from_secs(60);
@@ -387,6 +406,21 @@ impl Replicas {
     }
 
     /// A round for every replica now, waiting for them; their statuses.
+    /// The replicas as copies to heal from (`verify --repair`): those that
+    /// open and hold this repository, with its keys.
+    pub fn sources(&self) -> Vec<crate::ops::repair::Source> {
+        let urls: Vec<String> = self.list.locked().iter().map(|r| r.url.clone()).collect();
+        urls.into_iter()
+            .filter_map(|url| match source(&url, &self.config.id, self.primary.keys()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    log::warn!("replica {url} cannot serve a repair: {}", crate::util::with_causes(&e));
+                    None
+                }
+            })
+            .collect()
+    }
+
     pub fn sync_all(&self) -> Vec<ReplicaStatus> {
         let all: Vec<Arc<Replica>> = self.list.locked().clone();
         for r in &all {

@@ -141,6 +141,9 @@ pub struct VerifyReport {
     pub index_problems: Vec<String>,
     pub damaged_objects: Vec<DamagedObject>,
     pub duration_ms: u64,
+    /// With `--repair`: what was healed before this (second) verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair: Option<crate::ops::repair::RepairReport>,
 }
 
 impl VerifyReport {
@@ -718,6 +721,18 @@ pub fn summary(r: &VerifyReport) -> String {
 /// The full human report.
 pub fn render(r: &VerifyReport) -> String {
     let mut s = String::new();
+    if let Some(rep) = &r.repair {
+        for l in &rep.repaired {
+            s += &format!("repaired {l}\n");
+        }
+        for l in &rep.failed {
+            s += &format!("NOT repaired: {l}\n");
+        }
+        if rep.packs_replaced > 0 {
+            s += &format!("{} damaged packs replaced\n", rep.packs_replaced);
+        }
+        s += "after the repair:\n";
+    }
     for p in &r.damaged_packs {
         s += &format!("damaged pack {}: {}\n", p.name, p.problem);
     }

@@ -677,6 +677,12 @@ impl Objects {
     /// index the packs it does not know, and forget the packs that are gone
     /// (deleted by a prune). Returns (packs indexed, packs forgotten).
     pub fn refresh(&self) -> ObjResult<(usize, usize)> {
+        let (added, gone) = self.refresh_names()?;
+        Ok((added, gone.len()))
+    }
+
+    /// [`Objects::refresh`], naming the packs forgotten.
+    pub fn refresh_names(&self) -> ObjResult<(usize, Vec<String>)> {
         let _io = self.sink.io.locked();
         let listed: HashSet<String> = self.sink.store.list(FileKind::Pack)?.into_iter().collect();
         let mut known = HashSet::new();
@@ -698,7 +704,7 @@ impl Objects {
         }
         drop(_io);
         let added = self.index_new_packs()?;
-        Ok((added, gone.len()))
+        Ok((added, gone))
     }
 
     /// Call `f` with the name of every pack the index holds.
@@ -712,6 +718,23 @@ impl Objects {
             Index::Memory { packs, .. } => packs.read_locked().iter().cloned().for_each(f),
         }
         Ok(())
+    }
+
+    /// Store an object even though the index has it (a repair: the copy
+    /// the index names is damaged); the new pack's entry replaces it.
+    pub fn put_again(&self, kind: ObjKind, raw: &[u8]) -> ObjResult<()> {
+        let id = self.id_of(kind, raw);
+        self.check_failed()?;
+        let data: Arc<[u8]> = {
+            let mut p = self.sink.pending.locked();
+            if p.raw.contains_key(&id) {
+                return Ok(());
+            }
+            let data: Arc<[u8]> = raw.into();
+            p.raw.insert(id, (kind, data.clone()));
+            data
+        };
+        self.send(Job::Put { id, kind, raw: data })
     }
 
     /// A pack written in the background failed: say so (the error itself

@@ -1,0 +1,296 @@
+//! `verify --read-data --repair`: heal what verify found damaged from
+//! another copy of the repository (a replica, or `--from` another one with
+//! the same id).
+//!
+//! First whole packs: a pack that is damaged, or that the index knew and
+//! is gone, is fetched by its name from a source holding a pack of that
+//! name whose bytes hash to it (replicas hold the very same packs), and put
+//! back in its place. Then single objects: each is taken from a source only
+//! after it decodes and hashes to its id *in this repository* (the sources
+//! share its keys and ids), and is written into a new pack here; a damaged
+//! pack no source holds whole is replaced by copying out its sound objects
+//! and fetching the rest, and is dropped from the index and deleted only
+//! when every one of them is in a new pack. A damaged snapshot record is
+//! fetched by its name (the hash of its bytes). What cannot be healed is
+//! named and left as it was. `verify_and_repair` verifies again after each
+//! round (healing a tree can show what lies below it) until it is clean or
+//! a round heals nothing.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ops::verify::VerifyReport;
+use crate::ops::OpResult;
+use crate::repo::objects::{ObjKind, ObjectId, PackId};
+use crate::repo::objstore::Objects;
+use crate::repo::store::{FileKind, Store};
+
+/// What a repair did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RepairReport {
+    /// One line per thing healed: what, and from where.
+    pub repaired: Vec<String>,
+    /// One line per thing that could not be healed, and why.
+    pub failed: Vec<String>,
+    /// Damaged packs replaced by new ones and deleted.
+    pub packs_replaced: u64,
+}
+
+/// A copy to heal from: its name (for the log) and its store, opened with
+/// this repository's keys.
+pub struct Source {
+    pub name: String,
+    pub store: Arc<dyn Store>,
+}
+
+fn kind_of(name: &str) -> Option<ObjKind> {
+    Some(match name {
+        "blob" => ObjKind::Blob,
+        "file node" => ObjKind::FileNode,
+        "tree" => ObjKind::Tree,
+        "links" => ObjKind::Meta,
+        _ => return None,
+    })
+}
+
+struct Healer<'a> {
+    objects: &'a Objects,
+    sources: Vec<(&'a Source, Option<Objects>)>,
+    report: RepairReport,
+}
+
+impl Healer<'_> {
+    /// Fetch object `id` from the first source that has a sound copy, and
+    /// store it here anew. Returns where it came from.
+    fn heal(&mut self, id: ObjectId, kind: ObjKind) -> Result<String, String> {
+        let mut why = Vec::new();
+        for (src, objs) in self.sources.iter_mut() {
+            if objs.is_none() {
+                match Objects::open(src.store.clone(), None) {
+                    Ok(o) => *objs = Some(o),
+                    Err(e) => {
+                        why.push(format!("{}: {e}", src.name));
+                        continue;
+                    }
+                }
+            }
+            let o = objs.as_ref().expect("opened above");
+            match o.get(&id, kind) {
+                Ok(raw) if self.objects.id_of(kind, &raw) == id => match self.objects.put_again(kind, &raw) {
+                    Ok(()) => return Ok(src.name.clone()),
+                    Err(e) => return Err(format!("writing it back: {e}")),
+                },
+                Ok(_) => why.push(format!("{}: its copy has another id (another repository?)", src.name)),
+                Err(e) => why.push(format!("{}: {e}", src.name)),
+            }
+        }
+        if why.is_empty() {
+            why.push("no other copy to heal from (add a replica, or give --from)".into());
+        }
+        Err(why.join("; "))
+    }
+}
+
+/// Heal what `found` (a verify with `read_data`) names, from `sources`.
+pub fn repair(objects: &Objects, found: &VerifyReport, sources: &[Source]) -> OpResult<RepairReport> {
+    crate::repo::crypto::require_full(objects.keys().map(|k| &**k), "verify --repair")?;
+    let store = objects.store().clone();
+    let mut h =
+        Healer { objects, sources: sources.iter().map(|s| (s, None)).collect(), report: RepairReport::default() };
+    let mut done: HashSet<ObjectId> = HashSet::new();
+
+    // whole packs, by name: the damaged ones and those gone from the store
+    let (_, gone) = objects.refresh_names()?;
+    let mut whole_healed: HashSet<String> = HashSet::new();
+    let wanted = found.damaged_packs.iter().map(|p| (p.name.clone(), true)).chain(gone.into_iter().map(|n| (n, false)));
+    for (name, present) in wanted {
+        if PackId::parse(&name).is_none() {
+            continue;
+        }
+        for s in sources {
+            let Ok(bytes) = s.store.get(FileKind::Pack, &name) else { continue };
+            if blake3::hash(&bytes).to_hex().as_str() != name {
+                continue;
+            }
+            if present {
+                store.delete(FileKind::Pack, &name)?;
+            }
+            store.put(FileKind::Pack, &name, &bytes)?;
+            h.report.repaired.push(format!("pack {name} from {}", s.name));
+            whole_healed.insert(name.clone());
+            break;
+        }
+    }
+    if !whole_healed.is_empty() {
+        objects.index_new_packs()?;
+        return Ok(h.report);
+    }
+
+    // damaged packs: copy out what is sound, heal the rest, then replace
+    let mut replaced: Vec<String> = Vec::new();
+    let mut trailerless: Vec<String> = Vec::new();
+    for p in &found.damaged_packs {
+        let Some(_) = PackId::parse(&p.name) else { continue };
+        let entries = match objects.pack_entries(&p.name) {
+            Ok(e) => e,
+            Err(e) => {
+                // no trailer: its objects are reported missing, healed below
+                log::warn!("repair: pack {} has no readable trailer ({e}); its objects are fetched one by one", p.name);
+                trailerless.push(p.name.clone());
+                continue;
+            }
+        };
+        let mut whole = true;
+        // (in another order than the pack's: the new pack must not come out
+        // byte for byte the same, under the damaged one's name)
+        for e in entries.iter().rev() {
+            if !done.insert(e.id) {
+                continue;
+            }
+            let sound = store
+                .get_range(FileKind::Pack, &p.name, e.offset, e.stored as usize)
+                .ok()
+                .filter(|b| objects.decode_object(&p.name, e, b).is_ok());
+            match sound {
+                Some(stored) => {
+                    if let Err(err) = objects.copy_object(&p.name, e, &stored) {
+                        h.report.failed.push(format!("object {} of pack {}: copying it out: {err}", e.id, p.name));
+                        whole = false;
+                    }
+                }
+                None => match h.heal(e.id, e.kind) {
+                    Ok(from) => h.report.repaired.push(format!("object {} (pack {}) from {from}", e.id, p.name)),
+                    Err(why) => {
+                        h.report.failed.push(format!("object {} (pack {}): {why}", e.id, p.name));
+                        whole = false;
+                    }
+                },
+            }
+        }
+        if whole {
+            replaced.push(p.name.clone());
+        } else {
+            log::warn!("repair: pack {} is kept (not all of it could be healed)", p.name);
+        }
+    }
+
+    // objects named damaged or missing (in packs that hash right, or in none)
+    for d in &found.damaged_objects {
+        let (Some(id), Some(kind)) = (ObjectId::from_hex(&d.id), kind_of(&d.kind)) else { continue };
+        if !done.insert(id) {
+            continue;
+        }
+        match h.heal(id, kind) {
+            Ok(from) => h.report.repaired.push(format!("{} {id} from {from}", d.kind)),
+            Err(why) => h.report.failed.push(format!("{} {id}: {why}", d.kind)),
+        }
+    }
+    objects.flush()?;
+    // (a pack with no trailer goes only if everything could be healed)
+    if h.report.failed.is_empty() {
+        replaced.extend(trailerless);
+    }
+
+    // the replaced packs leave the index (their objects now point at the
+    // new packs), then the store
+    // (a pack that did come out the same is left, and named)
+    replaced.retain(|name| {
+        let same = entries_point_at(objects, name);
+        if same {
+            h.report
+                .failed
+                .push(format!("pack {name}: rebuilt identical to the damaged copy; heal it from a replica holding it"));
+        }
+        !same
+    });
+    if !replaced.is_empty() {
+        let gone: HashSet<&str> = replaced.iter().map(String::as_str).collect();
+        let mut changes = Vec::new();
+        objects.scan_index(|id, loc| {
+            if loc.is_some_and(|l| gone.contains(l.pack.as_str())) {
+                changes.push((id, None));
+            }
+        })?;
+        objects.reindex(&changes, &replaced)?;
+        for name in &replaced {
+            store.delete(FileKind::Pack, name)?;
+            log::warn!("repair: damaged pack {name} replaced and deleted");
+            h.report.packs_replaced += 1;
+        }
+    }
+
+    // damaged snapshot records, by name
+    for r in &found.damaged_records {
+        let mut healed = None;
+        for s in sources {
+            match s.store.get(FileKind::Snapshot, &r.name) {
+                Ok(b) if blake3::hash(&b).to_hex().as_str() == r.name => {
+                    healed = Some((s.name.clone(), b));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        match healed {
+            Some((from, bytes)) => {
+                store.delete(FileKind::Snapshot, &r.name)?;
+                store.put(FileKind::Snapshot, &r.name, &bytes)?;
+                h.report.repaired.push(format!("snapshot record {} from {from}", r.name));
+            }
+            None => h.report.failed.push(format!("snapshot record {}: no sound copy elsewhere", r.name)),
+        }
+    }
+    for line in &h.report.repaired {
+        log::warn!("REPAIRED {line}");
+    }
+    for line in &h.report.failed {
+        log::error!("NOT REPAIRED {line}");
+    }
+    Ok(h.report)
+}
+
+/// Whether the index places some object in pack `name` now that the new
+/// packs are written (a rebuilt pack that came out with the same name).
+fn entries_point_at(objects: &Objects, name: &str) -> bool {
+    let mut any = false;
+    let _ = objects.scan_index(|_, loc| any |= loc.is_some_and(|l| l.pack.as_str() == name));
+    any
+}
+
+/// `verify` and, where it finds damage, `repair` from `sources` and verify
+/// again: the report is the second verify's, with what the repair did.
+/// Each thing healed is counted in the health record (`status`).
+pub fn verify_and_repair(
+    objects: &Objects,
+    opts: &crate::ops::verify::VerifyOptions,
+    health: &crate::ops::health::Health,
+    progress: &crate::ops::verify::VerifyProgress,
+    sources: &[Source],
+) -> OpResult<VerifyReport> {
+    if !opts.read_data || opts.subset.is_some() {
+        refused!("--repair goes with --read-data over every pack (no --subset)");
+    }
+    let mut report = crate::ops::verify::run(objects, opts, health, progress)?;
+    let mut all = RepairReport::default();
+    for _round in 0..4 {
+        if report.ok {
+            break;
+        }
+        let done = repair(objects, &report, sources)?;
+        health.add_repairs(done.repaired.len() as u64);
+        let healed_some = !done.repaired.is_empty();
+        all.repaired.extend(done.repaired);
+        all.packs_replaced += done.packs_replaced;
+        all.failed = done.failed;
+        report = crate::ops::verify::run(objects, opts, health, progress)?;
+        if !healed_some {
+            break;
+        }
+    }
+    if !all.repaired.is_empty() || !all.failed.is_empty() {
+        report.repair = Some(all);
+    }
+    Ok(report)
+}
