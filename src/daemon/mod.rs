@@ -337,6 +337,22 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
             Err(e) => bail!("replica {url}: {}", util::with_causes(&e)),
         }
     }
+    // A read of .snapshots that hits damage heals from a replica.
+    objects.set_healer(Some({
+        let (reps, cache) = (replicas.clone(), Mutex::new(Vec::<(String, Objects)>::new()));
+        Arc::new(move |id: &crate::repo::objects::ObjectId, kind| {
+            let mut c = crate::util::Locked::locked(&cache);
+            if c.is_empty() {
+                for s in reps.sources() {
+                    match Objects::open(s.store, None) {
+                        Ok(o) => c.push((s.name, o)),
+                        Err(e) => log::warn!("replica {} cannot heal reads: {e}", s.name),
+                    }
+                }
+            }
+            c.iter().find_map(|(name, o)| o.get(id, kind).ok().map(|raw| (raw, name.clone())))
+        })
+    }));
     // The repository on the disk it protects is no backup against that disk.
     let same_device = repo.location.is_local()
         && std::fs::metadata(&repo.path).map(|m| std::os::unix::fs::MetadataExt::dev(&m)).ok() == Some(root_st.st_dev);

@@ -103,6 +103,7 @@ impl Service {
             warnings: self.warnings(),
             health: Some({
                 let mut h = crate::ops::health::report(&**self.objects.store(), Some(&self.health));
+                h.repairs += self.objects.healed_on_read();
                 h.schedule = self.scheduler.locked().status_at(util::unix_now());
                 h
             }),

@@ -339,7 +339,15 @@ pub struct Objects {
     /// Objects forgotten with a pack another host's prune deleted: a copy
     /// may be in a pack indexed before (read: the index is built again).
     forgotten: Mutex<HashSet<ObjectId>>,
+    /// Where a read that hits damage gets a sound copy (a mount's replicas).
+    healer: RwLock<Option<Healer>>,
+    /// Objects healed so on read.
+    healed: AtomicU64,
 }
+
+/// Gives a sound copy of an object (its bytes, and where they came from),
+/// or None.
+pub type Healer = Arc<dyn Fn(&ObjectId, ObjKind) -> Option<(Vec<u8>, String)> + Send + Sync>;
 
 impl Drop for Objects {
     /// What is still pending is dropped (as without a flush); the encoder
@@ -387,6 +395,8 @@ impl Objects {
             encoder: OnceLock::new(),
             excluded: RwLock::new(HashSet::new()),
             forgotten: Mutex::new(HashSet::new()),
+            healer: RwLock::new(None),
+            healed: AtomicU64::new(0),
         };
         o.index_new_packs()?;
         Ok(o)
@@ -851,6 +861,66 @@ impl Objects {
             return Err(ObjError::WrongKind { id: *id, found: kind, want });
         }
         Ok(raw)
+    }
+
+    /// Let reads through [`Objects::get_healing`] that hit damage heal from
+    /// `healer`.
+    pub fn set_healer(&self, healer: Option<Healer>) {
+        *self.healer.write_locked() = healer;
+    }
+
+    /// How many objects reads healed.
+    pub fn healed_on_read(&self) -> u64 {
+        self.healed.load(Ordering::Relaxed)
+    }
+
+    /// [`Objects::get`], and when the object is damaged or missing, a sound
+    /// copy from the healer (checked against its id) is returned and
+    /// written back (a new pack).
+    pub fn get_healing(&self, id: &ObjectId, want: ObjKind) -> ObjResult<Vec<u8>> {
+        let err = match self.get(id, want) {
+            Ok(raw) => return Ok(raw),
+            Err(e) => e,
+        };
+        // (only damage: not a write-only key's refusal, not a store that is down)
+        let damage = matches!(
+            err,
+            ObjError::Missing(_)
+                | ObjError::Decode { .. }
+                | ObjError::Pack(
+                    PackError::Malformed(_)
+                        | PackError::HashMismatch { .. }
+                        | PackError::Decompress { .. }
+                        | PackError::Sealed(crate::repo::crypto::CryptoError::Tampered(_))
+                )
+                | ObjError::Store(StoreError::NotFound { .. } | StoreError::Short { .. })
+        );
+        let Some(h) = self.healer.read_locked().clone().filter(|_| damage) else { return Err(err) };
+        let Some((raw, from)) = h(id, want) else { return Err(err) };
+        if self.id_of(want, &raw) != *id {
+            log::error!("a copy of {id} from {from} has another id: not used");
+            return Err(err);
+        }
+        match self.put_again(want, &raw).and_then(|()| self.flush()) {
+            Ok(()) => {
+                self.healed.fetch_add(1, Ordering::Relaxed);
+                log::warn!("REPAIRED object {id} on read ({err}) from {from}");
+            }
+            Err(e) => log::error!("object {id} read from {from} but not written back: {e}"),
+        }
+        Ok(raw)
+    }
+
+    /// [`Objects::tree`] through [`Objects::get_healing`].
+    pub fn tree_healing(&self, id: &ObjectId) -> ObjResult<Tree> {
+        let raw = self.get_healing(id, ObjKind::Tree)?;
+        Tree::decode(&raw).map_err(|err| ObjError::Decode { id: *id, err })
+    }
+
+    /// [`Objects::node`] through [`Objects::get_healing`].
+    pub fn node_healing(&self, id: &ObjectId) -> ObjResult<FileNode> {
+        let raw = self.get_healing(id, ObjKind::FileNode)?;
+        FileNode::decode(&raw).map_err(|err| ObjError::Decode { id: *id, err })
     }
 
     pub fn tree(&self, id: &ObjectId) -> ObjResult<Tree> {

@@ -465,7 +465,7 @@ impl View {
         if let Some(t) = self.trees.locked().0.get(id) {
             return Ok(t.clone());
         }
-        let t = Arc::new(self.objects.tree(id).map_err(|e| {
+        let t = Arc::new(self.objects.tree_healing(id).map_err(|e| {
             log::error!("snapshot tree {id}: {e}");
             e.to_errno()
         })?);
@@ -656,7 +656,7 @@ impl View {
         let n = match n {
             Some(n) => n,
             None => {
-                let n = Arc::new(self.objects.node(id)?);
+                let n = Arc::new(self.objects.node_healing(id)?);
                 self.fnodes.locked().put(*id, n.clone());
                 n
             }
@@ -811,7 +811,7 @@ impl View {
         if let Some(b) = self.blocks.locked().get(id) {
             return Ok(b.clone());
         }
-        let b = Arc::new(self.objects.get(id, ObjKind::Blob)?);
+        let b = Arc::new(self.objects.get_healing(id, ObjKind::Blob)?);
         self.blocks.locked().put(*id, b.clone());
         Ok(b)
     }
