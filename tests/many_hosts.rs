@@ -124,7 +124,7 @@ fn prune_in_two_phases_beside_a_host_that_backs_up() {
         let (b, stop) = (b.clone(), stop.clone());
         std::thread::spawn(move || {
             let mut n = 0;
-            while !stop.load(Ordering::SeqCst) && n < 20 {
+            while !stop.load(Ordering::SeqCst) && n < 8 {
                 fs::write(b.join(format!("w{n}")), noise(1000 + n, 200_000)).unwrap();
                 snap_json(&b, &format!("loop{n}"));
                 n += 1;

@@ -400,6 +400,11 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
         );
     }
     report.snapshots = snaps.len() as u64;
+    // other hosts' packs (listed after the records: every pack a listed
+    // record needs is there), and none a prune elsewhere deleted
+    if store.shared() {
+        objects.refresh()?;
+    }
     progress.phase.store(3, Ordering::Relaxed);
     let used = mark(objects, &snaps, progress)?;
     report.objects_in_use = used.len() as u64;

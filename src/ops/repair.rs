@@ -25,7 +25,7 @@ use crate::ops::verify::VerifyReport;
 use crate::ops::OpResult;
 use crate::repo::objects::{ObjKind, ObjectId, PackId};
 use crate::repo::objstore::Objects;
-use crate::repo::store::{FileKind, Store};
+use crate::repo::store::{FileKind, Store, StoreError};
 
 /// What a repair did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -77,6 +77,21 @@ impl Healer<'_> {
                 }
             }
             let o = objs.as_ref().expect("opened above");
+            // the source's pack holding it, when this repository lacks that
+            // pack altogether (lost): the whole pack, checked by its name
+            if let Ok(Some(loc)) = o.locate(&id) {
+                let store = self.objects.store();
+                if matches!(store.size(FileKind::Pack, &loc.pack), Err(StoreError::NotFound { .. })) {
+                    if let Ok(bytes) = src.store.get(FileKind::Pack, &loc.pack) {
+                        if blake3::hash(&bytes).to_hex().as_str() == loc.pack.as_str() {
+                            let put = store.put(FileKind::Pack, &loc.pack, &bytes).map_err(|e| e.to_string());
+                            put.and_then(|()| self.objects.index_new_packs().map_err(|e| e.to_string()))
+                                .map_err(|e| format!("writing pack {} back: {e}", loc.pack))?;
+                            return Ok(format!("{} (its whole pack {})", src.name, loc.pack));
+                        }
+                    }
+                }
+            }
             match o.get(&id, kind) {
                 Ok(raw) if self.objects.id_of(kind, &raw) == id => match self.objects.put_again(kind, &raw) {
                     Ok(()) => return Ok(src.name.clone()),
@@ -182,6 +197,13 @@ pub fn repair(objects: &Objects, found: &VerifyReport, sources: &[Source]) -> Op
         if !done.insert(id) {
             continue;
         }
+        // (missing, and back now with a whole pack fetched for another)
+        if d.pack.is_none()
+            && objects.locate(&id)?.is_some_and(|l| !l.pack.is_empty())
+            && objects.get(&id, kind).is_ok()
+        {
+            continue;
+        }
         match h.heal(id, kind) {
             Ok(from) => h.report.repaired.push(format!("{} {id} from {from}", d.kind)),
             Err(why) => h.report.failed.push(format!("{} {id}: {why}", d.kind)),
@@ -274,7 +296,7 @@ pub fn verify_and_repair(
     }
     let mut report = crate::ops::verify::run(objects, opts, health, progress)?;
     let mut all = RepairReport::default();
-    for _round in 0..4 {
+    for _round in 0..8 {
         if report.ok {
             break;
         }

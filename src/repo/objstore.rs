@@ -828,7 +828,10 @@ impl Objects {
                 self.forgotten.locked().clear();
                 self.read_indexed(id).map_err(|_| e)
             }
-            Err(e @ ObjError::Missing(_)) if matches!(self.sink.index, Index::Memory { .. }) => {
+            // (also the persistent index of a repository other hosts write)
+            Err(e @ ObjError::Missing(_))
+                if matches!(self.sink.index, Index::Memory { .. }) || self.sink.store.shared() =>
+            {
                 if self.index_new_packs()? == 0 {
                     return Err(e);
                 }
