@@ -106,7 +106,7 @@ fn prune_in_two_phases_beside_a_host_that_backs_up() {
     let ad = a.to_str().unwrap();
     run_ok(&["forget", ad, "a1"]);
     // phase 1: condemned, nothing deleted
-    let (ok, p) = json_of(&["prune", "--json", "--grace", "2s", ad]);
+    let (ok, p) = json_of(&["prune", "--json", "--grace", "1h", ad]);
     assert!(ok, "{p}");
     assert!(p["packs_condemned"].as_u64().unwrap() >= 1 && p["packs_deleted"] == 0, "{p}");
     // another host now backs up the same bytes: it must not reuse the
@@ -115,9 +115,10 @@ fn prune_in_two_phases_beside_a_host_that_backs_up() {
     let s = snap_json(&b, "b1");
     assert!(s["stats"]["added_data_bytes"].as_u64().unwrap() >= doomed.len() as u64, "{s}");
     // before the grace: still nothing deleted
-    let (_, p) = json_of(&["prune", "--json", "--grace", "2s", ad]);
+    let (_, p) = json_of(&["prune", "--json", "--grace", "1h", ad]);
     assert_eq!(p["packs_deleted"], 0, "{p}");
-    std::thread::sleep(Duration::from_millis(2200));
+    assert!(p["packs_waiting"].as_u64().unwrap() >= 1, "{p}");
+    std::thread::sleep(Duration::from_millis(1100));
     // phase 2, with b backing up all the while
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -132,7 +133,7 @@ fn prune_in_two_phases_beside_a_host_that_backs_up() {
             n
         })
     };
-    let (ok, p) = json_of(&["prune", "--json", "--grace", "2s", ad]);
+    let (ok, p) = json_of(&["prune", "--json", "--grace", "1s", ad]);
     assert!(ok, "{p}");
     assert!(p["packs_deleted"].as_u64().unwrap() >= 1, "{p}");
     for _ in 0..3 {
