@@ -256,7 +256,13 @@ pub fn forget(a: ForgetArgs) -> Result<()> {
     if a.prune && a.dry_run {
         eprintln!("snapfs: --dry-run: not pruning (a prune now would not see these snapshots gone)");
     } else if a.prune {
-        let p = prune_report(a.dir, a.repo, a.dry_run, None, None, a.json)?;
+        let p = prune_report(&PruneArgs {
+            dir: a.dir,
+            repo: a.repo,
+            dry_run: a.dry_run,
+            json: a.json,
+            ..Default::default()
+        })?;
         if a.json {
             println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "forget": report, "prune": p }))?);
         } else {
@@ -266,14 +272,19 @@ pub fn forget(a: ForgetArgs) -> Result<()> {
     Ok(())
 }
 
-fn prune_report(
-    dir: Option<&Path>,
-    repo: Option<&str>,
-    dry_run: bool,
-    max_unused: Option<f64>,
-    grace_secs: Option<u64>,
-    quiet: bool,
-) -> Result<PruneReport> {
+#[derive(Default, Clone, Copy)]
+pub struct PruneArgs<'a> {
+    pub dir: Option<&'a Path>,
+    pub repo: Option<&'a str>,
+    pub dry_run: bool,
+    pub max_unused: Option<f64>,
+    pub grace_secs: Option<u64>,
+    /// (JSON out: no progress bar either)
+    pub json: bool,
+}
+
+fn prune_report(a: &PruneArgs) -> Result<PruneReport> {
+    let PruneArgs { dir, repo, dry_run, max_unused, grace_secs, json: quiet } = *a;
     if let Some(d) = mounted(dir, repo) {
         let req = Request::Prune { dry_run, max_unused, grace_secs };
         let get = || control::call(&d, &Request::Progress, Duration::from_secs(5)).ok().and_then(|r| r.task);
@@ -327,16 +338,9 @@ fn print_prune(p: &PruneReport) {
     }
 }
 
-pub fn prune(
-    dir: Option<&Path>,
-    repo: Option<&str>,
-    dry_run: bool,
-    max_unused: Option<f64>,
-    grace_secs: Option<u64>,
-    json: bool,
-) -> Result<()> {
-    let p = prune_report(dir, repo, dry_run, max_unused, grace_secs, json)?;
-    if json {
+pub fn prune(a: PruneArgs) -> Result<()> {
+    let p = prune_report(&a)?;
+    if a.json {
         println!("{}", serde_json::to_string_pretty(&p)?);
     } else {
         print_prune(&p);

@@ -247,9 +247,14 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
                 json,
             })
         }
-        Cmd::Prune { repo, dry_run, max_unused, grace, json, dir } => {
-            cli_maint::prune(dir.as_deref(), repo.as_deref(), dry_run, max_unused.map(|p| p / 100.0), grace, json)
-        }
+        Cmd::Prune { repo, dry_run, max_unused, grace, json, dir } => cli_maint::prune(cli_maint::PruneArgs {
+            dir: dir.as_deref(),
+            repo: repo.as_deref(),
+            dry_run,
+            max_unused: max_unused.map(|p| p / 100.0),
+            grace_secs: grace,
+            json,
+        }),
         Cmd::Verify { live: true, json, dir: Some(dir), .. } => cli_maint::verify_live(&dir, json),
         Cmd::Verify { repo, read_data, subset, rebuild_index, repair, from, jobs, json, dir, .. } => {
             cli_maint::verify(cli_maint::VerifyArgs {

@@ -228,14 +228,7 @@ pub fn repair(objects: &Objects, found: &VerifyReport, sources: &[Source]) -> Op
         !same
     });
     if !replaced.is_empty() {
-        let gone: HashSet<&str> = replaced.iter().map(String::as_str).collect();
-        let mut changes = Vec::new();
-        objects.scan_index(|id, loc| {
-            if loc.is_some_and(|l| gone.contains(l.pack.as_str())) {
-                changes.push((id, None));
-            }
-        })?;
-        objects.reindex(&changes, &replaced)?;
+        objects.forget_packs(&replaced)?;
         for name in &replaced {
             store.delete(FileKind::Pack, name)?;
             log::warn!("repair: damaged pack {name} replaced and deleted");

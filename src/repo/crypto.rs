@@ -271,29 +271,40 @@ impl Keys {
         open_with(self.key(META_KEY), &self.aad("snapfs trailer v1"), sealed, &|| format!("the trailer of pack {pack}"))
     }
 
-    pub fn seal_record(&self, plain: &[u8]) -> Vec<u8> {
-        let mut out = RECORD_MAGIC.to_vec();
-        out.extend_from_slice(&seal_with(self.key(META_KEY), &self.aad("snapfs record v1"), plain));
+    /// A file of its own in the repository, sealed whole: its magic, then
+    /// the AEAD of `plain` under the metadata key, bound to `label`.
+    fn seal_file(&self, magic: &[u8; 8], label: &str, plain: &[u8]) -> Vec<u8> {
+        let mut out = magic.to_vec();
+        out.extend_from_slice(&seal_with(self.key(META_KEY), &self.aad(label), plain));
         out
     }
 
+    fn open_file(
+        &self,
+        magic: &[u8; 8],
+        label: &str,
+        sealed: &[u8],
+        what: &dyn Fn() -> String,
+    ) -> Result<Vec<u8>, CryptoError> {
+        let body = sealed.strip_prefix(magic).ok_or_else(|| CryptoError::Malformed(what()))?;
+        open_with(self.key(META_KEY), &self.aad(label), body, what)
+    }
+
+    pub fn seal_record(&self, plain: &[u8]) -> Vec<u8> {
+        self.seal_file(RECORD_MAGIC, "snapfs record v1", plain)
+    }
+
     pub fn open_record(&self, sealed: &[u8], id: &str) -> Result<Vec<u8>, CryptoError> {
-        let what = || format!("snapshot record {id}");
-        let body = sealed.strip_prefix(RECORD_MAGIC).ok_or_else(|| CryptoError::Malformed(what()))?;
-        open_with(self.key(META_KEY), &self.aad("snapfs record v1"), body, &what)
+        self.open_file(RECORD_MAGIC, "snapfs record v1", sealed, &|| format!("snapshot record {id}"))
     }
 
     /// A deletion plan (see `repo::plans`), sealed like a record.
     pub fn seal_plan(&self, plain: &[u8]) -> Vec<u8> {
-        let mut out = PLAN_MAGIC.to_vec();
-        out.extend_from_slice(&seal_with(self.key(META_KEY), &self.aad("snapfs deletion plan v1"), plain));
-        out
+        self.seal_file(PLAN_MAGIC, "snapfs deletion plan v1", plain)
     }
 
     pub fn open_plan(&self, sealed: &[u8], name: &str) -> Result<Vec<u8>, CryptoError> {
-        let what = || format!("deletion plan {name}");
-        let body = sealed.strip_prefix(PLAN_MAGIC).ok_or_else(|| CryptoError::Malformed(what()))?;
-        open_with(self.key(META_KEY), &self.aad("snapfs deletion plan v1"), body, &what)
+        self.open_file(PLAN_MAGIC, "snapfs deletion plan v1", sealed, &|| format!("deletion plan {name}"))
     }
 
     /// The MAC of a config's bytes (hex), which ties the config to the keys.

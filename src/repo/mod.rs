@@ -31,6 +31,7 @@
 
 pub mod crypto;
 pub mod ids;
+pub mod index;
 pub mod keyslot;
 pub mod objects;
 pub mod objstore;

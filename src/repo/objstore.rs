@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use thiserror::Error;
 
 use crate::repo::crypto::Keys;
+use crate::repo::index::Index;
+pub use crate::repo::index::Location;
 use crate::repo::objects::{DecodeError, FileNode, ObjKind, ObjectId, PackId, Tree};
 use crate::repo::pack::{self, PackEntry, PackError, PackWriter};
 use crate::repo::state::StateDb;
@@ -75,103 +77,6 @@ impl crate::os::errno::ToErrno for ObjError {
 }
 
 pub type ObjResult<T> = Result<T, ObjError>;
-
-/// Where an object is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
-    pub pack: PackId,
-    pub entry: PackEntry,
-}
-
-impl Location {
-    fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(50);
-        v.extend_from_slice(&self.pack.id().0);
-        v.push(self.entry.kind as u8);
-        v.push(self.entry.codec);
-        v.extend_from_slice(&self.entry.offset.to_le_bytes());
-        v.extend_from_slice(&self.entry.stored.to_le_bytes());
-        v.extend_from_slice(&self.entry.raw.to_le_bytes());
-        v
-    }
-
-    fn decode(id: ObjectId, b: &[u8]) -> Option<Location> {
-        if b.len() != 50 {
-            return None;
-        }
-        Some(Location {
-            pack: PackId::from_id(ObjectId(b[..32].try_into().ok()?)),
-            entry: PackEntry {
-                id,
-                kind: ObjKind::from_u8(b[32])?,
-                codec: b[33],
-                offset: u64::from_le_bytes(b[34..42].try_into().ok()?),
-                stored: u32::from_le_bytes(b[42..46].try_into().ok()?),
-                raw: u32::from_le_bytes(b[46..50].try_into().ok()?),
-            },
-        })
-    }
-}
-
-enum Index {
-    /// Trees `index` and `indexed_packs`, fetched for each use (see [`StateDb`]).
-    Sled(Arc<StateDb>),
-    Memory {
-        objects: RwLock<HashMap<ObjectId, Location>>,
-        packs: RwLock<HashSet<String>>,
-    },
-}
-
-impl Index {
-    fn get(&self, id: &ObjectId) -> ObjResult<Option<Location>> {
-        match self {
-            Index::Sled(db) => Ok(db.tree("index")?.get(id.0)?.and_then(|v| Location::decode(*id, &v))),
-            Index::Memory { objects, .. } => Ok(objects.read_locked().get(id).cloned()),
-        }
-    }
-
-    fn has_pack(&self, name: &str) -> ObjResult<bool> {
-        match self {
-            Index::Sled(db) => Ok(db.tree("indexed_packs")?.contains_key(name.as_bytes())?),
-            Index::Memory { packs, .. } => Ok(packs.read_locked().contains(name)),
-        }
-    }
-
-    fn add_pack(&self, name: &PackId, entries: &[PackEntry]) -> ObjResult<()> {
-        match self {
-            Index::Sled(db) => {
-                let mut batch = sled::Batch::default();
-                for e in entries {
-                    batch.insert(&e.id.0, Location { pack: name.clone(), entry: *e }.encode());
-                }
-                db.tree("index")?.apply_batch(batch)?;
-                db.tree("indexed_packs")?.insert(name.as_bytes(), &(entries.len() as u64).to_le_bytes())?;
-            }
-            Index::Memory { objects, packs } => {
-                let mut o = objects.write_locked();
-                for e in entries {
-                    o.insert(e.id, Location { pack: name.clone(), entry: *e });
-                }
-                packs.write_locked().insert(name.to_string());
-            }
-        }
-        Ok(())
-    }
-
-    fn clear(&self) -> ObjResult<()> {
-        match self {
-            Index::Sled(db) => {
-                db.tree("index")?.clear()?;
-                db.tree("indexed_packs")?.clear()?;
-            }
-            Index::Memory { objects, packs } => {
-                objects.write_locked().clear();
-                packs.write_locked().clear();
-            }
-        }
-        Ok(())
-    }
-}
 
 /// See [`Objects::quiesce`].
 pub struct Quiet<'a> {
@@ -701,20 +606,27 @@ impl Objects {
         })?;
         let gone: Vec<String> = known.into_iter().filter(|p| !listed.contains(p)).collect();
         if !gone.is_empty() {
-            let gone_set: HashSet<&str> = gone.iter().map(String::as_str).collect();
-            let mut changes = Vec::new();
-            self.scan_index(|id, loc| {
-                if loc.is_some_and(|l| gone_set.contains(l.pack.as_str())) {
-                    changes.push((id, None));
-                }
-            })?;
-            self.reindex(&changes, &gone)?;
-            self.forgotten.locked().extend(changes.iter().map(|(id, _)| *id));
-            log::info!("{} packs deleted by a prune elsewhere: their {} objects forgotten", gone.len(), changes.len());
+            let ids = self.forget_packs(&gone)?;
+            log::info!("{} packs deleted by a prune elsewhere: their {} objects forgotten", gone.len(), ids.len());
+            self.forgotten.locked().extend(ids);
         }
         drop(_io);
         let added = self.index_new_packs()?;
         Ok((added, gone))
+    }
+
+    /// Drop `packs` from the index: the packs, and every entry that places
+    /// an object in one of them. Returns those objects.
+    pub fn forget_packs(&self, packs: &[String]) -> ObjResult<Vec<ObjectId>> {
+        let set: HashSet<&str> = packs.iter().map(String::as_str).collect();
+        let mut changes = Vec::new();
+        self.scan_index(|id, loc| {
+            if loc.is_some_and(|l| set.contains(l.pack.as_str())) {
+                changes.push((id, None));
+            }
+        })?;
+        self.reindex(&changes, packs)?;
+        Ok(changes.into_iter().map(|(id, _)| id).collect())
     }
 
     /// Call `f` with the name of every pack the index holds.
@@ -984,32 +896,10 @@ mod tests {
         ));
     }
 
-    /// A store that keeps nothing open (so a deleted pack is gone at once).
-    struct Uncached(std::path::PathBuf);
+    /// A store that keeps nothing open (so a deleted pack is gone at once),
+    /// whose writes fail with ENOSPC while `full` is set.
+    struct Uncached(std::path::PathBuf, AtomicBool);
     impl Store for Uncached {
-        fn put(&self, k: FileKind, n: &str, d: &[u8]) -> crate::repo::store::StoreResult<()> {
-            LocalStore::new(&self.0).put(k, n, d)
-        }
-        fn get(&self, k: FileKind, n: &str) -> crate::repo::store::StoreResult<Vec<u8>> {
-            LocalStore::new(&self.0).get(k, n)
-        }
-        fn get_range(&self, k: FileKind, n: &str, o: u64, l: usize) -> crate::repo::store::StoreResult<Vec<u8>> {
-            LocalStore::new(&self.0).get_range(k, n, o, l)
-        }
-        fn size(&self, k: FileKind, n: &str) -> crate::repo::store::StoreResult<u64> {
-            LocalStore::new(&self.0).size(k, n)
-        }
-        fn list(&self, k: FileKind) -> crate::repo::store::StoreResult<Vec<String>> {
-            LocalStore::new(&self.0).list(k)
-        }
-        fn delete(&self, k: FileKind, n: &str) -> crate::repo::store::StoreResult<()> {
-            LocalStore::new(&self.0).delete(k, n)
-        }
-    }
-
-    /// A store whose pack writes fail with ENOSPC while `full` is set.
-    struct Full(std::path::PathBuf, std::sync::atomic::AtomicBool);
-    impl Store for Full {
         fn put(&self, k: FileKind, n: &str, d: &[u8]) -> crate::repo::store::StoreResult<()> {
             if self.1.load(Ordering::SeqCst) {
                 let err = std::io::Error::from_raw_os_error(libc::ENOSPC);
@@ -1037,7 +927,7 @@ mod tests {
     #[test]
     fn a_pack_failed_in_the_background_fails_the_next_put_and_the_flush_once() {
         let t = tempfile::tempdir().unwrap();
-        let store = Arc::new(Full(t.path().to_path_buf(), AtomicBool::new(true)));
+        let store = Arc::new(Uncached(t.path().to_path_buf(), AtomicBool::new(true)));
         let o = Objects::open(store.clone(), Some(&StateDb::temporary())).unwrap();
         // fill more than a pack: its write fails on the encoder thread
         let mut block = vec![0u8; 1 << 20];
@@ -1079,7 +969,7 @@ mod tests {
         w.flush().unwrap();
         let old = store.list(FileKind::Pack).unwrap().pop().unwrap();
         // a reader beside the daemon, its index built now
-        let r = Objects::open(Arc::new(Uncached(t.path().to_path_buf())), None).unwrap();
+        let r = Objects::open(Arc::new(Uncached(t.path().to_path_buf(), AtomicBool::new(false))), None).unwrap();
         // prune: copy into a new pack, then delete the old one
         let e = w.pack_entries(&old).unwrap()[0];
         let stored = store.get_range(FileKind::Pack, &old, e.offset, e.stored as usize).unwrap();
@@ -1087,7 +977,7 @@ mod tests {
         w.put(ObjKind::Blob, b"written since").unwrap();
         w.flush().unwrap();
         // a reader whose index saw both copies (either may have won)
-        let r2 = Objects::open(Arc::new(Uncached(t.path().to_path_buf())), None).unwrap();
+        let r2 = Objects::open(Arc::new(Uncached(t.path().to_path_buf(), AtomicBool::new(false))), None).unwrap();
         store.delete(FileKind::Pack, &old).unwrap();
         assert_eq!(r.get(&x, ObjKind::Blob).unwrap(), b"moved by prune");
         assert_eq!(r2.get(&x, ObjKind::Blob).unwrap(), b"moved by prune");
