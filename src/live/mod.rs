@@ -1,5 +1,8 @@
 //! The live view: a POSIX passthrough over the backing directory that tells
 //! the [`Tracker`] about every change before making it.
+//! (About 700 lines of code and 190 of unit tests: the inode table and the
+//! calls that share it stay together; directories, files and xattrs are in
+//! their own files beside it.)
 //!
 //! # Inodes
 //! Each inode the kernel knows is an [`Inode`] holding an `O_PATH` descriptor
