@@ -83,7 +83,7 @@ impl Healer<'_> {
                 let store = self.objects.store();
                 if matches!(store.size(FileKind::Pack, &loc.pack), Err(StoreError::NotFound { .. })) {
                     if let Ok(bytes) = src.store.get(FileKind::Pack, &loc.pack) {
-                        if blake3::hash(&bytes).to_hex().as_str() == loc.pack.as_str() {
+                        if ObjectId::names(&loc.pack, &bytes) {
                             let put = store.put(FileKind::Pack, &loc.pack, &bytes).map_err(|e| e.to_string());
                             put.and_then(|()| self.objects.index_new_packs().map_err(|e| e.to_string()))
                                 .map_err(|e| format!("writing pack {} back: {e}", loc.pack))?;
@@ -126,7 +126,7 @@ pub fn repair(objects: &Objects, found: &VerifyReport, sources: &[Source]) -> Op
         }
         for s in sources {
             let Ok(bytes) = s.store.get(FileKind::Pack, &name) else { continue };
-            if blake3::hash(&bytes).to_hex().as_str() != name {
+            if !ObjectId::names(&name, &bytes) {
                 continue;
             }
             if present {
@@ -241,7 +241,7 @@ pub fn repair(objects: &Objects, found: &VerifyReport, sources: &[Source]) -> Op
         let mut healed = None;
         for s in sources {
             match s.store.get(FileKind::Snapshot, &r.name) {
-                Ok(b) if blake3::hash(&b).to_hex().as_str() == r.name => {
+                Ok(b) if ObjectId::names(&r.name, &b) => {
                     healed = Some((s.name.clone(), b));
                     break;
                 }

@@ -140,7 +140,7 @@ pub fn sync(
                 let r = from.get(FileKind::Pack, p).map_err(|e| gone(e, p)).and_then(|data| {
                     // the pack's name is the hash of its bytes: a damaged
                     // primary copy is not spread
-                    if crate::repo::objects::ObjectId::of(&data).hex() != *p {
+                    if !crate::repo::objects::ObjectId::names(p, &data) {
                         damaged!("pack {p} is damaged on the primary (its bytes do not match its name): not copied");
                     }
                     to.put(FileKind::Pack, p, &data)?;

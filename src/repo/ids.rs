@@ -18,6 +18,12 @@ impl ObjectId {
         ObjectId(*blake3::hash(bytes).as_bytes())
     }
 
+    /// Whether `name` is the name of a file named by its contents (a pack,
+    /// a record, a deletion plan) holding `bytes`.
+    pub fn names(name: &str, bytes: &[u8]) -> bool {
+        ObjectId::of(bytes).hex() == name
+    }
+
     /// The id of an object: blake3 of its kind byte and its bytes, so objects
     /// of different kinds never share an id (an empty tree and an empty link
     /// table have the same bytes).

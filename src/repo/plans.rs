@@ -71,7 +71,7 @@ pub fn write(store: &dyn Store, plan: &Plan) -> StoreResult<String> {
     if let Some(k) = store.keys() {
         bytes = k.seal_plan(&bytes);
     }
-    let name = blake3::hash(&bytes).to_hex().to_string();
+    let name = ObjectId::of(&bytes).hex();
     store.put(FileKind::Plan, &name, &bytes)?;
     Ok(name)
 }
@@ -93,7 +93,7 @@ pub fn read_all(store: &dyn Store) -> StoreResult<Vec<Listed>> {
 }
 
 fn decode(store: &dyn Store, name: &str, bytes: &[u8]) -> Result<Plan, String> {
-    if blake3::hash(bytes).to_hex().as_str() != name {
+    if !ObjectId::names(name, bytes) {
         return Err("its contents do not match its name".into());
     }
     let plain = match store.keys() {
@@ -168,7 +168,7 @@ mod tests {
         // a forged one naming something that is no pack, and one whose
         // name does not match
         let bad = serde_json::to_vec(&Plan { condemned: vec!["../config".into()], ..p.clone() }).unwrap();
-        store.put(FileKind::Plan, &blake3::hash(&bad).to_hex(), &bad).unwrap();
+        store.put(FileKind::Plan, &ObjectId::of(&bad).hex(), &bad).unwrap();
         store.put(FileKind::Plan, &"0".repeat(64), b"{}").unwrap();
         let all = read_all(&store).unwrap();
         assert_eq!(all.len(), 3);
