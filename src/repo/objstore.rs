@@ -122,6 +122,11 @@ enum Job {
     Discard(SyncSender<()>),
 }
 
+/// The encoder thread ended (it panicked): nothing more is written.
+fn encoder_gone() -> ObjError {
+    ObjError::PackWriteFailed { message: "the pack encoder thread is gone".into(), enospc: false }
+}
+
 /// Jobs queued to the encoder before `put` waits (each at most one block).
 const QUEUE: usize = 16;
 
@@ -152,13 +157,7 @@ impl Sink {
                     writer.add_encoded(&entry, &stored);
                 }
                 Job::Flush(reply) => {
-                    let r = match self.write(&mut writer) {
-                        Ok(()) => match self.failure.locked().take() {
-                            Some(e) => Err(e),
-                            None => Ok(()),
-                        },
-                        Err(e) => Err(e),
-                    };
+                    let r = self.write(&mut writer).and_then(|()| self.failure.locked().take().map_or(Ok(()), Err));
                     self.failed.store(false, Ordering::Release);
                     let _ = reply.send(r);
                     continue;
@@ -426,8 +425,7 @@ impl Objects {
     pub fn scan_index(&self, mut f: impl FnMut(ObjectId, Option<Location>)) -> ObjResult<HashSet<String>> {
         match &self.sink.index {
             Index::Sled(db) => {
-                let (objects, packs) = (db.tree("index")?, db.tree("indexed_packs")?);
-                for kv in objects.iter() {
+                for kv in db.tree("index")?.iter() {
                     let (k, v) = kv?;
                     let Ok(id) = <[u8; 32]>::try_from(&*k) else {
                         f(ObjectId::ZERO, None);
@@ -436,19 +434,18 @@ impl Objects {
                     let id = ObjectId(id);
                     f(id, Location::decode(id, &v));
                 }
-                let mut out = HashSet::new();
-                for kv in packs.iter() {
-                    out.insert(String::from_utf8_lossy(&kv?.0).into_owned());
-                }
-                Ok(out)
             }
-            Index::Memory { objects, packs } => {
+            Index::Memory { objects, .. } => {
                 for (id, loc) in objects.read_locked().iter() {
                     f(*id, Some(loc.clone()));
                 }
-                Ok(packs.read_locked().clone())
             }
         }
+        let mut packs = HashSet::new();
+        self.index_known_packs(|p| {
+            packs.insert(p);
+        })?;
+        Ok(packs)
     }
 
     /// Point objects elsewhere or drop them from the index (prune, before
@@ -528,30 +525,38 @@ impl Objects {
         let id = self.id_of(kind, raw);
         self.check_failed()?;
         let packs = self.sink.packs_done.load(Ordering::Acquire);
-        if self.reusable(&id)? {
+        if self.reusable(&id)? || !self.enqueue(id, kind, raw, Some(packs))? {
             return Ok((id, false));
         }
-        let data: Arc<[u8]> = {
-            let mut p = self.sink.pending.locked();
-            if p.raw.contains_key(&id) {
-                return Ok((id, false));
-            }
-            // a pack written since the index was asked took its objects
-            // out of pending: ask again
-            if self.sink.packs_done.load(Ordering::Acquire) != packs && self.reusable(&id)? {
-                return Ok((id, false));
-            }
-            let data: Arc<[u8]> = raw.into();
-            p.raw.insert(id, (kind, data.clone()));
-            data
-        };
         self.sink.added_objects.fetch_add(1, Ordering::Relaxed);
         self.sink.added_raw.fetch_add(raw.len() as u64, Ordering::Relaxed);
         if kind == ObjKind::Blob {
             self.sink.added_blob.fetch_add(raw.len() as u64, Ordering::Relaxed);
         }
-        self.send(Job::Put { id, kind, raw: data })?;
         Ok((id, true))
+    }
+
+    /// Make `raw` pending and hand it to the encoder, unless it is pending
+    /// already. With `packs_seen` (the packs written when the caller asked
+    /// the index), ask the index again if a pack was written since: it took
+    /// its objects out of pending. Returns whether it was queued.
+    fn enqueue(&self, id: ObjectId, kind: ObjKind, raw: &[u8], packs_seen: Option<u64>) -> ObjResult<bool> {
+        let data: Arc<[u8]> = {
+            let mut p = self.sink.pending.locked();
+            if p.raw.contains_key(&id) {
+                return Ok(false);
+            }
+            if let Some(seen) = packs_seen {
+                if self.sink.packs_done.load(Ordering::Acquire) != seen && self.reusable(&id)? {
+                    return Ok(false);
+                }
+            }
+            let data: Arc<[u8]> = raw.into();
+            p.raw.insert(id, (kind, data.clone()));
+            data
+        };
+        self.send(Job::Put { id, kind, raw: data })?;
+        Ok(true)
     }
 
     /// Whether the index has `id` in a pack no plan condemns (and note the
@@ -645,18 +650,8 @@ impl Objects {
     /// Store an object even though the index has it (a repair: the copy
     /// the index names is damaged); the new pack's entry replaces it.
     pub fn put_again(&self, kind: ObjKind, raw: &[u8]) -> ObjResult<()> {
-        let id = self.id_of(kind, raw);
         self.check_failed()?;
-        let data: Arc<[u8]> = {
-            let mut p = self.sink.pending.locked();
-            if p.raw.contains_key(&id) {
-                return Ok(());
-            }
-            let data: Arc<[u8]> = raw.into();
-            p.raw.insert(id, (kind, data.clone()));
-            data
-        };
-        self.send(Job::Put { id, kind, raw: data })
+        self.enqueue(self.id_of(kind, raw), kind, raw, None).map(drop)
     }
 
     /// A pack written in the background failed: say so (the error itself
@@ -683,9 +678,7 @@ impl Objects {
                 .expect("spawn the pack encoder thread");
             Encoder { tx, thread }
         });
-        enc.tx
-            .send(job)
-            .map_err(|_| ObjError::PackWriteFailed { message: "the pack encoder thread is gone".into(), enospc: false })
+        enc.tx.send(job).map_err(|_| encoder_gone())
     }
 
     /// While the guard lives, no pack is written or indexed (objects still
@@ -702,9 +695,7 @@ impl Objects {
         }
         let (tx, rx) = sync_channel(1);
         self.send(Job::Flush(tx))?;
-        rx.recv().unwrap_or_else(|_| {
-            Err(ObjError::PackWriteFailed { message: "the pack encoder thread is gone".into(), enospc: false })
-        })
+        rx.recv().unwrap_or_else(|_| Err(encoder_gone()))
     }
 
     /// Drop what is pending without writing it (a failed snapshot).
@@ -828,24 +819,20 @@ impl Objects {
 
     /// [`Objects::tree`] through [`Objects::get_healing`].
     pub fn tree_healing(&self, id: &ObjectId) -> ObjResult<Tree> {
-        let raw = self.get_healing(id, ObjKind::Tree)?;
-        Tree::decode(&raw).map_err(|err| ObjError::Decode { id: *id, err })
+        as_tree(id, &self.get_healing(id, ObjKind::Tree)?)
     }
 
     /// [`Objects::node`] through [`Objects::get_healing`].
     pub fn node_healing(&self, id: &ObjectId) -> ObjResult<FileNode> {
-        let raw = self.get_healing(id, ObjKind::FileNode)?;
-        FileNode::decode(&raw).map_err(|err| ObjError::Decode { id: *id, err })
+        as_node(id, &self.get_healing(id, ObjKind::FileNode)?)
     }
 
     pub fn tree(&self, id: &ObjectId) -> ObjResult<Tree> {
-        let raw = self.get(id, ObjKind::Tree)?;
-        Tree::decode(&raw).map_err(|err| ObjError::Decode { id: *id, err })
+        as_tree(id, &self.get(id, ObjKind::Tree)?)
     }
 
     pub fn node(&self, id: &ObjectId) -> ObjResult<FileNode> {
-        let raw = self.get(id, ObjKind::FileNode)?;
-        FileNode::decode(&raw).map_err(|err| ObjError::Decode { id: *id, err })
+        as_node(id, &self.get(id, ObjKind::FileNode)?)
     }
 
     /// Counters since the last call, reset.
@@ -858,6 +845,14 @@ impl Objects {
             packs: self.sink.added_packs.swap(0, Ordering::Relaxed),
         }
     }
+}
+
+fn as_tree(id: &ObjectId, raw: &[u8]) -> ObjResult<Tree> {
+    Tree::decode(raw).map_err(|err| ObjError::Decode { id: *id, err })
+}
+
+fn as_node(id: &ObjectId, raw: &[u8]) -> ObjResult<FileNode> {
+    FileNode::decode(raw).map_err(|err| ObjError::Decode { id: *id, err })
 }
 
 #[cfg(test)]
