@@ -339,18 +339,14 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
     }
     // A read of .snapshots that hits damage heals from a replica.
     objects.set_healer(Some({
-        let (reps, cache) = (replicas.clone(), Mutex::new(Vec::<(String, Objects)>::new()));
+        let (reps, cache) = (replicas.clone(), Mutex::new(crate::ops::repair::Sources::new(Vec::new())));
         Arc::new(move |id: &crate::repo::objects::ObjectId, kind| {
             let mut c = crate::util::Locked::locked(&cache);
+            // (replicas added since are found while there were none)
             if c.is_empty() {
-                for s in reps.sources() {
-                    match Objects::open(s.store, None) {
-                        Ok(o) => c.push((s.name, o)),
-                        Err(e) => log::warn!("replica {} cannot heal reads: {e}", s.name),
-                    }
-                }
+                *c = crate::ops::repair::Sources::new(reps.sources());
             }
-            c.iter().find_map(|(name, o)| o.get(id, kind).ok().map(|raw| (raw, name.clone())))
+            c.find(id, kind)
         })
     }));
     // The repository on the disk it protects is no backup against that disk.

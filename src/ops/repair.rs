@@ -40,9 +40,66 @@ pub struct RepairReport {
 
 /// A copy to heal from: its name (for the log) and its store, opened with
 /// this repository's keys.
+#[derive(Clone)]
 pub struct Source {
     pub name: String,
     pub store: Arc<dyn Store>,
+}
+
+/// The copies to heal from, each with its objects (an index built from its
+/// trailers), opened at the first use. Repair and the daemon's healing
+/// reads both go through it.
+pub struct Sources {
+    list: Vec<(Source, Option<Objects>)>,
+}
+
+impl Sources {
+    pub fn new(sources: Vec<Source>) -> Sources {
+        Sources { list: sources.into_iter().map(|s| (s, None)).collect() }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Each source that opens, with its objects; why the others did not.
+    fn opened(&mut self) -> (Vec<(&Source, &Objects)>, Vec<String>) {
+        let mut why = Vec::new();
+        for (src, objs) in self.list.iter_mut() {
+            if objs.is_none() {
+                match Objects::open(src.store.clone(), None) {
+                    Ok(o) => *objs = Some(o),
+                    Err(e) => why.push(format!("{}: {e}", src.name)),
+                }
+            }
+        }
+        (self.list.iter().filter_map(|(s, o)| o.as_ref().map(|o| (s, o))).collect(), why)
+    }
+
+    /// A copy of object `id` from the first source that reads it (checked
+    /// there), and the source's name.
+    pub fn find(&mut self, id: &ObjectId, kind: ObjKind) -> Option<(Vec<u8>, String)> {
+        let (open, why) = self.opened();
+        for w in why {
+            log::warn!("a copy to heal from cannot be opened: {w}");
+        }
+        open.into_iter().find_map(|(s, o)| o.get(id, kind).ok().map(|raw| (raw, s.name.clone())))
+    }
+}
+
+/// Put pack `name` from `from` into `to` if `from` holds it whole (its
+/// bytes hash to its name), in place of a damaged copy there (`replace`).
+/// Returns whether it did.
+fn fetch_pack(from: &dyn Store, to: &dyn Store, name: &str, replace: bool) -> Result<bool, StoreError> {
+    let Ok(bytes) = from.get(FileKind::Pack, name) else { return Ok(false) };
+    if !ObjectId::names(name, &bytes) {
+        return Ok(false);
+    }
+    if replace {
+        to.delete(FileKind::Pack, name)?;
+    }
+    to.put(FileKind::Pack, name, &bytes)?;
+    Ok(true)
 }
 
 fn kind_of(name: &str) -> Option<ObjKind> {
@@ -57,7 +114,7 @@ fn kind_of(name: &str) -> Option<ObjKind> {
 
 struct Healer<'a> {
     objects: &'a Objects,
-    sources: Vec<(&'a Source, Option<Objects>)>,
+    sources: Sources,
     report: RepairReport,
 }
 
@@ -65,35 +122,30 @@ impl Healer<'_> {
     /// Fetch object `id` from the first source that has a sound copy, and
     /// store it here anew. Returns where it came from.
     fn heal(&mut self, id: ObjectId, kind: ObjKind) -> Result<String, String> {
-        let mut why = Vec::new();
-        for (src, objs) in self.sources.iter_mut() {
-            if objs.is_none() {
-                match Objects::open(src.store.clone(), None) {
-                    Ok(o) => *objs = Some(o),
-                    Err(e) => {
-                        why.push(format!("{}: {e}", src.name));
-                        continue;
-                    }
-                }
-            }
-            let o = objs.as_ref().expect("opened above");
+        let objects = self.objects;
+        let (open, mut why) = self.sources.opened();
+        for (src, o) in open {
             // the source's pack holding it, when this repository lacks that
             // pack altogether (lost): the whole pack, checked by its name
             if let Ok(Some(loc)) = o.locate(&id) {
-                let store = self.objects.store();
+                let store = objects.store();
                 if matches!(store.size(FileKind::Pack, &loc.pack), Err(StoreError::NotFound { .. })) {
-                    if let Ok(bytes) = src.store.get(FileKind::Pack, &loc.pack) {
-                        if ObjectId::names(&loc.pack, &bytes) {
-                            let put = store.put(FileKind::Pack, &loc.pack, &bytes).map_err(|e| e.to_string());
-                            put.and_then(|()| self.objects.index_new_packs().map_err(|e| e.to_string()))
-                                .map_err(|e| format!("writing pack {} back: {e}", loc.pack))?;
-                            return Ok(format!("{} (its whole pack {})", src.name, loc.pack));
+                    let fetched = fetch_pack(&*src.store, &**store, &loc.pack, false).map_err(|e| e.to_string());
+                    let indexed = fetched.and_then(|fetched| {
+                        if fetched {
+                            objects.index_new_packs().map_err(|e| e.to_string())?;
                         }
+                        Ok(fetched)
+                    });
+                    match indexed {
+                        Ok(true) => return Ok(format!("{} (its whole pack {})", src.name, loc.pack)),
+                        Ok(false) => {}
+                        Err(e) => return Err(format!("writing pack {} back: {e}", loc.pack)),
                     }
                 }
             }
             match o.get(&id, kind) {
-                Ok(raw) if self.objects.id_of(kind, &raw) == id => match self.objects.put_again(kind, &raw) {
+                Ok(raw) if objects.id_of(kind, &raw) == id => match objects.put_again(kind, &raw) {
                     Ok(()) => return Ok(src.name.clone()),
                     Err(e) => return Err(format!("writing it back: {e}")),
                 },
@@ -112,8 +164,7 @@ impl Healer<'_> {
 pub fn repair(objects: &Objects, found: &VerifyReport, sources: &[Source]) -> OpResult<RepairReport> {
     crate::repo::crypto::require_full(objects.keys().map(|k| &**k), "verify --repair")?;
     let store = objects.store().clone();
-    let mut h =
-        Healer { objects, sources: sources.iter().map(|s| (s, None)).collect(), report: RepairReport::default() };
+    let mut h = Healer { objects, sources: Sources::new(sources.to_vec()), report: RepairReport::default() };
     let mut done: HashSet<ObjectId> = HashSet::new();
 
     // whole packs, by name: the damaged ones and those gone from the store
@@ -125,17 +176,11 @@ pub fn repair(objects: &Objects, found: &VerifyReport, sources: &[Source]) -> Op
             continue;
         }
         for s in sources {
-            let Ok(bytes) = s.store.get(FileKind::Pack, &name) else { continue };
-            if !ObjectId::names(&name, &bytes) {
-                continue;
+            if fetch_pack(&*s.store, &*store, &name, present)? {
+                h.report.repaired.push(format!("pack {name} from {}", s.name));
+                whole_healed.insert(name.clone());
+                break;
             }
-            if present {
-                store.delete(FileKind::Pack, &name)?;
-            }
-            store.put(FileKind::Pack, &name, &bytes)?;
-            h.report.repaired.push(format!("pack {name} from {}", s.name));
-            whole_healed.insert(name.clone());
-            break;
         }
     }
     if !whole_healed.is_empty() {
