@@ -420,6 +420,43 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
         entries: Vec<PackEntry>,
         used_bytes: u64,
     }
+    /// Where each object of `packs` is, in the first of them holding it.
+    fn first_homes<'a>(packs: impl IntoIterator<Item = &'a PackInfo>) -> HashMap<ObjectId, Location> {
+        let mut home = HashMap::new();
+        for p in packs {
+            let pack = PackId::parse(&p.name).expect("listed as a pack id above");
+            for e in &p.entries {
+                home.entry(e.id).or_insert_with(|| Location { pack: pack.clone(), entry: *e });
+            }
+        }
+        home
+    }
+    /// How many objects of `packs` no snapshot uses.
+    fn unused_in<'a>(packs: impl IntoIterator<Item = &'a PackInfo>, used: &HashSet<ObjectId>) -> u64 {
+        let ids: HashSet<ObjectId> =
+            packs.into_iter().flat_map(|p| p.entries.iter()).filter(|e| !used.contains(&e.id)).map(|e| e.id).collect();
+        ids.len() as u64
+    }
+    /// Point the index off the packs `gone`: each object there at
+    /// `home(id)` (None: dropped from the index), except those `keep` says
+    /// stay as the index has them; drop the packs from the indexed set.
+    /// Returns their names.
+    fn repoint_off(
+        objects: &Objects,
+        gone: &HashSet<&str>,
+        home: impl Fn(&ObjectId) -> Option<Location>,
+        keep: impl Fn(&ObjectId) -> bool,
+    ) -> OpResult<Vec<String>> {
+        let mut changes: Vec<(ObjectId, Option<Location>)> = Vec::new();
+        objects.scan_index(|id, loc| {
+            if loc.is_some_and(|l| gone.contains(l.pack.as_str())) && !keep(&id) {
+                changes.push((id, home(&id)));
+            }
+        })?;
+        let names: Vec<String> = gone.iter().map(|s| s.to_string()).collect();
+        objects.reindex(&changes, &names)?;
+        Ok(names)
+    }
     let mut packs: Vec<PackInfo> = Vec::with_capacity(names.len());
     for (i, name) in names.into_iter().enumerate() {
         let entries = objects.pack_entries(&name).map_err(|e| {
@@ -451,13 +488,7 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
         let (named, free): (Vec<PackInfo>, Vec<PackInfo>) =
             packs.into_iter().partition(|p| condemned.contains(&p.name));
         packs = free;
-        let mut elsewhere: HashMap<ObjectId, Location> = HashMap::new();
-        for p in &packs {
-            let pack = PackId::parse(&p.name).expect("listed as a pack id above");
-            for e in &p.entries {
-                elsewhere.entry(e.id).or_insert_with(|| Location { pack: pack.clone(), entry: *e });
-            }
-        }
+        let elsewhere = first_homes(&packs);
         let mut delete: Vec<&PackInfo> = Vec::new();
         for p in named.iter().filter(|p| ripe.contains(p.name.as_str())) {
             let ids: Vec<ObjectId> = p.entries.iter().map(|e| e.id).collect();
@@ -472,22 +503,9 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
         freed_now = delete.iter().map(|p| p.size).sum();
         report.packs_waiting = (named.len() - delete.len()) as u64 - report.packs_rescued;
         let gone: HashSet<&str> = delete.iter().map(|p| p.name.as_str()).collect();
-        report.objects_removed = delete
-            .iter()
-            .flat_map(|p| p.entries.iter())
-            .filter(|e| !used.contains(&e.id))
-            .map(|e| e.id)
-            .collect::<HashSet<_>>()
-            .len() as u64;
+        report.objects_removed = unused_in(delete.iter().copied(), &used);
         if !opts.dry_run {
-            let mut changes: Vec<(ObjectId, Option<Location>)> = Vec::new();
-            objects.scan_index(|id, loc| {
-                if loc.is_some_and(|l| gone.contains(l.pack.as_str())) {
-                    changes.push((id, elsewhere.get(&id).cloned()));
-                }
-            })?;
-            let names: Vec<String> = gone.iter().map(|s| s.to_string()).collect();
-            objects.reindex(&changes, &names)?;
+            let names = repoint_off(objects, &gone, |id| elsewhere.get(id).cloned(), |_| false)?;
             for name in &names {
                 store.delete(FileKind::Pack, name)?;
             }
@@ -527,17 +545,9 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
     // checks out (a duplicate left by an interrupted prune or snapshot).
     let kept: HashSet<&str> =
         packs.iter().zip(&fates).filter(|(_, f)| **f == Fate::Keep).map(|(p, _)| p.name.as_str()).collect();
-    let mut home: HashMap<ObjectId, Location> = HashMap::new();
+    let mut home = first_homes(packs.iter().zip(&fates).filter(|(_, f)| **f == Fate::Keep).map(|(p, _)| p));
     // homes found damaged: their objects are copied elsewhere below
     let mut lost: HashSet<ObjectId> = HashSet::new();
-    for (p, f) in packs.iter().zip(&fates) {
-        if *f == Fate::Keep {
-            for e in &p.entries {
-                let pack = PackId::parse(&p.name).expect("listed as a pack id above");
-                home.entry(e.id).or_insert_with(|| Location { pack, entry: *e });
-            }
-        }
-    }
     // (only objects held by more than one pack can have another copy)
     let mut seen: HashSet<ObjectId> = HashSet::new();
     let mut dups: HashSet<ObjectId> = HashSet::new();
@@ -606,13 +616,7 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
     let doomed: Vec<usize> = (0..packs.len()).filter(|&i| fates[i] != Fate::Keep).collect();
     let doomed_bytes: u64 = doomed.iter().map(|&i| packs[i].size).sum();
     if !shared {
-        report.objects_removed = doomed
-            .iter()
-            .flat_map(|&i| packs[i].entries.iter())
-            .filter(|e| !used.contains(&e.id))
-            .map(|e| e.id)
-            .collect::<HashSet<_>>()
-            .len() as u64;
+        report.objects_removed = unused_in(doomed.iter().map(|&i| &packs[i]), &used);
     }
     if opts.dry_run || doomed.is_empty() {
         if shared {
@@ -680,18 +684,8 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
     } else {
         // the index: nothing may point into a doomed pack any more
         let doomed_names: HashSet<&str> = doomed.iter().map(|&i| packs[i].name.as_str()).collect();
-        let mut changes: Vec<(ObjectId, Option<Location>)> = Vec::new();
-        objects.scan_index(|id, loc| {
-            if let Some(loc) = loc {
-                if doomed_names.contains(loc.pack.as_str()) {
-                    changes.push((id, home.get(&id).cloned()));
-                }
-            }
-        })?;
-        // objects copied were indexed at their new place by the flush: keep that
-        changes.retain(|(id, _)| !copying.contains(id));
-        let dropped: Vec<String> = doomed_names.iter().map(|s| s.to_string()).collect();
-        objects.reindex(&changes, &dropped)?;
+        // (objects copied were indexed at their new place by the flush: that stays)
+        let dropped = repoint_off(objects, &doomed_names, |id| home.get(id).cloned(), |id| copying.contains(id))?;
         crate::util::crash_point("prune-after-reindex");
 
         // and only now the packs go
