@@ -15,8 +15,7 @@ use std::time::Duration;
 use common::*;
 
 fn mount_as(dir: &Path, url: &str, host: &str) -> Mounted {
-    let extra = ["--repo", url, "--host", host].iter().map(|s| s.to_string()).collect();
-    Mounted::with(dir, MountOpts { extra, ..Default::default() })
+    Mounted::with_args(dir, &["--repo", url, "--host", host])
 }
 
 fn snap_json(dir: &Path, name: &str) -> serde_json::Value {

@@ -44,7 +44,7 @@ fn with_replica(t: &Path) -> (PathBuf, PathBuf, std::collections::BTreeMap<Strin
     }
     run_ok(&["init", "--encryption", "none", repo.to_str().unwrap()]);
     let extra = ["--repo", repo.to_str().unwrap(), "--replica", copy.to_str().unwrap()];
-    let m = Mounted::with(&d, MountOpts { extra: extra.iter().map(|s| s.to_string()).collect(), ..Default::default() });
+    let m = Mounted::with_args(&d, &extra);
     snap(&m.dir, "s1");
     run_ok(&["replica", "sync", m.dir.to_str().unwrap()]);
     let want = model(&m.dir);
@@ -125,7 +125,7 @@ fn a_bucket_replica_heals_from_the_local_repository() {
     run_ok(&["init", "--encryption", "none", repo.to_str().unwrap()]);
     let url = s3_url("heal");
     let extra = ["--repo", repo.to_str().unwrap(), "--replica", &url];
-    let m = Mounted::with(&d, MountOpts { extra: extra.iter().map(|s| s.to_string()).collect(), ..Default::default() });
+    let m = Mounted::with_args(&d, &extra);
     snap(&m.dir, "s1");
     run_ok(&["replica", "sync", m.dir.to_str().unwrap()]);
     let want = model(&m.dir);
@@ -160,7 +160,7 @@ fn a_mounted_directory_heals_from_its_replica() {
     let (repo, copy, want) = with_replica(t.path());
     let d = t.path().join("d");
     let extra = ["--repo", repo.to_str().unwrap(), "--replica", copy.to_str().unwrap()];
-    let m = Mounted::with(&d, MountOpts { extra: extra.iter().map(|s| s.to_string()).collect(), ..Default::default() });
+    let m = Mounted::with_args(&d, &extra);
     flip_middle(&packs_of(&repo)[0]);
     let dir = m.dir.to_str().unwrap();
     let (ok, v) = verify_json(&[dir]);
@@ -181,7 +181,7 @@ fn a_read_that_hits_damage_heals_from_the_replica() {
     let d = t.path().join("d");
     flip_middle(&packs_of(&repo)[0]);
     let extra = ["--repo", repo.to_str().unwrap(), "--replica", copy.to_str().unwrap()];
-    let m = Mounted::with(&d, MountOpts { extra: extra.iter().map(|s| s.to_string()).collect(), ..Default::default() });
+    let m = Mounted::with_args(&d, &extra);
     assert_same(&want, &model(&m.dir.join(".snapshots/s1")), ".snapshots/s1 read over damage");
     assert!(status(&m.dir)["health"]["repairs"].as_u64().unwrap() > 0);
     assert!(m.log_text().contains("REPAIRED object"), "{}", m.log_text());

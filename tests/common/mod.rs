@@ -64,6 +64,11 @@ impl Mounted {
         Self::with_env(dir, o, &[])
     }
 
+    /// With these extra arguments to `mount`.
+    pub fn with_args(dir: &Path, args: &[&str]) -> Mounted {
+        Self::with(dir, MountOpts { extra: args.iter().map(|s| s.to_string()).collect(), ..Default::default() })
+    }
+
     /// With these variables in the daemon's environment.
     pub fn with_env(dir: &Path, o: MountOpts, env: &[(&str, &str)]) -> Mounted {
         let dir = dir.canonicalize().expect("mount point exists");
