@@ -448,7 +448,7 @@ fn crafted_repository(repo: &Path) {
     root.kind = EntryKind::Dir;
     root.mode = 0o755;
     root.totals = Totals { files: 3, dirs: 1, others: 0, bytes: 10 + (5 << 40) };
-    let (top, _) = o.put(ObjKind::Tree, &Tree { entries: vec![root] }.encode()).unwrap();
+    let (top, _) = o.put_tree(&Tree { entries: vec![root] }).unwrap();
     let (links, _) = o.put(ObjKind::Meta, &snapshot::encode_links(&Default::default())).unwrap();
     o.flush().unwrap();
     let record = SnapshotRecord {
@@ -526,7 +526,7 @@ fn a_small_shared_subtree_cannot_expand_past_what_the_snapshot_records() {
     root.kind = EntryKind::Dir;
     root.mode = 0o755;
     root.totals = Totals { files: 20, dirs: 20, others: 0, bytes: 20 };
-    let (top, _) = o.put(ObjKind::Tree, &Tree { entries: vec![root] }.encode()).unwrap();
+    let (top, _) = o.put_tree(&Tree { entries: vec![root] }).unwrap();
     let (links, _) = o.put(ObjKind::Meta, &snapshot::encode_links(&Default::default())).unwrap();
     o.flush().unwrap();
     let record = SnapshotRecord {

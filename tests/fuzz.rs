@@ -259,7 +259,7 @@ fn build(root: &Path, tw: &Tweaks) -> Arc<dyn Store> {
     .encode();
     (tw.tree)(&mut inner);
     let (dir, _) = o.put(ObjKind::Tree, &inner).unwrap();
-    let (top, _) = o.put(ObjKind::Tree, &Tree { entries: vec![dir_entry(".", 2, dir)] }.encode()).unwrap();
+    let (top, _) = o.put_tree(&Tree { entries: vec![dir_entry(".", 2, dir)] }).unwrap();
     let (links, _) = o.put(ObjKind::Meta, &objects::encode_links(&Default::default())).unwrap();
     o.flush().unwrap();
     let rec = SnapshotRecord {

@@ -97,13 +97,13 @@ fn read_back(repo: &str, id: &str) -> (BTreeMap<String, Vec<u8>>, Times) {
     let root = snapshot::root_entry(&objects, s.root_tree().unwrap()).unwrap();
     let mut out = BTreeMap::new();
     let mut times = Times::new();
-    let mut stack = vec![(root.content, String::new())];
-    while let Some((tree, rel)) = stack.pop() {
-        for e in objects.tree(&tree).unwrap().entries {
+    let mut stack = vec![(root, String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        for e in objects.dir_tree(&dir).unwrap().entries {
             let name = String::from_utf8_lossy(&e.name).into_owned();
             let r = if rel.is_empty() { name } else { format!("{rel}/{name}") };
             match e.kind {
-                EntryKind::Dir => stack.push((e.content, r)),
+                EntryKind::Dir => stack.push((e.clone(), r)),
                 EntryKind::File => {
                     times.insert(r.clone(), (e.mtime.sec, e.mtime.nsec as i64));
                     out.insert(r, snapshot::read_file(&objects, &e, BS).unwrap());

@@ -27,14 +27,14 @@ fn read_back(repo: &Path, name: &str) -> BTreeMap<String, Node> {
     let s = snapshot::find(&all, name).unwrap();
     let root = snapshot::root_entry(&objects, s.root_tree().unwrap()).unwrap();
     let mut out = BTreeMap::new();
-    let mut stack = vec![(root.content, String::new())];
-    while let Some((tree, rel)) = stack.pop() {
-        for e in objects.tree(&tree).unwrap().entries {
+    let mut stack = vec![(root, String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        for e in objects.dir_tree(&dir).unwrap().entries {
             let name = String::from_utf8_lossy(&e.name).into_owned();
             let r = if rel.is_empty() { name } else { format!("{rel}/{name}") };
             let (kind, data) = match e.kind {
                 EntryKind::Dir => {
-                    stack.push((e.content, r.clone()));
+                    stack.push((e.clone(), r.clone()));
                     ("dir", Vec::new())
                 }
                 EntryKind::File => ("file", snapshot::read_file(&objects, &e, BS).unwrap()),
@@ -188,7 +188,7 @@ fn holes_stay_holes() {
     let objects = Objects::open(store.clone(), None).unwrap();
     let all = snapshot::list(&*store).unwrap();
     let root = snapshot::root_entry(&objects, all[0].root_tree().unwrap()).unwrap();
-    let t = objects.tree(&root.content).unwrap();
+    let t = objects.dir_tree(&root).unwrap();
     let e = t.get(b"sparse").unwrap();
     let ids = snapshot::block_ids(&objects, e.content, e.levels).unwrap();
     assert_eq!(ids.len(), 40);

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use crate::repo::objects::SnapshotId;
-use crate::repo::objects::{EntryKind, FileNode, ObjKind, ObjectId, Tree};
+use crate::repo::objects::{EntryKind, FileNode, ObjKind, ObjectId, Tree, TreeId};
 use crate::repo::objstore::{ObjError, Objects};
 use crate::snapshot::{self, SnapError, SnapshotInfo};
 
@@ -83,19 +83,19 @@ impl Copier<'_> {
 
     /// A tree and everything below it, depth first, children before their
     /// parent (an explicit stack: any depth).
-    fn tree(&mut self, root: ObjectId) -> Result<ObjectId, ObjError> {
+    fn tree(&mut self, root: TreeId) -> Result<TreeId, ObjError> {
         enum Step {
             Enter(ObjectId),
             Exit(ObjectId, Tree),
         }
-        let mut stack = vec![Step::Enter(root)];
+        let mut stack = vec![Step::Enter(root.id())];
         while let Some(step) = stack.pop() {
             match step {
                 Step::Enter(id) => {
                     if self.ids.contains_key(&id) {
                         continue;
                     }
-                    let t = self.from.tree(&id)?;
+                    let t = self.from.tree(&TreeId::from_dir(id))?;
                     let below: Vec<ObjectId> =
                         t.entries.iter().filter(|e| e.kind == EntryKind::Dir).map(|e| e.content).collect();
                     stack.push(Step::Exit(id, t));
@@ -117,7 +117,7 @@ impl Copier<'_> {
                 }
             }
         }
-        Ok(self.ids[&root])
+        Ok(TreeId::from_dir(self.ids[&root.id()]))
     }
 
     fn meta(&mut self, id: ObjectId) -> Result<ObjectId, ObjError> {

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ops::verify::VerifyProgress;
 use crate::ops::{OpError, OpResult};
-use crate::repo::objects::{EntryKind, ObjKind, ObjectId, PackId, SnapshotId};
+use crate::repo::objects::{EntryKind, ObjKind, ObjectId, PackId, SnapshotId, TreeId};
 use crate::repo::objstore::{Location, Objects};
 use crate::repo::pack::PackEntry;
 use crate::repo::plans;
@@ -334,16 +334,16 @@ pub(crate) fn mark(
             objects.get(&links, ObjKind::Meta).map_err(|e| what(&links, s, e))?;
         }
         let top = s.root_tree()?;
-        let mut trees = vec![top];
+        let mut trees: Vec<TreeId> = vec![top];
         let mut nodes: Vec<(ObjectId, u8)> = Vec::new();
         while let Some(t) = trees.pop() {
-            if !used.insert(t) {
+            if !used.insert(t.id()) {
                 continue;
             }
-            let tree = objects.tree(&t).map_err(|e| what(&t, s, e))?;
+            let tree = objects.tree(&t).map_err(|e| what(&t.id(), s, e))?;
             for e in tree.entries {
                 match e.kind {
-                    EntryKind::Dir => trees.push(e.content),
+                    EntryKind::Dir => trees.extend(e.subtree()),
                     EntryKind::File if !e.content.is_zero() => nodes.push((e.content, e.levels)),
                     _ => {}
                 }

@@ -136,9 +136,9 @@ fn sync_tree(
         if depth > util::MAX_DEPTH {
             refused!("{}", util::too_deep(&path));
         }
-        let wt = objects.tree(&want.content)?;
+        let wt = objects.dir_tree(&want)?;
         let ht = match &have {
-            Some(h) => Some(objects.tree(&h.content)?),
+            Some(h) => Some(objects.dir_tree(h)?),
             None => None,
         };
         let d = Arc::new(match &parent {

@@ -23,7 +23,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::ops::OpResult;
-use crate::repo::objects::{EntryKind, ObjKind, ObjectId, SnapshotId, Totals};
+use crate::repo::objects::{EntryKind, ObjKind, ObjectId, SnapshotId, Totals, TreeId};
 use crate::repo::objstore::{ObjResult, Objects};
 use crate::repo::pack::{self, PackEntry};
 use crate::repo::store::{FileKind, StoreError};
@@ -205,7 +205,8 @@ impl Walker<'_> {
     /// walked once), and what it holds (`sums`, checked against what each
     /// directory entry claims). The trees being walked are kept on the
     /// heap, so a tree of any depth is walked without recursion.
-    fn tree(&mut self, id: ObjectId) -> Problems {
+    fn tree(&mut self, top: TreeId) -> Problems {
+        let id = top.id();
         /// A tree being walked: its entries, how far, what was found, and
         /// what it holds so far (None: unknown, something below is damaged).
         struct Level {
@@ -219,7 +220,9 @@ impl Walker<'_> {
             return p.clone();
         }
         // a tree opened `depth` levels below the snapshot's top tree
-        let open = |w: &mut Self, id: ObjectId, depth: usize| match w.fetch(id, ObjKind::Tree, |o| o.tree(&id)) {
+        let open = |w: &mut Self, id: ObjectId, depth: usize| match w
+            .fetch(id, ObjKind::Tree, |o| o.tree(&TreeId::from_dir(id)))
+        {
             None => Level { id, entries: Vec::new(), next: 0, out: vec![(Vec::new(), id)], sum: None },
             Some(t) => {
                 let mut out = Vec::new();

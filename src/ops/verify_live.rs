@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use crate::ops::verify::VerifyProgress;
 use crate::ops::{OpError, OpResult};
 use crate::os::sys;
-use crate::repo::objects::{Entry, EntryKind, ObjKind, ObjectId, Tree};
+use crate::repo::objects::{Entry, EntryKind, ObjKind, ObjectId, Tree, TreeId};
 use crate::repo::objstore::Objects;
 use crate::snapshot::{self, LinkTable};
 use crate::tracker::{Record, FULL};
@@ -83,7 +83,7 @@ pub fn check(
     objects: &Objects,
     bs: u64,
     root: BorrowedFd<'_>,
-    top: ObjectId,
+    top: TreeId,
     links: &LinkTable,
     record: &dyn Fn(u64) -> Option<Record>,
     progress: &VerifyProgress,
@@ -286,7 +286,7 @@ impl Checker<'_> {
     ) -> OpResult<Option<Level>> {
         let dir = fd.as_ref().map_or(root, |d| d.as_fd());
         self.r.dirs += 1;
-        let tree = if prev.content.is_zero() { Tree::default() } else { self.objects.tree(&prev.content)? };
+        let tree = if prev.content.is_zero() { Tree::default() } else { self.objects.dir_tree(prev)? };
         let listed = match sys::list_dir(dir) {
             Ok(l) => l,
             // removed meanwhile (with everything below it)

@@ -1,5 +1,6 @@
 //! Typed ids, parsed once at the edge: `ObjectId` (blake3 of an object's
-//! kind and bytes; hex in JSON), `PackId` (a pack's name) and `SnapshotId`
+//! kind and bytes; hex in JSON), `TreeId` (an object id known to name a
+//! directory tree), `PackId` (a pack's name) and `SnapshotId`
 //! (a snapshot record's name), each made only from a valid one, and
 //! `ObjKind`.
 
@@ -70,6 +71,43 @@ impl<'de> serde::Deserialize<'de> for ObjectId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ObjectId, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         ObjectId::from_hex(&s).ok_or_else(|| serde::de::Error::custom("not an object id (64 hex digits)"))
+    }
+}
+
+/// The id of a directory tree object. Made only where a tree is known to
+/// be one: by writing a tree ([`crate::repo::objstore::Objects::put_tree`]),
+/// from a snapshot record's top tree, or from a directory entry
+/// ([`crate::repo::objects::Entry::subtree`]); so a block list or a blob
+/// id is never read as a tree by mistake. In JSON it is the hex string.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct TreeId(ObjectId);
+
+impl TreeId {
+    /// The tree id inside a directory entry or a record; callers know the
+    /// object is a tree (its kind is checked again when it is read).
+    pub(crate) fn from_dir(id: ObjectId) -> TreeId {
+        TreeId(id)
+    }
+
+    pub fn id(&self) -> ObjectId {
+        self.0
+    }
+
+    pub fn short(&self) -> String {
+        self.0.short()
+    }
+}
+
+impl fmt::Display for TreeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for TreeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
     }
 }
 

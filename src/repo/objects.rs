@@ -15,7 +15,7 @@
 
 use thiserror::Error;
 
-pub use super::ids::{ObjKind, ObjectId, PackId, SnapshotId};
+pub use super::ids::{ObjKind, ObjectId, PackId, SnapshotId, TreeId};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("malformed {what} object")]
@@ -529,6 +529,11 @@ impl Tree {
 }
 
 impl Entry {
+    /// The tree of a directory entry; `None` for any other kind.
+    pub fn subtree(&self) -> Option<TreeId> {
+        (self.kind == EntryKind::Dir).then(|| TreeId::from_dir(self.content))
+    }
+
     /// The fields' limits that do not depend on the block size.
     fn valid(&self) -> bool {
         let file = self.kind == EntryKind::File;

@@ -21,7 +21,7 @@ use thiserror::Error;
 use crate::repo::crypto::Keys;
 use crate::repo::index::Index;
 pub use crate::repo::index::Location;
-use crate::repo::objects::{DecodeError, FileNode, ObjKind, ObjectId, PackId, Tree};
+use crate::repo::objects::{DecodeError, Entry, FileNode, ObjKind, ObjectId, PackId, Tree, TreeId};
 use crate::repo::pack::{self, PackEntry, PackError, PackWriter};
 use crate::repo::state::StateDb;
 use crate::repo::store::{FileKind, Store, StoreError};
@@ -42,6 +42,8 @@ pub enum ObjError {
     Decode { id: ObjectId, err: DecodeError },
     #[error("object {id} is a {found:?}, expected a {want:?}")]
     WrongKind { id: ObjectId, found: ObjKind, want: ObjKind },
+    #[error("entry {0:?} is read as a directory but is none")]
+    NotDir(String),
     #[error("a {kind:?} object of {len} bytes is larger than the format allows")]
     TooLarge { kind: ObjKind, len: usize },
     #[error("index database: {0}")]
@@ -818,8 +820,8 @@ impl Objects {
     }
 
     /// [`Objects::tree`] through [`Objects::get_healing`].
-    pub fn tree_healing(&self, id: &ObjectId) -> ObjResult<Tree> {
-        as_tree(id, &self.get_healing(id, ObjKind::Tree)?)
+    pub fn tree_healing(&self, id: &TreeId) -> ObjResult<Tree> {
+        as_tree(&id.id(), &self.get_healing(&id.id(), ObjKind::Tree)?)
     }
 
     /// [`Objects::node`] through [`Objects::get_healing`].
@@ -827,8 +829,21 @@ impl Objects {
         as_node(id, &self.get_healing(id, ObjKind::FileNode)?)
     }
 
-    pub fn tree(&self, id: &ObjectId) -> ObjResult<Tree> {
-        as_tree(id, &self.get(id, ObjKind::Tree)?)
+    pub fn tree(&self, id: &TreeId) -> ObjResult<Tree> {
+        as_tree(&id.id(), &self.get(&id.id(), ObjKind::Tree)?)
+    }
+
+    /// The tree of a directory entry (an entry of another kind is an
+    /// error: a directory whose listing is wanted must be one).
+    pub fn dir_tree(&self, e: &Entry) -> ObjResult<Tree> {
+        let id = e.subtree().ok_or_else(|| ObjError::NotDir(String::from_utf8_lossy(&e.name).into_owned()))?;
+        self.tree(&id)
+    }
+
+    /// Stores a tree; its id and whether it was new.
+    pub fn put_tree(&self, tree: &Tree) -> ObjResult<(TreeId, bool)> {
+        let (id, new) = self.put(ObjKind::Tree, &tree.encode())?;
+        Ok((TreeId::from_dir(id), new))
     }
 
     pub fn node(&self, id: &ObjectId) -> ObjResult<FileNode> {

@@ -6,7 +6,7 @@
 use super::*;
 use crate::os::errno::Errno;
 use crate::os::sys;
-use crate::repo::objects::{self, Entry, EntryKind, ObjKind, ObjectId, Time, Totals, Tree};
+use crate::repo::objects::{self, Entry, EntryKind, ObjKind, ObjectId, Time, Totals, Tree, TreeId};
 use crate::repo::objstore::Objects;
 use crate::snapshot::capture::Capture;
 use crate::tracker::Record;
@@ -176,7 +176,7 @@ impl<'a> Builder<'a> {
     /// Build the top tree (one entry "." for the root directory) from the
     /// backing root `root` (a directory descriptor) and the previous
     /// snapshot's top tree.
-    pub fn build(&mut self, root: BorrowedFd<'_>, prev_top: Option<ObjectId>) -> SnapResult<ObjectId> {
+    pub fn build(&mut self, root: BorrowedFd<'_>, prev_top: Option<TreeId>) -> SnapResult<TreeId> {
         let prev_top = match prev_top {
             Some(id) => Some(self.objects.tree(&id)?),
             None => None,
@@ -207,7 +207,7 @@ impl<'a> Builder<'a> {
         self.stats.dirs = e.totals.dirs + 1;
         self.stats.others = e.totals.others;
         self.stats.logical_bytes = e.totals.bytes;
-        let (id, _) = self.objects.put(ObjKind::Tree, &Tree { entries: vec![e] }.encode())?;
+        let (id, _) = self.objects.put_tree(&Tree { entries: vec![e] })?;
         Ok(id)
     }
 
@@ -441,7 +441,7 @@ impl<'a> Builder<'a> {
             p.dirs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let prev_tree = match prev {
-            Some(p) if !p.content.is_zero() => Some(self.objects.tree(&p.content)?),
+            Some(p) if !p.content.is_zero() => Some(self.objects.dir_tree(p)?),
             _ => None,
         };
         // hard links never cross devices: names here share this one
@@ -677,7 +677,7 @@ fn data_ranges(fd: BorrowedFd<'_>, size: u64) -> Vec<(u64, u64)> {
 /// empty-content file `f` of `size` bytes at the bottom (for tests of deep
 /// walks).
 #[cfg(test)]
-pub(crate) fn test_chain(objects: &Objects, depth: usize, size: u64) -> ObjectId {
+pub(crate) fn test_chain(objects: &Objects, depth: usize, size: u64) -> TreeId {
     // SAFETY: a plain C struct, for which all-zero bytes are a valid value.
     let mut st: sys::Stat = unsafe { std::mem::zeroed() };
     st.st_mode = libc::S_IFREG | 0o644;
@@ -696,5 +696,5 @@ pub(crate) fn test_chain(objects: &Objects, depth: usize, size: u64) -> ObjectId
         e.totals = below;
         below.dirs += 1;
     }
-    objects.put(ObjKind::Tree, &Tree { entries: vec![e] }.encode()).unwrap().0
+    objects.put_tree(&Tree { entries: vec![e] }).unwrap().0
 }

@@ -2,7 +2,7 @@
 //! only where ids differ; files by their block lists.
 
 use super::*;
-use crate::repo::objects::{self, Entry, EntryKind, ObjectId, Time, Tree};
+use crate::repo::objects::{self, Entry, EntryKind, Time, Tree, TreeId};
 use crate::repo::objstore::{ObjError, Objects};
 use serde::{Deserialize, Serialize};
 
@@ -31,20 +31,24 @@ pub struct DiffReport {
 }
 
 /// The root directory entry of a snapshot's top tree.
-pub fn root_entry(objects: &Objects, top: ObjectId) -> Result<Entry, ObjError> {
+pub fn root_entry(objects: &Objects, top: TreeId) -> Result<Entry, ObjError> {
     let t = objects.tree(&top)?;
-    t.get(b".").cloned().ok_or(ObjError::Decode { id: top, err: objects::DecodeError { what: "snapshot top tree" } })
+    t.get(b".")
+        .cloned()
+        .ok_or(ObjError::Decode { id: top.id(), err: objects::DecodeError { what: "snapshot top tree" } })
 }
 
 /// Differences between two snapshots (top trees), visiting only subtrees
 /// whose ids differ.
-pub fn diff(objects: &Objects, a: ObjectId, b: ObjectId, bs: u64) -> Result<Vec<DiffEntry>, ObjError> {
+pub fn diff(objects: &Objects, a: TreeId, b: TreeId, bs: u64) -> Result<Vec<DiffEntry>, ObjError> {
     let mut out = Vec::new();
     let (ra, rb) = (root_entry(objects, a)?, root_entry(objects, b)?);
     if (ra.mode, ra.uid, ra.gid, &ra.xattrs) != (rb.mode, rb.uid, rb.gid, &rb.xattrs) {
         out.push(DiffEntry { path: ".".into(), change: "modified".into(), kind: "dir".into(), bytes: 0 });
     }
-    diff_trees(objects, ra.content, rb.content, b"", bs, &mut out)?;
+    if let (Some(ta), Some(tb)) = (ra.subtree(), rb.subtree()) {
+        diff_trees(objects, ta, tb, b"", bs, &mut out)?;
+    }
     Ok(out)
 }
 
@@ -71,8 +75,8 @@ fn changed_file_bytes(objects: &Objects, a: &Entry, b: &Entry, bs: u64) -> Resul
 /// compared are kept on the heap (any depth), one path buffer for all.
 fn diff_trees(
     objects: &Objects,
-    a: ObjectId,
-    b: ObjectId,
+    a: TreeId,
+    b: TreeId,
     path: &[u8],
     bs: u64,
     out: &mut Vec<DiffEntry>,
@@ -85,9 +89,9 @@ fn diff_trees(
         j: usize,
         path_len: usize,
     }
-    let load = |a: ObjectId, b: ObjectId, path_len: usize| -> Result<Pair, ObjError> {
-        let ta = if a.is_zero() { Tree::default() } else { objects.tree(&a)? };
-        let tb = if b.is_zero() { Tree::default() } else { objects.tree(&b)? };
+    let load = |a: TreeId, b: TreeId, path_len: usize| -> Result<Pair, ObjError> {
+        let ta = if a.id().is_zero() { Tree::default() } else { objects.tree(&a)? };
+        let tb = if b.id().is_zero() { Tree::default() } else { objects.tree(&b)? };
         Ok(Pair { ta, tb, i: 0, j: 0, path_len })
     };
     if a == b {
@@ -170,7 +174,7 @@ fn diff_trees(
                         out.push(DiffEntry { path: show(p), change: "modified".into(), kind: "dir".into(), bytes: 0 });
                     }
                     if x.content != y.content {
-                        below = Some((x.content, y.content));
+                        below = x.subtree().zip(y.subtree());
                     }
                 } else {
                     let mut xs = x.clone();

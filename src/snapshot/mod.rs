@@ -115,7 +115,7 @@ pub fn elapsed_ms(t0: Instant) -> u64 {
 mod tests {
     use super::*;
     use crate::os::sys;
-    use crate::repo::objects::{self, Entry, EntryKind, ObjKind, ObjectId};
+    use crate::repo::objects::{self, Entry, ObjKind, ObjectId, TreeId};
     use crate::repo::objstore::Objects;
     use crate::repo::store::{LocalStore, Store};
     use crate::tracker::{Record, FULL, META};
@@ -198,16 +198,16 @@ mod tests {
 
     /// Every tree below `id` re-encoded in format 1 (as snapfs wrote it
     /// before format 2): the ids of the format 1 copy.
-    fn to_format_1(o: &Objects, id: ObjectId) -> ObjectId {
+    fn to_format_1(o: &Objects, id: TreeId) -> TreeId {
         let mut t = o.tree(&id).unwrap();
         for e in &mut t.entries {
-            if e.kind == EntryKind::Dir {
-                e.content = to_format_1(o, e.content);
+            if let Some(sub) = e.subtree() {
+                e.content = to_format_1(o, sub).id();
             }
             e.dev = None;
             e.blocks = None;
         }
-        o.put(ObjKind::Tree, &objects::encode_v1(&t)).unwrap().0
+        TreeId::from_dir(o.put(ObjKind::Tree, &objects::encode_v1(&t)).unwrap().0)
     }
 
     #[test]
@@ -248,7 +248,7 @@ mod tests {
         let root = root_entry(&o, top2).unwrap();
         let raw = o.get(&root.content, ObjKind::Tree).unwrap();
         assert_eq!(raw[0], 2, "the walked directory is written in format 2");
-        let t = o.tree(&root.content).unwrap();
+        let t = o.dir_tree(&root).unwrap();
         let dev = sys::fstat(fd.as_fd()).unwrap().st_dev;
         for n in [&b"a"[..], b"b1", b"b2"] {
             let e = t.get(n).unwrap();
@@ -263,6 +263,6 @@ mod tests {
     }
 
     fn root_v1_sub(o: &Objects, root: &Entry) -> ObjectId {
-        o.tree(&root.content).unwrap().get(b"sub").unwrap().content
+        o.dir_tree(root).unwrap().get(b"sub").unwrap().content
     }
 }

@@ -2,7 +2,7 @@
 //! the record's JSON), their names, checks, listing and lookup.
 
 use super::*;
-use crate::repo::objects::{self, ObjectId, SnapshotId};
+use crate::repo::objects::{self, ObjectId, SnapshotId, TreeId};
 use crate::repo::store::{FileKind, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
@@ -51,7 +51,7 @@ pub struct SnapshotRecord {
     pub time_sec: i64,
     pub time_nsec: u32,
     /// A tree with one entry, ".": the snapshot root with its metadata.
-    pub tree: ObjectId,
+    pub tree: TreeId,
     /// The link table object.
     pub links: ObjectId,
     /// The snapshot this one was taken relative to, if incremental.
@@ -76,7 +76,7 @@ pub struct SnapshotInfo {
 }
 
 impl SnapshotInfo {
-    pub fn root_tree(&self) -> SnapResult<ObjectId> {
+    pub fn root_tree(&self) -> SnapResult<TreeId> {
         Ok(self.record.tree)
     }
 }
@@ -179,7 +179,7 @@ impl SnapshotRecord {
             time: s("time"),
             time_sec: v.and_then(|v| v.get("time_sec")).and_then(|x| x.as_i64()).unwrap_or(0),
             time_nsec: 0,
-            tree: ObjectId::ZERO,
+            tree: TreeId::from_dir(ObjectId::ZERO),
             links: ObjectId::ZERO,
             parent: None,
             full: false,

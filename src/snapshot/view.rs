@@ -51,7 +51,7 @@ use std::time::{Duration, SystemTime};
 use fuser::{FileAttr, FileType};
 
 use crate::os::errno::{Errno, SysResult, ToErrno};
-use crate::repo::objects::{self, Entry, EntryKind, FileNode, ObjKind, ObjectId, SnapshotId, Time, Tree};
+use crate::repo::objects::{self, Entry, EntryKind, FileNode, ObjKind, ObjectId, SnapshotId, Time, Tree, TreeId};
 use crate::repo::objstore::{ObjError, Objects};
 use crate::snapshot::{self, SnapshotInfo};
 use crate::util::{Locked, RwLocked};
@@ -133,7 +133,7 @@ pub struct View {
     /// In a shared repository: the lineage whose snapshots are shown.
     lineage: RwLock<Option<crate::snapshot::Lineage>>,
     /// Trees, with the bytes they hold in all (bounded by TREE_CACHE_BYTES too).
-    trees: Mutex<(lru::LruCache<ObjectId, Arc<Tree>>, usize)>,
+    trees: Mutex<(lru::LruCache<TreeId, Arc<Tree>>, usize)>,
     fnodes: Mutex<lru::LruCache<ObjectId, Arc<FileNode>>>,
     blocks: Mutex<lru::LruCache<ObjectId, Arc<Vec<u8>>>>,
     /// Stored blocks counted in block lists of format 1 entries (st_blocks).
@@ -461,7 +461,7 @@ impl View {
         }
     }
 
-    fn tree(&self, id: &ObjectId) -> SysResult<Arc<Tree>> {
+    fn tree(&self, id: &TreeId) -> SysResult<Arc<Tree>> {
         if let Some(t) = self.trees.locked().0.get(id) {
             return Ok(t.clone());
         }
@@ -488,11 +488,11 @@ impl View {
     /// The tree of directory node `v` (EIO for a damaged snapshot, or a
     /// directory whose tree is shaped as a snapshot's top tree).
     fn dir_tree(&self, v: &VNode) -> SysResult<Arc<Tree>> {
-        if v.entry.kind != EntryKind::Dir {
+        let Some(id) = v.entry.subtree() else {
             return Err(Errno::ENOTDIR);
-        }
+        };
         self.check_snap(v.snap)?;
-        let t = self.tree(&v.entry.content)?;
+        let t = self.tree(&id)?;
         if t.is_top() {
             log::error!("snapshot tree {}: a directory shaped as a snapshot's top tree", v.entry.content);
             return Err(Errno::EIO);
@@ -967,6 +967,7 @@ mod tests {
         let mut root = entry(".", EntryKind::Dir, 2, Some(1));
         root.content = dir;
         let (top, _) = o.put(ObjKind::Tree, &enc(&Tree { entries: vec![root] })).unwrap();
+        let top = TreeId::from_dir(top);
         let (links, _) = o.put(ObjKind::Meta, &objects::encode_links(&Default::default())).unwrap();
         o.flush().unwrap();
         let rec = SnapshotRecord {
