@@ -37,6 +37,7 @@ pub mod objects;
 pub mod objstore;
 pub mod pack;
 pub mod plans;
+pub mod readahead;
 pub mod s3;
 pub mod state;
 pub mod store;

@@ -23,6 +23,7 @@ use crate::repo::index::Index;
 pub use crate::repo::index::Location;
 use crate::repo::objects::{DecodeError, Entry, FileNode, ObjKind, ObjectId, PackId, Tree, TreeId};
 use crate::repo::pack::{self, PackEntry, PackError, PackWriter};
+use crate::repo::readahead::Chunks;
 use crate::repo::state::StateDb;
 use crate::repo::store::{FileKind, Store, StoreError};
 use crate::util::{Locked, RwLocked};
@@ -114,6 +115,8 @@ struct Sink {
     added_raw: AtomicU64,
     added_blob: AtomicU64,
     added_packs: AtomicU64,
+    /// Reads ahead of a remote store (see `repo::readahead`).
+    chunks: Option<Chunks>,
 }
 
 /// Work for the encoder thread, done in order.
@@ -139,41 +142,51 @@ struct Encoder {
 
 impl Sink {
     /// The encoder thread: fill a pack, write it when full or asked.
+    ///
+    /// File data and metadata (trees, block lists, link tables) fill packs
+    /// of their own: a snapshot's metadata is read together (restore's
+    /// walk, the next snapshot's), and a remote store is read a chunk of a
+    /// pack at a time (see `repo::readahead`).
     fn encode(self: Arc<Sink>, jobs: std::sync::mpsc::Receiver<Job>) {
-        let mut writer = PackWriter::new(self.keys.as_ref());
+        let new = || PackWriter::new(self.keys.as_ref());
+        let mut writers = [new(), new()];
+        let of = |kind: ObjKind| usize::from(kind != ObjKind::Blob);
         for job in jobs {
-            match job {
+            let w = match job {
                 Job::Put { id, kind, raw } => {
                     if self.failed.load(Ordering::Acquire) {
                         self.drop_pending(&id);
                         continue;
                     }
-                    let stored = writer.add(id, kind, &raw);
+                    let stored = writers[of(kind)].add(id, kind, &raw);
                     self.added_stored.fetch_add(stored as u64, Ordering::Relaxed);
+                    of(kind)
                 }
                 Job::Copy { entry, stored } => {
                     if self.failed.load(Ordering::Acquire) {
                         self.drop_pending(&entry.id);
                         continue;
                     }
-                    writer.add_encoded(&entry, &stored);
+                    writers[of(entry.kind)].add_encoded(&entry, &stored);
+                    of(entry.kind)
                 }
                 Job::Flush(reply) => {
-                    let r = self.write(&mut writer).and_then(|()| self.failure.locked().take().map_or(Ok(()), Err));
+                    let (data, meta) = (self.write(&mut writers[0]), self.write(&mut writers[1]));
+                    let r = data.and(meta).and_then(|()| self.failure.locked().take().map_or(Ok(()), Err));
                     self.failed.store(false, Ordering::Release);
                     let _ = reply.send(r);
                     continue;
                 }
                 Job::Discard(reply) => {
-                    writer = PackWriter::new(self.keys.as_ref());
+                    writers = [new(), new()];
                     *self.failure.locked() = None;
                     self.failed.store(false, Ordering::Release);
                     let _ = reply.send(());
                     continue;
                 }
-            }
-            if writer.len() >= PACK_TARGET {
-                if let Err(e) = self.write(&mut writer) {
+            };
+            if writers[w].len() >= PACK_TARGET {
+                if let Err(e) = self.write(&mut writers[w]) {
                     self.failed.store(true, Ordering::Release);
                     self.failure.locked().get_or_insert(e);
                 }
@@ -200,6 +213,11 @@ impl Sink {
         let written = self.store.put(FileKind::Pack, &name, &bytes).map_err(ObjError::from);
         let r = written.and_then(|()| self.index.add_pack(&name, &entries));
         drop(io);
+        if let Some(c) = &self.chunks {
+            if r.is_ok() && entries.iter().all(|e| e.kind != ObjKind::Blob) {
+                c.insert(&name, &bytes);
+            }
+        }
         let mut p = self.pending.locked();
         match r {
             Ok(()) => {
@@ -275,6 +293,7 @@ impl Objects {
             None => Index::Memory { objects: RwLock::new(HashMap::new()), packs: RwLock::new(HashSet::new()) },
         };
         let keys = store.keys();
+        let store_remote = store.remote();
         let holes = match &keys {
             None => (0..=crate::repo::objects::MAX_LEVEL).map(crate::repo::objects::hole_node).collect(),
             Some(k) => crate::repo::objects::hole_nodes(|kind, raw| k.id_of(kind, raw)),
@@ -294,6 +313,7 @@ impl Objects {
             added_raw: AtomicU64::new(0),
             added_blob: AtomicU64::new(0),
             added_packs: AtomicU64::new(0),
+            chunks: store_remote.then(Chunks::default),
         });
         let o = Objects {
             sink,
@@ -757,8 +777,12 @@ impl Objects {
 
     fn read_indexed(&self, id: &ObjectId) -> ObjResult<(ObjKind, Vec<u8>)> {
         let loc = self.sink.index.get(id)?.ok_or(ObjError::Missing(*id))?;
-        let stored =
-            self.sink.store.get_range(FileKind::Pack, &loc.pack, loc.entry.offset, loc.entry.stored as usize)?;
+        let (off, len) = (loc.entry.offset, loc.entry.stored as usize);
+        let ahead = self.sink.chunks.as_ref().and_then(|c| c.read(&*self.sink.store, &loc.pack, off, len));
+        let stored = match ahead {
+            Some(r) => r?,
+            None => self.sink.store.get_range(FileKind::Pack, &loc.pack, off, len)?,
+        };
         let raw = self.decode_object(&loc.pack, &loc.entry, &stored)?;
         Ok((loc.entry.kind, raw))
     }
@@ -893,9 +917,14 @@ mod tests {
         assert_eq!(o.get(&a, ObjKind::Blob).unwrap(), b"hello"); // from the pack
         assert!(matches!(o.get(&a, ObjKind::Tree), Err(ObjError::WrongKind { .. })));
         let s = o.take_stats();
-        assert_eq!((s.objects, s.packs, s.raw_bytes, s.blob_bytes), (2, 1, 10, 5));
+        // (file data and metadata in packs of their own)
+        assert_eq!((s.objects, s.packs, s.raw_bytes, s.blob_bytes), (2, 2, 10, 5));
+        let packs = store.list(FileKind::Pack).unwrap();
+        let kinds: Vec<Vec<ObjKind>> =
+            packs.iter().map(|p| o.pack_entries(p).unwrap().iter().map(|e| e.kind).collect()).collect();
+        assert!(kinds.contains(&vec![ObjKind::Blob]) && kinds.contains(&vec![ObjKind::Tree]), "{kinds:?}");
         // the index is rebuilt from packs alone
-        assert_eq!(o.rebuild_index().unwrap(), 1);
+        assert_eq!(o.rebuild_index().unwrap(), 2);
         assert_eq!(o.get(&a, ObjKind::Blob).unwrap(), b"hello");
         // an in-memory index over the same store finds it too
         let m = Objects::open(store, None).unwrap();

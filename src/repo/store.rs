@@ -84,6 +84,12 @@ pub trait Store: Send + Sync {
     fn get(&self, kind: FileKind, name: &str) -> StoreResult<Vec<u8>>;
     /// `len` bytes at `off`; a file shorter than that is an error.
     fn get_range(&self, kind: FileKind, name: &str, off: u64, len: usize) -> StoreResult<Vec<u8>>;
+    /// Up to `len` bytes at `off`, fewer where the file ends first (a read
+    /// ahead of what is needed).
+    fn get_range_upto(&self, kind: FileKind, name: &str, off: u64, len: usize) -> StoreResult<Vec<u8>> {
+        let size = self.size(kind, name)?;
+        self.get_range(kind, name, off, size.saturating_sub(off).min(len as u64) as usize)
+    }
     fn size(&self, kind: FileKind, name: &str) -> StoreResult<u64>;
     fn list(&self, kind: FileKind) -> StoreResult<Vec<String>>;
     fn delete(&self, kind: FileKind, name: &str) -> StoreResult<()>;
@@ -100,6 +106,12 @@ pub trait Store: Send + Sync {
     /// Whether other hosts may write the repository at the same time (an
     /// object store): prune then deletes in two phases (see `repo::plans`).
     fn shared(&self) -> bool {
+        false
+    }
+    /// Whether each read is a round trip to another machine (an object
+    /// store): objects are then read a chunk of their pack at a time (see
+    /// `repo::readahead`).
+    fn remote(&self) -> bool {
         false
     }
 }
@@ -128,6 +140,9 @@ impl Store for WithKeys {
     fn get_range(&self, kind: FileKind, name: &str, off: u64, len: usize) -> StoreResult<Vec<u8>> {
         self.inner.get_range(kind, name, off, len)
     }
+    fn get_range_upto(&self, kind: FileKind, name: &str, off: u64, len: usize) -> StoreResult<Vec<u8>> {
+        self.inner.get_range_upto(kind, name, off, len)
+    }
     fn size(&self, kind: FileKind, name: &str) -> StoreResult<u64> {
         self.inner.size(kind, name)
     }
@@ -145,6 +160,9 @@ impl Store for WithKeys {
     }
     fn shared(&self) -> bool {
         self.inner.shared()
+    }
+    fn remote(&self) -> bool {
+        self.inner.remote()
     }
 }
 

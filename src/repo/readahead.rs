@@ -1,0 +1,185 @@
+//! Reading objects from a remote store a chunk at a time.
+//!
+//! Every read of an object store is a round trip (tens of milliseconds
+//! here), however small: reading a 64 KiB block, or a directory's tree, on
+//! its own made a restore from a bucket 90x slower than from disk. Objects
+//! that are read together were written together (a file's blocks in
+//! order, a snapshot's trees and block lists in metadata packs of their
+//! own), so a read fetches the aligned [`CHUNK`] of the pack that holds the
+//! object, and the objects after it are then read from memory.
+//!
+//! One reader fetches a chunk while the others that want it wait for it
+//! (no chunk is fetched twice at once); a failed fetch is tried again by
+//! the next reader. Packs are named by their contents, so a chunk never
+//! goes stale: what the cache holds is bounded by [`SLOTS`] chunks, least
+//! recently used first out. Packs just written are put in whole when they
+//! hold metadata (the next snapshot reads its trees from them).
+
+use std::sync::{Arc, Mutex};
+
+use crate::repo::store::{FileKind, Store, StoreError, StoreResult};
+use crate::util::Locked;
+
+/// The unit of reading ahead: 4 MiB (about 60 blocks of 64 KiB, or the
+/// trees of thousands of directories).
+pub const CHUNK: u64 = 4 << 20;
+
+/// Chunks kept: 24, at most 96 MiB (two for each of 8 restore workers, and
+/// the metadata a snapshot walks).
+pub const SLOTS: usize = 24;
+
+/// A chunk: empty until its first reader has fetched it.
+type Slot = Arc<Mutex<Option<Arc<[u8]>>>>;
+
+pub struct Chunks {
+    slots: Mutex<lru::LruCache<(String, u64), Slot>>,
+}
+
+impl Default for Chunks {
+    fn default() -> Chunks {
+        Chunks { slots: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(SLOTS).expect("SLOTS > 0"))) }
+    }
+}
+
+impl Chunks {
+    /// `len` bytes at `off` of the pack `pack`, from the chunk that holds
+    /// them; `None` when they cross the end of a chunk (the caller reads
+    /// them on their own).
+    pub fn read(&self, store: &dyn Store, pack: &str, off: u64, len: usize) -> Option<StoreResult<Vec<u8>>> {
+        if len == 0 || (off + len as u64 - 1) / CHUNK != off / CHUNK {
+            return None;
+        }
+        let k = off / CHUNK;
+        let slot = {
+            let mut slots = self.slots.locked();
+            match slots.get(&(pack.to_string(), k)) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = Slot::default();
+                    slots.put((pack.to_string(), k), s.clone());
+                    s
+                }
+            }
+        };
+        let chunk = {
+            let mut s = slot.locked();
+            match &*s {
+                Some(c) => c.clone(),
+                None => match store.get_range_upto(FileKind::Pack, pack, k * CHUNK, CHUNK as usize) {
+                    Ok(v) => s.insert(Arc::from(v)).clone(),
+                    Err(e) => return Some(Err(e)),
+                },
+            }
+        };
+        let start = (off - k * CHUNK) as usize;
+        Some(match chunk.get(start..start + len) {
+            Some(b) => Ok(b.to_vec()),
+            None => Err(StoreError::Short {
+                path: format!("packs/{pack}").into(),
+                got: chunk.len().saturating_sub(start),
+                want: len,
+            }),
+        })
+    }
+
+    /// The bytes of a pack just written, in chunks.
+    pub fn insert(&self, pack: &str, bytes: &[u8]) {
+        let mut slots = self.slots.locked();
+        for (k, c) in bytes.chunks(CHUNK as usize).enumerate() {
+            slots.put((pack.to_string(), k as u64), Arc::new(Mutex::new(Some(Arc::from(c)))));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::store::LocalStore;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A local store that counts ranged reads.
+    struct Counting {
+        inner: LocalStore,
+        reads: AtomicUsize,
+    }
+
+    impl Store for Counting {
+        fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> StoreResult<()> {
+            self.inner.put(kind, name, data)
+        }
+        fn get(&self, kind: FileKind, name: &str) -> StoreResult<Vec<u8>> {
+            self.inner.get(kind, name)
+        }
+        fn get_range(&self, kind: FileKind, name: &str, off: u64, len: usize) -> StoreResult<Vec<u8>> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.inner.get_range(kind, name, off, len)
+        }
+        fn size(&self, kind: FileKind, name: &str) -> StoreResult<u64> {
+            self.inner.size(kind, name)
+        }
+        fn list(&self, kind: FileKind) -> StoreResult<Vec<String>> {
+            self.inner.list(kind)
+        }
+        fn delete(&self, kind: FileKind, name: &str) -> StoreResult<()> {
+            self.inner.delete(kind, name)
+        }
+    }
+
+    fn pack(n: usize) -> (tempfile::TempDir, Counting, Vec<u8>) {
+        let t = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+        let s = Counting { inner: LocalStore::new(t.path()), reads: AtomicUsize::new(0) };
+        s.put(FileKind::Pack, "p", &bytes).unwrap();
+        (t, s, bytes)
+    }
+
+    #[test]
+    fn reads_inside_a_chunk_fetch_it_once() {
+        let n = CHUNK as usize + 1000;
+        let (_t, s, bytes) = pack(n);
+        let c = Chunks::default();
+        for off in [0usize, 10, 70_000, CHUNK as usize - 100] {
+            assert_eq!(c.read(&s, "p", off as u64, 100).unwrap().unwrap(), bytes[off..off + 100]);
+        }
+        assert_eq!(s.reads.load(Ordering::SeqCst), 1);
+        // the short last chunk, then a read past the end of the pack
+        assert_eq!(c.read(&s, "p", CHUNK + 10, 990).unwrap().unwrap(), bytes[CHUNK as usize + 10..]);
+        assert!(matches!(c.read(&s, "p", CHUNK + 10, 991), Some(Err(StoreError::Short { .. }))));
+        assert_eq!(s.reads.load(Ordering::SeqCst), 2);
+        // across a chunk's end: the caller's
+        assert!(c.read(&s, "p", CHUNK - 10, 20).is_none());
+    }
+
+    #[test]
+    fn a_written_pack_is_read_from_memory() {
+        let (_t, s, bytes) = pack(5000);
+        let c = Chunks::default();
+        c.insert("p", &bytes);
+        assert_eq!(c.read(&s, "p", 4000, 1000).unwrap().unwrap(), bytes[4000..]);
+        assert_eq!(s.reads.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_failed_fetch_is_tried_again() {
+        let (_t, s, bytes) = pack(5000);
+        let c = Chunks::default();
+        assert!(matches!(c.read(&s, "q", 0, 10), Some(Err(StoreError::NotFound { .. }))));
+        assert_eq!(c.read(&s, "p", 0, 10).unwrap().unwrap(), bytes[..10]);
+    }
+
+    #[test]
+    fn concurrent_readers_of_a_chunk_share_one_fetch() {
+        let (_t, s, bytes) = pack(100_000);
+        let c = Chunks::default();
+        std::thread::scope(|sc| {
+            for i in 0..8 {
+                let (c, s, bytes) = (&c, &s, &bytes);
+                sc.spawn(move || {
+                    let off = i * 1000;
+                    assert_eq!(c.read(s, "p", off as u64, 500).unwrap().unwrap(), bytes[off..off + 500]);
+                });
+            }
+        });
+        assert_eq!(s.reads.load(Ordering::SeqCst), 1);
+    }
+}
