@@ -72,10 +72,79 @@ pub(crate) struct Counters {
     pub(crate) kept: AtomicU64,
 }
 
-/// A file to write: its directory (relative to the target) and entry.
+/// A file to write: its directory (relative to the target) and entry; or
+/// a part of a large one.
 pub(crate) struct Job {
     dir: Vec<u8>,
-    entry: Entry,
+    entry: Arc<Entry>,
+    part: Option<Part>,
+}
+
+/// Files larger than this are written in parts of this size by several
+/// workers at once (a large file alone would otherwise be one worker's,
+/// and from a remote store one read after another).
+const PART_BYTES: u64 = 32 << 20;
+
+/// The blocks of a large file one job writes.
+struct Part {
+    blocks: std::ops::Range<u64>,
+    file: Arc<PartedFile>,
+}
+
+/// A large file being written in parts: opened by the first part to run
+/// (with the size it had before), finished by the last.
+#[derive(Default)]
+struct PartedFile {
+    open: Mutex<Option<(Arc<OwnedFd>, u64)>>,
+    left: AtomicU64,
+}
+
+impl Job {
+    /// The jobs that write the file `e` in `dir`.
+    fn of(dir: &[u8], e: &Entry, bs: u64, out: &mut Vec<Job>) {
+        let entry = Arc::new(e.clone());
+        let per = (PART_BYTES / bs.max(1)).max(1);
+        let blocks = e.block_count(bs);
+        if blocks <= per {
+            out.push(Job { dir: dir.to_vec(), entry, part: None });
+            return;
+        }
+        let file = Arc::new(PartedFile { left: AtomicU64::new(blocks.div_ceil(per)), ..Default::default() });
+        for first in (0..blocks).step_by(per as usize) {
+            let part = Part { blocks: first..(first + per).min(blocks), file: file.clone() };
+            out.push(Job { dir: dir.to_vec(), entry: entry.clone(), part: Some(part) });
+        }
+    }
+
+    /// Whether this job is a whole file or the first part of one (what the
+    /// progress counts).
+    fn starts_a_file(&self) -> bool {
+        self.part.as_ref().is_none_or(|p| p.blocks.start == 0)
+    }
+
+    fn run(&self, objects: &Objects, bs: u64, dir: BorrowedFd<'_>, c: &Counters, path: &[u8]) -> OpResult<()> {
+        let Some(part) = &self.part else {
+            return write_file(objects, bs, dir, &self.entry, c, path);
+        };
+        let (fd, size_now) = {
+            let mut open = part.file.open.locked();
+            match &*open {
+                Some((fd, size_now)) => (fd.clone(), *size_now),
+                None => {
+                    let (fd, size_now) = open_file(dir, &self.entry, path)?;
+                    open.insert((Arc::new(fd), size_now)).clone()
+                }
+            }
+        };
+        write_blocks(objects, bs, fd.as_fd(), &self.entry, size_now, part.blocks.clone(), c, path)?;
+        drop(fd);
+        if part.file.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // the last part: the file is closed before its metadata is set
+            part.file.open.locked().take();
+            finish_file(dir, &self.entry, c, path)?;
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn check_name(n: &[u8]) -> OpResult<()> {
@@ -274,6 +343,15 @@ pub(crate) fn write_file(
     c: &Counters,
     path: &[u8],
 ) -> OpResult<()> {
+    let (fd, size_now) = open_file(dir, e, path)?;
+    write_blocks(objects, bs, fd.as_fd(), e, size_now, 0..u64::MAX, c, path)?;
+    drop(fd);
+    finish_file(dir, e, c, path)
+}
+
+/// Open (create) the regular file for `e` in `dir`, at its size; and the
+/// size it had before.
+fn open_file(dir: BorrowedFd<'_>, e: &Entry, path: &[u8]) -> OpResult<(OwnedFd, u64)> {
     let name = cname(&e.name);
     // An existing regular file is updated in place; anything else replaced.
     let existing = sys::fstatat(dir, &name).ok();
@@ -298,11 +376,27 @@ pub(crate) fn write_file(
     let size_now = sys::fstat(fd.as_fd())?.st_size as u64;
     // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), e.size as i64) }).map_err(|err| OpError::sys(show(path), err))?;
+    Ok((fd, size_now))
+}
+
+/// Make the blocks `blocks` of the file `fd` (open at `e`'s size, of
+/// `size_now` bytes before) hold what the snapshot has, verified.
+#[allow(clippy::too_many_arguments)]
+fn write_blocks(
+    objects: &Objects,
+    bs: u64,
+    fd: BorrowedFd<'_>,
+    e: &Entry,
+    size_now: u64,
+    blocks: std::ops::Range<u64>,
+    c: &Counters,
+    path: &[u8],
+) -> OpResult<()> {
     let mut buf = vec![0u8; bs as usize];
     // runs of holes past the old end are holes already (the truncate made
     // them): a sparse file costs what it stores
     snapshot::visit_blocks(objects, e, bs, |first, count, id| -> OpResult<()> {
-        for b in first..first + count {
+        for b in first.max(blocks.start)..(first + count).min(blocks.end) {
             let off = b * bs;
             if off >= e.size || (id.is_zero() && off >= size_now) {
                 break;
@@ -310,7 +404,7 @@ pub(crate) fn write_file(
             let len = bs.min(e.size - off) as usize;
             // what is there now (after truncate: zeros past the old end)
             let have = if off < size_now {
-                let got = sys::pread_full(fd.as_fd(), &mut buf[..len], off)?;
+                let got = sys::pread_full(fd, &mut buf[..len], off)?;
                 buf[got..len].fill(0);
                 block_id(objects, &buf[..len])
             } else {
@@ -320,14 +414,17 @@ pub(crate) fn write_file(
                 c.kept.fetch_add(len as u64, Ordering::Relaxed);
                 continue;
             }
-            let n = put_block(objects, fd.as_fd(), b as usize, id, off, &mut buf[..len], path)?;
+            let n = put_block(objects, fd, b as usize, id, off, &mut buf[..len], path)?;
             c.written.fetch_add(n, Ordering::Relaxed);
         }
         Ok(())
     })
-    .with_what(|| show(path))?;
-    drop(fd);
-    set_meta(dir, &name, e).with_what(|| show(path))?;
+    .with_what(|| show(path))
+}
+
+/// A file's metadata, once its data is all written.
+fn finish_file(dir: BorrowedFd<'_>, e: &Entry, c: &Counters, path: &[u8]) -> OpResult<()> {
+    set_meta(dir, &cname(&e.name), e).with_what(|| show(path))?;
     c.files.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
@@ -519,7 +616,7 @@ pub fn restore(
             let mut e = top.clone();
             e.name = sub.rsplit('/').next().unwrap_or("file").as_bytes().to_vec();
             check_name(&e.name)?;
-            place(root.as_fd(), b"", &e, overwrite, &mut jobs, &mut links, &mut first_path, &mut stats)?;
+            place(root.as_fd(), b"", &e, overwrite, bs, &mut jobs, &mut links, &mut first_path, &mut stats)?;
         }
     }
     while let Some((path, dir, above)) = stack.pop() {
@@ -560,14 +657,14 @@ pub fn restore(
                 dirs.push((p.clone(), e.clone()));
                 stack.push((p, e.clone(), Some((fd.clone(), depth + 1))));
             } else {
-                place(fd.as_fd(), &path, e, overwrite, &mut jobs, &mut links, &mut first_path, &mut stats)?;
+                place(fd.as_fd(), &path, e, overwrite, bs, &mut jobs, &mut links, &mut first_path, &mut stats)?;
             }
         }
     }
     stats.dirs = dirs.len() as u64;
 
     // 2. files, in parallel
-    let total = jobs.len() as u64;
+    let total = jobs.iter().filter(|j| j.starts_a_file()).count() as u64;
     let c = Arc::new(Counters::default());
     let queue = Mutex::new(jobs);
     let failed: Mutex<Option<OpError>> = Mutex::new(None);
@@ -586,8 +683,7 @@ pub fn restore(
                     }
                     let Some(job) = queue.locked().pop() else { return };
                     let path = util::join_rel(&job.dir, &job.entry.name);
-                    let r = open_dir(root.as_fd(), &job.dir)
-                        .and_then(|d| write_file(objects, bs, d.as_fd(), &job.entry, &c, &path));
+                    let r = open_dir(root.as_fd(), &job.dir).and_then(|d| job.run(objects, bs, d.as_fd(), &c, &path));
                     if let Err(e) = r {
                         failed.locked().get_or_insert(e);
                         return;
@@ -673,6 +769,7 @@ pub(crate) fn place(
     path: &[u8],
     e: &Entry,
     overwrite: bool,
+    bs: u64,
     jobs: &mut Vec<Job>,
     links: &mut Vec<(Vec<u8>, Vec<u8>, Entry)>,
     first_path: &mut HashMap<(u64, u64), Vec<u8>>,
@@ -696,7 +793,7 @@ pub(crate) fn place(
     }
     match e.kind {
         EntryKind::File => {
-            jobs.push(Job { dir: path.to_vec(), entry: e.clone() });
+            Job::of(path, e, bs, jobs);
             return Ok(());
         }
         EntryKind::Symlink => {

@@ -249,7 +249,7 @@ fn sync_entry(
             let mut rs = RestoreStats::default();
             let mut one = w.clone();
             one.nlink = 1;
-            place(dir, path, &one, true, &mut jobs, &mut links, &mut first, &mut rs)?;
+            place(dir, path, &one, true, bs, &mut jobs, &mut links, &mut first, &mut rs)?;
             st.restored += 1;
         }
     }
