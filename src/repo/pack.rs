@@ -4,6 +4,7 @@
 //! ```text
 //! "SNAPFSP1"                                   8 bytes: magic and pack format 1
 //! object data ...                              each zstd-compressed (or raw, see codec)
+//! salt                                         32 random bytes no object claims
 //! trailer: u32 count, then per object:         50 bytes each
 //!     id [32] | kind u8 | codec u8 | offset u64 | stored u32 | raw u32
 //! footer: trailer offset u64 | "SNAPFSPE"      16 bytes
@@ -114,6 +115,12 @@ impl PackWriter {
 
     /// The finished pack: its name, bytes and entries.
     pub fn finish(mut self) -> (crate::repo::objects::PackId, Vec<u8>, Vec<PackEntry>) {
+        // A salt no object claims: every pack written has a name of its own,
+        // even one holding exactly the objects of another (a host storing
+        // again, in a shared repository, the bytes of a pack a prune has
+        // condemned must not write that pack's name; a repaired pack is
+        // never its damaged original).
+        self.buf.extend_from_slice(crate::util::random_id().as_bytes());
         let trailer_off = self.buf.len() as u64;
         let mut t = Vec::with_capacity(4 + self.entries.len() * ENTRY_LEN);
         t.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
