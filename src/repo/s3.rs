@@ -21,12 +21,15 @@
 //! profile `AWS_PROFILE` (default `default`); never from the command line.
 //! The region is `AWS_REGION` / `AWS_DEFAULT_REGION`, default `us-east-1`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 
 use crate::repo::store::{FileKind, Store, StoreError, StoreResult};
+use crate::util::Locked;
 
 /// Where a repository lives in a bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,7 +229,15 @@ pub struct S3Store {
     creds: Credentials,
     agent: ureq::Agent,
     retry: Retry,
+    /// Snapshot records and deletion plans read so far. They are named by
+    /// the hash of their bytes (and only kept when they match it), so a
+    /// name is the same bytes for good: listing them again costs one LIST
+    /// and a GET per new name, not a GET for every record at each snapshot.
+    named: std::sync::Mutex<HashMap<Named, Arc<[u8]>>>,
 }
+
+/// A file named by its contents: its kind and name.
+type Named = (FileKind, String);
 
 /// How long a signed URL is valid: long enough for the slowest upload.
 const SIGNED_FOR: Duration = Duration::from_secs(3600);
@@ -252,7 +263,7 @@ impl S3Store {
             .no_delay(true)
             .user_agent(concat!("snapfs/", env!("CARGO_PKG_VERSION")))
             .build();
-        Ok(S3Store { loc, bucket, creds, agent: config.into(), retry })
+        Ok(S3Store { loc, bucket, creds, agent: config.into(), retry, named: Default::default() })
     }
 
     /// A store for `loc` with the environment's credentials and region.
@@ -469,7 +480,17 @@ impl Store for S3Store {
     }
 
     fn get(&self, kind: FileKind, name: &str) -> StoreResult<Vec<u8>> {
-        self.get_key(&self.key(kind, name), None, (kind, name))
+        let named = matches!(kind, FileKind::Snapshot | FileKind::Plan);
+        if named {
+            if let Some(b) = self.named.locked().get(&(kind, name.to_string())) {
+                return Ok(b.to_vec());
+            }
+        }
+        let v = self.get_key(&self.key(kind, name), None, (kind, name))?;
+        if named && crate::repo::ids::ObjectId::names(name, &v) {
+            self.named.locked().insert((kind, name.to_string()), Arc::from(&v[..]));
+        }
+        Ok(v)
     }
 
     fn get_range(&self, kind: FileKind, name: &str, off: u64, len: usize) -> StoreResult<Vec<u8>> {
@@ -504,6 +525,7 @@ impl Store for S3Store {
     }
 
     fn delete(&self, kind: FileKind, name: &str) -> StoreResult<()> {
+        self.named.locked().remove(&(kind, name.to_string()));
         self.delete_key(&self.key(kind, name))
     }
 }
