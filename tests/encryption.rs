@@ -311,6 +311,14 @@ fn flip(path: &Path, off: i64) {
     fs::write(path, b).unwrap();
 }
 
+/// The pack of file data (the larger of a snapshot's two: data and metadata).
+fn data_pack(dir: &Path) -> PathBuf {
+    let mut f = files_under(dir);
+    assert_eq!(f.len(), 2, "{f:?}");
+    f.sort_by_key(|p| fs::metadata(p).unwrap().len());
+    f.pop().unwrap()
+}
+
 fn only_file(dir: &Path) -> PathBuf {
     let mut f = files_under(dir);
     assert_eq!(f.len(), 1, "{f:?}");
@@ -339,7 +347,7 @@ fn tampering_is_named_and_never_gives_wrong_bytes() {
 
     // 1. pack data: a byte inside a sealed blob
     let r1 = each("r1");
-    let pack = only_file(&r1.join("packs"));
+    let pack = data_pack(&r1.join("packs"));
     let mut repo =
         snapfs::repo::Repo::open_at(&snapfs::repo::Location::parse(r1.to_str().unwrap()).unwrap(), None).unwrap();
     repo.unlock(&snapfs::repo::keyslot::KeySource::Passphrase(b"correct horse battery".to_vec().into())).unwrap();
@@ -370,7 +378,7 @@ fn tampering_is_named_and_never_gives_wrong_bytes() {
 
     // 2. the trailer: the pack cannot be indexed; its objects are missing, named
     let r2 = each("r2");
-    let pack = only_file(&r2.join("packs"));
+    let pack = data_pack(&r2.join("packs"));
     flip(&pack, -20);
     let r = r2.to_str().unwrap();
     let out = snapfs(&cmd(&["verify", "--repo", r]).iter().map(String::as_str).collect::<Vec<_>>());
