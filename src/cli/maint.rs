@@ -330,10 +330,10 @@ fn print_prune(p: &PruneReport) {
         util::human_bytes(p.bytes_freed),
         util::human_bytes(p.unused_bytes_kept)
     );
-    if p.packs_condemned + p.packs_waiting + p.packs_rescued > 0 {
+    if p.packs_condemned + p.packs_waiting + p.packs_rescued + p.packs_young > 0 {
         println!(
-            "  shared repository: {} packs condemned now, {} waiting out the grace, {} kept (in use again); condemned packs go at a prune after the grace",
-            p.packs_condemned, p.packs_waiting, p.packs_rescued
+            "  shared repository: {} packs condemned now, {} waiting out the grace, {} kept (in use again), {} younger than the grace (not judged yet); condemned packs go at a prune after the grace",
+            p.packs_condemned, p.packs_waiting, p.packs_rescued, p.packs_young
         );
     }
 }

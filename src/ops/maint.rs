@@ -312,6 +312,9 @@ pub struct PruneReport {
     pub packs_rescued: u64,
     #[serde(default)]
     pub packs_waiting: u64,
+    /// Shared repository: packs younger than the grace, not condemned yet.
+    #[serde(default)]
+    pub packs_young: u64,
 }
 
 /// Every object id the snapshots reference.
@@ -412,7 +415,14 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
     // plan
     progress.phase.store(1, Ordering::Relaxed);
     // (a file there whose name is no pack id is none of prune's business)
-    let names: Vec<String> = store.list(FileKind::Pack)?.into_iter().filter(|n| PackId::parse(n).is_some()).collect();
+    let listed = store.list_times(FileKind::Pack)?;
+    // In a shared repository, a pack younger than the grace may be one of a
+    // snapshot another host is taking (written, not yet committed): it is
+    // not condemned yet (a later prune takes it if it stays unused).
+    let young_after = crate::util::unix_now() - opts.grace_secs as i64;
+    let young: HashSet<String> =
+        listed.iter().filter(|(_, t)| t.is_some_and(|t| t > young_after)).map(|(n, _)| n.clone()).collect();
+    let names: Vec<String> = listed.into_iter().map(|(n, _)| n).filter(|n| PackId::parse(n).is_some()).collect();
     progress.packs_total.store(names.len() as u64, Ordering::Relaxed);
     struct PackInfo {
         name: String,
@@ -531,7 +541,9 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
         .iter()
         .map(|p| {
             let data: u64 = p.entries.iter().map(|e| e.stored as u64).sum();
-            if p.used_bytes == 0 {
+            if shared && young.contains(&p.name) {
+                Fate::Keep
+            } else if p.used_bytes == 0 {
                 Fate::Delete
             } else if (data - p.used_bytes.min(data)) as f64 > opts.max_unused * data as f64 {
                 Fate::Repack
@@ -602,6 +614,7 @@ pub fn prune(objects: &Objects, opts: &PruneOptions, progress: &VerifyProgress) 
     }
     if shared {
         report.packs_condemned = fates.iter().filter(|f| **f != Fate::Keep).count() as u64;
+        report.packs_young = packs.iter().filter(|p| young.contains(&p.name)).count() as u64;
     } else {
         report.packs_deleted = fates.iter().filter(|f| **f == Fate::Delete).count() as u64;
     }

@@ -387,6 +387,11 @@ impl S3Store {
 
     /// Every key under `prefix` (any order).
     pub fn list_keys(&self, prefix: &str) -> StoreResult<Vec<String>> {
+        Ok(self.list_keys_times(prefix)?.into_iter().map(|(k, _)| k).collect())
+    }
+
+    /// The keys under `prefix`, each with its time (LastModified).
+    pub fn list_keys_times(&self, prefix: &str) -> StoreResult<Vec<(String, Option<i64>)>> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -406,7 +411,10 @@ impl S3Store {
                         .map_err(|e| format!("a listing that does not parse: {e}"))
                 },
             )?;
-            out.extend(page.contents.into_iter().map(|c| c.key));
+            out.extend(page.contents.into_iter().map(|c| {
+                let t = c.last_modified.as_deref().and_then(crate::util::parse_rfc3339);
+                (c.key, t)
+            }));
             match page.next_continuation_token {
                 Some(t) if !t.is_empty() => token = Some(t),
                 _ => return Ok(out),
@@ -509,6 +517,10 @@ impl Store for S3Store {
     }
 
     fn list(&self, kind: FileKind) -> StoreResult<Vec<String>> {
+        Ok(self.list_times(kind)?.into_iter().map(|(n, _)| n).collect())
+    }
+
+    fn list_times(&self, kind: FileKind) -> StoreResult<Vec<(String, Option<i64>)>> {
         let dir = match kind {
             FileKind::Pack => "packs/",
             FileKind::Snapshot => "snapshots/",
@@ -517,10 +529,10 @@ impl Store for S3Store {
         };
         let prefix = self.loc.key(dir);
         Ok(self
-            .list_keys(&prefix)?
+            .list_keys_times(&prefix)?
             .into_iter()
-            .filter_map(|k| k.rsplit('/').next().map(str::to_string))
-            .filter(|n| !n.is_empty() && !n.starts_with('.'))
+            .filter_map(|(k, t)| k.rsplit('/').next().map(|n| (n.to_string(), t)))
+            .filter(|(n, _)| !n.is_empty() && !n.starts_with('.'))
             .collect())
     }
 

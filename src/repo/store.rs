@@ -92,6 +92,11 @@ pub trait Store: Send + Sync {
     }
     fn size(&self, kind: FileKind, name: &str) -> StoreResult<u64>;
     fn list(&self, kind: FileKind) -> StoreResult<Vec<String>>;
+    /// [`Store::list`], with when each file was written (seconds since the
+    /// epoch, by the store's clock) where the store says it.
+    fn list_times(&self, kind: FileKind) -> StoreResult<Vec<(String, Option<i64>)>> {
+        Ok(self.list(kind)?.into_iter().map(|n| (n, None)).collect())
+    }
     fn delete(&self, kind: FileKind, name: &str) -> StoreResult<()>;
     /// Remove what interrupted writes left behind, older than `age`.
     /// Returns how many.
@@ -148,6 +153,9 @@ impl Store for WithKeys {
     }
     fn list(&self, kind: FileKind) -> StoreResult<Vec<String>> {
         self.inner.list(kind)
+    }
+    fn list_times(&self, kind: FileKind) -> StoreResult<Vec<(String, Option<i64>)>> {
+        self.inner.list_times(kind)
     }
     fn delete(&self, kind: FileKind, name: &str) -> StoreResult<()> {
         self.inner.delete(kind, name)
