@@ -570,6 +570,7 @@ pub fn restore(
     opts: &RestoreOptions,
 ) -> OpResult<RestoreStats> {
     sys::raise_nofile_limit(); // a descriptor per level of a deep tree
+    let t0 = std::time::Instant::now();
     let bs = snap.record.block_size;
     check_record(snap)?;
     let top = find_entry(objects, snap, sub)?;
@@ -663,6 +664,8 @@ pub fn restore(
     }
     stats.dirs = dirs.len() as u64;
 
+    log::info!("restore: walked {} directories in {} ms", stats.dirs, t0.elapsed().as_millis());
+    let t_files = std::time::Instant::now();
     // 2. files, in parallel
     let total = jobs.iter().filter(|j| j.starts_a_file()).count() as u64;
     let c = Arc::new(Counters::default());
@@ -703,6 +706,7 @@ pub fn restore(
     stats.written = c.written.load(Ordering::Relaxed);
     stats.kept = c.kept.load(Ordering::Relaxed);
 
+    log::info!("restore: {} files written in {} ms", stats.files, t_files.elapsed().as_millis());
     // 3. the other names of hard-linked files
     for (first, dir, e) in &links {
         let (fdir, fname) = match first.iter().rposition(|b| *b == b'/') {

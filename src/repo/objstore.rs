@@ -424,6 +424,7 @@ impl Objects {
         // (a remote store's trailers are read several at once: each read is
         // a round trip; they are indexed in the order above)
         let at_once = if self.sink.store.remote() { TRAILERS_AT_ONCE } else { 1 };
+        let t0 = std::time::Instant::now();
         for batch in todo.chunks(at_once * 8) {
             let next = std::sync::atomic::AtomicUsize::new(0);
             let read: Vec<Mutex<Option<ObjResult<Vec<PackEntry>>>>> = batch.iter().map(|_| Mutex::new(None)).collect();
@@ -446,6 +447,9 @@ impl Objects {
                     None => log::error!("pack {id} cannot be indexed: its reader ended"),
                 }
             }
+        }
+        if n > 0 {
+            log::info!("indexed {n} packs in {} ms", t0.elapsed().as_millis());
         }
         Ok(n)
     }
@@ -810,7 +814,7 @@ impl Objects {
     fn read_indexed(&self, id: &ObjectId) -> ObjResult<(ObjKind, Vec<u8>)> {
         let loc = self.sink.index.get(id)?.ok_or(ObjError::Missing(*id))?;
         let (off, len) = (loc.entry.offset, loc.entry.stored as usize);
-        let ahead = self.sink.chunks.as_ref().and_then(|c| c.read(&*self.sink.store, &loc.pack, off, len));
+        let ahead = self.sink.chunks.as_ref().and_then(|c| c.read(&self.sink.store, &loc.pack, off, len));
         let stored = match ahead {
             Some(r) => r?,
             None => self.sink.store.get_range(FileKind::Pack, &loc.pack, off, len)?,

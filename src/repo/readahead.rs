@@ -10,7 +10,10 @@
 //!
 //! One reader fetches a chunk while the others that want it wait for it
 //! (no chunk is fetched twice at once); a failed fetch is tried again by
-//! the next reader. Packs are named by their contents, so a chunk never
+//! the next reader. A chunk fetched whole is followed by a fetch of the
+//! next one in the background (a reader going through a file finds it
+//! there: restore from the bucket went from 19.3 s to ... with it). Packs
+//! are named by their contents, so a chunk never
 //! goes stale: what the cache holds is bounded by [`SLOTS`] chunks, least
 //! recently used first out. Packs just written are put in whole when they
 //! hold metadata (the next snapshot reads its trees from them).
@@ -31,45 +34,74 @@ pub const SLOTS: usize = 24;
 /// A chunk: empty until its first reader has fetched it.
 type Slot = Arc<Mutex<Option<Arc<[u8]>>>>;
 
+type Slots = Mutex<lru::LruCache<(String, u64), Slot>>;
+
 pub struct Chunks {
-    slots: Mutex<lru::LruCache<(String, u64), Slot>>,
+    slots: Arc<Slots>,
+    /// Whether a chunk fetched whole is followed by the next (off in tests
+    /// that count reads).
+    prefetch: bool,
 }
 
 impl Default for Chunks {
     fn default() -> Chunks {
-        Chunks { slots: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(SLOTS).expect("SLOTS > 0"))) }
+        let slots = lru::LruCache::new(std::num::NonZeroUsize::new(SLOTS).expect("SLOTS > 0"));
+        Chunks { slots: Arc::new(Mutex::new(slots)), prefetch: true }
     }
+}
+
+/// The slot of chunk `k` of `pack` (made empty if there is none).
+fn slot(slots: &Slots, pack: &str, k: u64) -> Slot {
+    let mut slots = slots.locked();
+    match slots.get(&(pack.to_string(), k)) {
+        Some(s) => s.clone(),
+        None => {
+            let s = Slot::default();
+            slots.put((pack.to_string(), k), s.clone());
+            s
+        }
+    }
+}
+
+/// The bytes of a chunk: what its slot holds, or fetched into it (by one
+/// caller while the others wait on the slot).
+fn fill(slot: &Slot, store: &dyn Store, pack: &str, k: u64) -> StoreResult<Arc<[u8]>> {
+    let mut s = slot.locked();
+    if let Some(c) = &*s {
+        return Ok(c.clone());
+    }
+    let v = store.get_range_upto(FileKind::Pack, pack, k * CHUNK, CHUNK as usize)?;
+    Ok(s.insert(Arc::from(v)).clone())
 }
 
 impl Chunks {
     /// `len` bytes at `off` of the pack `pack`, from the chunk that holds
     /// them; `None` when they cross the end of a chunk (the caller reads
     /// them on their own).
-    pub fn read(&self, store: &dyn Store, pack: &str, off: u64, len: usize) -> Option<StoreResult<Vec<u8>>> {
+    pub fn read(&self, store: &Arc<dyn Store>, pack: &str, off: u64, len: usize) -> Option<StoreResult<Vec<u8>>> {
         if len == 0 || (off + len as u64 - 1) / CHUNK != off / CHUNK {
             return None;
         }
         let k = off / CHUNK;
-        let slot = {
-            let mut slots = self.slots.locked();
-            match slots.get(&(pack.to_string(), k)) {
-                Some(s) => s.clone(),
-                None => {
-                    let s = Slot::default();
-                    slots.put((pack.to_string(), k), s.clone());
-                    s
+        let chunk = match fill(&slot(&self.slots, pack, k), &**store, pack, k) {
+            Ok(c) => {
+                // (a whole chunk: the pack goes on; the next one is fetched
+                // unless it is there or on its way)
+                let ahead = self.prefetch
+                    && c.len() as u64 == CHUNK
+                    && !self.slots.locked().contains(&(pack.to_string(), k + 1));
+                if ahead {
+                    let (slots, store, pack) = (self.slots.clone(), store.clone(), pack.to_string());
+                    let next = slot(&slots, &pack, k + 1);
+                    let _ = std::thread::Builder::new().name("snapfs-readahead".into()).spawn(move || {
+                        if let Err(e) = fill(&next, &*store, &pack, k + 1) {
+                            log::debug!("reading ahead in pack {pack}: {e}");
+                        }
+                    });
                 }
+                c
             }
-        };
-        let chunk = {
-            let mut s = slot.locked();
-            match &*s {
-                Some(c) => c.clone(),
-                None => match store.get_range_upto(FileKind::Pack, pack, k * CHUNK, CHUNK as usize) {
-                    Ok(v) => s.insert(Arc::from(v)).clone(),
-                    Err(e) => return Some(Err(e)),
-                },
-            }
+            Err(e) => return Some(Err(e)),
         };
         let start = (off - k * CHUNK) as usize;
         Some(match chunk.get(start..start + len) {
@@ -125,52 +157,72 @@ mod tests {
         }
     }
 
-    fn pack(n: usize) -> (tempfile::TempDir, Counting, Vec<u8>) {
+    fn pack(n: usize) -> (tempfile::TempDir, Arc<Counting>, Arc<dyn Store>, Vec<u8>) {
         let t = tempfile::tempdir().unwrap();
         let bytes: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
-        let s = Counting { inner: LocalStore::new(t.path()), reads: AtomicUsize::new(0) };
+        let s = Arc::new(Counting { inner: LocalStore::new(t.path()), reads: AtomicUsize::new(0) });
         s.put(FileKind::Pack, "p", &bytes).unwrap();
-        (t, s, bytes)
+        (t, s.clone(), s, bytes)
+    }
+
+    fn counted() -> Chunks {
+        Chunks { prefetch: false, ..Chunks::default() }
     }
 
     #[test]
     fn reads_inside_a_chunk_fetch_it_once() {
         let n = CHUNK as usize + 1000;
-        let (_t, s, bytes) = pack(n);
-        let c = Chunks::default();
+        let (_t, n_reads, s, bytes) = pack(n);
+        let c = counted();
         for off in [0usize, 10, 70_000, CHUNK as usize - 100] {
             assert_eq!(c.read(&s, "p", off as u64, 100).unwrap().unwrap(), bytes[off..off + 100]);
         }
-        assert_eq!(s.reads.load(Ordering::SeqCst), 1);
+        assert_eq!(n_reads.reads.load(Ordering::SeqCst), 1);
         // the short last chunk, then a read past the end of the pack
         assert_eq!(c.read(&s, "p", CHUNK + 10, 990).unwrap().unwrap(), bytes[CHUNK as usize + 10..]);
         assert!(matches!(c.read(&s, "p", CHUNK + 10, 991), Some(Err(StoreError::Short { .. }))));
-        assert_eq!(s.reads.load(Ordering::SeqCst), 2);
+        assert_eq!(n_reads.reads.load(Ordering::SeqCst), 2);
         // across a chunk's end: the caller's
         assert!(c.read(&s, "p", CHUNK - 10, 20).is_none());
     }
 
     #[test]
-    fn a_written_pack_is_read_from_memory() {
-        let (_t, s, bytes) = pack(5000);
+    fn the_chunk_after_a_whole_one_is_fetched_ahead() {
+        let (_t, n_reads, s, bytes) = pack(2 * CHUNK as usize + 10);
         let c = Chunks::default();
+        assert_eq!(c.read(&s, "p", 5, 10).unwrap().unwrap(), bytes[5..15]);
+        let t0 = std::time::Instant::now();
+        while n_reads.reads.load(Ordering::SeqCst) < 2 {
+            assert!(t0.elapsed() < std::time::Duration::from_secs(10), "no read ahead");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let at = CHUNK as usize + 7;
+        assert_eq!(c.read(&s, "p", at as u64, 10).unwrap().unwrap(), bytes[at..at + 10]);
+        // (chunk 1 was fetched ahead; reading it fetches the short chunk 2)
+        assert!(n_reads.reads.load(Ordering::SeqCst) <= 3);
+    }
+
+    #[test]
+    fn a_written_pack_is_read_from_memory() {
+        let (_t, n_reads, s, bytes) = pack(5000);
+        let c = counted();
         c.insert("p", &bytes);
         assert_eq!(c.read(&s, "p", 4000, 1000).unwrap().unwrap(), bytes[4000..]);
-        assert_eq!(s.reads.load(Ordering::SeqCst), 0);
+        assert_eq!(n_reads.reads.load(Ordering::SeqCst), 0);
     }
 
     #[test]
     fn a_failed_fetch_is_tried_again() {
-        let (_t, s, bytes) = pack(5000);
-        let c = Chunks::default();
+        let (_t, n_reads, s, bytes) = pack(5000);
+        let c = counted();
         assert!(matches!(c.read(&s, "q", 0, 10), Some(Err(StoreError::NotFound { .. }))));
         assert_eq!(c.read(&s, "p", 0, 10).unwrap().unwrap(), bytes[..10]);
     }
 
     #[test]
     fn concurrent_readers_of_a_chunk_share_one_fetch() {
-        let (_t, s, bytes) = pack(100_000);
-        let c = Chunks::default();
+        let (_t, n_reads, s, bytes) = pack(100_000);
+        let c = counted();
         std::thread::scope(|sc| {
             for i in 0..8 {
                 let (c, s, bytes) = (&c, &s, &bytes);
@@ -180,6 +232,6 @@ mod tests {
                 });
             }
         });
-        assert_eq!(s.reads.load(Ordering::SeqCst), 1);
+        assert_eq!(n_reads.reads.load(Ordering::SeqCst), 1);
     }
 }
