@@ -82,6 +82,11 @@ pub(crate) fn print_replica(s: &snapfs::ops::replica::ReplicaStatus) {
     if let Some((done, total)) = s.syncing {
         println!("               copying: {} of {}", util::human_bytes(done), util::human_bytes(total));
     }
+    match (&s.oldest_change_not_copied, s.oldest_change_not_copied_age_sec) {
+        (Some(t), Some(age)) => println!("               oldest change not copied: {t} ({} ago)", age_text(age as i64)),
+        _ if s.copied_before_us.is_some() => println!("               every change copied"),
+        _ => {}
+    }
     match (&s.last_success, &s.last_error) {
         (Some(t), _) => println!("               last success {t}"),
         (None, None) => println!("               not synced yet"),

@@ -425,6 +425,7 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
         same_device,
         host: host.clone(),
         lineage: lineage.clone(),
+        committed: Mutex::new(Default::default()),
     });
 
     let t_close = tracker.clone();

@@ -75,7 +75,13 @@ pub(crate) struct Service {
     /// In a repository other hosts share: this host's and directory's
     /// snapshots, the only ones it lists, continues and keeps.
     pub(crate) lineage: Option<snapshot::Lineage>,
+    /// With replicas: the snapshots this daemon committed (when, µs) and
+    /// the oldest change each holds (ms), until every replica has them.
+    pub(crate) committed: Mutex<std::collections::VecDeque<(i64, i64)>>,
 }
+
+/// The most snapshots `committed` remembers (while a replica is behind).
+const COMMITTED_MAX: usize = 100_000;
 
 impl Service {
     /// The snapshots this daemon sees (its lineage's, in a shared repository).
@@ -113,7 +119,7 @@ impl Service {
             files: if files { Some(self.tracker.entries_list()) } else { None },
             inodes: Some(self.live.inode_count()),
             scan: self.scan.locked().clone(),
-            replicas: self.replicas.statuses(),
+            replicas: self.not_copied(self.replicas.statuses(), risk.oldest_ms),
             warnings: self.warnings(),
             health: Some({
                 let mut h = crate::ops::health::report(&**self.objects.store(), Some(&self.health));
@@ -122,6 +128,34 @@ impl Service {
                 h
             }),
         }
+    }
+
+    /// The replicas' statuses with the oldest change each lacks: the
+    /// oldest of those no snapshot holds yet (`unprotected`, ms) and of
+    /// those in snapshots committed since its last successful round began.
+    /// Unknown (None) before a round of this session succeeded.
+    fn not_copied(
+        &self,
+        mut all: Vec<crate::ops::replica::ReplicaStatus>,
+        unprotected: Option<i64>,
+    ) -> Vec<crate::ops::replica::ReplicaStatus> {
+        let mut committed = self.committed.locked();
+        // what every replica has is no longer needed
+        if let Some(min) = all.iter().map(|r| r.copied_before_us).min().flatten() {
+            while committed.front().is_some_and(|(at, _)| *at < min) {
+                committed.pop_front();
+            }
+        }
+        let now = util::unix_now_ms();
+        for r in &mut all {
+            let Some(since) = r.copied_before_us else { continue };
+            let in_snapshots = committed.iter().filter(|(at, _)| *at >= since).map(|(_, oldest)| *oldest).min();
+            if let Some(t) = [unprotected, in_snapshots].into_iter().flatten().min() {
+                r.oldest_change_not_copied = Some(util::rfc3339(t.div_euclid(1000)));
+                r.oldest_change_not_copied_age_sec = Some(now.saturating_sub(t).max(0) as u64 / 1000);
+            }
+        }
+        all
     }
 
     fn warnings(&self) -> Vec<String> {
@@ -247,7 +281,21 @@ impl Service {
             scan_failed: &self.scan_failed,
             progress: &self.progress,
         };
+        // the oldest change the snapshot will hold: none older comes
+        // before the seal (a later one is newer)
+        let oldest = self.risk(false).oldest_ms;
         let (info, saved) = take.run(name, full)?;
+        if let (Some(o), false) = (oldest, self.replicas.is_empty()) {
+            let mut c = self.committed.locked();
+            // full: the oldest two become one, keeping the older change and
+            // the later time (counted as copied later, never sooner)
+            if c.len() >= COMMITTED_MAX {
+                if let (Some((_, o0)), Some(next)) = (c.pop_front(), c.front_mut()) {
+                    next.1 = next.1.min(o0);
+                }
+            }
+            c.push_back((util::unix_now_us(), o));
+        }
         // The record is the commit point: the snapshot exists. The
         // tracker's memory has moved on even if saving it failed.
         if let Err(e) = saved {
@@ -652,6 +700,7 @@ impl Service {
                     Err(e) => Reply::err(format!("{e:#}")),
                     Ok(()) => {
                         let st = if sync { self.replicas.sync_all() } else { self.replicas.statuses() };
+                        let st = self.not_copied(st, self.risk(false).oldest_ms);
                         Reply { replicas: Some(st), ..Reply::ok() }
                     }
                 }
