@@ -585,10 +585,16 @@ impl Service {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.scheduled_run(&keep)))
                 .unwrap_or_else(|p| Err(anyhow::anyhow!("internal error: {}", util::panic_message(&*p))))
                 .map_err(|e| format!("{e:#}"));
+            // how old the oldest unprotected change was when the run came
+            // due: the recovery point the schedule kept (scripts/bench-rpo)
+            let age = match risk.oldest_ms {
+                Some(o) => format!("oldest change {:.2} s old", now.saturating_sub(o) as f64 / 1000.0),
+                None => "nothing changed".into(),
+            };
             match &r {
-                Ok(m) => log::info!("scheduled snapshot ({why}): {m}"),
+                Ok(m) => log::info!("scheduled snapshot ({why}, {age}): {m}"),
                 Err(e) => {
-                    log::error!("SCHEDULED SNAPSHOT ({why}) FAILED: {e}");
+                    log::error!("SCHEDULED SNAPSHOT ({why}, {age}) FAILED: {e}");
                     self.health.error("schedule", e);
                 }
             }
