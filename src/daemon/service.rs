@@ -281,10 +281,8 @@ impl Service {
             scan_failed: &self.scan_failed,
             progress: &self.progress,
         };
-        // the oldest change the snapshot will hold: none older comes
-        // before the seal (a later one is newer)
-        let oldest = self.risk(false).oldest_ms;
         let (info, saved) = take.run(name, full)?;
+        let oldest = self.tracker.committed_oldest().map(|ns| ns.div_euclid(1_000_000) as i64);
         if let (Some(o), false) = (oldest, self.replicas.is_empty()) {
             let mut c = self.committed.locked();
             // full: the oldest two become one, keeping the older change and

@@ -115,6 +115,8 @@ struct State {
     /// No committed snapshot holds the directory: all of it is unprotected
     /// since then (ns).
     whole_since_ns: Option<i128>,
+    /// The oldest change the last committed snapshot holds (ns).
+    committed_oldest_ns: Option<i128>,
 }
 
 /// Summary of the dirty set.
@@ -417,6 +419,12 @@ impl Tracker {
     /// The times of what no committed snapshot holds (see the module docs).
     pub fn unprotected(&self) -> Unprotected {
         Self::unprotected_of(&self.lock())
+    }
+
+    /// The time of the oldest change the last committed snapshot holds
+    /// (None: it holds none), as [`Tracker::unprotected`] had it.
+    pub fn committed_oldest(&self) -> Option<i128> {
+        self.lock().committed_oldest_ns
     }
 
     fn unprotected_of(st: &State) -> Unprotected {
@@ -732,6 +740,7 @@ mod tests {
         let _ = t.seal();
         t.commit("s0").unwrap();
         assert_eq!(t.unprotected().oldest_ns, None, "all in s0");
+        assert_eq!(t.committed_oldest(), whole, "s0 holds all of it");
         assert!(!t.summary().no_snapshot && t.summary().oldest_change.is_none());
         tick();
         t.write(&a, 3, 0, 1, 10 * BS);
@@ -749,6 +758,7 @@ mod tests {
         t.write(&a, 3, 5 * BS, 1, 10 * BS);
         let after_seal = t.unprotected().last_ns;
         t.commit("s1").unwrap();
+        assert_eq!(t.committed_oldest(), first.oldest_ns, "s1 holds the first change");
         // the change made after the seal is not in s1
         assert_eq!(t.unprotected().oldest_ns, after_seal);
         // a failed snapshot gives its changes' time back
@@ -760,6 +770,10 @@ mod tests {
         let _ = t.seal();
         t.commit("s2").unwrap();
         assert_eq!(t.unprotected().oldest_ns, None);
+        assert_eq!(t.committed_oldest(), after_seal);
+        let _ = t.seal();
+        t.commit("s3").unwrap();
+        assert_eq!(t.committed_oldest(), None, "s3 holds no change");
         assert_eq!(t.summary().oldest_change, None);
     }
 

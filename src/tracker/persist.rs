@@ -356,8 +356,7 @@ impl Tracker {
                 }
             }
             st.base_snapshot = Some(snapshot.to_string());
-            st.sealed_first_ns = None;
-            st.whole_since_ns = None;
+            st.committed_oldest_ns = [st.sealed_first_ns.take(), st.whole_since_ns.take()].into_iter().flatten().min();
             let start = st.epoch_start_ns;
             if let Some(state) = &self.db {
                 let db = Db::of(state)?;
