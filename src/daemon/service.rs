@@ -580,6 +580,17 @@ impl Service {
                 let Some(why) = s.due(now, &risk) else { continue };
                 (why, s.schedule().map(|s| s.keep.clone()).unwrap_or_default())
             };
+            // a snapshot in flight (a manual one) may take what made a
+            // change-driven run due: wait for it and look again, rather
+            // than take an empty snapshot after it
+            if why != schedule::Trigger::Every {
+                drop(self.snapshotting.locked());
+                let risk = self.risk(count_bytes);
+                if self.scheduler.locked().due(util::unix_now_ms(), &risk).is_none() {
+                    wait = Duration::from_millis(50);
+                    continue;
+                }
+            }
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.scheduled_run(&keep)))
                 .unwrap_or_else(|p| Err(anyhow::anyhow!("internal error: {}", util::panic_message(&*p))))
                 .map_err(|e| format!("{e:#}"));
