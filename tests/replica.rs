@@ -98,3 +98,50 @@ fn replicas_are_remembered_and_refuse_other_repositories() {
     assert!(list.contains("s1") && list.contains("s2"), "{list}");
     run_ok(&["verify", "--read-data", "--repo", copy.to_str().unwrap()]);
 }
+
+#[test]
+fn status_says_how_old_the_oldest_change_not_on_a_replica_is() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("d");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("f"), b"data").unwrap();
+    let (copy, away) = (t.path().join("second-disk"), t.path().join("unplugged"));
+    let extra = vec!["--replica".to_string(), copy.to_str().unwrap().to_string()];
+    let m = Mounted::with(&d, MountOpts { extra, ..Default::default() });
+    snap(&m.dir, "s1");
+    // a snapshot counts as copied once a round that began after its commit
+    // has succeeded (the round the commit wakes)
+    let t0 = Instant::now();
+    loop {
+        let r = &replicas(&m.dir)[0];
+        if r["copied_before_us"].is_i64() && r["oldest_change_not_copied"].is_null() {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "s1 still not copied: {r}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // a change no snapshot holds is not on the replica either
+    fs::write(m.path("g"), b"more").unwrap();
+    let st = status(&m.dir);
+    let changed = st["dirty"]["oldest_change"].clone();
+    assert!(changed.is_string(), "{st}");
+    assert_eq!(st["replicas"][0]["oldest_change_not_copied"], changed, "{st}");
+    // the replica's disk goes away: the snapshot holds the change, the
+    // replica still lacks it, and says so as it ages
+    fs::rename(&copy, &away).unwrap();
+    snap(&m.dir, "s2");
+    std::thread::sleep(Duration::from_secs(2));
+    let st = status(&m.dir);
+    assert!(st["dirty"]["oldest_change"].is_null(), "in s2: {st}");
+    let r = &st["replicas"][0];
+    assert_eq!(r["oldest_change_not_copied"], changed, "{st}");
+    assert!(r["oldest_change_not_copied_age_sec"].as_u64() >= Some(2), "{st}");
+    let text = run_ok(&["status", m.dir.to_str().unwrap()]);
+    assert!(text.contains("oldest change not copied"), "{text}");
+    // back: copied, nothing left behind
+    fs::rename(&away, &copy).unwrap();
+    run_ok(&["replica", "sync", m.dir.to_str().unwrap()]);
+    let r = &replicas(&m.dir)[0];
+    assert!(r["oldest_change_not_copied"].is_null() && r["lag"]["snapshots_behind"] == 0, "{r}");
+    m.umount();
+}

@@ -437,9 +437,20 @@ fn schedule_intervals_are_bounded() {
     let o = snapfs(&["schedule", "--every", "9223372036854775807s", m.dir.to_str().unwrap()]);
     assert!(!o.status.success(), "{}", out_text(&o));
     // a request sent by hand is checked by the daemon too
-    let req = snapfs::control::Request::Schedule { every: Some(u64::MAX), keep: None, off: false };
-    let r = snapfs::control::call(&m.dir, &req, Duration::from_secs(10)).unwrap();
-    assert!(!r.ok && r.error.as_deref().unwrap_or("").contains("at most"), "{r:?}");
+    let sched = |every, max_age, settle| snapfs::control::Request::Schedule {
+        every,
+        max_dirty: None,
+        max_age,
+        settle,
+        keep: None,
+        off: false,
+    };
+    for req in
+        [sched(Some(u64::MAX), None, None), sched(None, Some(u64::MAX), None), sched(None, Some(60), Some(u64::MAX))]
+    {
+        let r = snapfs::control::call(&m.dir, &req, Duration::from_secs(10)).unwrap();
+        assert!(!r.ok && r.error.as_deref().unwrap_or("").contains("at most"), "{r:?}");
+    }
     std::thread::sleep(Duration::from_secs(2));
     let (ok, list) = json_of(&["list", "--json", m.dir.to_str().unwrap()]);
     assert!(ok && list.as_array().unwrap().is_empty(), "{list}");

@@ -162,6 +162,9 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             no_writeback,
             flush_ms,
             every,
+            max_dirty,
+            max_age,
+            settle,
             keep,
             ready_fd,
             dir,
@@ -186,15 +189,19 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
                 flush_ms,
                 ready_fd,
                 every,
+                max_dirty,
+                max_age,
+                settle,
                 keep,
             })
         }
-        Cmd::Schedule { every, keep, off, json, dir } => {
+        Cmd::Schedule { every, max_dirty, max_age, settle, keep, off, json, dir } => {
             let d = daemon::canonical(&dir);
             if daemon::snapfs_mount_at(&d).is_none() {
                 bail!("{} is not a snapfs mount; give the schedule to `snapfs mount --every`", d.display());
             }
-            let r = control::call(&d, &Request::Schedule { every, keep, off }, Duration::from_secs(60))
+            let req = Request::Schedule { every, max_dirty, max_age, settle, keep, off };
+            let r = control::call(&d, &req, Duration::from_secs(60))
                 .with_context(|| format!("asking the daemon of {}", d.display()))?;
             let st = r.answer("status", |r| r.status)?;
             let sched = st.health.and_then(|h| h.schedule);

@@ -82,6 +82,11 @@ pub(crate) fn print_replica(s: &snapfs::ops::replica::ReplicaStatus) {
     if let Some((done, total)) = s.syncing {
         println!("               copying: {} of {}", util::human_bytes(done), util::human_bytes(total));
     }
+    match (&s.oldest_change_not_copied, s.oldest_change_not_copied_age_sec) {
+        (Some(t), Some(age)) => println!("               oldest change not copied: {t} ({} ago)", age_text(age as i64)),
+        _ if s.copied_before_us.is_some() => println!("               every change copied"),
+        _ => {}
+    }
     match (&s.last_success, &s.last_error) {
         (Some(t), _) => println!("               last success {t}"),
         (None, None) => println!("               not synced yet"),
@@ -96,12 +101,24 @@ pub(crate) fn print_replica(s: &snapfs::ops::replica::ReplicaStatus) {
 
 pub(crate) fn print_schedule(s: &snapfs::ops::schedule::ScheduleStatus) {
     let keep = if s.keep == "none" { "all".to_string() } else { s.keep.clone() };
-    println!("  schedule:    a snapshot every {}, keeping {keep}", s.every);
-    if let (Some(n), Some(secs)) = (&s.next_run, s.next_run_in_sec) {
-        println!("               next {n} (in {secs} s); {} runs, {} failed", s.runs, s.failures);
+    println!("  schedule:    {}; keeping {keep}", s.policy);
+    match s.worst_case_sec {
+        Some(w) => println!(
+            "               a change stays unprotected at most {} (and the time a snapshot takes)",
+            age_text(w as i64)
+        ),
+        None => println!("               no bound in time: a snapshot only when the dirty data reaches the size"),
     }
+    let next = match (&s.next_run, s.next_run_in_sec) {
+        (Some(n), Some(secs)) => {
+            format!("next {n} (in {secs} s, {})", s.next_trigger.as_deref().unwrap_or("?"))
+        }
+        _ => "next when something changes".to_string(),
+    };
+    println!("               {next}; {} runs, {} failed", s.runs, s.failures);
     if let Some(r) = &s.last_result {
-        println!("               last run {}: {r}", s.last_run.clone().unwrap_or_default());
+        let why = s.last_trigger.as_deref().map(|t| format!(" ({t})")).unwrap_or_default();
+        println!("               last run {}{why}: {r}", s.last_run.clone().unwrap_or_default());
     }
 }
 
@@ -200,6 +217,22 @@ pub(crate) fn print_status(s: &StatusReport) {
         d.blocks,
         util::human_bytes(d.bytes)
     );
+    match (&d.oldest_change, d.oldest_change_age_sec) {
+        (Some(t), Some(age)) if d.no_snapshot => {
+            println!(
+                "  at risk:     all of it: no snapshot holds this directory yet (since {t}, {} ago)",
+                age_text(age as i64)
+            )
+        }
+        (Some(t), Some(age)) => println!(
+            "  at risk:     {} in {} files; oldest change {t} ({} ago){}",
+            util::human_bytes(d.bytes),
+            d.files,
+            age_text(age as i64),
+            d.last_change.as_deref().map(|l| format!(", latest {l}")).unwrap_or_default()
+        ),
+        _ => println!("  at risk:     nothing (every change is in a snapshot)"),
+    }
     if d.scan_pending {
         println!("  scan for changes made while unmounted: running");
     } else if let Some(sc) = &s.scan {

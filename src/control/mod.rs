@@ -84,10 +84,17 @@ pub enum Request {
         #[serde(default)]
         dry_run: bool,
     },
-    /// Show or change automatic snapshots.
+    /// Show or change automatic snapshots: the triggers given replace the
+    /// schedule's; `keep` alone changes only the retention.
     Schedule {
         #[serde(default)]
         every: Option<u64>,
+        #[serde(default)]
+        max_dirty: Option<u64>,
+        #[serde(default)]
+        max_age: Option<u64>,
+        #[serde(default)]
+        settle: Option<u64>,
         #[serde(default)]
         keep: Option<crate::ops::maint::Policy>,
         #[serde(default)]

@@ -62,6 +62,12 @@ pub struct MountArgs {
     pub ready_fd: Option<RawFd>,
     /// Automatic snapshots every this many seconds.
     pub every: Option<u64>,
+    /// Automatic snapshots when this many bytes are dirty.
+    pub max_dirty: Option<u64>,
+    /// Automatic snapshots before a change is unprotected for longer than this (s).
+    pub max_age: Option<u64>,
+    /// With `max_age`: as soon as writes have paused this long (s).
+    pub settle: Option<u64>,
     /// Retention for automatic snapshots.
     pub keep: Option<maint::Policy>,
     /// Replicas to add (kept with the repository; earlier ones stay).
@@ -102,7 +108,31 @@ fn tune_bdi(dir: &Path, writeback: bool) {
     }
 }
 
+impl MountArgs {
+    /// The schedule the flags give (None: none given, an earlier mount's
+    /// applies), or why it cannot be followed.
+    fn schedule(&self) -> Result<Option<schedule::Schedule>> {
+        let s = schedule::Schedule {
+            every: self.every,
+            max_dirty: self.max_dirty,
+            max_age: self.max_age,
+            settle: self.settle,
+            keep: self.keep.clone().unwrap_or_default(),
+        };
+        if !s.has_trigger() {
+            if self.keep.is_some() || self.settle.is_some() {
+                bail!("--keep and --settle need a schedule: give --every, --max-age or --max-dirty too");
+            }
+            return Ok(None);
+        }
+        s.check().map_err(|e| anyhow!("{e}"))?;
+        Ok(Some(s))
+    }
+}
+
 pub fn mount(args: MountArgs) -> Result<()> {
+    // a schedule that cannot be followed fails here, not in the background
+    args.schedule()?;
     if args.foreground {
         run(args)
     } else {
@@ -395,6 +425,7 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
         same_device,
         host: host.clone(),
         lineage: lineage.clone(),
+        committed: Mutex::new(Default::default()),
     });
 
     let t_close = tracker.clone();
@@ -453,8 +484,8 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
     }
 
     // Automatic snapshots: the flags, or what was set on an earlier mount.
-    let sched = match args.every {
-        Some(every) => Some(schedule::Schedule { every, keep: args.keep.clone().unwrap_or_default() }),
+    let sched = match args.schedule()? {
+        Some(s) => Some(s),
         None => shared.health.schedule(),
     };
     if sched.is_some() {

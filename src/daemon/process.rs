@@ -34,8 +34,16 @@ pub(crate) fn spawn_background(args: &MountArgs) -> Result<()> {
     if !args.writeback {
         a.push("--no-writeback".into());
     }
-    if let Some(e) = args.every {
-        a.extend(["--every".into(), e.to_string().into()]);
+    // seconds and bytes, which the flags read as they are
+    for (flag, v) in [
+        ("--every", args.every),
+        ("--max-dirty", args.max_dirty),
+        ("--max-age", args.max_age),
+        ("--settle", args.settle),
+    ] {
+        if let Some(v) = v {
+            a.extend([flag.into(), v.to_string().into()]);
+        }
     }
     if let Some(k) = &args.keep {
         a.extend(["--keep".into(), k.to_string().into()]);

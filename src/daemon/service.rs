@@ -75,7 +75,13 @@ pub(crate) struct Service {
     /// In a repository other hosts share: this host's and directory's
     /// snapshots, the only ones it lists, continues and keeps.
     pub(crate) lineage: Option<snapshot::Lineage>,
+    /// With replicas: the snapshots this daemon committed (when, µs) and
+    /// the oldest change each holds (ms), until every replica has them.
+    pub(crate) committed: Mutex<std::collections::VecDeque<(i64, i64)>>,
 }
+
+/// The most snapshots `committed` remembers (while a replica is behind).
+const COMMITTED_MAX: usize = 100_000;
 
 impl Service {
     /// The snapshots this daemon sees (its lineage's, in a shared repository).
@@ -83,7 +89,21 @@ impl Service {
         Ok(snapshot::of_lineage(snapshot::list(&**self.objects.store())?, self.lineage.as_ref()))
     }
 
+    /// What no committed snapshot holds, for the schedule; the dirty bytes
+    /// only if `bytes` (counting them walks the dirty set).
+    fn risk(&self, bytes: bool) -> schedule::Risk {
+        let u = self.tracker.unprotected();
+        let ms = |ns: i128| ns.div_euclid(1_000_000) as i64;
+        schedule::Risk {
+            bytes: if bytes && u.oldest_ns.is_some() { self.tracker.dirty_bytes() } else { 0 },
+            oldest_ms: u.oldest_ns.map(ms),
+            last_ms: u.last_ns.map(ms),
+        }
+    }
+
     pub(crate) fn status(&self, files: bool) -> StatusReport {
+        let dirty = self.tracker.summary();
+        let risk = schedule::Risk { bytes: dirty.bytes, ..self.risk(false) };
         StatusReport {
             mounted: true,
             mountpoint: self.dir.display().to_string(),
@@ -95,19 +115,47 @@ impl Service {
             pid: Some(std::process::id()),
             mounted_since: Some(self.mounted_since.clone()),
             last_session: last_name(&self.last).into(),
-            dirty: self.tracker.summary(),
+            dirty,
             files: if files { Some(self.tracker.entries_list()) } else { None },
             inodes: Some(self.live.inode_count()),
             scan: self.scan.locked().clone(),
-            replicas: self.replicas.statuses(),
+            replicas: self.not_copied(self.replicas.statuses(), risk.oldest_ms),
             warnings: self.warnings(),
             health: Some({
                 let mut h = crate::ops::health::report(&**self.objects.store(), Some(&self.health));
                 h.repairs += self.objects.healed_on_read();
-                h.schedule = self.scheduler.locked().status_at(util::unix_now());
+                h.schedule = self.scheduler.locked().status_at(util::unix_now_ms(), &risk);
                 h
             }),
         }
+    }
+
+    /// The replicas' statuses with the oldest change each lacks: the
+    /// oldest of those no snapshot holds yet (`unprotected`, ms) and of
+    /// those in snapshots committed since its last successful round began.
+    /// Unknown (None) before a round of this session succeeded.
+    fn not_copied(
+        &self,
+        mut all: Vec<crate::ops::replica::ReplicaStatus>,
+        unprotected: Option<i64>,
+    ) -> Vec<crate::ops::replica::ReplicaStatus> {
+        let mut committed = self.committed.locked();
+        // what every replica has is no longer needed
+        if let Some(min) = all.iter().map(|r| r.copied_before_us).min().flatten() {
+            while committed.front().is_some_and(|(at, _)| *at < min) {
+                committed.pop_front();
+            }
+        }
+        let now = util::unix_now_ms();
+        for r in &mut all {
+            let Some(since) = r.copied_before_us else { continue };
+            let in_snapshots = committed.iter().filter(|(at, _)| *at >= since).map(|(_, oldest)| *oldest).min();
+            if let Some(t) = [unprotected, in_snapshots].into_iter().flatten().min() {
+                r.oldest_change_not_copied = Some(util::rfc3339(t.div_euclid(1000)));
+                r.oldest_change_not_copied_age_sec = Some(now.saturating_sub(t).max(0) as u64 / 1000);
+            }
+        }
+        all
     }
 
     fn warnings(&self) -> Vec<String> {
@@ -234,6 +282,18 @@ impl Service {
             progress: &self.progress,
         };
         let (info, saved) = take.run(name, full)?;
+        let oldest = self.tracker.committed_oldest().map(|ns| ns.div_euclid(1_000_000) as i64);
+        if let (Some(o), false) = (oldest, self.replicas.is_empty()) {
+            let mut c = self.committed.locked();
+            // full: the oldest two become one, keeping the older change and
+            // the later time (counted as copied later, never sooner)
+            if c.len() >= COMMITTED_MAX {
+                if let (Some((_, o0)), Some(next)) = (c.pop_front(), c.front_mut()) {
+                    next.1 = next.1.min(o0);
+                }
+            }
+            c.push_back((util::unix_now_us(), o));
+        }
         // The record is the commit point: the snapshot exists. The
         // tracker's memory has moved on even if saving it failed.
         if let Err(e) = saved {
@@ -398,11 +458,14 @@ impl Service {
 
     /// Set the schedule (None: no automatic snapshots), and keep it.
     pub(crate) fn set_schedule(&self, s: Option<schedule::Schedule>) -> Result<()> {
-        let latest = self.snapshots()?.last().map(|l| l.record.time_sec);
-        self.scheduler.locked().set(s.clone(), latest, util::unix_now());
+        let latest = self
+            .snapshots()?
+            .last()
+            .map(|l| l.record.time_sec.saturating_mul(1000).saturating_add(i64::from(l.record.time_nsec / 1_000_000)));
+        self.scheduler.locked().set(s.clone(), latest, util::unix_now_ms());
         self.health.set_schedule(s.as_ref());
         match &s {
-            Some(s) => log::info!("schedule: a snapshot every {}, keep {}", schedule::interval_text(s.every), s.keep),
+            Some(s) => log::info!("schedule: {}, keep {}", s.text(), s.keep),
             None => log::info!("schedule: off"),
         }
         Ok(())
@@ -494,26 +557,58 @@ impl Service {
     }
 
     /// Automatic snapshots when the schedule says so. Runs until the
-    /// process ends.
+    /// process ends. It looks at least once a second (a change or
+    /// `max_dirty` may make a run due at any time) and wakes when a time
+    /// trigger comes due; idle, a look is two short locks.
     pub(crate) fn schedule_loop(&self) {
+        let mut wait = Duration::from_millis(250);
         loop {
-            std::thread::sleep(Duration::from_millis(250));
-            let now = util::unix_now();
-            let keep = {
+            std::thread::sleep(wait);
+            wait = Duration::from_secs(1);
+            // the tracker's lock is not taken under the scheduler's
+            let Some(count_bytes) = self.scheduler.locked().schedule().map(|s| s.max_dirty.is_some()) else {
+                continue;
+            };
+            let risk = self.risk(count_bytes);
+            let now = util::unix_now_ms();
+            let (why, keep) = {
                 let s = self.scheduler.locked();
-                if !s.due(now) {
+                if let Some(at) = s.wake_at(&risk) {
+                    let ms = at.saturating_sub(now).clamp(50, 1000) as u64;
+                    wait = Duration::from_millis(ms);
+                }
+                let Some(why) = s.due(now, &risk) else { continue };
+                (why, s.schedule().map(|s| s.keep.clone()).unwrap_or_default())
+            };
+            // a snapshot in flight (a manual one) may take what made a
+            // change-driven run due: wait for it and look again, rather
+            // than take an empty snapshot after it
+            if why != schedule::Trigger::Every {
+                drop(self.snapshotting.locked());
+                let risk = self.risk(count_bytes);
+                if self.scheduler.locked().due(util::unix_now_ms(), &risk).is_none() {
+                    wait = Duration::from_millis(50);
                     continue;
                 }
-                s.schedule().map(|s| s.keep.clone()).unwrap_or_default()
-            };
+            }
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.scheduled_run(&keep)))
                 .unwrap_or_else(|p| Err(anyhow::anyhow!("internal error: {}", util::panic_message(&*p))))
                 .map_err(|e| format!("{e:#}"));
-            if let Err(e) = &r {
-                log::error!("SCHEDULED SNAPSHOT FAILED: {e}");
-                self.health.error("schedule", e);
+            // how old the oldest unprotected change was when the run came
+            // due: the recovery point the schedule kept (scripts/bench-rpo)
+            let age = match risk.oldest_ms {
+                Some(o) => format!("oldest change {:.2} s old", now.saturating_sub(o) as f64 / 1000.0),
+                None => "nothing changed".into(),
+            };
+            match &r {
+                Ok(m) => log::info!("scheduled snapshot ({why}, {age}): {m}"),
+                Err(e) => {
+                    log::error!("SCHEDULED SNAPSHOT ({why}, {age}) FAILED: {e}");
+                    self.health.error("schedule", e);
+                }
             }
-            self.scheduler.locked().ran(now, util::unix_now(), r);
+            self.scheduler.locked().ran(now, util::unix_now_ms(), why, r);
+            wait = Duration::from_millis(50);
         }
     }
 
@@ -546,27 +641,31 @@ impl Service {
                 let t = self.task.locked().clone();
                 Reply { progress: p.map(|p| p.get()), task: t.map(|t| t.view()), ..Reply::ok() }
             }
-            Request::Schedule { every: Some(e), .. } if schedule::check_interval(e).is_err() => {
-                Reply::err(schedule::check_interval(e).unwrap_err())
-            }
-            Request::Schedule { every, keep, off } => {
+            Request::Schedule { every, max_dirty, max_age, settle, keep, off } => {
                 let keep_given = keep.is_some();
                 let cur = self.scheduler.locked().schedule().cloned();
+                let given = schedule::Schedule { every, max_dirty, max_age, settle, keep: Default::default() };
+                let triggers = given.has_trigger() || settle.is_some();
                 let new = if off {
                     None
                 } else {
-                    match (every, cur) {
-                        (Some(every), cur) => {
-                            Some(schedule::Schedule { every, keep: keep.or(cur.map(|c| c.keep)).unwrap_or_default() })
+                    // the triggers given replace the schedule's; the
+                    // retention stays unless given
+                    let cur_keep = cur.as_ref().map(|c| c.keep.clone());
+                    let new = match (triggers, cur) {
+                        (true, _) => Some(schedule::Schedule { keep: keep.or(cur_keep).unwrap_or_default(), ..given }),
+                        (false, Some(cur)) => Some(schedule::Schedule { keep: keep.unwrap_or(cur.keep), ..cur }),
+                        (false, None) if keep_given => {
+                            return Reply::err("no schedule yet: give --every, --max-age or --max-dirty too");
                         }
-                        (None, Some(cur)) => Some(schedule::Schedule { keep: keep.unwrap_or(cur.keep), ..cur }),
-                        (None, None) if keep.is_some() => {
-                            return Reply::err("no schedule yet: give --every too");
-                        }
-                        (None, None) => None,
+                        (false, None) => None,
+                    };
+                    if let Some(Err(e)) = new.as_ref().map(schedule::Schedule::check) {
+                        return Reply::err(e);
                     }
+                    new
                 };
-                let changed = off || every.is_some() || keep_given;
+                let changed = off || triggers || keep_given;
                 match if changed { self.set_schedule(new) } else { Ok(()) } {
                     Ok(()) => Reply { status: Some(self.status(false)), ..Reply::ok() },
                     Err(e) => Reply::err(format!("{e:#}")),
@@ -616,6 +715,7 @@ impl Service {
                     Err(e) => Reply::err(format!("{e:#}")),
                     Ok(()) => {
                         let st = if sync { self.replicas.sync_all() } else { self.replicas.statuses() };
+                        let st = self.not_copied(st, self.risk(false).oldest_ms);
                         Reply { replicas: Some(st), ..Reply::ok() }
                     }
                 }

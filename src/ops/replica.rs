@@ -237,6 +237,21 @@ pub struct ReplicaStatus {
     /// A round is running now: bytes done of bytes to copy.
     #[serde(default)]
     pub syncing: Option<(u64, u64)>,
+    /// Every snapshot committed before this time (µs) is on the replica:
+    /// the start of the last successful round (which copies every record
+    /// it listed at its start), this session. The daemon notes a commit
+    /// after the record is written, so a round that began between the two
+    /// counts it as not copied yet: the age shown is never short, and the
+    /// round the commit wakes puts it right.
+    #[serde(default)]
+    pub copied_before_us: Option<i64>,
+    /// The oldest change not yet on the replica (RFC 3339) and its age:
+    /// in a snapshot committed since `copied_before_us`, or not in any
+    /// snapshot yet (filled in by the daemon, which knows both).
+    #[serde(default)]
+    pub oldest_change_not_copied: Option<String>,
+    #[serde(default)]
+    pub oldest_change_not_copied_age_sec: Option<u64>,
 }
 
 struct Replica {
@@ -431,6 +446,7 @@ impl Replicas {
 
     fn round(&self, r: &Replica) {
         let _one = r.busy.locked();
+        let started = crate::util::unix_now_us();
         let result = (|| -> OpResult<SyncReport> {
             let loc = crate::repo::Location::parse(&r.url)?;
             let mut repo = crate::repo::Repo::open_at(&loc, None)?;
@@ -473,6 +489,7 @@ impl Replicas {
                 }
                 st.last_success = Some(crate::util::rfc3339(now));
                 st.last_success_sec = Some(now);
+                st.copied_before_us = Some(started);
                 st.last_sync = Some(rep);
             }
             Err(e) => {

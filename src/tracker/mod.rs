@@ -18,6 +18,18 @@
 //! snapshot can walk down from the root into exactly the directories that hold
 //! a change, and `status` can name every dirty path.
 //!
+//! # Unprotected changes
+//! Beside the dirty set, in memory only, the times the change-driven
+//! schedule and `status` need ([`Tracker::unprotected`]): when the oldest
+//! change of the epoch was marked, the same for a sealed epoch until its
+//! snapshot commits (its changes are not protected before), and when the
+//! latest change was marked. A change is marked before it is made, so an
+//! age from these is never short. Records loaded from an earlier session
+//! count from the start of their epoch (their own times were not kept:
+//! older than they were, never younger), and a directory no committed
+//! snapshot holds (none yet, or the state was lost) is unprotected as a
+//! whole from then.
+//!
 //! # Durability
 //! The state lives in memory and is written to sled by [`Tracker::flush`],
 //! which the daemon calls periodically (no sync per write). A flush first
@@ -94,6 +106,17 @@ struct State {
     epoch_start_ns: i128,
     /// A mount-time scan has not finished: do not advance `durable_at`.
     scan_pending: bool,
+    /// When the oldest change in `records` was marked (ns).
+    first_change_ns: Option<i128>,
+    /// When the oldest change in `sealed` was marked (ns).
+    sealed_first_ns: Option<i128>,
+    /// When the latest change was marked (ns), in whichever epoch.
+    last_change_ns: Option<i128>,
+    /// No committed snapshot holds the directory: all of it is unprotected
+    /// since then (ns).
+    whole_since_ns: Option<i128>,
+    /// The oldest change the last committed snapshot holds (ns).
+    committed_oldest_ns: Option<i128>,
 }
 
 /// Summary of the dirty set.
@@ -112,6 +135,28 @@ pub struct Summary {
     pub since: String,
     /// The mount-time scan for changes made while unmounted is still running.
     pub scan_pending: bool,
+    /// When the oldest change no committed snapshot holds was made (RFC
+    /// 3339; at the latest: see [`Tracker::unprotected`]), and how long ago.
+    #[serde(default)]
+    pub oldest_change: Option<String>,
+    #[serde(default)]
+    pub oldest_change_age_sec: Option<u64>,
+    /// When the latest change was made (RFC 3339).
+    #[serde(default)]
+    pub last_change: Option<String>,
+    /// No committed snapshot holds the directory (none yet, or the state
+    /// was lost): all of it is unprotected, not just the dirty set.
+    #[serde(default)]
+    pub no_snapshot: bool,
+}
+
+/// What no committed snapshot holds yet: the times of the oldest and the
+/// latest change (ns since the epoch, the time each was marked).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unprotected {
+    /// None: everything is in a committed snapshot.
+    pub oldest_ns: Option<i128>,
+    pub last_ns: Option<i128>,
 }
 
 /// One dirty path.
@@ -138,7 +183,8 @@ pub struct Tracker {
 impl Tracker {
     /// A tracker that keeps its state in memory only.
     pub fn in_memory(bs: u64, root: u64) -> Tracker {
-        let st = State { root, epoch_start_ns: sys::now_ns(), ..Default::default() };
+        let now = sys::now_ns();
+        let st = State { root, epoch_start_ns: now, whole_since_ns: Some(now), ..Default::default() };
         Tracker { bs, state: Mutex::new(st), db: None, flushing: Mutex::new(()) }
     }
 
@@ -151,7 +197,12 @@ impl Tracker {
     }
 
     /// Get or create the record of `ino`, keeping the ancestor invariant.
+    /// Every change passes here (a creation for its parent): its time is
+    /// marked too.
     fn touch<'a>(st: &'a mut State, anc: &dyn Ancestry, ino: u64, kind: Kind) -> &'a mut Record {
+        let now = sys::now_ns();
+        st.first_change_ns.get_or_insert(now);
+        st.last_change_ns = Some(now);
         if !st.records.contains_key(&ino) {
             let (parent, name) =
                 if ino == st.root { (0, OsString::new()) } else { anc.link_of(ino).unwrap_or((0, OsString::new())) };
@@ -365,12 +416,34 @@ impl Tracker {
         self.lock().records.get(&ino).cloned()
     }
 
+    /// The times of what no committed snapshot holds (see the module docs).
+    pub fn unprotected(&self) -> Unprotected {
+        Self::unprotected_of(&self.lock())
+    }
+
+    /// The time of the oldest change the last committed snapshot holds
+    /// (None: it holds none), as [`Tracker::unprotected`] had it.
+    pub fn committed_oldest(&self) -> Option<i128> {
+        self.lock().committed_oldest_ns
+    }
+
+    fn unprotected_of(st: &State) -> Unprotected {
+        let oldest = [st.whole_since_ns, st.sealed_first_ns, st.first_change_ns].into_iter().flatten().min();
+        Unprotected { oldest_ns: oldest, last_ns: st.last_change_ns }
+    }
+
     pub fn summary(&self) -> Summary {
         let st = self.lock();
+        let secs = |ns: i128| ns.div_euclid(1_000_000_000) as i64;
+        let u = Self::unprotected_of(&st);
         let mut s = Summary {
             block_size: self.bs,
-            since: crate::util::rfc3339((st.epoch_start_ns / 1_000_000_000) as i64),
+            since: crate::util::rfc3339(secs(st.epoch_start_ns)),
             scan_pending: st.scan_pending,
+            oldest_change: u.oldest_ns.map(|t| crate::util::rfc3339(secs(t))),
+            oldest_change_age_sec: u.oldest_ns.map(|t| secs(sys::now_ns() - t).max(0) as u64),
+            last_change: u.last_ns.filter(|_| u.oldest_ns.is_some()).map(|t| crate::util::rfc3339(secs(t))),
+            no_snapshot: st.whole_since_ns.is_some(),
             ..Default::default()
         };
         for r in st.records.values().filter(|r| r.is_dirty()) {
@@ -387,6 +460,14 @@ impl Tracker {
             }
         }
         s
+    }
+
+    /// Bytes of file data dirty (what `summary` counts as `bytes`), for
+    /// `max_dirty`: it walks the dirty set, so it is asked only while
+    /// something is unprotected.
+    pub fn dirty_bytes(&self) -> u64 {
+        let st = self.lock();
+        st.records.values().filter(|r| r.kind == Kind::File && r.is_dirty()).map(|r| r.dirty_amount(self.bs).1).sum()
     }
 
     /// The path of a record, from the links of it and its ancestors (any
@@ -642,6 +723,91 @@ mod tests {
         assert!(t.record(4).is_some());
         assert!(t.record(99).is_none());
         assert_eq!(t.base_snapshot().as_deref(), Some("snap1"));
+    }
+
+    /// A clock step, so that marks made one after the other differ.
+    fn tick() {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+
+    #[test]
+    fn unprotected_changes_follow_seal_commit_and_unseal() {
+        let t = Tracker::in_memory(BS, 1);
+        let a = tree();
+        // no committed snapshot yet: the whole directory is unprotected
+        let whole = t.unprotected().oldest_ns;
+        assert!(whole.is_some() && t.summary().no_snapshot);
+        let _ = t.seal();
+        t.commit("s0").unwrap();
+        assert_eq!(t.unprotected().oldest_ns, None, "all in s0");
+        assert_eq!(t.committed_oldest(), whole, "s0 holds all of it");
+        assert!(!t.summary().no_snapshot && t.summary().oldest_change.is_none());
+        tick();
+        t.write(&a, 3, 0, 1, 10 * BS);
+        let first = t.unprotected();
+        assert!(first.oldest_ns > whole && first.oldest_ns == first.last_ns);
+        tick();
+        t.meta(&a, 4, Kind::File);
+        let u = t.unprotected();
+        assert_eq!(u.oldest_ns, first.oldest_ns, "the oldest stays");
+        assert!(u.last_ns > first.last_ns, "the latest moves");
+        // sealed: not protected before the commit
+        let _ = t.seal();
+        assert_eq!(t.unprotected().oldest_ns, first.oldest_ns);
+        tick();
+        t.write(&a, 3, 5 * BS, 1, 10 * BS);
+        let after_seal = t.unprotected().last_ns;
+        t.commit("s1").unwrap();
+        assert_eq!(t.committed_oldest(), first.oldest_ns, "s1 holds the first change");
+        // the change made after the seal is not in s1
+        assert_eq!(t.unprotected().oldest_ns, after_seal);
+        // a failed snapshot gives its changes' time back
+        let _ = t.seal();
+        tick();
+        t.write(&a, 3, 6 * BS, 1, 10 * BS);
+        t.unseal();
+        assert_eq!(t.unprotected().oldest_ns, after_seal);
+        let _ = t.seal();
+        t.commit("s2").unwrap();
+        assert_eq!(t.unprotected().oldest_ns, None);
+        assert_eq!(t.committed_oldest(), after_seal);
+        let _ = t.seal();
+        t.commit("s3").unwrap();
+        assert_eq!(t.committed_oldest(), None, "s3 holds no change");
+        assert_eq!(t.summary().oldest_change, None);
+    }
+
+    #[test]
+    fn loaded_changes_count_from_their_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state");
+        let a = tree();
+        let epoch = {
+            let (t, _) = Tracker::open(&db_at(&p), BS, 1, "/x").unwrap();
+            // first mount, no snapshot: all of it is at risk from the start
+            let whole = t.unprotected().oldest_ns.unwrap();
+            let _ = t.seal();
+            t.commit("s1").unwrap();
+            t.close().unwrap();
+            whole
+        };
+        let epoch2 = {
+            let (t, _) = Tracker::open(&db_at(&p), BS, 1, "/x").unwrap();
+            assert_eq!(t.unprotected().oldest_ns, None, "clean and in s1");
+            tick();
+            let _ = t.seal();
+            t.commit("s2").unwrap();
+            let start = t.lock().epoch_start_ns;
+            tick();
+            t.write(&a, 3, 0, 1, 10 * BS);
+            t.close().unwrap();
+            start
+        };
+        assert!(epoch2 > epoch);
+        let (t, _) = Tracker::open(&db_at(&p), BS, 1, "/x").unwrap();
+        // the write's own time was not kept: it counts from its epoch
+        assert_eq!(t.unprotected().oldest_ns, Some(epoch2));
+        assert!(!t.summary().no_snapshot);
     }
 
     #[test]

@@ -139,6 +139,14 @@ impl Tracker {
                 r.blocks.set_chunk(c, &v);
             }
         }
+        // The times of the changes were not kept: they are no older than
+        // their epoch (see the module docs).
+        if !st.records.is_empty() {
+            st.first_change_ns = Some(st.epoch_start_ns);
+        }
+        if st.base_snapshot.is_none() {
+            st.whole_since_ns = Some(st.epoch_start_ns);
+        }
         let t = Tracker { bs, state: Mutex::new(st), db: Some(state.clone()), flushing: Mutex::new(()) };
         Ok((t, last, stored_root))
     }
@@ -314,6 +322,9 @@ impl Tracker {
         let sealed = Arc::new(std::mem::take(&mut st.records));
         st.sealed = Some(sealed.clone());
         st.epoch_start_ns = sys::now_ns();
+        // the sealed changes stay unprotected until the commit; changes
+        // from now on are the new epoch's
+        st.sealed_first_ns = st.first_change_ns.take();
         sealed
     }
 
@@ -322,6 +333,7 @@ impl Tracker {
     pub fn unseal(&self) {
         let mut st = self.lock();
         let Some(sealed) = st.sealed.take() else { return };
+        st.first_change_ns = [st.first_change_ns, st.sealed_first_ns.take()].into_iter().flatten().min();
         for (ino, old) in sealed.iter() {
             let merged = match st.records.get(ino) {
                 Some(new) => Record::merge(old, new),
@@ -344,6 +356,7 @@ impl Tracker {
                 }
             }
             st.base_snapshot = Some(snapshot.to_string());
+            st.committed_oldest_ns = [st.sealed_first_ns.take(), st.whole_since_ns.take()].into_iter().flatten().min();
             let start = st.epoch_start_ns;
             if let Some(state) = &self.db {
                 let db = Db::of(state)?;
@@ -363,6 +376,10 @@ impl Tracker {
             st.records.clear();
             st.removed.extend(inos);
             st.base_snapshot = snapshot.map(str::to_string);
+            st.first_change_ns = None;
+            if snapshot.is_none() {
+                st.whole_since_ns.get_or_insert_with(sys::now_ns);
+            }
             if let Some(state) = &self.db {
                 let db = Db::of(state)?;
                 match snapshot {
