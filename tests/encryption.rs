@@ -491,6 +491,23 @@ fn a_write_only_host_snapshots_but_reads_no_contents() {
     let mut key_add = vec!["key", "add", "--repo", &url, "--new-key-file", "/nonexistent/x"];
     key_add.extend(wk);
     fails_with(&key_add, "write-only");
+    // a schedule with retention takes its snapshots and leaves retention
+    // to a full key, without failing
+    run_ok(&["schedule", "--every", "1s", "--keep", "last=1", bd]);
+    let t0 = std::time::Instant::now();
+    let sched = loop {
+        let (_, st) = json_of(&["status", "--json", bd]);
+        let sc = st["health"]["schedule"].clone();
+        if sc["runs"].as_u64().unwrap_or(0) >= 2 {
+            break sc;
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(30), "no scheduled runs: {st}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let last = sched["last_result"].as_str().unwrap_or_default().to_string();
+    assert!(last.contains("retention left to a full key"), "{sched}");
+    run_ok(&["schedule", "--off", bd]);
+    assert!(run_ok(&["list", bd]).contains("b1"), "a write-only schedule removed nothing");
     mb.umount();
     let target = t.path().join("t");
     let mut restore = vec!["restore", "--repo", &url, "a1", target.to_str().unwrap()];

@@ -418,6 +418,7 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
             h
         },
         scheduler: Mutex::new(schedule::Scheduler::default()),
+        retention_skipped: Default::default(),
         state: db.clone(),
         held: Mutex::new(std::collections::HashMap::new()),
         forgetting: Mutex::new(()),

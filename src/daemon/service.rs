@@ -58,6 +58,8 @@ pub(crate) struct Service {
     pub(crate) task: Mutex<Option<Arc<verify::VerifyProgress>>>,
     pub(crate) health: Health,
     pub(crate) scheduler: Mutex<schedule::Scheduler>,
+    /// Retention was skipped for a write-only key (said once).
+    pub(crate) retention_skipped: std::sync::atomic::AtomicBool,
     /// The sled database (tracking state, index, health): after an I/O
     /// error it is reopened and written back from memory.
     pub(crate) state: Arc<StateDb>,
@@ -428,6 +430,16 @@ impl Service {
         let info = self.snapshot(Some(name), false)?;
         if keep.is_empty() {
             return Ok(info.record.name);
+        }
+        // A write-only key adds snapshots and removes none: retention is
+        // for a host that holds a full key (said once, not failed on).
+        if crate::repo::crypto::require_full(self.objects.keys().map(|k| &**k), "retention").is_err() {
+            if !self.retention_skipped.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                log::warn!(
+                    "schedule: --keep is not applied with a write-only key (it never removes snapshots); run forget and prune where a full key is"
+                );
+            }
+            return Ok(format!("{} (retention left to a full key)", info.record.name));
         }
         let forgot = {
             let _one = self.snapshotting.locked();

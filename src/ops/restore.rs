@@ -666,6 +666,7 @@ pub fn restore(
 
     log::info!("restore: walked {} directories in {} ms", stats.dirs, t0.elapsed().as_millis());
     let t_files = std::time::Instant::now();
+    objects.expect_readers(opts.jobs.max(1));
     // 2. files, in parallel
     let total = jobs.iter().filter(|j| j.starts_a_file()).count() as u64;
     let c = Arc::new(Counters::default());

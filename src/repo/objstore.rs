@@ -331,6 +331,14 @@ impl Objects {
         Ok(o)
     }
 
+    /// `n` threads are about to read many objects at once (restore's
+    /// workers): a remote store's read-ahead keeps room for them all.
+    pub fn expect_readers(&self, n: usize) {
+        if let Some(c) = &self.sink.chunks {
+            c.make_room(n);
+        }
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.sink.store
     }

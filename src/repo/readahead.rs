@@ -12,7 +12,8 @@
 //! (no chunk is fetched twice at once); a failed fetch is tried again by
 //! the next reader. A chunk fetched whole is followed by a fetch of the
 //! next one in the background (a reader going through a file finds it
-//! there: restore from the bucket went from 19.3 s to ... with it). Packs
+//! there: restore from the bucket, 8 workers, went from 19.3 s to 15-19 s
+//! with it, runs being noisy). Packs
 //! are named by their contents, so a chunk never
 //! goes stale: what the cache holds is bounded by [`SLOTS`] chunks, least
 //! recently used first out. Packs just written are put in whole when they
@@ -28,7 +29,8 @@ use crate::util::Locked;
 pub const CHUNK: u64 = 4 << 20;
 
 /// Chunks kept: 24, at most 96 MiB (two for each of 8 restore workers, and
-/// the metadata a snapshot walks).
+/// the metadata a snapshot walks); three per reader when more read at once
+/// (see [`Chunks::make_room`]).
 pub const SLOTS: usize = 24;
 
 /// A chunk: empty until its first reader has fetched it.
@@ -75,6 +77,17 @@ fn fill(slot: &Slot, store: &dyn Store, pack: &str, k: u64) -> StoreResult<Arc<[
 }
 
 impl Chunks {
+    /// Room for `n` readers going through packs at once: each holds the
+    /// chunk it reads and the one fetched ahead, which must not push each
+    /// other out (16 restore workers in 24 chunks took twice as long as 8).
+    pub fn make_room(&self, n: usize) {
+        let want = SLOTS.max(3 * n);
+        let mut slots = self.slots.locked();
+        if slots.cap().get() < want {
+            slots.resize(std::num::NonZeroUsize::new(want).expect("want > 0"));
+        }
+    }
+
     /// `len` bytes at `off` of the pack `pack`, from the chunk that holds
     /// them; `None` when they cross the end of a chunk (the caller reads
     /// them on their own).
@@ -213,7 +226,7 @@ mod tests {
 
     #[test]
     fn a_failed_fetch_is_tried_again() {
-        let (_t, n_reads, s, bytes) = pack(5000);
+        let (_t, _, s, bytes) = pack(5000);
         let c = counted();
         assert!(matches!(c.read(&s, "q", 0, 10), Some(Err(StoreError::NotFound { .. }))));
         assert_eq!(c.read(&s, "p", 0, 10).unwrap().unwrap(), bytes[..10]);
