@@ -87,24 +87,8 @@ enum Cmd {
         /// Milliseconds between durable points of the tracking state.
         #[arg(long, default_value_t = 1000)]
         flush_ms: u64,
-        /// Take a snapshot automatically every INTERVAL (30s, 15m, 1h, 1d).
-        #[arg(long, value_name = "INTERVAL", value_parser = snapfs::ops::schedule::parse_interval)]
-        every: Option<u64>,
-        /// Take a snapshot as soon as SIZE of file data is dirty (64M, 1G).
-        #[arg(long, value_name = "SIZE", value_parser = snapfs::ops::schedule::parse_max_dirty)]
-        max_dirty: Option<u64>,
-        /// Take a snapshot before any change is unprotected for longer than
-        /// DURATION (the recovery point objective; 30s, 5m). An idle
-        /// directory takes none.
-        #[arg(long, value_name = "DURATION", value_parser = snapfs::ops::schedule::parse_interval)]
-        max_age: Option<u64>,
-        /// With --max-age: take the snapshot as soon as writes have paused
-        /// for DURATION, so it lands between bursts (at the latest at --max-age).
-        #[arg(long, value_name = "DURATION", value_parser = snapfs::ops::schedule::parse_interval, requires = "max_age")]
-        settle: Option<u64>,
-        /// Retention for the automatic snapshots, e.g. hourly=24,daily=7,weekly=4,monthly=12.
-        #[arg(long, value_name = "RULES", value_parser = snapfs::ops::maint::Policy::parse)]
-        keep: Option<snapfs::ops::maint::Policy>,
+        #[command(flatten)]
+        triggers: Triggers,
         #[arg(long, hide = true)]
         ready_fd: Option<i32>,
         dir: PathBuf,
@@ -113,21 +97,8 @@ enum Cmd {
     /// triggers given (--every, --max-dirty, --max-age, --settle) replace
     /// the schedule's; --keep alone changes only the retention.
     Schedule {
-        /// Take a snapshot every INTERVAL (30s, 15m, 1h, 1d).
-        #[arg(long, value_name = "INTERVAL", value_parser = snapfs::ops::schedule::parse_interval)]
-        every: Option<u64>,
-        /// Take a snapshot as soon as SIZE of file data is dirty (64M, 1G).
-        #[arg(long, value_name = "SIZE", value_parser = snapfs::ops::schedule::parse_max_dirty)]
-        max_dirty: Option<u64>,
-        /// Take a snapshot before any change is unprotected for longer than DURATION.
-        #[arg(long, value_name = "DURATION", value_parser = snapfs::ops::schedule::parse_interval)]
-        max_age: Option<u64>,
-        /// With --max-age: as soon as writes have paused for DURATION.
-        #[arg(long, value_name = "DURATION", value_parser = snapfs::ops::schedule::parse_interval, requires = "max_age")]
-        settle: Option<u64>,
-        /// Retention for the automatic snapshots, e.g. hourly=24,daily=7.
-        #[arg(long, value_name = "RULES", value_parser = snapfs::ops::maint::Policy::parse)]
-        keep: Option<snapfs::ops::maint::Policy>,
+        #[command(flatten)]
+        triggers: Triggers,
         /// No more automatic snapshots.
         #[arg(long, conflicts_with_all = ["every", "max_dirty", "max_age", "settle", "keep"])]
         off: bool,
@@ -314,6 +285,30 @@ enum Cmd {
         repo: Option<String>,
         dir: PathBuf,
     },
+}
+
+/// When automatic snapshots are taken, and which are kept (`mount` and
+/// `schedule`; any combination of the triggers).
+#[derive(clap::Args)]
+struct Triggers {
+    /// Take a snapshot automatically every INTERVAL (30s, 15m, 1h, 1d).
+    #[arg(long, value_name = "INTERVAL", value_parser = snapfs::ops::schedule::parse_interval)]
+    every: Option<u64>,
+    /// Take a snapshot as soon as SIZE of file data is dirty (64M, 1G).
+    #[arg(long, value_name = "SIZE", value_parser = snapfs::ops::schedule::parse_max_dirty)]
+    max_dirty: Option<u64>,
+    /// Take a snapshot before any change is unprotected for longer than
+    /// DURATION (the recovery point objective; 30s, 5m). An idle
+    /// directory takes none.
+    #[arg(long, value_name = "DURATION", value_parser = snapfs::ops::schedule::parse_interval)]
+    max_age: Option<u64>,
+    /// With --max-age: take the snapshot as soon as writes have paused
+    /// for DURATION, so it lands between bursts (at the latest at --max-age).
+    #[arg(long, value_name = "DURATION", value_parser = snapfs::ops::schedule::parse_interval, requires = "max_age")]
+    settle: Option<u64>,
+    /// Retention for the automatic snapshots, e.g. hourly=24,daily=7,weekly=4,monthly=12.
+    #[arg(long, value_name = "RULES", value_parser = snapfs::ops::maint::Policy::parse)]
+    keep: Option<snapfs::ops::maint::Policy>,
 }
 
 #[derive(Subcommand)]

@@ -20,7 +20,7 @@ use snapfs::daemon::{self, MountArgs};
 use snapfs::repo::{self, Repo};
 use snapfs::util;
 
-use crate::{Cli, Cmd, KeyCmd, ReplicaCmd};
+use crate::{Cli, Cmd, KeyCmd, ReplicaCmd, Triggers};
 use maint as cli_maint;
 use recovery::rollback;
 use snapshots::{diff, list, print_diff, print_list, take_snapshot};
@@ -161,11 +161,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             threads,
             no_writeback,
             flush_ms,
-            every,
-            max_dirty,
-            max_age,
-            settle,
-            keep,
+            triggers: Triggers { every, max_dirty, max_age, settle, keep },
             ready_fd,
             dir,
         } => {
@@ -195,7 +191,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
                 keep,
             })
         }
-        Cmd::Schedule { every, max_dirty, max_age, settle, keep, off, json, dir } => {
+        Cmd::Schedule { triggers: Triggers { every, max_dirty, max_age, settle, keep }, off, json, dir } => {
             let d = daemon::canonical(&dir);
             if daemon::snapfs_mount_at(&d).is_none() {
                 bail!("{} is not a snapfs mount; give the schedule to `snapfs mount --every`", d.display());
