@@ -153,6 +153,10 @@ enum Cmd {
         /// Show just this snapshot at MNT.
         #[arg(long)]
         snapshot: Option<String>,
+        /// A copy of this repository (a replica) that reads hitting damage
+        /// heal from, beside the replicas kept with it; repeatable.
+        #[arg(long, value_name = "REPO")]
+        heal_from: Vec<String>,
         #[arg(long)]
         foreground: bool,
         #[arg(long, hide = true)]
@@ -169,6 +173,10 @@ enum Cmd {
         /// Restore into a non-empty TARGET, rewriting only what differs.
         #[arg(long)]
         overwrite: bool,
+        /// A copy of this repository (a replica) that reads hitting damage
+        /// heal from, beside the replicas kept with it; repeatable.
+        #[arg(long, value_name = "REPO")]
+        heal_from: Vec<String>,
         #[arg(long)]
         json: bool,
         /// [DIR] SNAPSHOT[:PATH] TARGET (DIR when not --repo)

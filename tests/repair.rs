@@ -191,3 +191,51 @@ fn a_read_that_hits_damage_heals_from_the_replica() {
     let (ok, v) = verify_json(&["--repair", "--repo", repo.to_str().unwrap()]);
     assert!(ok, "{v}");
 }
+
+/// `restore` over damage: a repository heals from the replicas kept with it
+/// (no option needed), a replica from `--heal-from` the primary; without
+/// another copy the restore fails, naming the damage.
+#[test]
+fn a_restore_that_hits_damage_heals_from_another_copy() {
+    let t = tempfile::tempdir().unwrap();
+    let (repo, copy, want) = with_replica(t.path());
+    let (r, c) = (repo.to_str().unwrap(), copy.to_str().unwrap());
+    flip_middle(&packs_of(&copy)[0]);
+    let lost = t.path().join("lost");
+    let o = snapfs(&["restore", "--repo", c, "s1", lost.to_str().unwrap()]);
+    assert!(!o.status.success(), "a restore over damage with no copy to heal from succeeded");
+    // a bad --heal-from is refused before anything is read
+    let o = snapfs(&["restore", "--repo", c, "--heal-from", "s3:not a url", "s1", lost.to_str().unwrap()]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--heal-from"), "{o:?}");
+    let packs_before = packs_of(&copy).len();
+    let target = t.path().join("from-replica");
+    let o = snapfs(&["restore", "--repo", c, "--heal-from", r, "s1", target.to_str().unwrap()]);
+    assert!(o.status.success(), "{o:?}");
+    assert_same(&want, &model(&target), "restored from the damaged replica, healed from the primary");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("REPAIRED object"), "{o:?}");
+    // what was healed was written back, in a new pack
+    assert!(packs_of(&copy).len() > packs_before, "no pack written back");
+    // the primary, damaged: its kept replica heals it, no option needed
+    flip_middle(&packs_of(&repo)[0]);
+    let target = t.path().join("from-primary");
+    run_ok(&["restore", "--repo", r, "s1", target.to_str().unwrap()]);
+    assert_same(&want, &model(&target), "restored from the damaged primary, healed from its replica");
+}
+
+/// A `browse` mount over a damaged repository reads through the damage
+/// from `--heal-from`.
+#[test]
+fn a_browse_mount_heals_from_heal_from() {
+    let t = tempfile::tempdir().unwrap();
+    let (repo, copy, want) = with_replica(t.path());
+    flip_middle(&packs_of(&copy)[0]);
+    let mnt = t.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let _g = BrowseGuard(mnt.clone());
+    let (c, r) = (copy.to_str().unwrap(), repo.to_str().unwrap());
+    run_ok(&["browse", "--repo", c, "--heal-from", r, mnt.to_str().unwrap()]);
+    let packs_before = packs_of(&copy).len();
+    assert_same(&want, &model(&mnt.join("s1")), "browse over damage");
+    run_ok(&["umount", mnt.to_str().unwrap()]);
+    assert!(packs_of(&copy).len() > packs_before, "no pack written back");
+}

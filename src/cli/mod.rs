@@ -272,15 +272,20 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
                 json,
             })
         }
-        Cmd::Restore { repo, jobs, overwrite, json, args } => {
+        Cmd::Restore { repo, jobs, overwrite, heal_from, json, args } => {
             let (dir, spec, target) = match (repo.is_some(), args.as_slice()) {
                 (true, [s, t]) => (None, s.clone(), PathBuf::from(t)),
                 (false, [d, s, t]) => (Some(PathBuf::from(d)), s.clone(), PathBuf::from(t)),
                 _ => bail!("give DIR SNAPSHOT[:PATH] TARGET, or --repo REPO SNAPSHOT[:PATH] TARGET"),
             };
             let (name, sub) = spec.split_once(':').unwrap_or((spec.as_str(), ""));
+            for url in &heal_from {
+                repo::Location::parse(url).with_context(|| format!("--heal-from {url}"))?;
+            }
             let r = repo_for(dir.as_deref(), repo.as_deref())?;
             let objects = snapfs::repo::objstore::Objects::open(r.store(), None)?;
+            // a read that hits damage heals from another copy
+            objects.set_healer(Some(snapfs::ops::repair::healer(snapfs::ops::replica::heal_sources(&r, &heal_from))));
             let all = snapfs::snapshot::list(&*r.store())?;
             let snap = snapfs::snapshot::find(&all, name)?;
             let _hold = match (&dir, repo.is_none()) {
@@ -315,9 +320,12 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Rollback { json, dir, snapshot, path } => rollback(&dir, &snapshot, path.as_deref().unwrap_or(""), json),
-        Cmd::Browse { repo, snapshot, foreground, ready_fd, mnt } => {
+        Cmd::Browse { repo, snapshot, heal_from, foreground, ready_fd, mnt } => {
+            for url in &heal_from {
+                repo::Location::parse(url).with_context(|| format!("--heal-from {url}"))?;
+            }
             let key = cli.keys.for_repo(|| repo::Location::parse_canonical(&repo).ok())?;
-            daemon::browse(daemon::BrowseArgs { repo, mnt, snapshot, foreground, ready_fd, key })
+            daemon::browse(daemon::BrowseArgs { repo, mnt, snapshot, heal_from, foreground, ready_fd, key })
         }
         Cmd::Snapshot { name, full, json, dir } => take_snapshot(&dir, name, full, json),
         Cmd::List { repo, hosts, json, dir } => {

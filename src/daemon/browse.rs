@@ -22,6 +22,9 @@ pub struct BrowseArgs {
     pub repo: String,
     pub mnt: PathBuf,
     pub snapshot: Option<String>,
+    /// Other copies that reads hitting damage heal from (beside the
+    /// replicas kept with the repository).
+    pub heal_from: Vec<String>,
     pub foreground: bool,
     pub ready_fd: Option<RawFd>,
     /// The key of an encrypted repository.
@@ -37,6 +40,9 @@ pub fn browse(args: BrowseArgs) -> Result<()> {
         let mut a: Vec<std::ffi::OsString> = vec!["browse".into(), "--repo".into(), loc.to_string().into()];
         if let Some(s) = &args.snapshot {
             a.extend(["--snapshot".into(), s.into()]);
+        }
+        for url in &args.heal_from {
+            a.extend(["--heal-from".into(), url.into()]);
         }
         let pid = spawn_daemon(a, &mnt, args.key.as_deref())?;
         println!(
@@ -77,6 +83,8 @@ fn serve_browse(args: BrowseArgs) -> Result<()> {
     repo.unlock_with(|| args.key.as_deref().map(|k| k.clone_source()))?;
     let repo_path = repo.location.to_string();
     let objects = Arc::new(Objects::open(repo.store(), None)?);
+    // a read that hits damage heals from another copy
+    objects.set_healer(Some(crate::ops::repair::healer(crate::ops::replica::heal_sources(&repo, &args.heal_from))));
     let all = snapshot::list(&**objects.store())?;
     if all.is_empty() {
         log::warn!("{repo_path} has no snapshots yet");

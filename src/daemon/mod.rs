@@ -369,15 +369,8 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
     }
     // A read of .snapshots that hits damage heals from a replica.
     objects.set_healer(Some({
-        let (reps, cache) = (replicas.clone(), Mutex::new(crate::ops::repair::Sources::new(Vec::new())));
-        Arc::new(move |id: &crate::repo::objects::ObjectId, kind| {
-            let mut c = crate::util::Locked::locked(&cache);
-            // (replicas added since are found while there were none)
-            if c.is_empty() {
-                *c = crate::ops::repair::Sources::new(reps.sources());
-            }
-            c.find(id, kind)
-        })
+        let reps = replicas.clone();
+        crate::ops::repair::healer(move || reps.sources())
     }));
     // The repository on the disk it protects is no backup against that disk.
     let same_device = repo.location.is_local()

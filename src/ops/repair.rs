@@ -87,6 +87,20 @@ impl Sources {
     }
 }
 
+/// A healer for [`Objects::set_healer`]: reads that hit damage take a copy
+/// from the sources `sources` gives (asked again while it gives none: a
+/// mount's replicas can be added later), each opened once.
+pub fn healer(sources: impl Fn() -> Vec<Source> + Send + Sync + 'static) -> crate::repo::objstore::Healer {
+    let cache = std::sync::Mutex::new(Sources::new(Vec::new()));
+    Arc::new(move |id: &ObjectId, kind| {
+        let mut c = crate::util::Locked::locked(&cache);
+        if c.is_empty() {
+            *c = Sources::new(sources());
+        }
+        c.find(id, kind)
+    })
+}
+
 /// Put pack `name` from `from` into `to` if `from` holds it whole (its
 /// bytes hash to its name), in place of a damaged copy there (`replace`).
 /// Returns whether it did.

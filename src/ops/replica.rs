@@ -296,6 +296,28 @@ pub fn source(
     Ok(crate::ops::repair::Source { name: loc.to_string(), store })
 }
 
+/// The copies a reader of `repo` heals from when it hits damage (restore,
+/// browse): the replicas kept with the repository, then each of `from`
+/// (other copies with the same id). Opened only when asked (at the first
+/// damage); one that cannot be opened is skipped with a warning.
+pub fn heal_sources(
+    repo: &crate::repo::Repo,
+    from: &[String],
+) -> impl Fn() -> Vec<crate::ops::repair::Source> + Send + Sync {
+    let (dir, store, config, from) = (repo.path.clone(), repo.store(), repo.config.clone(), from.to_vec());
+    move || {
+        let keys = store.keys();
+        let mut sources = Replicas::open(&dir, store.clone(), config.clone(), Box::new(|_| {})).sources();
+        for url in &from {
+            match source(url, &config.id, keys.clone()) {
+                Ok(s) => sources.push(s),
+                Err(e) => log::warn!("{url} cannot serve a repair: {}", crate::util::with_causes(&e)),
+            }
+        }
+        sources
+    }
+}
+
 /// How often replicas are brought up to date without a snapshot (a round
 /// that failed is tried again then).
 pub const RETRY: std::time::Duration = std::time::Duration::from_secs(60);

@@ -459,7 +459,7 @@ pub(crate) fn put_block(
             write_all_at(fd, buf, off).map_err(|e| OpError::sys(show(path), e))?;
         }
     } else {
-        let data = objects.get(&id, ObjKind::Blob).with_what(|| show(path))?;
+        let data = objects.get_healing(&id, ObjKind::Blob).with_what(|| show(path))?;
         if data.len() != len {
             damaged!("{}: block {b} holds {} bytes where the file needs {len}: damaged", show(path), data.len());
         }
@@ -552,7 +552,7 @@ pub fn find_entry(objects: &Objects, snap: &SnapshotInfo, sub: &str) -> OpResult
         if e.kind != EntryKind::Dir {
             refused!("{sub}: not a directory in snapshot {}", snap.record.name);
         }
-        let t = objects.dir_tree(&e)?;
+        let t = objects.dir_tree_healing(&e)?;
         let Some(next) = t.get(part.as_bytes()) else {
             refused!("{sub}: no such path in snapshot {}", snap.record.name);
         };
@@ -586,7 +586,9 @@ pub fn restore(
         sys::openat(unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) }, &tpath, libc::O_RDONLY | libc::O_DIRECTORY, 0)
             .map_err(|e| OpError::sys(target.display().to_string(), e))?;
     let marker = Marker { snapshot: snap.id.to_string(), path: sub.to_string() };
-    if top.kind == EntryKind::Dir && !top.content.is_zero() && objects.dir_tree(&top)?.get(MARKER.as_bytes()).is_some()
+    if top.kind == EntryKind::Dir
+        && !top.content.is_zero()
+        && objects.dir_tree_healing(&top)?.get(MARKER.as_bytes()).is_some()
     {
         refused!("the snapshot has a {MARKER} of its own at the top, the name restore uses for its progress; restore the directories below it one by one");
     }
@@ -627,7 +629,7 @@ pub fn restore(
             Some((up, _)) => sys::open_beneath(up.as_fd(), &cname(&dir.name), libc::O_RDONLY | libc::O_DIRECTORY)
                 .map_err(|e| not_followed(&path, e))?,
         });
-        let tree = objects.dir_tree(&dir).with_what(|| format!("directory {}", show(&path)))?;
+        let tree = objects.dir_tree_healing(&dir).with_what(|| format!("directory {}", show(&path)))?;
         if tree.is_top() {
             damaged!("directory {}: its tree is shaped as a snapshot's top tree: damaged", show(&path));
         }

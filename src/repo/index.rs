@@ -55,10 +55,29 @@ pub(crate) enum Index {
     Memory {
         objects: RwLock<HashMap<ObjectId, Location>>,
         packs: RwLock<HashSet<String>>,
+        /// Further copies of objects more than one pack holds (a repair's
+        /// or a heal's new pack beside the damaged one, two hosts storing
+        /// the same content): which copy `objects` names depends on the
+        /// order the trailers came in, so a read that finds its copy
+        /// damaged tries these.
+        others: RwLock<HashMap<ObjectId, Vec<Location>>>,
     },
 }
 
 impl Index {
+    pub(crate) fn memory() -> Index {
+        Index::Memory { objects: Default::default(), packs: Default::default(), others: Default::default() }
+    }
+
+    /// The other copies of `id` the index knows, beside the one
+    /// [`Index::get`] gives (a memory index only).
+    pub(crate) fn others(&self, id: &ObjectId) -> Vec<Location> {
+        match self {
+            Index::Sled(_) => Vec::new(),
+            Index::Memory { others, .. } => others.read_locked().get(id).cloned().unwrap_or_default(),
+        }
+    }
+
     pub(crate) fn get(&self, id: &ObjectId) -> ObjResult<Option<Location>> {
         match self {
             Index::Sled(db) => Ok(db.tree("index")?.get(id.0)?.and_then(|v| Location::decode(*id, &v))),
@@ -83,10 +102,14 @@ impl Index {
                 db.tree("index")?.apply_batch(batch)?;
                 db.tree("indexed_packs")?.insert(name.as_bytes(), &(entries.len() as u64).to_le_bytes())?;
             }
-            Index::Memory { objects, packs } => {
+            Index::Memory { objects, packs, others } => {
                 let mut o = objects.write_locked();
                 for e in entries {
-                    o.insert(e.id, Location { pack: name.clone(), entry: *e });
+                    if let Some(old) = o.insert(e.id, Location { pack: name.clone(), entry: *e }) {
+                        if old.pack != *name {
+                            others.write_locked().entry(e.id).or_default().push(old);
+                        }
+                    }
                 }
                 packs.write_locked().insert(name.to_string());
             }
@@ -100,9 +123,10 @@ impl Index {
                 db.tree("index")?.clear()?;
                 db.tree("indexed_packs")?.clear()?;
             }
-            Index::Memory { objects, packs } => {
+            Index::Memory { objects, packs, others } => {
                 objects.write_locked().clear();
                 packs.write_locked().clear();
+                others.write_locked().clear();
             }
         }
         Ok(())

@@ -174,8 +174,7 @@ impl Sink {
                     of(entry.kind)
                 }
                 Job::Flush(reply) => {
-                    let (data, meta) = (self.write(&mut writers[0]), self.write(&mut writers[1]));
-                    let r = data.and(meta).and_then(|()| self.failure.locked().take().map_or(Ok(()), Err));
+                    let r = self.write(&mut writers).and_then(|()| self.failure.locked().take().map_or(Ok(()), Err));
                     self.failed.store(false, Ordering::Release);
                     let _ = reply.send(r);
                     continue;
@@ -189,7 +188,7 @@ impl Sink {
                 }
             };
             if writers[w].len() >= PACK_TARGET {
-                if let Err(e) = self.write(&mut writers[w]) {
+                if let Err(e) = self.write(std::slice::from_mut(&mut writers[w])) {
                     self.failed.store(true, Ordering::Release);
                     self.failure.locked().get_or_insert(e);
                 }
@@ -203,43 +202,83 @@ impl Sink {
         self.pending.locked().raw.remove(id);
     }
 
-    /// Write the pack `writer` holds (durably), index it, and let its
-    /// objects go from pending. On failure nothing half-done is kept: the
-    /// pending objects are dropped, the caller fails and starts over.
-    fn write(&self, writer: &mut PackWriter) -> ObjResult<()> {
-        if writer.is_empty() {
+    /// Write the packs `writers` hold (durably), index them, and let their
+    /// objects go from pending. A remote store takes them all at once (the
+    /// data and the metadata pack of a snapshot: one round trip, not two).
+    /// On failure nothing half-done is kept: the pending objects are
+    /// dropped, the caller fails and starts over (a pack written before
+    /// the failure stays, indexed, as any written pack does).
+    fn write(&self, writers: &mut [PackWriter]) -> ObjResult<()> {
+        let packs: Vec<_> = writers
+            .iter_mut()
+            .filter(|w| !w.is_empty())
+            .map(|w| std::mem::replace(w, PackWriter::new(self.keys.as_ref())).finish())
+            .collect();
+        if packs.is_empty() {
             return Ok(());
         }
-        let full = std::mem::replace(writer, PackWriter::new(self.keys.as_ref()));
-        let (name, bytes, entries) = full.finish();
         let io = self.io.locked();
-        let written = self.store.put(FileKind::Pack, &name, &bytes).map_err(ObjError::from);
-        let r = written.and_then(|()| self.index.add_pack(&name, &entries));
+        let put = |(name, bytes, _): &(PackId, Vec<u8>, Vec<PackEntry>)| {
+            self.store.put(FileKind::Pack, name, bytes).map_err(ObjError::from)
+        };
+        let written: Vec<ObjResult<()>> = if packs.len() > 1 && self.store.remote() {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = packs.iter().map(|p| s.spawn(move || put(p))).collect();
+                handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(encoder_gone()))).collect()
+            })
+        } else {
+            packs.iter().map(put).collect()
+        };
+        let mut result = Ok(());
+        for ((name, bytes, entries), w) in packs.iter().zip(written) {
+            let r = w.and_then(|()| self.index.add_pack(name, entries));
+            match r {
+                Ok(()) => {
+                    if let Some(c) = &self.chunks {
+                        if entries.iter().all(|e| e.kind != ObjKind::Blob) {
+                            c.insert(name, bytes);
+                        }
+                    }
+                    let mut p = self.pending.locked();
+                    for e in entries {
+                        p.raw.remove(&e.id);
+                    }
+                    if let Some(u) = self.used_packs.locked().as_mut() {
+                        u.insert(name.to_string());
+                    }
+                    self.packs_done.fetch_add(1, Ordering::AcqRel);
+                    self.added_packs.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    if result.is_ok() {
+                        result = Err(e);
+                    }
+                }
+            }
+        }
         drop(io);
-        if let Some(c) = &self.chunks {
-            if r.is_ok() && entries.iter().all(|e| e.kind != ObjKind::Blob) {
-                c.insert(&name, &bytes);
-            }
+        if result.is_err() {
+            self.pending.locked().raw.clear();
         }
-        let mut p = self.pending.locked();
-        match r {
-            Ok(()) => {
-                for e in &entries {
-                    p.raw.remove(&e.id);
-                }
-                if let Some(u) = self.used_packs.locked().as_mut() {
-                    u.insert(name.to_string());
-                }
-                self.packs_done.fetch_add(1, Ordering::AcqRel);
-                self.added_packs.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(e) => {
-                p.raw.clear();
-                Err(e)
-            }
-        }
+        result
     }
+}
+
+/// The error is damage to the object or its pack (another copy may be
+/// sound); not a write-only key's refusal, not a store that is down.
+fn is_damage(err: &ObjError) -> bool {
+    matches!(
+        err,
+        ObjError::Missing(_)
+            | ObjError::Decode { .. }
+            | ObjError::Pack(
+                PackError::Malformed(_)
+                    | PackError::HashMismatch { .. }
+                    | PackError::Decompress { .. }
+                    | PackError::Sealed(crate::repo::crypto::CryptoError::Tampered(_))
+            )
+            | ObjError::Store(StoreError::NotFound { .. } | StoreError::Short { .. })
+    )
 }
 
 /// Counters of what was added since they were last taken.
@@ -293,7 +332,7 @@ impl Objects {
     pub fn open(store: Arc<dyn Store>, db: Option<&Arc<StateDb>>) -> ObjResult<Objects> {
         let index = match db {
             Some(db) => Index::Sled(db.clone()),
-            None => Index::Memory { objects: RwLock::new(HashMap::new()), packs: RwLock::new(HashSet::new()) },
+            None => Index::memory(),
         };
         let keys = store.keys();
         let store_remote = store.remote();
@@ -465,12 +504,13 @@ impl Objects {
     /// Build an index in memory anew from the packs there are now, and
     /// put it in place of the old one at once (readers never see it empty).
     fn reload_memory_index(&self) -> ObjResult<()> {
-        let Index::Memory { objects, packs } = &self.sink.index else { return Ok(()) };
-        let fresh = Index::Memory { objects: RwLock::new(HashMap::new()), packs: RwLock::new(HashSet::new()) };
+        let Index::Memory { objects, packs, others } = &self.sink.index else { return Ok(()) };
+        let fresh = Index::memory();
         self.index_packs_into(&fresh)?;
-        let Index::Memory { objects: o, packs: p } = fresh else { unreachable!("built above") };
+        let Index::Memory { objects: o, packs: p, others: x } = fresh else { unreachable!("built above") };
         *objects.write_locked() = o.into_inner().unwrap_or_else(|e| e.into_inner());
         *packs.write_locked() = p.into_inner().unwrap_or_else(|e| e.into_inner());
+        *others.write_locked() = x.into_inner().unwrap_or_else(|e| e.into_inner());
         Ok(())
     }
 
@@ -539,7 +579,7 @@ impl Objects {
                 }
                 db.flush()?;
             }
-            Index::Memory { objects, packs: indexed } => {
+            Index::Memory { objects, packs: indexed, others } => {
                 let mut o = objects.write_locked();
                 for (id, loc) in changes {
                     match loc {
@@ -551,6 +591,12 @@ impl Objects {
                 for p in packs {
                     ip.remove(p);
                 }
+                // (the copies in packs that go, go too)
+                let gone: HashSet<&str> = packs.iter().map(String::as_str).collect();
+                others.write_locked().retain(|_, v| {
+                    v.retain(|l| !gone.contains(l.pack.as_str()));
+                    !v.is_empty()
+                });
             }
         }
         Ok(())
@@ -821,6 +867,22 @@ impl Objects {
 
     fn read_indexed(&self, id: &ObjectId) -> ObjResult<(ObjKind, Vec<u8>)> {
         let loc = self.sink.index.get(id)?.ok_or(ObjError::Missing(*id))?;
+        match self.read_at(&loc) {
+            // another copy in this repository, if the index knows one
+            Err(e) if is_damage(&e) => {
+                for other in self.sink.index.others(id) {
+                    if let Ok(r) = self.read_at(&other) {
+                        log::warn!("object {id}: {e}; read the copy in pack {}", other.pack);
+                        return Ok(r);
+                    }
+                }
+                Err(e)
+            }
+            r => r,
+        }
+    }
+
+    fn read_at(&self, loc: &Location) -> ObjResult<(ObjKind, Vec<u8>)> {
         let (off, len) = (loc.entry.offset, loc.entry.stored as usize);
         let ahead = self.sink.chunks.as_ref().and_then(|c| c.read(&self.sink.store, &loc.pack, off, len));
         let stored = match ahead {
@@ -858,19 +920,7 @@ impl Objects {
             Ok(raw) => return Ok(raw),
             Err(e) => e,
         };
-        // (only damage: not a write-only key's refusal, not a store that is down)
-        let damage = matches!(
-            err,
-            ObjError::Missing(_)
-                | ObjError::Decode { .. }
-                | ObjError::Pack(
-                    PackError::Malformed(_)
-                        | PackError::HashMismatch { .. }
-                        | PackError::Decompress { .. }
-                        | PackError::Sealed(crate::repo::crypto::CryptoError::Tampered(_))
-                )
-                | ObjError::Store(StoreError::NotFound { .. } | StoreError::Short { .. })
-        );
+        let damage = is_damage(&err);
         let Some(h) = self.healer.read_locked().clone().filter(|_| damage) else { return Err(err) };
         let Some((raw, from)) = h(id, want) else { return Err(err) };
         if self.id_of(want, &raw) != *id {
@@ -895,6 +945,12 @@ impl Objects {
     /// [`Objects::node`] through [`Objects::get_healing`].
     pub fn node_healing(&self, id: &ObjectId) -> ObjResult<FileNode> {
         as_node(id, &self.get_healing(id, ObjKind::FileNode)?)
+    }
+
+    /// [`Objects::dir_tree`] through [`Objects::get_healing`].
+    pub fn dir_tree_healing(&self, e: &Entry) -> ObjResult<Tree> {
+        let id = e.subtree().ok_or_else(|| ObjError::NotDir(String::from_utf8_lossy(&e.name).into_owned()))?;
+        self.tree_healing(&id)
     }
 
     pub fn tree(&self, id: &TreeId) -> ObjResult<Tree> {
@@ -1064,5 +1120,50 @@ mod tests {
         store.delete(FileKind::Pack, &old).unwrap();
         assert_eq!(r.get(&x, ObjKind::Blob).unwrap(), b"moved by prune");
         assert_eq!(r2.get(&x, ObjKind::Blob).unwrap(), b"moved by prune");
+    }
+}
+
+#[cfg(test)]
+mod copies {
+    use super::*;
+    use crate::repo::store::LocalStore;
+
+    /// Two packs hold one object, one of them damaged: a memory index
+    /// (built from the trailers in whatever order they come) reads the
+    /// sound copy whichever it named.
+    #[test]
+    fn a_memory_index_reads_the_sound_copy_of_an_object_two_packs_hold() {
+        let t = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(LocalStore::new(t.path()));
+        let w = Objects::open(store.clone(), Some(&StateDb::temporary())).unwrap();
+        let bytes: Vec<u8> = (0..50_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let (x, _) = w.put(ObjKind::Blob, &bytes).unwrap();
+        w.flush().unwrap();
+        w.put_again(ObjKind::Blob, &bytes).unwrap();
+        w.flush().unwrap();
+        let packs = store.list(FileKind::Pack).unwrap();
+        assert_eq!(packs.len(), 2);
+        for damaged in &packs {
+            let e = w.pack_entries(damaged).unwrap()[0];
+            let mut b = store.get(FileKind::Pack, damaged).unwrap();
+            b[e.offset as usize + e.stored as usize / 2] ^= 0x55;
+            let original = store.get(FileKind::Pack, damaged).unwrap();
+            store.delete(FileKind::Pack, damaged).unwrap();
+            store.put(FileKind::Pack, damaged, &b).unwrap();
+            let r = Objects::open(store.clone(), None).unwrap();
+            assert_eq!(r.get(&x, ObjKind::Blob).unwrap(), bytes, "with pack {damaged} damaged");
+            store.delete(FileKind::Pack, damaged).unwrap();
+            store.put(FileKind::Pack, damaged, &original).unwrap();
+        }
+        // both damaged: the error is the damage
+        for p in &packs {
+            let e = w.pack_entries(p).unwrap()[0];
+            let mut b = store.get(FileKind::Pack, p).unwrap();
+            b[e.offset as usize + e.stored as usize / 2] ^= 0x55;
+            store.delete(FileKind::Pack, p).unwrap();
+            store.put(FileKind::Pack, p, &b).unwrap();
+        }
+        let r = Objects::open(store.clone(), None).unwrap();
+        assert!(is_damage(&r.get(&x, ObjKind::Blob).unwrap_err()));
     }
 }

@@ -146,7 +146,8 @@ pub fn visit_blocks<E: From<ObjError>>(
     if e.content.is_zero() {
         return if n > 0 { f(0, n, ObjectId::ZERO) } else { Ok(()) };
     }
-    let node_of = |id: &ObjectId| objects.node(id);
+    // (a reader that heals, heals the block list too: see Objects::set_healer)
+    let node_of = |id: &ObjectId| objects.node_healing(id);
     // (node, level, first block), depth first, children in order
     let mut stack = vec![(e.content, e.levels, 0u64)];
     let mut next = 0u64;

@@ -62,21 +62,30 @@ impl Take<'_> {
         }
     }
 
-    /// In a repository other hosts write: learn the packs they wrote (to
-    /// reuse their objects) and the ones a prune deleted, and reuse nothing
-    /// from a pack a deletion plan names (see `repo::plans`).
-    fn sync_shared(&self) -> SnapResult<()> {
+    /// The snapshots so far; in a repository other hosts write, also learn
+    /// the packs they wrote (to reuse their objects) and the ones a prune
+    /// deleted, and reuse nothing from a pack a deletion plan names (see
+    /// `repo::plans`). The three listings are independent: on an object
+    /// store they are asked at once (one round trip, not three).
+    fn sync_and_list(&self) -> SnapResult<Vec<SnapshotInfo>> {
         let store = self.objects.store();
         if !store.shared() {
-            return Ok(());
+            return super::list(&**store);
         }
-        let plans = crate::repo::plans::read_all(&**store)?;
+        let (plans, refreshed, listed) = std::thread::scope(|s| {
+            let plans = s.spawn(|| crate::repo::plans::read_all(&**store));
+            let refreshed = s.spawn(|| self.objects.refresh());
+            let listed = super::list(&**store);
+            (plans.join(), refreshed.join(), listed)
+        });
+        let joined = |what: &str| SnapError::Panicked(format!("listing the {what} panicked"));
+        let plans = plans.map_err(|_| joined("plans"))??;
         self.objects.set_excluded(crate::repo::plans::condemned(&plans));
-        let (added, gone) = self.objects.refresh()?;
+        let (added, gone) = refreshed.map_err(|_| joined("packs"))??;
         if added + gone > 0 {
             log::info!("repository: {added} packs of other hosts indexed, {gone} deleted packs forgotten");
         }
-        Ok(())
+        listed
     }
 
     /// Before the commit: a plan written meanwhile must name no pack this
@@ -96,8 +105,7 @@ impl Take<'_> {
 
     fn run_once(&self, name: Option<String>, full: bool) -> SnapResult<(SnapshotInfo, Result<(), TrackerError>)> {
         let store = self.objects.store().clone();
-        self.sync_shared()?;
-        let all = super::of_lineage(super::list(&*store)?, self.lineage);
+        let all = super::of_lineage(self.sync_and_list()?, self.lineage);
         let name = match name {
             Some(n) => {
                 if !super::valid_name(&n) {
