@@ -279,6 +279,14 @@ pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// `f()`, and at debug level how long it took (`what`).
+pub fn timed_debug<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    let t0 = std::time::Instant::now();
+    let r = f();
+    log::debug!("{what}: {} µs", t0.elapsed().as_micros());
+    r
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

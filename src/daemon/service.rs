@@ -226,10 +226,12 @@ impl Service {
         Ok(())
     }
 
-    /// The repository answers and is the one we mounted with.
+    /// The repository answers and is the one we mounted with (its config:
+    /// one read; the mount checked the rest, and the daemon seals with the
+    /// keys it holds whatever the config says now).
     fn check_repository(&self) -> Result<()> {
-        match crate::repo::Location::parse(&self.repo_access).and_then(|l| Repo::open_at(&l, None)) {
-            Ok(r) if r.config.id == self.repo_id => Ok(()),
+        match crate::repo::Location::parse(&self.repo_access).and_then(|l| Repo::config_at(&l)) {
+            Ok(c) if c.id == self.repo_id => Ok(()),
             Ok(_) => anyhow::bail!(
                 "the repository at {} is not the one this mount started with (another repository mounted there?)",
                 self.repo_display

@@ -140,6 +140,10 @@ pub struct VerifyReport {
     pub damaged_records: Vec<DamagedFile>,
     pub index_problems: Vec<String>,
     pub damaged_objects: Vec<DamagedObject>,
+    /// Packs a prune on another host deleted while this verify ran (gone,
+    /// and named by a deletion plan): not damage.
+    #[serde(default)]
+    pub packs_deleted_meanwhile: u64,
     pub duration_ms: u64,
     /// With `--repair`: what was healed before this (second) verify.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -434,6 +438,21 @@ pub fn verify(objects: &Objects, opts: &VerifyOptions, progress: &VerifyProgress
         store.list(FileKind::Pack)?
     };
     progress.packs_total.store(packs.len() as u64, Ordering::Relaxed);
+    // In a repository other hosts write, a prune there may delete a listed
+    // pack before it is read: gone now, and a deletion plan names it. (A
+    // prune deletes only what no snapshot uses, and only a grace after the
+    // plan; a pack lost any other way is still damage.)
+    let condemned: std::sync::OnceLock<HashSet<String>> = std::sync::OnceLock::new();
+    let deleted_meanwhile = |name: &str| {
+        store.shared()
+            && matches!(store.size(FileKind::Pack, name), Err(StoreError::NotFound { .. }))
+            && condemned
+                .get_or_init(|| {
+                    crate::repo::plans::read_all(&*store).map(|p| crate::repo::plans::condemned(&p)).unwrap_or_default()
+                })
+                .contains(name)
+    };
+    let gone_meanwhile = AtomicU64::new(0);
     let mut located: HashMap<ObjectId, (u32, PackEntry)> = HashMap::new();
     let mut entries_of: Vec<Option<Vec<PackEntry>>> = Vec::with_capacity(packs.len());
     for (i, name) in packs.iter().enumerate() {
@@ -443,6 +462,10 @@ pub fn verify(objects: &Objects, opts: &VerifyOptions, progress: &VerifyProgress
                     located.entry(e.id).or_insert((i as u32, *e));
                 }
                 entries_of.push(Some(entries));
+            }
+            Err(_) if deleted_meanwhile(name) => {
+                gone_meanwhile.fetch_add(1, Ordering::Relaxed);
+                entries_of.push(None);
             }
             Err(e) => {
                 report.damaged_packs.push(DamagedFile { name: name.clone(), problem: e.to_string() });
@@ -484,7 +507,9 @@ pub fn verify(objects: &Objects, opts: &VerifyOptions, progress: &VerifyProgress
                     let name = &packs[i];
                     let entries = entries_of[i].as_deref().unwrap_or(&[]);
                     let (pack_bad, obj_bad) = read_pack(&*store, name, entries);
-                    {
+                    if !pack_bad.is_empty() && deleted_meanwhile(name) {
+                        gone_meanwhile.fetch_add(1, Ordering::Relaxed);
+                    } else {
                         let mut f = found.locked();
                         f.0.extend(pack_bad);
                         f.1.extend(obj_bad);
@@ -650,6 +675,7 @@ pub fn verify(objects: &Objects, opts: &VerifyOptions, progress: &VerifyProgress
     // those snapshots need first
     damaged.sort_by(|a, b| (a.used_by.is_empty(), &a.kind, &a.id).cmp(&(b.used_by.is_empty(), &b.kind, &b.id)));
     report.damaged_objects = damaged;
+    report.packs_deleted_meanwhile = gone_meanwhile.into_inner();
     report.ok = report.damage_count() == 0;
     report.duration_ms = t0.elapsed().as_millis() as u64;
     Ok(report)
@@ -707,6 +733,10 @@ pub fn summary(r: &VerifyReport) -> String {
         }
     } else {
         "structure".to_string()
+    };
+    let what = match r.packs_deleted_meanwhile {
+        0 => what,
+        n => format!("{what}; {n} packs deleted meanwhile by a prune elsewhere"),
     };
     if r.ok {
         format!("no damage: {} snapshots, {} packs, {} objects; checked {what}", r.snapshots, r.packs, r.objects)
@@ -770,6 +800,7 @@ pub fn render(r: &VerifyReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::subset_count;
+    use crate::repo::store::FileKind;
 
     #[test]
     fn the_walk_goes_down_trees_of_any_depth() {
@@ -793,6 +824,73 @@ mod tests {
         };
         assert!(w.tree(top).is_empty());
         assert_eq!(w.trees.len(), 2 * crate::util::MAX_DEPTH + 2);
+    }
+
+    /// A store other hosts write, where a prune elsewhere deletes packs
+    /// just before this verify reads them.
+    struct PrunedMeanwhile {
+        inner: crate::repo::store::LocalStore,
+        doomed: std::sync::Mutex<std::collections::HashSet<String>>,
+    }
+
+    impl crate::repo::store::Store for PrunedMeanwhile {
+        fn put(&self, k: FileKind, n: &str, d: &[u8]) -> crate::repo::store::StoreResult<()> {
+            self.inner.put(k, n, d)
+        }
+        fn get(&self, k: FileKind, n: &str) -> crate::repo::store::StoreResult<Vec<u8>> {
+            if k == FileKind::Pack && self.doomed.lock().unwrap().remove(n) {
+                self.inner.delete(k, n)?;
+            }
+            self.inner.get(k, n)
+        }
+        fn get_range(&self, k: FileKind, n: &str, o: u64, l: usize) -> crate::repo::store::StoreResult<Vec<u8>> {
+            self.inner.get_range(k, n, o, l)
+        }
+        fn size(&self, k: FileKind, n: &str) -> crate::repo::store::StoreResult<u64> {
+            self.inner.size(k, n)
+        }
+        fn list(&self, k: FileKind) -> crate::repo::store::StoreResult<Vec<String>> {
+            self.inner.list(k)
+        }
+        fn delete(&self, k: FileKind, n: &str) -> crate::repo::store::StoreResult<()> {
+            self.inner.delete(k, n)
+        }
+        fn shared(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_pack_a_prune_elsewhere_deletes_meanwhile_is_not_damage_one_lost_is() {
+        use crate::repo::objects::ObjKind;
+        use std::sync::Arc;
+        let t = tempfile::tempdir().unwrap();
+        let s = Arc::new(PrunedMeanwhile {
+            inner: crate::repo::store::LocalStore::new(t.path()),
+            doomed: Default::default(),
+        });
+        let store: Arc<dyn crate::repo::store::Store> = s.clone();
+        let objects = crate::repo::objstore::Objects::open(store.clone(), None).unwrap();
+        for b in [&b"condemned"[..], b"lost", b"kept"] {
+            objects.put(ObjKind::Blob, b).unwrap();
+            objects.flush().unwrap();
+        }
+        let packs = store.list(FileKind::Pack).unwrap();
+        assert_eq!(packs.len(), 3);
+        let plan = crate::repo::plans::Plan {
+            format: crate::repo::plans::PLAN_FORMAT,
+            host: "elsewhere".into(),
+            time_sec: 0,
+            condemned: vec![packs[0].clone()],
+        };
+        crate::repo::plans::write(&*store, &plan).unwrap();
+        s.doomed.lock().unwrap().extend([packs[0].clone(), packs[1].clone()]);
+        let opts = super::VerifyOptions { read_data: true, jobs: 2, ..Default::default() };
+        let r = super::verify(&objects, &opts, &Default::default()).unwrap();
+        assert_eq!(r.packs_deleted_meanwhile, 1, "{r:?}");
+        let damaged: Vec<&str> = r.damaged_packs.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(damaged, [packs[1].as_str()], "{r:?}");
+        assert!(!r.ok);
     }
 
     #[test]

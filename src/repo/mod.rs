@@ -507,6 +507,23 @@ impl Repo {
     }
 
     /// Open the repository at `loc` (see [`Repo::init_at`] for `cache`).
+    /// The config of the repository at `loc` (parsed and checked as
+    /// [`Repo::open_at`] does, without the rest of opening: one read).
+    pub fn config_at(loc: &Location) -> Result<Config, RepoError> {
+        match loc {
+            Location::Local(p) => Repo::open(p).map(|r| r.config),
+            Location::S3(s3) => {
+                let store = S3Store::from_env(s3.clone())?;
+                let shown = PathBuf::from(s3.to_string());
+                match store.get_key(&s3.key("config"), None, (crate::repo::store::FileKind::Snapshot, "config")) {
+                    Ok(d) => parse_config(&d, &shown),
+                    Err(StoreError::NotFound { .. }) => Err(RepoError::NotARepo(shown)),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+    }
+
     pub fn open_at(loc: &Location, cache: Option<&Path>) -> Result<Repo, RepoError> {
         let s3 = match loc {
             Location::Local(p) => return Repo::open(p),

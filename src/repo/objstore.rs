@@ -444,13 +444,17 @@ impl Objects {
 
     /// Index every pack in the store the index does not know. Returns how many.
     pub fn index_new_packs(&self) -> ObjResult<usize> {
-        self.index_packs_into(&self.sink.index)
+        self.index_packs_into(&self.sink.index, None)
     }
 
-    /// Add every pack of the store that `index` does not know to it.
-    fn index_packs_into(&self, index: &Index) -> ObjResult<usize> {
+    /// Add every pack of the store (as `listed`, or listed now) that `index`
+    /// does not know to it.
+    fn index_packs_into(&self, index: &Index, listed: Option<Vec<String>>) -> ObjResult<usize> {
         let mut n = 0;
-        let mut names = self.sink.store.list(FileKind::Pack)?;
+        let mut names = match listed {
+            Some(l) => l,
+            None => self.sink.store.list(FileKind::Pack)?,
+        };
         // packs a plan condemns first: a copy elsewhere is indexed after, and wins
         {
             let ex = self.excluded.read_locked();
@@ -506,7 +510,7 @@ impl Objects {
     fn reload_memory_index(&self) -> ObjResult<()> {
         let Index::Memory { objects, packs, others } = &self.sink.index else { return Ok(()) };
         let fresh = Index::memory();
-        self.index_packs_into(&fresh)?;
+        self.index_packs_into(&fresh, None)?;
         let Index::Memory { objects: o, packs: p, others: x } = fresh else { unreachable!("built above") };
         *objects.write_locked() = o.into_inner().unwrap_or_else(|e| e.into_inner());
         *packs.write_locked() = p.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -715,20 +719,36 @@ impl Objects {
 
     /// [`Objects::refresh`], naming the packs forgotten.
     pub fn refresh_names(&self) -> ObjResult<(usize, Vec<String>)> {
+        let known = self.known_packs()?;
+        let listed = self.sink.store.list(FileKind::Pack)?;
+        self.refresh_listed(known, listed)
+    }
+
+    /// The packs the index holds now: taken before a listing of the store,
+    /// for [`Objects::refresh_listed`].
+    pub fn known_packs(&self) -> ObjResult<HashSet<String>> {
         let _io = self.sink.io.locked();
-        let listed: HashSet<String> = self.sink.store.list(FileKind::Pack)?.into_iter().collect();
         let mut known = HashSet::new();
         self.index_known_packs(|p| {
             known.insert(p);
         })?;
-        let gone: Vec<String> = known.into_iter().filter(|p| !listed.contains(p)).collect();
+        Ok(known)
+    }
+
+    /// [`Objects::refresh_names`] from a listing of the packs made after
+    /// `known` was taken (so a pack written meanwhile, which the listing
+    /// may lack, is not taken for deleted). Returns (packs indexed, packs
+    /// forgotten).
+    pub fn refresh_listed(&self, known: HashSet<String>, listed: Vec<String>) -> ObjResult<(usize, Vec<String>)> {
+        let in_list: HashSet<&str> = listed.iter().map(String::as_str).collect();
+        let gone: Vec<String> = known.into_iter().filter(|p| !in_list.contains(p.as_str())).collect();
         if !gone.is_empty() {
+            let _io = self.sink.io.locked();
             let ids = self.forget_packs(&gone)?;
             log::info!("{} packs deleted by a prune elsewhere: their {} objects forgotten", gone.len(), ids.len());
             self.forgotten.locked().extend(ids);
         }
-        drop(_io);
-        let added = self.index_new_packs()?;
+        let added = self.index_packs_into(&self.sink.index, Some(listed))?;
         Ok((added, gone))
     }
 

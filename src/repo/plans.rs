@@ -13,11 +13,13 @@
 //!
 //! A snapshot, from its start, never reuses an object from a pack a plan it
 //! can see names (it stores the object again), and before its commit it
-//! reads the plans again: if one names a pack it reused or wrote, it starts
-//! over. So a snapshot that reused a condemned pack committed before that
-//! plan was visible to it; if the grace exceeds twice the time a listing
-//! may lag behind a write (plus one PUT), its record is visible to phase 2,
-//! which rescues the pack. See doc/DESIGN.md "Many hosts, one repository".
+//! reads the plans again (while its last packs are written: those are new,
+//! and prune judges no pack younger than the grace): if one names a pack it
+//! reused or wrote, it starts over. So a snapshot that reused a condemned
+//! pack committed before that plan was visible to it; if the grace exceeds
+//! twice the time a listing may lag behind a write (plus the last pack
+//! writes and one PUT), its record is visible to phase 2, which rescues the
+//! pack. See doc/DESIGN.md "Many hosts, one repository".
 //!
 //! A plan is metadata: sealed like a record in an encrypted repository
 //! (write-only keys read it too: they take snapshots). A plan that cannot be

@@ -314,7 +314,7 @@ impl S3Store {
         send: impl Fn() -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
         done: impl Fn(ureq::http::Response<ureq::Body>) -> Result<T, String>,
     ) -> StoreResult<T> {
-        self.with_retries(what, || match send() {
+        self.with_retries(what, || match crate::util::timed_debug(what, &send) {
             Err(e) => Outcome::Again(e.to_string()),
             Ok(r) => {
                 let code = r.status().as_u16();
@@ -484,7 +484,13 @@ impl Store for S3Store {
     fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> StoreResult<()> {
         // Names are hashes of contents: writing again writes the same bytes,
         // so no existence check (and no conditional PUT) is needed.
-        self.put_key(&self.key(kind, name), data)
+        self.put_key(&self.key(kind, name), data)?;
+        // (a record or plan we wrote is not read back: the next snapshot
+        // lists it and would otherwise GET it)
+        if matches!(kind, FileKind::Snapshot | FileKind::Plan) && crate::repo::ids::ObjectId::names(name, data) {
+            self.named.locked().insert((kind, name.to_string()), Arc::from(data));
+        }
+        Ok(())
     }
 
     fn get(&self, kind: FileKind, name: &str) -> StoreResult<Vec<u8>> {

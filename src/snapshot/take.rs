@@ -72,16 +72,19 @@ impl Take<'_> {
         if !store.shared() {
             return super::list(&**store);
         }
-        let (plans, refreshed, listed) = std::thread::scope(|s| {
+        let known = self.objects.known_packs()?;
+        let (plans, packs, listed) = std::thread::scope(|s| {
             let plans = s.spawn(|| crate::repo::plans::read_all(&**store));
-            let refreshed = s.spawn(|| self.objects.refresh());
+            let packs = s.spawn(|| store.list(crate::repo::store::FileKind::Pack));
             let listed = super::list(&**store);
-            (plans.join(), refreshed.join(), listed)
+            (plans.join(), packs.join(), listed)
         });
         let joined = |what: &str| SnapError::Panicked(format!("listing the {what} panicked"));
         let plans = plans.map_err(|_| joined("plans"))??;
         self.objects.set_excluded(crate::repo::plans::condemned(&plans));
-        let (added, gone) = refreshed.map_err(|_| joined("packs"))??;
+        // (indexed after the plans are known: a copy in a condemned pack loses)
+        let (added, gone) = self.objects.refresh_listed(known, packs.map_err(|_| joined("packs"))??)?;
+        let gone = gone.len();
         if added + gone > 0 {
             log::info!("repository: {added} packs of other hosts indexed, {gone} deleted packs forgotten");
         }
@@ -167,14 +170,21 @@ impl Take<'_> {
             }
             let (links, _) = self.objects.put(ObjKind::Meta, &super::encode_links(b.links()))?;
             let t_flush = Instant::now();
-            self.objects.flush()?;
+            // The plans are read again while the last packs are written (a
+            // round trip less on an object store): those packs are new, and
+            // no prune condemns a pack younger than its grace.
+            let (flushed, checked) = std::thread::scope(|s| {
+                let check = s.spawn(|| self.check_condemned());
+                (self.objects.flush(), check.join())
+            });
+            flushed?;
+            checked.map_err(|_| SnapError::Panicked("reading the deletion plans panicked".into()))??;
             log::info!(
                 "snapshot phases: walk {} ms, pack write {} ms",
                 (t_flush - t_walk).as_millis(),
                 t_flush.elapsed().as_millis()
             );
             let added = self.objects.take_stats();
-            self.check_condemned()?;
             let mut stats = b.stats.clone();
             stats.added_bytes = added.stored_bytes;
             stats.added_raw_bytes = added.raw_bytes;
