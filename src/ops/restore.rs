@@ -275,21 +275,62 @@ pub(crate) fn write_marker(root: BorrowedFd<'_>, marker: &Marker) -> OpResult<()
 }
 
 /// Set owner, mode, xattrs and times of `dir/name` as the entry says.
-pub(crate) fn set_meta(dir: BorrowedFd<'_>, name: &CStr, e: &Entry) -> OpResult<()> {
-    let nofollow = libc::AT_SYMLINK_NOFOLLOW;
-    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
-    match cvt(unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), e.uid, e.gid, nofollow) }) {
-        Ok(_) => {}
-        // not root: files are the user's own, as with tar (said once)
+/// A chown's result: not root, files are the user's own, as with tar
+/// (said once).
+fn chowned(r: Result<i32, Errno>, name: &dyn std::fmt::Debug) -> OpResult<()> {
+    match r {
+        Ok(_) => Ok(()),
         // SAFETY: takes no arguments and cannot fail.
         Err(Errno::EPERM) if unsafe { libc::geteuid() } != 0 => {
             static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
             if !SAID.swap(true, Ordering::Relaxed) {
                 eprintln!("snapfs: not running as root: owners are not restored (files belong to you)");
             }
+            Ok(())
         }
-        Err(err) => return Err(OpError::sys(format!("chown {name:?}"), err)),
+        Err(err) => Err(OpError::sys(format!("chown {name:?}"), err)),
     }
+}
+
+/// [`set_meta`] for a regular file open at `fd`: the same, through the
+/// descriptor (no lookup of the name again for each call; a restore of
+/// small files spends most of its time in such calls).
+fn set_meta_fd(fd: BorrowedFd<'_>, e: &Entry, path: &[u8]) -> OpResult<()> {
+    let raw = fd.as_raw_fd();
+    // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
+    chowned(cvt(unsafe { libc::fchown(raw, e.uid, e.gid) }), &show(path))?;
+    // after chown, which clears setuid/setgid
+    // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
+    cvt(unsafe { libc::fchmod(raw, e.mode & 0o7777) })
+        .map_err(|err| OpError::sys(format!("chmod {}", show(path)), err))?;
+    for (k, v) in &e.xattrs {
+        let key = std::ffi::CString::new(k.as_slice()).map_err(|_| OpError::sys(show(path), Errno::EINVAL))?;
+        // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
+        cvt(unsafe { libc::fsetxattr(raw, key.as_ptr(), v.as_ptr() as *const libc::c_void, v.len(), 0) })
+            .map_err(|err| OpError::sys(format!("xattr {} of {}", show(k), show(path)), err))?;
+    }
+    // and those the snapshot does not have go; security.* labels belong to the system
+    let now = sys::xattrs_at_fd(fd).map_err(|err| OpError::sys(format!("xattrs of {}", show(path)), err))?;
+    for (k, _) in now {
+        if !k.starts_with(b"security.") && !e.xattrs.iter().any(|(x, _)| *x == k) {
+            let key = std::ffi::CString::new(k.as_slice()).map_err(|_| OpError::sys(show(path), Errno::EINVAL))?;
+            // SAFETY: a C string that outlives the call; the result is checked.
+            cvt(unsafe { libc::fremovexattr(raw, key.as_ptr()) })
+                .map_err(|err| OpError::sys(format!("removing xattr {} of {}", show(&k), show(path)), err))?;
+        }
+    }
+    let ts = |t: crate::repo::objects::Time| libc::timespec { tv_sec: t.sec, tv_nsec: t.nsec as i64 };
+    let times = [ts(e.atime), ts(e.mtime)];
+    // SAFETY: a pointer to two timespecs that outlive the call; the result is checked.
+    cvt(unsafe { libc::futimens(raw, times.as_ptr()) })
+        .map_err(|err| OpError::sys(format!("times of {}", show(path)), err))?;
+    Ok(())
+}
+
+pub(crate) fn set_meta(dir: BorrowedFd<'_>, name: &CStr, e: &Entry) -> OpResult<()> {
+    let nofollow = libc::AT_SYMLINK_NOFOLLOW;
+    // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
+    chowned(cvt(unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), e.uid, e.gid, nofollow) }), &name)?;
     if e.kind != EntryKind::Symlink {
         // after chown, which clears setuid/setgid
         // never through a symlink put there meanwhile (glibc does this
@@ -345,8 +386,9 @@ pub(crate) fn write_file(
 ) -> OpResult<()> {
     let (fd, size_now) = open_file(dir, e, path)?;
     write_blocks(objects, bs, fd.as_fd(), e, size_now, 0..u64::MAX, c, path)?;
-    drop(fd);
-    finish_file(dir, e, c, path)
+    set_meta_fd(fd.as_fd(), e, path)?;
+    c.files.fetch_add(1, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Open (create) the regular file for `e` in `dir`, at its size; and the
@@ -373,7 +415,11 @@ fn open_file(dir: BorrowedFd<'_>, e: &Entry, path: &[u8]) -> OpResult<(OwnedFd, 
         (r, _) => r,
     }
     .map_err(|err| OpError::sys(show(path), err))?;
-    let size_now = sys::fstat(fd.as_fd())?.st_size as u64;
+    // (a file that was not there is empty: no stat of it)
+    let size_now = match existing {
+        None => 0,
+        Some(_) => sys::fstat(fd.as_fd())?.st_size as u64,
+    };
     // SAFETY: a system call on descriptors and values we own, without pointers; the result is checked.
     cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), e.size as i64) }).map_err(|err| OpError::sys(show(path), err))?;
     Ok((fd, size_now))

@@ -28,6 +28,9 @@ use crate::util::Locked;
 /// trees of thousands of directories).
 pub const CHUNK: u64 = 4 << 20;
 
+/// An object spanning more chunks than this is read on its own.
+pub const MAX_SPAN: u64 = 4;
+
 /// Chunks kept: 24, at most 96 MiB (two for each of 8 restore workers, and
 /// the metadata a snapshot walks); three per reader when more read at once
 /// (see [`Chunks::make_room`]).
@@ -88,43 +91,59 @@ impl Chunks {
         }
     }
 
-    /// `len` bytes at `off` of the pack `pack`, from the chunk that holds
-    /// them; `None` when they cross the end of a chunk (the caller reads
-    /// them on their own).
+    /// `len` bytes at `off` of the pack `pack`, from the chunks that hold
+    /// them (an object that crosses a chunk's end is put together from both:
+    /// reading it on its own cost a round trip per chunk, a restore from a
+    /// bucket made twice the reads it needed); `None` for an object that
+    /// spans more than [`MAX_SPAN`] chunks (the caller reads it on its own).
     pub fn read(&self, store: &Arc<dyn Store>, pack: &str, off: u64, len: usize) -> Option<StoreResult<Vec<u8>>> {
-        if len == 0 || (off + len as u64 - 1) / CHUNK != off / CHUNK {
+        if len == 0 {
             return None;
         }
-        let k = off / CHUNK;
-        let chunk = match fill(&slot(&self.slots, pack, k), &**store, pack, k) {
-            Ok(c) => {
-                // (a whole chunk: the pack goes on; the next one is fetched
-                // unless it is there or on its way)
-                let ahead = self.prefetch
-                    && c.len() as u64 == CHUNK
-                    && !self.slots.locked().contains(&(pack.to_string(), k + 1));
-                if ahead {
-                    let (slots, store, pack) = (self.slots.clone(), store.clone(), pack.to_string());
-                    let next = slot(&slots, &pack, k + 1);
-                    let _ = std::thread::Builder::new().name("snapfs-readahead".into()).spawn(move || {
-                        if let Err(e) = fill(&next, &*store, &pack, k + 1) {
-                            log::debug!("reading ahead in pack {pack}: {e}");
-                        }
-                    });
+        let end = off + len as u64;
+        let (first, last) = (off / CHUNK, (end - 1) / CHUNK);
+        if last - first >= MAX_SPAN {
+            return None;
+        }
+        let mut out = Vec::with_capacity(len);
+        for k in first..=last {
+            let chunk = match self.chunk(store, pack, k) {
+                Ok(c) => c,
+                Err(e) => return Some(Err(e)),
+            };
+            let from = off.max(k * CHUNK) - k * CHUNK;
+            let to = end.min((k + 1) * CHUNK) - k * CHUNK;
+            match chunk.get(from as usize..to as usize) {
+                Some(b) => out.extend_from_slice(b),
+                None => {
+                    return Some(Err(StoreError::Short {
+                        path: format!("packs/{pack}").into(),
+                        got: out.len() + chunk.len().saturating_sub(from as usize),
+                        want: len,
+                    }))
                 }
-                c
             }
-            Err(e) => return Some(Err(e)),
-        };
-        let start = (off - k * CHUNK) as usize;
-        Some(match chunk.get(start..start + len) {
-            Some(b) => Ok(b.to_vec()),
-            None => Err(StoreError::Short {
-                path: format!("packs/{pack}").into(),
-                got: chunk.len().saturating_sub(start),
-                want: len,
-            }),
-        })
+        }
+        Some(Ok(out))
+    }
+
+    /// Chunk `k` of `pack`, fetched if need be; a whole chunk is followed
+    /// by a fetch of the next one in the background (unless it is there or
+    /// on its way).
+    fn chunk(&self, store: &Arc<dyn Store>, pack: &str, k: u64) -> StoreResult<Arc<[u8]>> {
+        let c = fill(&slot(&self.slots, pack, k), &**store, pack, k)?;
+        let ahead =
+            self.prefetch && c.len() as u64 == CHUNK && !self.slots.locked().contains(&(pack.to_string(), k + 1));
+        if ahead {
+            let (slots, store, pack) = (self.slots.clone(), store.clone(), pack.to_string());
+            let next = slot(&slots, &pack, k + 1);
+            let _ = std::thread::Builder::new().name("snapfs-readahead".into()).spawn(move || {
+                if let Err(e) = fill(&next, &*store, &pack, k + 1) {
+                    log::debug!("reading ahead in pack {pack}: {e}");
+                }
+            });
+        }
+        Ok(c)
     }
 
     /// The bytes of a pack just written, in chunks.
@@ -195,8 +214,14 @@ mod tests {
         assert_eq!(c.read(&s, "p", CHUNK + 10, 990).unwrap().unwrap(), bytes[CHUNK as usize + 10..]);
         assert!(matches!(c.read(&s, "p", CHUNK + 10, 991), Some(Err(StoreError::Short { .. }))));
         assert_eq!(n_reads.reads.load(Ordering::SeqCst), 2);
-        // across a chunk's end: the caller's
-        assert!(c.read(&s, "p", CHUNK - 10, 20).is_none());
+        // across a chunk's end: put together from both, no read more
+        let at = CHUNK as usize - 10;
+        assert_eq!(c.read(&s, "p", at as u64, 20).unwrap().unwrap(), bytes[at..at + 20]);
+        assert_eq!(n_reads.reads.load(Ordering::SeqCst), 2);
+        // and past the pack's end from there: short
+        assert!(matches!(c.read(&s, "p", at as u64, 1100), Some(Err(StoreError::Short { .. }))));
+        // an object over more than MAX_SPAN chunks: the caller's
+        assert!(c.read(&s, "p", 0, (MAX_SPAN * CHUNK) as usize + 1).is_none());
     }
 
     #[test]
