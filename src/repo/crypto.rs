@@ -42,13 +42,23 @@ use crate::os::secret::{self, SecretPage, Zeroizing};
 use crate::repo::ids::{ObjKind, ObjectId};
 use crate::util::Locked;
 
-/// The scheme named in an encrypted repository's config.
-pub const SCHEME: &str = "x25519-aes256gcmsiv-blake3";
+/// The scheme named in the config of an encrypted repository made now:
+/// blobs sealed with AES-256-GCM (tag 3), everything else with
+/// AES-256-GCM-SIV.
+pub const SCHEME: &str = "x25519-aes256gcm-aes256gcmsiv-blake3";
+/// The first scheme: blobs sealed with AES-256-GCM-SIV too (tag 2). Its
+/// repositories are read and written as they were (an older snapfs keeps
+/// reading them).
+pub const SCHEME_V1: &str = "x25519-aes256gcmsiv-blake3";
+/// The schemes this snapfs opens.
+pub const SCHEMES: [&str; 2] = [SCHEME, SCHEME_V1];
 
 const NONCE: usize = 12;
 const TAG: usize = 16;
 const META_TAG: u8 = 1;
 const BLOB_TAG: u8 = 2;
+/// A blob sealed with AES-256-GCM (scheme [`SCHEME`]).
+const BLOB_GCM_TAG: u8 = 3;
 /// Bytes a sealed metadata object adds to its plaintext.
 pub const META_OVERHEAD: usize = 1 + NONCE + TAG;
 /// Bytes a sealed blob adds to its plaintext.
@@ -117,6 +127,9 @@ pub struct Keys {
     /// Pack keys of blobs read lately, by ephemeral public key (one
     /// Diffie-Hellman per pack, not per blob).
     pack_keys: Mutex<lru::LruCache<[u8; 32], Zeroizing<[u8; 32]>>>,
+    /// New blobs are sealed with AES-256-GCM (the repository's scheme is
+    /// [`SCHEME`]; see [`Keys::use_scheme`]), else with AES-256-GCM-SIV.
+    blob_gcm: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Keys {
@@ -154,7 +167,15 @@ impl Keys {
             access,
             repo_id: repo_id.to_string(),
             pack_keys: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(256).expect("non-zero"))),
+            blob_gcm: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Seal new blobs as the repository's scheme says (its config's
+    /// `encryption`): AES-256-GCM for [`SCHEME`], AES-256-GCM-SIV for
+    /// [`SCHEME_V1`]. Either is opened whatever the scheme.
+    pub fn use_scheme(&self, scheme: &str) {
+        self.blob_gcm.store(scheme == SCHEME, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// New random keys for repository `repo_id`.
@@ -180,7 +201,10 @@ impl Keys {
         let mut page = SecretPage::new(KEYS_LEN);
         page.as_mut().copy_from_slice(self.page.as_ref());
         page.as_mut()[DATA_SK].fill(0);
-        Keys::with_page(page, Access::WriteOnly, &self.repo_id)
+        let k = Keys::with_page(page, Access::WriteOnly, &self.repo_id);
+        k.blob_gcm
+            .store(self.blob_gcm.load(std::sync::atomic::Ordering::Relaxed), std::sync::atomic::Ordering::Relaxed);
+        k
     }
 
     fn key(&self, r: std::ops::Range<usize>) -> &[u8] {
@@ -225,7 +249,8 @@ impl Keys {
         let dpk = x25519_dalek::PublicKey::from(<[u8; 32]>::try_from(self.key(DATA_PK)).expect("32 bytes"));
         let shared = esk.diffie_hellman(&dpk);
         let key = pack_key(shared.as_bytes(), &epk, dpk.as_bytes());
-        PackSealer { keys: self.clone(), epk, key }
+        let gcm = self.blob_gcm.load(std::sync::atomic::Ordering::Relaxed).then(|| gcm_key(&key));
+        PackSealer { keys: self.clone(), epk, key, gcm }
     }
 
     /// The plaintext of a sealed object (`what` names it in errors).
@@ -245,6 +270,22 @@ impl Keys {
                 let epk: [u8; 32] = sealed[1..33].try_into().expect("32 bytes");
                 let key = self.blob_key(&epk);
                 open_with(&*key, &aad, &sealed[33..], what)
+            }
+            (ObjKind::Blob, Some(&BLOB_GCM_TAG)) if sealed.len() >= BLOB_OVERHEAD => {
+                if self.access != Access::Full {
+                    return Err(CryptoError::WriteOnly);
+                }
+                let epk: [u8; 32] = sealed[1..33].try_into().expect("32 bytes");
+                let key = gcm_key(&self.blob_key(&epk));
+                let (nonce, ct) = sealed[33..].split_at(NONCE);
+                let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).expect("12 bytes");
+                let mut buf = ct.to_vec();
+                let n = key
+                    .open_in_place(nonce, ring::aead::Aad::from(&aad), &mut buf)
+                    .map_err(|_| CryptoError::Tampered(what()))?
+                    .len();
+                buf.truncate(n);
+                Ok(buf)
             }
             (ObjKind::Blob, _) => Err(CryptoError::Malformed(what())),
             (_, Some(&META_TAG)) => open_with(self.key(META_KEY), &aad, &sealed[1..], what),
@@ -370,11 +411,18 @@ fn pack_key(shared: &[u8; 32], epk: &[u8; 32], dpk: &[u8]) -> Zeroizing<[u8; 32]
     Zeroizing::new(blake3::derive_key("snapfs 2026 pack data key v1", &m))
 }
 
+/// AES-256-GCM under a pack key (blobs of scheme [`SCHEME`]).
+fn gcm_key(key: &[u8; 32]) -> ring::aead::LessSafeKey {
+    ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, key).expect("a 32-byte key"))
+}
+
 /// Seals the objects of one pack.
 pub struct PackSealer {
     keys: Arc<Keys>,
     epk: [u8; 32],
     key: Zeroizing<[u8; 32]>,
+    /// The pack key as an AES-256-GCM key, when blobs are sealed so.
+    gcm: Option<ring::aead::LessSafeKey>,
 }
 
 impl PackSealer {
@@ -386,7 +434,24 @@ impl PackSealer {
     pub fn seal(&self, kind: ObjKind, id: &ObjectId, plain: &[u8]) -> Vec<u8> {
         let aad = self.keys.object_aad(kind, id);
         let mut out = Vec::with_capacity(plain.len() + BLOB_OVERHEAD);
-        if kind == ObjKind::Blob {
+        if let (ObjKind::Blob, Some(gcm)) = (kind, &self.gcm) {
+            // a pack key seals the blobs of one pack (a few thousand at
+            // most): random 96-bit nonces do not repeat under it
+            let mut nonce = [0u8; NONCE];
+            secret::random(&mut nonce);
+            out.push(BLOB_GCM_TAG);
+            out.extend_from_slice(&self.epk);
+            out.extend_from_slice(&nonce);
+            out.extend_from_slice(plain);
+            let tag = gcm
+                .seal_in_place_separate_tag(
+                    ring::aead::Nonce::assume_unique_for_key(nonce),
+                    ring::aead::Aad::from(&aad),
+                    &mut out[1 + 32 + NONCE..],
+                )
+                .expect("sealing never fails");
+            out.extend_from_slice(tag.as_ref());
+        } else if kind == ObjKind::Blob {
             out.push(BLOB_TAG);
             out.extend_from_slice(&self.epk);
             out.extend_from_slice(&seal_with(&*self.key, &aad, plain));
@@ -413,8 +478,20 @@ mod tests {
 
     #[test]
     fn objects_round_trip_and_every_flipped_bit_is_caught() {
+        for scheme in SCHEMES {
+            objects_round_trip_under(scheme);
+        }
+    }
+
+    fn objects_round_trip_under(scheme: &str) {
         let k = Arc::new(Keys::generate("abc123"));
+        k.use_scheme(scheme);
         let s = k.pack_sealer();
+        let blob = s.seal(ObjKind::Blob, &k.id_of(ObjKind::Blob, b"b"), b"b");
+        assert_eq!(blob[0], if scheme == SCHEME { BLOB_GCM_TAG } else { BLOB_TAG }, "{scheme}");
+        // what either scheme sealed opens whatever the scheme is now
+        k.use_scheme(if scheme == SCHEME { SCHEME_V1 } else { SCHEME });
+        assert_eq!(k.open_object(ObjKind::Blob, &k.id_of(ObjKind::Blob, b"b"), &blob, &|| "b".into()).unwrap(), b"b");
         for kind in [ObjKind::Blob, ObjKind::Tree] {
             let plain = b"some bytes of an object".to_vec();
             let id = k.id_of(kind, &plain);

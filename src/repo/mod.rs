@@ -243,7 +243,9 @@ fn parse_config(data: &[u8], shown: &Path) -> Result<Config, RepoError> {
     check_block_size(config.block_size)?;
     let shown_s = || shown.display().to_string();
     match (&config.encryption, config.format) {
-        (Some(s), _) if s != crypto::SCHEME => return Err(RepoError::UnknownEncryption(shown_s(), s.clone())),
+        (Some(s), _) if !crypto::SCHEMES.contains(&s.as_str()) => {
+            return Err(RepoError::UnknownEncryption(shown_s(), s.clone()))
+        }
         (Some(_), ENCRYPTED_FORMAT) if config.mac.is_some() => {}
         (None, f) if f < ENCRYPTED_FORMAT && config.mac.is_none() => {}
         _ => return Err(RepoError::ConfigChanged(shown_s())),
@@ -358,6 +360,7 @@ impl Repo {
     }
 
     fn set_keys(&mut self, keys: std::sync::Arc<Keys>, slot: String) {
+        keys.use_scheme(self.config.encryption.as_deref().unwrap_or_default());
         let plain = self.store.clone();
         self.store = std::sync::Arc::new(WithKeys::new(plain, keys.clone()));
         self.keys = Some((keys, slot));
@@ -758,6 +761,46 @@ mod tests {
             fs::metadata(p.join("config")).map(|m| std::os::unix::fs::MetadataExt::mode(&m) & 0o777).unwrap(),
             0o600
         );
+    }
+
+    /// A repository made with the first scheme (blobs in AES-256-GCM-SIV)
+    /// goes on sealing blobs so, and both open; a new one seals them with
+    /// AES-256-GCM.
+    #[test]
+    fn each_scheme_seals_blobs_its_way() {
+        use crate::repo::store::FileKind;
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("r");
+        let src = KeySource::KeyFile(crate::os::secret::Zeroizing::new([7u8; 32]));
+        let kdf = KdfParams { memory_kib: 8, iterations: 1, parallelism: 1 };
+        let mut r = Repo::init_with(&p, 65536, Some(&Encryption { source: &src, kdf })).unwrap();
+        assert_eq!(r.config.encryption.as_deref(), Some(crypto::SCHEME));
+        let first_tag = |r: &Repo| {
+            let o = crate::repo::objstore::Objects::open(r.store(), None).unwrap();
+            let before: std::collections::HashSet<String> =
+                r.store().list(FileKind::Pack).unwrap().into_iter().collect();
+            let data: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+            o.put_again(crate::repo::objects::ObjKind::Blob, &data).unwrap();
+            o.flush().unwrap();
+            let new = r.store().list(FileKind::Pack).unwrap().into_iter().find(|n| !before.contains(n)).unwrap();
+            let e = o.pack_entries(&new).unwrap()[0];
+            let stored = r.store().get_range(FileKind::Pack, &new, e.offset, e.stored as usize).unwrap();
+            assert_eq!(o.get(&e.id, crate::repo::objects::ObjKind::Blob).unwrap(), data);
+            stored[0]
+        };
+        assert_eq!(first_tag(&r), 3, "AES-256-GCM");
+        // the config of a repository of the first scheme (MAC'd anew)
+        let mut c = r.config.clone();
+        c.encryption = Some(crypto::SCHEME_V1.into());
+        r.rewrite_config(c).unwrap();
+        let mut o = Repo::open(&p).unwrap();
+        o.unlock(&src).unwrap();
+        assert_eq!(first_tag(&o), 2, "AES-256-GCM-SIV");
+        // an unknown scheme is refused
+        let mut c = o.config.clone();
+        c.encryption = Some("rot13".into());
+        fs::write(p.join("config"), serde_json::to_vec(&c).unwrap()).unwrap();
+        assert!(matches!(Repo::open(&p), Err(RepoError::UnknownEncryption(..))));
     }
 
     #[test]
