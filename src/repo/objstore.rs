@@ -28,8 +28,13 @@ use crate::repo::state::StateDb;
 use crate::repo::store::{FileKind, Store, StoreError};
 use crate::util::{Locked, RwLocked};
 
-/// Size at which a pending pack is written out.
+/// Size at which a pending pack of file data is written out.
 pub const PACK_TARGET: usize = 16 << 20;
+
+/// Size at which a pending pack of metadata is written out: one chunk of
+/// reading ahead (a remote store reads it in one fetch either way), and
+/// written while the walk goes on rather than all at its end.
+pub const META_PACK_TARGET: usize = crate::repo::readahead::CHUNK as usize;
 
 #[derive(Debug, Error)]
 pub enum ObjError {
@@ -187,7 +192,7 @@ impl Sink {
                     continue;
                 }
             };
-            if writers[w].len() >= PACK_TARGET {
+            if writers[w].len() >= if w == 0 { PACK_TARGET } else { META_PACK_TARGET } {
                 if let Err(e) = self.write(std::slice::from_mut(&mut writers[w])) {
                     self.failed.store(true, Ordering::Release);
                     self.failure.locked().get_or_insert(e);
@@ -203,8 +208,8 @@ impl Sink {
     }
 
     /// Write the packs `writers` hold (durably), index them, and let their
-    /// objects go from pending. A remote store takes them all at once (the
-    /// data and the metadata pack of a snapshot: one round trip, not two).
+    /// objects go from pending. They are written at once (the data and the
+    /// metadata pack of a snapshot: one round trip or fsync, not two).
     /// On failure nothing half-done is kept: the pending objects are
     /// dropped, the caller fails and starts over (a pack written before
     /// the failure stays, indexed, as any written pack does).
@@ -221,7 +226,9 @@ impl Sink {
         let put = |(name, bytes, _): &(PackId, Vec<u8>, Vec<PackEntry>)| {
             self.store.put(FileKind::Pack, name, bytes).map_err(ObjError::from)
         };
-        let written: Vec<ObjResult<()>> = if packs.len() > 1 && self.store.remote() {
+        // (at once on any store: a round trip each on a remote one, an
+        // fsync each on a disk)
+        let written: Vec<ObjResult<()>> = if packs.len() > 1 {
             std::thread::scope(|s| {
                 let handles: Vec<_> = packs.iter().map(|p| s.spawn(move || put(p))).collect();
                 handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(encoder_gone()))).collect()
