@@ -26,6 +26,9 @@
 //! (`repo::plans`): the doomed packs are named in a deletion plan, and a
 //! later prune deletes those of plans older than the grace that hold no
 //! object in use without a copy in a pack no plan names.
+//!
+//! (About 730 lines of code and 70 of tests: retention rules, forget and prune, the steps of giving space
+//! back, which share the records, the deletion plans and the progress type.)
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;

@@ -26,6 +26,8 @@
 //! Times are milliseconds since the epoch from the caller's clock
 //! (injected in tests): settling within a second needs finer steps than
 //! whole seconds, whose boundaries would cut a burst anywhere.
+//!
+//! (About 390 lines of code and 490 of tests: the scheduler is small; its tests drive it on a simulated clock.)
 
 use serde::{Deserialize, Serialize};
 

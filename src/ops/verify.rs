@@ -14,6 +14,9 @@
 //!
 //! The report names each damaged object and, for each, the snapshots and
 //! paths that depend on it.
+//!
+//! (About 800 lines of code and 100 of tests: verify's four phases share one report and one walk; repair and verify
+//! --live are files of their own.)
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -28,6 +28,9 @@
 //!
 //! A local config is written once, at `init`, with the durable-write
 //! sequence (temporary name, fsync, rename, fsync of the directory).
+//!
+//! (About 720 lines of code and 100 of tests: the repository's config, format checks, locations, locks and opening,
+//! local and remote, which all decide together what a repository is.)
 
 pub mod crypto;
 pub mod ids;

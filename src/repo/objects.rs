@@ -12,6 +12,9 @@
 //! Snapshot records are not objects; they live as files of their own (see
 //! `snapshot.rs`). The encodings are written down byte by byte in
 //! doc/DESIGN.md; all integers are little-endian.
+//!
+//! (About 620 lines of code and 230 of tests: the object formats byte by byte, their encoders and their validating
+//! decoders side by side.)
 
 use thiserror::Error;
 
