@@ -732,16 +732,32 @@ pub fn restore(
         }
         let workers: Vec<_> = (0..opts.jobs.max(1))
             .map(|_| {
-                s.spawn(|| loop {
-                    if failed.locked().is_some() {
-                        return;
-                    }
-                    let Some(job) = queue.locked().pop() else { return };
-                    let path = util::join_rel(&job.dir, &job.entry.name);
-                    let r = open_dir(root.as_fd(), &job.dir).and_then(|d| job.run(objects, bs, d.as_fd(), &c, &path));
-                    if let Err(e) = r {
-                        failed.locked().get_or_insert(e);
-                        return;
+                s.spawn(|| {
+                    // the directory of the last job, kept open: the jobs of
+                    // one directory are queued together, so a worker mostly
+                    // takes the next file of the same one (no walk from the
+                    // root for each file)
+                    let mut dir: Option<(Vec<u8>, OwnedFd)> = None;
+                    loop {
+                        if failed.locked().is_some() {
+                            return;
+                        }
+                        let Some(job) = queue.locked().pop() else { return };
+                        let path = util::join_rel(&job.dir, &job.entry.name);
+                        if dir.as_ref().is_none_or(|(p, _)| *p != job.dir) {
+                            dir = match open_dir(root.as_fd(), &job.dir) {
+                                Ok(fd) => Some((job.dir.clone(), fd)),
+                                Err(e) => {
+                                    failed.locked().get_or_insert(e);
+                                    return;
+                                }
+                            };
+                        }
+                        let Some((_, d)) = &dir else { return };
+                        if let Err(e) = job.run(objects, bs, d.as_fd(), &c, &path) {
+                            failed.locked().get_or_insert(e);
+                            return;
+                        }
                     }
                 })
             })
