@@ -33,6 +33,13 @@ fn verify_json(args: &[&str]) -> (bool, serde_json::Value) {
     json_of(&a)
 }
 
+/// `restore --repo repo s1` into `dir/target` gives `want`.
+fn restores_as(dir: &Path, repo: &str, target: &str, want: &std::collections::BTreeMap<String, Node>, what: &str) {
+    let target = dir.join(target);
+    run_ok(&["restore", "--repo", repo, "s1", target.to_str().unwrap()]);
+    assert_same(want, &model(&target), what);
+}
+
 /// A protected directory with a local repository and a replica on another
 /// disk; returns (repository, replica, the data as it was snapshotted).
 fn with_replica(t: &Path) -> (PathBuf, PathBuf, std::collections::BTreeMap<String, Node>) {
@@ -83,9 +90,7 @@ fn a_damaged_and_a_lost_local_pack_heal_from_the_replica() {
     // clean afterwards, and the snapshot is whole
     let (ok, v) = verify_json(&["--repo", r]);
     assert!(ok, "{v}");
-    let target = t.path().join("restored");
-    run_ok(&["restore", "--repo", r, "s1", target.to_str().unwrap()]);
-    assert_same(&want, &model(&target), "restored after the repair");
+    restores_as(t.path(), r, "restored", &want, "restored after the repair");
     // the repair is counted in the repository's health
     let d = t.path().join("d");
     let (_, st) = json_of(&["status", "--json", "--repo", r, d.to_str().unwrap()]);
@@ -108,9 +113,7 @@ fn a_damaged_replica_heals_from_the_primary_with_from() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("another repository"), "{o:?}");
     let (ok, v) = verify_json(&["--repair", "--repo", c, "--from", repo.to_str().unwrap()]);
     assert!(ok, "{v}");
-    let target = t.path().join("restored");
-    run_ok(&["restore", "--repo", c, "s1", target.to_str().unwrap()]);
-    assert_same(&want, &model(&target), "restored from the healed replica");
+    restores_as(t.path(), c, "restored", &want, "restored from the healed replica");
 }
 
 /// The same on the object store: a pack corrupted in the bucket, and one
@@ -147,9 +150,7 @@ fn a_bucket_replica_heals_from_the_local_repository() {
     assert!(!ok);
     let (ok, v) = verify_json(&["--repair", "--repo", &url, "--from", repo.to_str().unwrap()]);
     assert!(ok && v["ok"] == true, "{v}");
-    let target = t.path().join("restored");
-    run_ok(&["restore", "--repo", &url, "s1", target.to_str().unwrap()]);
-    assert_same(&want, &model(&target), "restored from the healed bucket");
+    restores_as(t.path(), &url, "restored", &want, "restored from the healed bucket");
 }
 
 /// Through a mount's daemon: it heals from the replicas it keeps, and
@@ -217,9 +218,7 @@ fn a_restore_that_hits_damage_heals_from_another_copy() {
     assert!(packs_of(&copy).len() > packs_before, "no pack written back");
     // the primary, damaged: its kept replica heals it, no option needed
     flip_middle(&packs_of(&repo)[0]);
-    let target = t.path().join("from-primary");
-    run_ok(&["restore", "--repo", r, "s1", target.to_str().unwrap()]);
-    assert_same(&want, &model(&target), "restored from the damaged primary, healed from its replica");
+    restores_as(t.path(), r, "from-primary", &want, "restored from the damaged primary, healed from its replica");
 }
 
 /// A `browse` mount over a damaged repository reads through the damage

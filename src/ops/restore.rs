@@ -295,6 +295,19 @@ fn chowned(r: Result<i32, Errno>, name: &dyn std::fmt::Debug) -> OpResult<()> {
     }
 }
 
+/// Of the xattrs a restored inode has `now`, those the snapshot's entry
+/// lacks (an ACL added since, say): they go. security.* labels belong to
+/// the system.
+fn unwanted_xattrs(now: Vec<(Vec<u8>, Vec<u8>)>, e: &Entry) -> impl Iterator<Item = Vec<u8>> + '_ {
+    now.into_iter().map(|(k, _)| k).filter(|k| !k.starts_with(b"security.") && !e.xattrs.iter().any(|(x, _)| x == k))
+}
+
+/// The entry's access and modification times, for utimensat/futimens.
+fn times_of(e: &Entry) -> [libc::timespec; 2] {
+    let ts = |t: crate::repo::objects::Time| libc::timespec { tv_sec: t.sec, tv_nsec: t.nsec as i64 };
+    [ts(e.atime), ts(e.mtime)]
+}
+
 /// [`set_meta`] for a regular file open at `fd`: the same, through the
 /// descriptor (no lookup of the name again for each call; a restore of
 /// small files spends most of its time in such calls).
@@ -312,18 +325,14 @@ fn set_meta_fd(fd: BorrowedFd<'_>, e: &Entry, path: &[u8]) -> OpResult<()> {
         cvt(unsafe { libc::fsetxattr(raw, key.as_ptr(), v.as_ptr() as *const libc::c_void, v.len(), 0) })
             .map_err(|err| OpError::sys(format!("xattr {} of {}", show(k), show(path)), err))?;
     }
-    // and those the snapshot does not have go; security.* labels belong to the system
     let now = sys::xattrs_at_fd(fd).map_err(|err| OpError::sys(format!("xattrs of {}", show(path)), err))?;
-    for (k, _) in now {
-        if !k.starts_with(b"security.") && !e.xattrs.iter().any(|(x, _)| *x == k) {
-            let key = std::ffi::CString::new(k.as_slice()).map_err(|_| OpError::sys(show(path), Errno::EINVAL))?;
-            // SAFETY: a C string that outlives the call; the result is checked.
-            cvt(unsafe { libc::fremovexattr(raw, key.as_ptr()) })
-                .map_err(|err| OpError::sys(format!("removing xattr {} of {}", show(&k), show(path)), err))?;
-        }
+    for k in unwanted_xattrs(now, e) {
+        let key = std::ffi::CString::new(k.as_slice()).map_err(|_| OpError::sys(show(path), Errno::EINVAL))?;
+        // SAFETY: a C string that outlives the call; the result is checked.
+        cvt(unsafe { libc::fremovexattr(raw, key.as_ptr()) })
+            .map_err(|err| OpError::sys(format!("removing xattr {} of {}", show(&k), show(path)), err))?;
     }
-    let ts = |t: crate::repo::objects::Time| libc::timespec { tv_sec: t.sec, tv_nsec: t.nsec as i64 };
-    let times = [ts(e.atime), ts(e.mtime)];
+    let times = times_of(e);
     // SAFETY: a pointer to two timespecs that outlive the call; the result is checked.
     cvt(unsafe { libc::futimens(raw, times.as_ptr()) })
         .map_err(|err| OpError::sys(format!("times of {}", show(path)), err))?;
@@ -350,19 +359,14 @@ pub(crate) fn set_meta(dir: BorrowedFd<'_>, name: &CStr, e: &Entry) -> OpResult<
             }
         }
     }
-    // and those the snapshot does not have go (an ACL added since, say);
-    // security.* labels belong to the system
     if e.kind != EntryKind::Symlink {
         let now = sys::xattrs_at(dir, name).map_err(|err| OpError::sys(format!("xattrs of {name:?}"), err))?;
-        for (k, _) in now {
-            if !k.starts_with(b"security.") && !e.xattrs.iter().any(|(x, _)| *x == k) {
-                sys::remove_xattr_at(dir, name, &k)
-                    .map_err(|err| OpError::sys(format!("removing xattr {} of {name:?}", show(&k)), err))?;
-            }
+        for k in unwanted_xattrs(now, e) {
+            sys::remove_xattr_at(dir, name, &k)
+                .map_err(|err| OpError::sys(format!("removing xattr {} of {name:?}", show(&k)), err))?;
         }
     }
-    let ts = |t: crate::repo::objects::Time| libc::timespec { tv_sec: t.sec, tv_nsec: t.nsec as i64 };
-    let times = [ts(e.atime), ts(e.mtime)];
+    let times = times_of(e);
     // SAFETY: every pointer is to a buffer or C string that outlives the call, passed with its true length; the result is checked.
     cvt(unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), times.as_ptr(), nofollow) })
         .map_err(|err| OpError::sys(format!("times of {name:?}"), err))?;
@@ -738,26 +742,21 @@ pub fn restore(
                     // takes the next file of the same one (no walk from the
                     // root for each file)
                     let mut dir: Option<(Vec<u8>, OwnedFd)> = None;
-                    loop {
-                        if failed.locked().is_some() {
-                            return;
-                        }
-                        let Some(job) = queue.locked().pop() else { return };
-                        let path = util::join_rel(&job.dir, &job.entry.name);
-                        if dir.as_ref().is_none_or(|(p, _)| *p != job.dir) {
-                            dir = match open_dir(root.as_fd(), &job.dir) {
-                                Ok(fd) => Some((job.dir.clone(), fd)),
-                                Err(e) => {
-                                    failed.locked().get_or_insert(e);
-                                    return;
-                                }
+                    let mut work = || -> OpResult<()> {
+                        while failed.locked().is_none() {
+                            let Some(job) = queue.locked().pop() else { break };
+                            let path = util::join_rel(&job.dir, &job.entry.name);
+                            let d = match dir.take() {
+                                Some((p, d)) if p == job.dir => (p, d),
+                                _ => (job.dir.clone(), open_dir(root.as_fd(), &job.dir)?),
                             };
+                            job.run(objects, bs, d.1.as_fd(), &c, &path)?;
+                            dir = Some(d);
                         }
-                        let Some((_, d)) = &dir else { return };
-                        if let Err(e) = job.run(objects, bs, d.as_fd(), &c, &path) {
-                            failed.locked().get_or_insert(e);
-                            return;
-                        }
+                        Ok(())
+                    };
+                    if let Err(e) = work() {
+                        failed.locked().get_or_insert(e);
                     }
                 })
             })

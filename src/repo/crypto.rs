@@ -269,29 +269,17 @@ impl Keys {
     ) -> Result<Vec<u8>, CryptoError> {
         let aad = self.object_aad(kind, id);
         match (kind, sealed.first()) {
-            (ObjKind::Blob, Some(&BLOB_TAG)) if sealed.len() >= BLOB_OVERHEAD => {
+            (ObjKind::Blob, Some(&tag @ (BLOB_TAG | BLOB_GCM_TAG))) if sealed.len() >= BLOB_OVERHEAD => {
                 if self.access != Access::Full {
                     return Err(CryptoError::WriteOnly);
                 }
                 let epk: [u8; 32] = sealed[1..33].try_into().expect("32 bytes");
                 let key = self.blob_key(&epk);
-                open_with(&*key, &aad, &sealed[33..], what)
-            }
-            (ObjKind::Blob, Some(&BLOB_GCM_TAG)) if sealed.len() >= BLOB_OVERHEAD => {
-                if self.access != Access::Full {
-                    return Err(CryptoError::WriteOnly);
+                if tag == BLOB_GCM_TAG {
+                    open_gcm(&gcm_key(&key), &aad, &sealed[33..], what)
+                } else {
+                    open_with(&*key, &aad, &sealed[33..], what)
                 }
-                let epk: [u8; 32] = sealed[1..33].try_into().expect("32 bytes");
-                let key = gcm_key(&self.blob_key(&epk));
-                let (nonce, ct) = sealed[33..].split_at(NONCE);
-                let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).expect("12 bytes");
-                let mut buf = ct.to_vec();
-                let n = key
-                    .open_in_place(nonce, ring::aead::Aad::from(&aad), &mut buf)
-                    .map_err(|_| CryptoError::Tampered(what()))?
-                    .len();
-                buf.truncate(n);
-                Ok(buf)
             }
             (ObjKind::Blob, _) => Err(CryptoError::Malformed(what())),
             (_, Some(&META_TAG)) => open_with(self.key(META_KEY), &aad, &sealed[1..], what),
@@ -422,6 +410,47 @@ fn gcm_key(key: &[u8; 32]) -> ring::aead::LessSafeKey {
     ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, key).expect("a 32-byte key"))
 }
 
+/// [`seal_with`] in AES-256-GCM: `nonce | ciphertext+tag`. A pack key seals
+/// the blobs of one pack (a few thousand at most): random 96-bit nonces do
+/// not repeat under it.
+fn seal_gcm(key: &ring::aead::LessSafeKey, aad: &[u8], plain: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; NONCE];
+    secret::random(&mut nonce);
+    let mut out = Vec::with_capacity(NONCE + plain.len() + TAG);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(plain);
+    let tag = key
+        .seal_in_place_separate_tag(
+            ring::aead::Nonce::assume_unique_for_key(nonce),
+            ring::aead::Aad::from(aad),
+            &mut out[NONCE..],
+        )
+        .expect("sealing never fails");
+    out.extend_from_slice(tag.as_ref());
+    out
+}
+
+/// [`open_with`] in AES-256-GCM.
+fn open_gcm(
+    key: &ring::aead::LessSafeKey,
+    aad: &[u8],
+    sealed: &[u8],
+    what: &dyn Fn() -> String,
+) -> Result<Vec<u8>, CryptoError> {
+    if sealed.len() < NONCE + TAG {
+        return Err(CryptoError::Malformed(what()));
+    }
+    let (nonce, ct) = sealed.split_at(NONCE);
+    let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| CryptoError::Malformed(what()))?;
+    let mut buf = ct.to_vec();
+    let n = key
+        .open_in_place(nonce, ring::aead::Aad::from(aad), &mut buf)
+        .map_err(|_| CryptoError::Tampered(what()))?
+        .len();
+    buf.truncate(n);
+    Ok(buf)
+}
+
 /// Seals the objects of one pack.
 pub struct PackSealer {
     keys: Arc<Keys>,
@@ -440,27 +469,13 @@ impl PackSealer {
     pub fn seal(&self, kind: ObjKind, id: &ObjectId, plain: &[u8]) -> Vec<u8> {
         let aad = self.keys.object_aad(kind, id);
         let mut out = Vec::with_capacity(plain.len() + BLOB_OVERHEAD);
-        if let (ObjKind::Blob, Some(gcm)) = (kind, &self.gcm) {
-            // a pack key seals the blobs of one pack (a few thousand at
-            // most): random 96-bit nonces do not repeat under it
-            let mut nonce = [0u8; NONCE];
-            secret::random(&mut nonce);
-            out.push(BLOB_GCM_TAG);
+        if kind == ObjKind::Blob {
+            out.push(if self.gcm.is_some() { BLOB_GCM_TAG } else { BLOB_TAG });
             out.extend_from_slice(&self.epk);
-            out.extend_from_slice(&nonce);
-            out.extend_from_slice(plain);
-            let tag = gcm
-                .seal_in_place_separate_tag(
-                    ring::aead::Nonce::assume_unique_for_key(nonce),
-                    ring::aead::Aad::from(&aad),
-                    &mut out[1 + 32 + NONCE..],
-                )
-                .expect("sealing never fails");
-            out.extend_from_slice(tag.as_ref());
-        } else if kind == ObjKind::Blob {
-            out.push(BLOB_TAG);
-            out.extend_from_slice(&self.epk);
-            out.extend_from_slice(&seal_with(&*self.key, &aad, plain));
+            out.extend_from_slice(&match &self.gcm {
+                Some(gcm) => seal_gcm(gcm, &aad, plain),
+                None => seal_with(&*self.key, &aad, plain),
+            });
         } else {
             out.push(META_TAG);
             out.extend_from_slice(&seal_with(self.keys.key(META_KEY), &aad, plain));

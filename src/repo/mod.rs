@@ -259,6 +259,20 @@ fn parse_config(data: &[u8], shown: &Path) -> Result<Config, RepoError> {
     Ok(config)
 }
 
+/// The config of the repository at `s3`, read and checked.
+fn s3_config(store: &S3Store, s3: &S3Location) -> Result<Config, RepoError> {
+    let shown = PathBuf::from(s3.to_string());
+    match store.get_key(&s3.key("config"), None, (crate::repo::store::FileKind::Snapshot, "config")) {
+        Ok(d) => parse_config(&d, &shown),
+        Err(StoreError::NotFound { .. }) => {
+            // say whether the bucket itself is the trouble
+            store.check_bucket()?;
+            Err(RepoError::NotARepo(shown))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn new_config(block_size: u64) -> Config {
     Config {
         magic: MAGIC.into(),
@@ -518,15 +532,7 @@ impl Repo {
     pub fn config_at(loc: &Location) -> Result<Config, RepoError> {
         match loc {
             Location::Local(p) => Repo::open(p).map(|r| r.config),
-            Location::S3(s3) => {
-                let store = S3Store::from_env(s3.clone())?;
-                let shown = PathBuf::from(s3.to_string());
-                match store.get_key(&s3.key("config"), None, (crate::repo::store::FileKind::Snapshot, "config")) {
-                    Ok(d) => parse_config(&d, &shown),
-                    Err(StoreError::NotFound { .. }) => Err(RepoError::NotARepo(shown)),
-                    Err(e) => Err(e.into()),
-                }
-            }
+            Location::S3(s3) => s3_config(&S3Store::from_env(s3.clone())?, s3),
         }
     }
 
@@ -536,17 +542,7 @@ impl Repo {
             Location::S3(l) => l,
         };
         let store = S3Store::from_env(s3.clone())?;
-        let shown = PathBuf::from(s3.to_string());
-        let data = match store.get_key(&s3.key("config"), None, (crate::repo::store::FileKind::Snapshot, "config")) {
-            Ok(d) => d,
-            Err(StoreError::NotFound { .. }) => {
-                // say whether the bucket itself is the trouble
-                store.check_bucket()?;
-                return Err(RepoError::NotARepo(shown));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let config = parse_config(&data, &shown)?;
+        let config = s3_config(&store, s3)?;
         let r = Repo::remote(loc.clone(), store, config, cache)?;
         r.check_not_downgraded()?;
         Ok(r)

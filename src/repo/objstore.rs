@@ -974,8 +974,7 @@ impl Objects {
 
     /// [`Objects::dir_tree`] through [`Objects::get_healing`].
     pub fn dir_tree_healing(&self, e: &Entry) -> ObjResult<Tree> {
-        let id = e.subtree().ok_or_else(|| ObjError::NotDir(String::from_utf8_lossy(&e.name).into_owned()))?;
-        self.tree_healing(&id)
+        self.tree_healing(&subtree_of(e)?)
     }
 
     pub fn tree(&self, id: &TreeId) -> ObjResult<Tree> {
@@ -985,8 +984,7 @@ impl Objects {
     /// The tree of a directory entry (an entry of another kind is an
     /// error: a directory whose listing is wanted must be one).
     pub fn dir_tree(&self, e: &Entry) -> ObjResult<Tree> {
-        let id = e.subtree().ok_or_else(|| ObjError::NotDir(String::from_utf8_lossy(&e.name).into_owned()))?;
-        self.tree(&id)
+        self.tree(&subtree_of(e)?)
     }
 
     /// Stores a tree; its id and whether it was new.
@@ -1013,6 +1011,11 @@ impl Objects {
 
 fn as_tree(id: &ObjectId, raw: &[u8]) -> ObjResult<Tree> {
     Tree::decode(raw).map_err(|err| ObjError::Decode { id: *id, err })
+}
+
+/// The tree of directory entry `e` (another kind is [`ObjError::NotDir`]).
+fn subtree_of(e: &Entry) -> ObjResult<TreeId> {
+    e.subtree().ok_or_else(|| ObjError::NotDir(String::from_utf8_lossy(&e.name).into_owned()))
 }
 
 fn as_node(id: &ObjectId, raw: &[u8]) -> ObjResult<FileNode> {
@@ -1146,12 +1149,6 @@ mod tests {
         assert_eq!(r.get(&x, ObjKind::Blob).unwrap(), b"moved by prune");
         assert_eq!(r2.get(&x, ObjKind::Blob).unwrap(), b"moved by prune");
     }
-}
-
-#[cfg(test)]
-mod copies {
-    use super::*;
-    use crate::repo::store::LocalStore;
 
     /// Two packs hold one object, one of them damaged: a memory index
     /// (built from the trailers in whatever order they come) reads the
@@ -1168,13 +1165,18 @@ mod copies {
         w.flush().unwrap();
         let packs = store.list(FileKind::Pack).unwrap();
         assert_eq!(packs.len(), 2);
-        for damaged in &packs {
-            let e = w.pack_entries(damaged).unwrap()[0];
-            let mut b = store.get(FileKind::Pack, damaged).unwrap();
+        // pack `p` with a byte of its first object flipped; its bytes before
+        let damage = |p: &str| {
+            let e = w.pack_entries(p).unwrap()[0];
+            let original = store.get(FileKind::Pack, p).unwrap();
+            let mut b = original.clone();
             b[e.offset as usize + e.stored as usize / 2] ^= 0x55;
-            let original = store.get(FileKind::Pack, damaged).unwrap();
-            store.delete(FileKind::Pack, damaged).unwrap();
-            store.put(FileKind::Pack, damaged, &b).unwrap();
+            store.delete(FileKind::Pack, p).unwrap();
+            store.put(FileKind::Pack, p, &b).unwrap();
+            original
+        };
+        for damaged in &packs {
+            let original = damage(damaged);
             let r = Objects::open(store.clone(), None).unwrap();
             assert_eq!(r.get(&x, ObjKind::Blob).unwrap(), bytes, "with pack {damaged} damaged");
             store.delete(FileKind::Pack, damaged).unwrap();
@@ -1182,11 +1184,7 @@ mod copies {
         }
         // both damaged: the error is the damage
         for p in &packs {
-            let e = w.pack_entries(p).unwrap()[0];
-            let mut b = store.get(FileKind::Pack, p).unwrap();
-            b[e.offset as usize + e.stored as usize / 2] ^= 0x55;
-            store.delete(FileKind::Pack, p).unwrap();
-            store.put(FileKind::Pack, p, &b).unwrap();
+            damage(p);
         }
         let r = Objects::open(store.clone(), None).unwrap();
         assert!(is_damage(&r.get(&x, ObjKind::Blob).unwrap_err()));

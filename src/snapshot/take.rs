@@ -170,15 +170,19 @@ impl Take<'_> {
             }
             let (links, _) = self.objects.put(ObjKind::Meta, &super::encode_links(b.links()))?;
             let t_flush = Instant::now();
-            // The plans are read again while the last packs are written (a
-            // round trip less on an object store): those packs are new, and
-            // no prune condemns a pack younger than its grace.
-            let (flushed, checked) = std::thread::scope(|s| {
-                let check = s.spawn(|| self.check_condemned());
-                (self.objects.flush(), check.join())
-            });
-            flushed?;
-            checked.map_err(|_| SnapError::Panicked("reading the deletion plans panicked".into()))??;
+            if store.shared() {
+                // The plans are read again while the last packs are written
+                // (a round trip less): those packs are new, and no prune
+                // condemns a pack younger than its grace.
+                let (flushed, checked) = std::thread::scope(|s| {
+                    let check = s.spawn(|| self.check_condemned());
+                    (self.objects.flush(), check.join())
+                });
+                flushed?;
+                checked.map_err(|_| SnapError::Panicked("reading the deletion plans panicked".into()))??;
+            } else {
+                self.objects.flush()?;
+            }
             log::info!(
                 "snapshot phases: walk {} ms, pack write {} ms",
                 (t_flush - t_walk).as_millis(),
