@@ -279,9 +279,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
                 _ => bail!("give DIR SNAPSHOT[:PATH] TARGET, or --repo REPO SNAPSHOT[:PATH] TARGET"),
             };
             let (name, sub) = spec.split_once(':').unwrap_or((spec.as_str(), ""));
-            for url in &heal_from {
-                repo::Location::parse(url).with_context(|| format!("--heal-from {url}"))?;
-            }
+            check_heal_from(&heal_from)?;
             let r = repo_for(dir.as_deref(), repo.as_deref())?;
             let objects = snapfs::repo::objstore::Objects::open(r.store(), None)?;
             // a read that hits damage heals from another copy
@@ -321,9 +319,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Rollback { json, dir, snapshot, path } => rollback(&dir, &snapshot, path.as_deref().unwrap_or(""), json),
         Cmd::Browse { repo, snapshot, heal_from, foreground, ready_fd, mnt } => {
-            for url in &heal_from {
-                repo::Location::parse(url).with_context(|| format!("--heal-from {url}"))?;
-            }
+            check_heal_from(&heal_from)?;
             let key = cli.keys.for_repo(|| repo::Location::parse_canonical(&repo).ok())?;
             daemon::browse(daemon::BrowseArgs { repo, mnt, snapshot, heal_from, foreground, ready_fd, key })
         }
@@ -498,6 +494,15 @@ pub(crate) fn repo_for(dir: Option<&Path>, repo: Option<&str>) -> Result<Repo> {
     let mut r = locate_repo(dir, repo)?;
     key_args().unlock(&mut r)?;
     Ok(r)
+}
+
+/// Each `--heal-from` is a repository location (refused before anything
+/// is read; the copies are opened only at the first damage).
+fn check_heal_from(urls: &[String]) -> Result<()> {
+    for url in urls {
+        repo::Location::parse(url).with_context(|| format!("--heal-from {url}"))?;
+    }
+    Ok(())
 }
 
 /// The repository of DIR or --repo, opened without its keys (for its
