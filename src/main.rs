@@ -288,6 +288,10 @@ enum Cmd {
         /// List dirty files with their dirty block ranges.
         #[arg(long)]
         files: bool,
+        /// The mount's FUSE requests since it was mounted: count and the
+        /// daemon's latency by opcode.
+        #[arg(long)]
+        ops: bool,
         /// Repository, when DIR is not mounted and the repository is not DIR/.snapfs.
         #[arg(long)]
         repo: Option<String>,

@@ -459,3 +459,55 @@ fn preserved_mtimes_survive_the_writeback_cache() {
     assert_eq!(meta.mtime(), 1_000_000_000, "backing mtime after cp -a through the mount");
     assert_eq!(meta.len(), 200_000);
 }
+
+#[test]
+fn status_ops_counts_the_requests_of_a_workload() {
+    let (_t, d) = tmp_dir();
+    let m = Mounted::new(&d);
+    let dir = m.dir.to_str().unwrap().to_string();
+    let count = |st: &serde_json::Value, op: &str| -> u64 {
+        st["ops"]["ops"].as_array().unwrap().iter().find(|l| l["op"] == op).map_or(0, |l| l["count"].as_u64().unwrap())
+    };
+    let (ok, before) = json_of(&["status", "--ops", "--json", &dir]);
+    assert!(ok, "{before}");
+    for i in 0..20 {
+        fs::write(m.path(&format!("f{i}")), b"x").unwrap();
+    }
+    fs::create_dir(m.path("sub")).unwrap();
+    for i in 0..20 {
+        assert!(fs::metadata(m.path(&format!("sub/missing{i}"))).is_err());
+    }
+    let (_, after) = json_of(&["status", "--ops", "--json", &dir]);
+    // every create and mkdir reached the daemon, once each
+    assert_eq!(count(&after, "create") - count(&before, "create"), 20, "{after}");
+    assert_eq!(count(&after, "mkdir") - count(&before, "mkdir"), 1, "{after}");
+    assert!(count(&after, "lookup") - count(&before, "lookup") >= 20, "{after}");
+    for l in after["ops"]["ops"].as_array().unwrap() {
+        let (n, p50, p99) =
+            (l["count"].as_u64().unwrap(), l["p50_ns"].as_u64().unwrap(), l["p99_ns"].as_u64().unwrap());
+        assert!(n > 0 && p50 > 0 && p50 <= p99, "{l}");
+        let in_hist: u64 = l["hist"].as_array().unwrap().iter().map(|h| h[1].as_u64().unwrap()).sum();
+        assert_eq!(in_hist, n, "{l}");
+    }
+    // a name that is not there is remembered as such: asked once, not
+    // at every stat; a create through the mount fills it at once
+    let before = after;
+    for _ in 0..50 {
+        assert!(fs::metadata(m.path("sub/missing0")).is_err());
+    }
+    let (_, after) = json_of(&["status", "--ops", "--json", &dir]);
+    assert!(count(&after, "lookup") - count(&before, "lookup") <= 2, "{before}\n{after}");
+    fs::write(m.path("sub/missing0"), b"here").unwrap();
+    assert_eq!(fs::read(m.path("sub/missing0")).unwrap(), b"here");
+    assert!(fs::read_dir(m.path("sub")).unwrap().any(|e| e.unwrap().file_name() == "missing0"));
+    fs::remove_file(m.path("sub/missing0")).unwrap();
+    assert!(fs::metadata(m.path("sub/missing0")).is_err());
+    // the table names the opcodes
+    let table = run_ok(&["status", "--ops", &dir]);
+    assert!(table.contains("create") && table.contains("mkdir") && table.contains("p99 us"), "{table}");
+    m.umount();
+    // an unmounted directory has no counters
+    let out = snapfs(&["status", "--ops", d.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not mounted"), "{out:?}");
+}

@@ -136,6 +136,10 @@ fn a_burst_of_writes_is_taken_once_after_it_settles_and_idle_time_takes_none() {
     let s = schedule_of(&m.dir);
     assert_eq!((s["max_age"].as_str(), s["settle"].as_str(), s["every"].is_null()), (Some("10s"), Some("1s"), true));
     assert_eq!(s["worst_case_sec"], 10, "{s}");
+    // scheduled snapshots run at the lowest CPU priority, the FUSE threads
+    // that serve the writers at the normal one
+    assert_eq!(thread_nice(m.pid(), "schedule"), Some(19));
+    assert_eq!(thread_nice(m.pid(), "fuser-0"), Some(0));
 
     // nothing holds the directory yet: all of it is at risk, and taken
     // once it has been quiet for the settle time
@@ -237,4 +241,20 @@ fn schedules_that_cannot_be_followed_are_refused_before_mounting() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(why), "{args:?}: {err}");
     }
+}
+
+/// The nice value of the daemon's thread named `name` (/proc/PID/task).
+fn thread_nice(pid: u32, name: &str) -> Option<i64> {
+    for t in fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let dir = t.ok()?.path();
+        if fs::read_to_string(dir.join("comm")).ok()?.trim() != name {
+            continue;
+        }
+        // the fields after the command's closing parenthesis: state is 3,
+        // nice is 19
+        let stat = fs::read_to_string(dir.join("stat")).ok()?;
+        let rest = &stat[stat.rfind(')')? + 2..];
+        return rest.split(' ').nth(19 - 3).and_then(|v| v.parse().ok());
+    }
+    None
 }

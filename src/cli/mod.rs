@@ -24,7 +24,7 @@ use crate::{Cli, Cmd, KeyCmd, ReplicaCmd, Triggers};
 use maint as cli_maint;
 use recovery::rollback;
 use snapshots::{diff, list, print_diff, print_list, take_snapshot};
-use status::{print_replica, print_schedule, print_status, status};
+use status::{print_ops, print_replica, print_schedule, print_status, status};
 
 /// Carry out one command.
 /// The key options of this run (for every repository a command opens).
@@ -392,10 +392,15 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Status { json, files, repo, dir } => {
-            let report = status(&dir, files, repo.as_deref())?;
+        Cmd::Status { json, files, ops, repo, dir } => {
+            let report = status(&dir, files, ops, repo.as_deref())?;
+            if ops && report.ops.is_none() {
+                bail!("{} is not mounted: request counters are a running mount's", dir.display());
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if let (true, Some(o)) = (ops, &report.ops) {
+                print_ops(o);
             } else {
                 print_status(&report);
             }
@@ -509,7 +514,7 @@ fn check_heal_from(urls: &[String]) -> Result<()> {
 /// config and local state only).
 pub(crate) fn locate_repo(dir: Option<&Path>, repo: Option<&str>) -> Result<Repo> {
     if let Some(d) = mounted(dir, repo) {
-        let r = control::call(&d, &Request::Status { files: false }, Duration::from_secs(30))
+        let r = control::call(&d, &Request::Status { files: false, ops: false }, Duration::from_secs(30))
             .with_context(|| format!("asking the daemon of {}", d.display()))?;
         let s = r.answer("status", |r| r.status)?;
         // (a path through the daemon's descriptor, or a URL: used as is)

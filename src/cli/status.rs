@@ -11,13 +11,13 @@ use snapfs::repo::{self};
 use snapfs::tracker::Tracker;
 use snapfs::util;
 
-pub(crate) fn status(dir: &Path, files: bool, repo: Option<&str>) -> Result<StatusReport> {
+pub(crate) fn status(dir: &Path, files: bool, ops: bool, repo: Option<&str>) -> Result<StatusReport> {
     let dir = daemon::canonical(dir);
     if daemon::snapfs_mount_at(&dir).is_some() {
         // Writes still in the kernel's page cache reach the daemon first.
         daemon::syncfs(&dir);
     }
-    match control::call(&dir, &Request::Status { files }, Duration::from_secs(30)) {
+    match control::call(&dir, &Request::Status { files, ops }, Duration::from_secs(30)) {
         Ok(r) => {
             if let Some(s) = r.status {
                 return Ok(s);
@@ -67,6 +67,7 @@ pub(crate) fn status(dir: &Path, files: bool, repo: Option<&str>) -> Result<Stat
         scan: None,
         replicas: Vec::new(),
         warnings: Vec::new(),
+        ops: None,
         health: Some(snapfs::ops::health::report(&*r.store(), snapfs::ops::health::Health::open(&db).ok().as_ref())),
     })
 }
@@ -266,4 +267,32 @@ pub(crate) fn print_status(s: &StatusReport) {
             println!("{line}");
         }
     }
+}
+
+/// `status --ops`: the mount's requests by opcode, most time first.
+pub(crate) fn print_ops(r: &snapfs::fuse::opstats::OpsReport) {
+    let mut ops = r.ops.clone();
+    ops.sort_by_key(|l| std::cmp::Reverse(l.total_ns));
+    let total: u64 = ops.iter().map(|l| l.total_ns).sum();
+    let us = |ns: u64| format!("{:.1}", ns as f64 / 1000.0);
+    println!("FUSE requests since {} (the daemon's time answering each; the kernel's transport not included)", r.since);
+    println!(
+        "{:<16}{:>12}{:>12}{:>10}{:>10}{:>10}{:>10}{:>8}",
+        "opcode", "requests", "total s", "mean us", "p50 us", "p90 us", "p99 us", "share"
+    );
+    for l in &ops {
+        println!(
+            "{:<16}{:>12}{:>12.3}{:>10}{:>10}{:>10}{:>10}{:>7.1}%",
+            l.op,
+            l.count,
+            l.total_ns as f64 / 1e9,
+            us(l.mean_ns()),
+            us(l.p50_ns),
+            us(l.p90_ns),
+            us(l.p99_ns),
+            100.0 * l.total_ns as f64 / total.max(1) as f64
+        );
+    }
+    let n: u64 = ops.iter().map(|l| l.count).sum();
+    println!("{:<16}{:>12}{:>12.3}", "all", n, total as f64 / 1e9);
 }

@@ -30,6 +30,9 @@ pub enum Request {
     Status {
         #[serde(default)]
         files: bool,
+        /// With the mount's request counters (`status --ops`).
+        #[serde(default)]
+        ops: bool,
     },
     /// Make the tracking state durable now.
     Flush,
@@ -154,6 +157,9 @@ pub struct StatusReport {
     /// Loud facts about the protection (e.g. no copy off this disk).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Requests by opcode since the mount, when asked (`--ops`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<crate::fuse::opstats::OpsReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

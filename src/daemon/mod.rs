@@ -420,6 +420,7 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
         host: host.clone(),
         lineage: lineage.clone(),
         committed: Mutex::new(Default::default()),
+        ops: Arc::new(crate::fuse::opstats::OpStats::new()),
     });
 
     let t_close = tracker.clone();
@@ -434,6 +435,7 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
         view,
         KernelOptions { writeback: args.writeback, ..Default::default() },
         on_destroy,
+        shared.ops.clone(),
     );
     let mut config = fuser::Config::default();
     config.mount_options = vec![

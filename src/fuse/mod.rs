@@ -26,10 +26,12 @@ use std::time::SystemTime;
 
 mod browse;
 mod guard;
+pub mod opstats;
 
 use browse::view_dir_flags;
 pub use browse::BrowseFuse;
 pub use guard::Guarded;
+use opstats::{Op, OpStats};
 
 /// Kernel-side settings for a live mount.
 #[derive(Debug, Clone)]
@@ -50,6 +52,7 @@ pub struct SnapFuse {
     view: Arc<View>,
     kernel: KernelOptions,
     on_destroy: Option<Box<dyn FnOnce() + Send + Sync>>,
+    ops: Arc<OpStats>,
 }
 
 impl SnapFuse {
@@ -58,8 +61,9 @@ impl SnapFuse {
         view: Arc<View>,
         kernel: KernelOptions,
         on_destroy: Box<dyn FnOnce() + Send + Sync>,
+        ops: Arc<OpStats>,
     ) -> SnapFuse {
-        SnapFuse { live, view, kernel, on_destroy: Some(on_destroy) }
+        SnapFuse { live, view, kernel, on_destroy: Some(on_destroy), ops }
     }
 
     fn ttl(&self) -> Duration {
@@ -217,6 +221,27 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// A lookup's answer for a name that does not exist: node 0 (see `lookup`).
+fn negative_attr() -> FileAttr {
+    FileAttr {
+        ino: fuser::INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
 fn ctx(req: &Request) -> Ctx {
     Ctx { uid: req.uid(), gid: req.gid(), pid: req.pid() }
 }
@@ -254,6 +279,8 @@ impl Filesystem for SnapFuse {
             InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
             InitFlags::FUSE_POSIX_ACL,
+            // a symlink's target never changes (only its name does)
+            InitFlags::FUSE_CACHE_SYMLINKS,
         ];
         if self.kernel.readdirplus {
             wanted.push(InitFlags::FUSE_DO_READDIRPLUS);
@@ -279,6 +306,7 @@ impl Filesystem for SnapFuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _t = self.ops.timer(Op::Lookup);
         if is_view(parent.0) {
             return view_entry(&self.view, self.view.lookup(parent.0, name), reply);
         }
@@ -287,11 +315,18 @@ impl Filesystem for SnapFuse {
         }
         match self.live.lookup(parent.0, name) {
             Ok(e) => reply.entry(&self.ttl(), &file_attr(&e.attr), Generation(0)),
+            // A name that is not there is answered as node 0 with the entry
+            // timeout: the kernel keeps the negative entry and asks again
+            // only when it expires (a create through the mount fills it).
+            // The daemon is the only writer of the backing tree while
+            // mounted, so nothing appears there behind the kernel's back.
+            Err(e) if e == crate::os::errno::Errno::ENOENT => reply.entry(&self.ttl(), &negative_attr(), Generation(0)),
             Err(e) => reply.error(e.into()),
         }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _t = self.ops.timer(Op::Forget);
         if is_view(ino.0) {
             return self.view.forget(ino.0, nlookup);
         }
@@ -299,6 +334,7 @@ impl Filesystem for SnapFuse {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _t = self.ops.timer(Op::Getattr);
         if is_view(ino.0) {
             return view_attr(&self.view, ino.0, reply);
         }
@@ -326,6 +362,7 @@ impl Filesystem for SnapFuse {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _t = self.ops.timer(Op::Setattr);
         if let Err(e) = writable(ino) {
             return reply.error(e);
         }
@@ -337,6 +374,7 @@ impl Filesystem for SnapFuse {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _t = self.ops.timer(Op::Readlink);
         let r = if is_view(ino.0) { self.view.readlink(ino.0) } else { self.live.readlink(ino.0) };
         match r {
             Ok(d) => reply.data(&d),
@@ -354,6 +392,7 @@ impl Filesystem for SnapFuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _t = self.ops.timer(Op::Mknod);
         if let Err(e) = writable(parent) {
             return reply.error(e);
         }
@@ -364,6 +403,7 @@ impl Filesystem for SnapFuse {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        let _t = self.ops.timer(Op::Mkdir);
         if let Err(e) = writable(parent) {
             return reply.error(e);
         }
@@ -374,6 +414,7 @@ impl Filesystem for SnapFuse {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = self.ops.timer(Op::Unlink);
         if let Err(e) = writable(parent) {
             return reply.error(e);
         }
@@ -384,6 +425,7 @@ impl Filesystem for SnapFuse {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = self.ops.timer(Op::Rmdir);
         if let Err(e) = writable(parent) {
             return reply.error(e);
         }
@@ -394,6 +436,7 @@ impl Filesystem for SnapFuse {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let _t = self.ops.timer(Op::Symlink);
         if let Err(e) = writable(parent) {
             return reply.error(e);
         }
@@ -413,6 +456,7 @@ impl Filesystem for SnapFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _t = self.ops.timer(Op::Rename);
         if let Err(e) = writable(parent).and(writable(newparent)) {
             return reply.error(e);
         }
@@ -423,6 +467,7 @@ impl Filesystem for SnapFuse {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let _t = self.ops.timer(Op::Link);
         if let Err(e) = writable(ino).and(writable(newparent)) {
             return reply.error(e);
         }
@@ -433,6 +478,7 @@ impl Filesystem for SnapFuse {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _t = self.ops.timer(Op::Open);
         if is_view(ino.0) {
             return view_open(flags, reply);
         }
@@ -453,6 +499,7 @@ impl Filesystem for SnapFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _t = self.ops.timer(Op::Read);
         if is_view(_ino.0) {
             return view_read(&self.view, _ino.0, offset, size, reply);
         }
@@ -474,6 +521,7 @@ impl Filesystem for SnapFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _t = self.ops.timer(Op::Write);
         if let Err(e) = writable(_ino) {
             return reply.error(e);
         }
@@ -485,6 +533,7 @@ impl Filesystem for SnapFuse {
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        let _t = self.ops.timer(Op::Flush);
         // Nothing to do on close: locks are the kernel's, and with the
         // writeback cache the kernel writes dirty pages back before it
         // sends FLUSH. ENOSYS makes it stop sending FLUSH at all, which
@@ -502,6 +551,7 @@ impl Filesystem for SnapFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _t = self.ops.timer(Op::Release);
         if !is_view(_ino.0) {
             self.live.release(fh.0);
         }
@@ -509,6 +559,7 @@ impl Filesystem for SnapFuse {
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        let _t = self.ops.timer(Op::Fsync);
         if is_view(_ino.0) {
             return reply.ok();
         }
@@ -519,6 +570,7 @@ impl Filesystem for SnapFuse {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _t = self.ops.timer(Op::Opendir);
         if is_view(ino.0) {
             return reply.opened(FileHandle(0), view_dir_flags(ino.0));
         }
@@ -529,6 +581,7 @@ impl Filesystem for SnapFuse {
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let _t = self.ops.timer(Op::Readdir);
         if is_view(_ino.0) {
             return view_readdir(&self.view, _ino.0, offset, reply);
         }
@@ -542,6 +595,7 @@ impl Filesystem for SnapFuse {
     }
 
     fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let _t = self.ops.timer(Op::Readdirplus);
         if is_view(_ino.0) {
             return view_readdirplus(&self.view, _ino.0, offset, reply);
         }
@@ -556,6 +610,7 @@ impl Filesystem for SnapFuse {
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        let _t = self.ops.timer(Op::Releasedir);
         if !is_view(_ino.0) {
             self.live.releasedir(fh.0);
         }
@@ -563,6 +618,7 @@ impl Filesystem for SnapFuse {
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        let _t = self.ops.timer(Op::Fsyncdir);
         if is_view(_ino.0) {
             return reply.ok();
         }
@@ -573,6 +629,7 @@ impl Filesystem for SnapFuse {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _t = self.ops.timer(Op::Statfs);
         match self.live.statfs() {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -598,6 +655,7 @@ impl Filesystem for SnapFuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _t = self.ops.timer(Op::Setxattr);
         if let Err(e) = writable(ino) {
             return reply.error(e);
         }
@@ -608,6 +666,7 @@ impl Filesystem for SnapFuse {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _t = self.ops.timer(Op::Getxattr);
         if is_view(ino.0) {
             return view_xattr(self.view.getxattr(ino.0, name, size), size, reply);
         }
@@ -619,6 +678,7 @@ impl Filesystem for SnapFuse {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _t = self.ops.timer(Op::Listxattr);
         if is_view(ino.0) {
             return view_xattr(self.view.listxattr(ino.0, size), size, reply);
         }
@@ -630,6 +690,7 @@ impl Filesystem for SnapFuse {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _t = self.ops.timer(Op::Removexattr);
         if let Err(e) = writable(ino) {
             return reply.error(e);
         }
@@ -640,6 +701,7 @@ impl Filesystem for SnapFuse {
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _t = self.ops.timer(Op::Access);
         // default_permissions: the kernel has checked already.
         reply.ok();
     }
@@ -654,6 +716,7 @@ impl Filesystem for SnapFuse {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _t = self.ops.timer(Op::Create);
         if let Err(e) = writable(parent) {
             return reply.error(e);
         }
@@ -673,6 +736,7 @@ impl Filesystem for SnapFuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _t = self.ops.timer(Op::Fallocate);
         if let Err(e) = writable(ino) {
             return reply.error(e);
         }
@@ -683,6 +747,7 @@ impl Filesystem for SnapFuse {
     }
 
     fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        let _t = self.ops.timer(Op::Lseek);
         if is_view(_ino.0) {
             return view_lseek(&self.view, _ino.0, offset, whence, reply);
         }
@@ -705,6 +770,7 @@ impl Filesystem for SnapFuse {
         flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let _t = self.ops.timer(Op::CopyFileRange);
         if let Err(e) = writable(ino_out) {
             return reply.error(e);
         }

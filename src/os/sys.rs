@@ -223,6 +223,18 @@ pub fn raise_nofile_limit() {
     }
 }
 
+/// Lower the calling thread's CPU priority to `nice` (a nice value is a
+/// thread's own on Linux; threads it starts inherit it). Best effort.
+pub fn lower_thread_priority(nice: i32) {
+    // SAFETY: system calls on values we own, without pointers.
+    unsafe {
+        let tid = libc::gettid();
+        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) != 0 {
+            log::debug!("setpriority({nice}): {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
 /// A file handle (`struct file_handle`): names an inode without holding it
 /// open, valid for the life of the inode on that filesystem.
 #[derive(Clone, PartialEq, Eq)]
