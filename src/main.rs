@@ -87,6 +87,11 @@ enum Cmd {
         /// Milliseconds between durable points of the tracking state.
         #[arg(long, default_value_t = 1000)]
         flush_ms: u64,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
+        /// 127.0.0.1:9708). Every local user can read them: counts and
+        /// times, the mount point, no file names.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
         #[command(flatten)]
         triggers: Triggers,
         #[arg(long, hide = true)]
@@ -292,6 +297,10 @@ enum Cmd {
         /// daemon's latency by opcode.
         #[arg(long)]
         ops: bool,
+        /// Prometheus metrics in the text format (for node_exporter's
+        /// textfile collector); with the request counters when mounted.
+        #[arg(long, conflicts_with_all = ["json", "ops", "files"])]
+        prometheus: bool,
         /// Repository, when DIR is not mounted and the repository is not DIR/.snapfs.
         #[arg(long)]
         repo: Option<String>,

@@ -161,6 +161,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             threads,
             no_writeback,
             flush_ms,
+            metrics,
             triggers: Triggers { every, max_dirty, max_age, settle, keep },
             ready_fd,
             dir,
@@ -183,6 +184,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
                 threads,
                 writeback,
                 flush_ms,
+                metrics,
                 ready_fd,
                 every,
                 max_dirty,
@@ -392,8 +394,12 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Status { json, files, ops, repo, dir } => {
-            let report = status(&dir, files, ops, repo.as_deref())?;
+        Cmd::Status { json, files, ops, prometheus, repo, dir } => {
+            let report = status(&dir, files, ops || prometheus, repo.as_deref())?;
+            if prometheus {
+                print!("{}", snapfs::ops::metrics::render(&report));
+                return Ok(());
+            }
             if ops && report.ops.is_none() {
                 bail!("{} is not mounted: request counters are a running mount's", dir.display());
             }

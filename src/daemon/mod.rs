@@ -37,6 +37,7 @@ use crate::tracker::Tracker;
 use crate::{ops::maint, ops::schedule, os::sys, util};
 
 mod browse;
+mod http;
 mod process;
 mod service;
 
@@ -59,6 +60,8 @@ pub struct MountArgs {
     pub threads: usize,
     pub writeback: bool,
     pub flush_ms: u64,
+    /// Serve Prometheus metrics over HTTP here.
+    pub metrics: Option<std::net::SocketAddr>,
     pub ready_fd: Option<RawFd>,
     /// Automatic snapshots every this many seconds.
     pub every: Option<u64>,
@@ -445,6 +448,13 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
     ];
     config.acl = fuser::SessionACL::All;
     config.n_threads = Some(args.threads.max(1));
+    // the metrics address is taken before mounting: a bad one fails the mount
+    let metrics = match args.metrics {
+        Some(addr) => {
+            Some(std::net::TcpListener::bind(addr).with_context(|| format!("--metrics {addr}: cannot listen there"))?)
+        }
+        None => None,
+    };
     let session = fuser::Session::new(crate::fuse::Guarded(fs), &dir, &config)
         .with_context(|| format!("mounting {}", dir.display()))?;
     log::info!("mounted {} (last session: {})", dir.display(), last_name(&last));
@@ -473,6 +483,11 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
             .spawn(move || control::serve(listener, in_flight, move |req| shared.handle(req)))?;
     }
     std::thread::Builder::new().name("replicas".into()).spawn(move || replicas.run())?;
+    if let Some(l) = metrics {
+        log::info!("metrics at http://{}/metrics", l.local_addr()?);
+        let shared = shared.clone();
+        std::thread::Builder::new().name("metrics".into()).spawn(move || shared.serve_metrics(l))?;
+    }
     // Signals: unmount cleanly.
     {
         let shared = shared.clone();

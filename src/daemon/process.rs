@@ -54,6 +54,9 @@ pub(crate) fn spawn_background(args: &MountArgs) -> Result<()> {
     if let Some(h) = &args.host {
         a.extend(["--host".into(), h.into()]);
     }
+    if let Some(m) = &args.metrics {
+        a.extend(["--metrics".into(), m.to_string().into()]);
+    }
     let pid = spawn_daemon(a, &dir, args.key.as_deref())?;
     println!("snapfs: {} is protected (daemon pid {pid})", dir.display());
     Ok(())

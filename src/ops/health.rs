@@ -198,6 +198,11 @@ pub struct HealthReport {
     pub last_snapshot: Option<String>,
     pub last_snapshot_time: Option<String>,
     pub last_snapshot_age_sec: Option<i64>,
+    /// How long the latest snapshot took, and what it added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_snapshot_duration_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_snapshot_added_bytes: Option<u64>,
     /// Bytes in packs, and how many packs.
     pub repository_bytes: u64,
     pub packs: u64,
@@ -241,6 +246,8 @@ pub fn report(store: &dyn crate::repo::store::Store, health: Option<&Health>) ->
                 r.last_snapshot_time = Some(s.record.time.clone());
                 r.last_snapshot_age_sec = Some(crate::util::unix_now() - s.record.time_sec);
                 r.logical_bytes_latest = s.record.stats.logical_bytes;
+                r.last_snapshot_duration_ms = Some(s.record.stats.duration_ms);
+                r.last_snapshot_added_bytes = Some(s.record.stats.added_bytes);
             }
             r.logical_bytes_all = all.iter().map(|s| s.record.stats.logical_bytes).sum();
         }

@@ -116,6 +116,7 @@ macro_rules! damaged {
 pub mod copy;
 pub mod health;
 pub mod maint;
+pub mod metrics;
 pub mod repair;
 pub mod replica;
 pub mod restore;
