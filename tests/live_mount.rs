@@ -511,3 +511,113 @@ fn status_ops_counts_the_requests_of_a_workload() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not mounted"), "{out:?}");
 }
+
+#[test]
+fn cached_directory_listings_follow_every_change_through_the_mount() {
+    let (_t, d) = tmp_dir();
+    fs::create_dir(d.join("sub")).unwrap();
+    fs::write(d.join("sub/a"), b"a").unwrap();
+    let m = Mounted::new(&d);
+    let names = |rel: &str| -> Vec<String> {
+        let mut v: Vec<String> =
+            fs::read_dir(m.path(rel)).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    };
+    let dir = m.dir.to_str().unwrap().to_string();
+    let readdirs = || -> u64 {
+        let (_, st) = json_of(&["status", "--ops", "--json", &dir]);
+        st["ops"]["ops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["op"] == "readdir" || l["op"] == "readdirplus")
+            .map(|l| l["count"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(names("sub"), ["a"]);
+    // listed again unchanged: from the kernel's cache
+    let before = readdirs();
+    for _ in 0..5 {
+        assert_eq!(names("sub"), ["a"]);
+    }
+    assert_eq!(readdirs(), before, "the listing came from the cache");
+    // every kind of change shows at once
+    fs::write(m.path("sub/b"), b"b").unwrap();
+    assert_eq!(names("sub"), ["a", "b"]);
+    fs::create_dir(m.path("sub/c")).unwrap();
+    std::os::unix::fs::symlink("a", m.path("sub/l")).unwrap();
+    fs::hard_link(m.path("sub/a"), m.path("sub/h")).unwrap();
+    assert_eq!(names("sub"), ["a", "b", "c", "h", "l"]);
+    fs::rename(m.path("sub/b"), m.path("sub/c/b2")).unwrap();
+    assert_eq!(names("sub"), ["a", "c", "h", "l"]);
+    assert_eq!(names("sub/c"), ["b2"]);
+    fs::remove_file(m.path("sub/h")).unwrap();
+    fs::remove_file(m.path("sub/c/b2")).unwrap();
+    fs::remove_dir(m.path("sub/c")).unwrap();
+    assert_eq!(names("sub"), ["a", "l"]);
+    fs::rename(m.path("sub"), m.path("moved")).unwrap();
+    assert_eq!(names("moved"), ["a", "l"]);
+    assert!(!names(".").contains(&"sub".to_string()));
+    m.umount();
+}
+
+#[test]
+fn a_large_directory_lists_whole_and_resumes_where_it_was_told() {
+    let (_t, d) = tmp_dir();
+    fs::create_dir(d.join("big")).unwrap();
+    let long = "n".repeat(120);
+    let mut want: Vec<String> = (0..3000).map(|i| format!("{long}-{i}")).collect();
+    for n in &want {
+        fs::write(d.join("big").join(n), b"").unwrap();
+    }
+    want.sort();
+    let m = Mounted::new(&d);
+    let list = |p: &Path| -> Vec<String> {
+        let mut v: Vec<String> =
+            fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(list(&m.path("big")), want, "every entry once");
+    // with the attributes too (stat of each: readdirplus filled them)
+    let sizes: usize =
+        fs::read_dir(m.path("big")).unwrap().map(|e| e.unwrap().metadata().unwrap().len() as usize).sum();
+    assert_eq!(sizes, 0);
+    // telldir in the middle, read on, seekdir back: the same rest again
+    unsafe {
+        let p = c(&m.path("big"));
+        let dir = libc::opendir(p.as_ptr());
+        assert!(!dir.is_null());
+        let name_of =
+            |e: *mut libc::dirent| std::ffi::CStr::from_ptr((*e).d_name.as_ptr()).to_string_lossy().into_owned();
+        let mut first = Vec::new();
+        for _ in 0..1500 {
+            first.push(name_of(libc::readdir(dir)));
+        }
+        let mark = libc::telldir(dir);
+        let mut rest = Vec::new();
+        loop {
+            let e = libc::readdir(dir);
+            if e.is_null() {
+                break;
+            }
+            rest.push(name_of(e));
+        }
+        libc::seekdir(dir, mark);
+        let mut again = Vec::new();
+        loop {
+            let e = libc::readdir(dir);
+            if e.is_null() {
+                break;
+            }
+            again.push(name_of(e));
+        }
+        libc::closedir(dir);
+        assert_eq!(rest, again, "resumed at the mark");
+        let mut all: Vec<String> = first.into_iter().chain(rest).filter(|n| n != "." && n != "..").collect();
+        all.sort();
+        assert_eq!(all, want);
+    }
+    m.umount();
+}

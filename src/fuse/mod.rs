@@ -574,8 +574,12 @@ impl Filesystem for SnapFuse {
         if is_view(ino.0) {
             return reply.opened(FileHandle(0), view_dir_flags(ino.0));
         }
+        // The kernel keeps the listing in its page cache across opens and
+        // drops it when the directory changes through this mount, which is
+        // the only writer of the backing tree while mounted: a second
+        // `find`, `du` or `git status` reads no directory from the daemon.
         match self.live.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(e.into()),
         }
     }

@@ -108,8 +108,19 @@ pub struct DirHandle {
     nodeid: u64,
     /// Backing inode number of the directory.
     ino: u64,
-    /// Offset the descriptor is positioned at (`-1`: unknown).
-    pos: Mutex<i64>,
+    /// Where the stream stands.
+    cursor: Mutex<DirCursor>,
+}
+
+/// Entries read from the descriptor but not yet given to the kernel (a
+/// reply holds a few dozen; a read of the descriptor gives up to a
+/// thousand), and the offset of the first of them (or of the descriptor,
+/// when there are none). A call that continues where the last stopped is
+/// served from them: listing a directory reads it once, whatever its size.
+#[derive(Default)]
+pub(crate) struct DirCursor {
+    pos: i64,
+    pending: std::collections::VecDeque<crate::os::sys::DirEntry>,
 }
 
 /// Attribute changes requested by `setattr`.
