@@ -294,6 +294,12 @@ enum Cmd {
         repo: Option<String>,
         dir: PathBuf,
     },
+    /// Print the completion script for a shell (bash, zsh, fish), e.g.
+    /// `snapfs completions bash > /etc/bash_completion.d/snapfs`.
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (snapfs.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 /// When automatic snapshots are taken, and which are kept (`mount` and

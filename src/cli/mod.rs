@@ -3,6 +3,7 @@
 //! prints what it found (text, or `--json`). `main.rs` holds the argument
 //! definitions only.
 
+pub mod generate;
 pub mod keys;
 pub mod maint;
 pub mod recovery;
@@ -398,6 +399,16 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print_status(&report);
+            }
+            Ok(())
+        }
+        Cmd::Completions { shell } => {
+            generate::completions(shell, &mut std::io::stdout().lock());
+            Ok(())
+        }
+        Cmd::Man { dir } => {
+            for p in generate::write_man_pages(&dir)? {
+                println!("{}", p.display());
             }
             Ok(())
         }
