@@ -409,7 +409,11 @@ fn main() -> ExitCode {
     // (first, while this is the only thread: no child, such as a
     // --password-command, may notify systemd in the daemon's name)
     snapfs::os::systemd::take_notify_socket();
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.first().is_some_and(|a| cli::mount_helper::is_helper(a)) {
+        return cli::mount_helper::main(args);
+    }
+    let cli = Cli::parse_from(args);
     if !matches!(cli.cmd, Cmd::Mount { .. } | Cmd::Browse { .. }) {
         // A reader that goes away (`snapfs list | head`) ends us quietly,
         // as it does other Unix tools, instead of a panic in println!.

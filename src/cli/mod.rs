@@ -6,6 +6,7 @@
 pub mod generate;
 pub mod keys;
 pub mod maint;
+pub mod mount_helper;
 pub mod recovery;
 pub mod snapshots;
 pub mod status;
