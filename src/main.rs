@@ -74,7 +74,8 @@ enum Cmd {
         /// another's in a repository they share.
         #[arg(long, value_name = "NAME", value_parser = snapfs::snapshot::parse_host)]
         host: Option<String>,
-        /// Stay attached to the terminal (for systemd).
+        /// Stay in the foreground, logging to stderr (for systemd: with
+        /// `Type=notify`, READY=1 goes to $NOTIFY_SOCKET once mounted).
         #[arg(long)]
         foreground: bool,
         /// FUSE worker threads.
@@ -306,6 +307,12 @@ enum Cmd {
         repo: Option<String>,
         dir: PathBuf,
     },
+    /// Print the completion script for a shell (bash, zsh, fish), e.g.
+    /// `snapfs completions bash > /etc/bash_completion.d/snapfs`.
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (snapfs.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 /// When automatic snapshots are taken, and which are kept (`mount` and
@@ -411,10 +418,15 @@ enum ReplicaCmd {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,fuser::session=error"))
-        .format_timestamp_millis()
-        .init();
-    let cli = Cli::parse();
+    init_logging();
+    // (first, while this is the only thread: no child, such as a
+    // --password-command, may notify systemd in the daemon's name)
+    snapfs::os::systemd::take_notify_socket();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.first().is_some_and(|a| cli::mount_helper::is_helper(a)) {
+        return cli::mount_helper::main(args);
+    }
+    let cli = Cli::parse_from(args);
     if !matches!(cli.cmd, Cmd::Mount { .. } | Cmd::Browse { .. }) {
         // A reader that goes away (`snapfs list | head`) ends us quietly,
         // as it does other Unix tools, instead of a panic in println!.
@@ -429,6 +441,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Log lines on stderr: with a timestamp, except when stderr is the
+/// journal, which stamps each line itself and takes its priority from a
+/// `<N>` prefix (`journalctl -p warning` then finds the warnings).
+fn init_logging() {
+    let mut b =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,fuser::session=error"));
+    if snapfs::os::systemd::stderr_is_journal() {
+        b.format(|buf, r| {
+            use std::io::Write;
+            let prio = snapfs::os::systemd::priority(r.level());
+            writeln!(buf, "<{prio}>[{} {}] {}", r.level(), r.target(), r.args())
+        });
+    } else {
+        b.format_timestamp_millis();
+    }
+    b.init();
 }
 
 /// `10`, `10%`, `2.5`.

@@ -3,8 +3,10 @@
 //! prints what it found (text, or `--json`). `main.rs` holds the argument
 //! definitions only.
 
+pub mod generate;
 pub mod keys;
 pub mod maint;
+pub mod mount_helper;
 pub mod recovery;
 pub mod snapshots;
 pub mod status;
@@ -409,6 +411,16 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
                 print_ops(o);
             } else {
                 print_status(&report);
+            }
+            Ok(())
+        }
+        Cmd::Completions { shell } => {
+            generate::completions(shell, &mut std::io::stdout().lock());
+            Ok(())
+        }
+        Cmd::Man { dir } => {
+            for p in generate::write_man_pages(&dir)? {
+                println!("{}", p.display());
             }
             Ok(())
         }

@@ -138,7 +138,9 @@ fn serve_browse(args: BrowseArgs) -> Result<()> {
         on_signals(sigset, move |lazy| umount(&mnt, lazy))?;
     }
     notify(args.ready_fd, "READY");
+    crate::os::systemd::ready(&format!("showing the snapshots of {repo_path}"));
     let r = session.run();
+    crate::os::systemd::stopping("unmounted");
     drop(in_flight.write_locked());
     r.context("FUSE session")?;
     Ok(())

@@ -14,7 +14,9 @@
 //!
 //! Without `--foreground` the command re-executes itself with `--foreground
 //! --ready-fd 3` in a new session and waits for one line on that pipe:
-//! `READY` or `ERROR <message>`.
+//! `READY` or `ERROR <message>`. With `--foreground` under systemd
+//! (`Type=notify`) the same moment sends `READY=1` to `$NOTIFY_SOCKET`, and
+//! the unmount `STOPPING=1` (`os::systemd`).
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -508,8 +510,11 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
     }
 
     notify(args.ready_fd, "READY");
+    crate::os::systemd::ready(&format!("protecting {}", dir.display()));
     let t0 = Instant::now();
     let r = session.run();
+    // (unmounted by someone else: the service manager hears it now)
+    crate::os::systemd::stopping("unmounted");
     log::info!("session ended after {:?}", t0.elapsed());
     // `destroy` ran inside run(); make sure the state is clean even if not.
     if let Err(e) = tracker.close() {

@@ -512,7 +512,11 @@ impl Service {
         if let Err(e) = self.tracker.flush() {
             log::error!("flushing tracking state: {e}");
         }
-        umount(&self.dir, lazy)
+        umount(&self.dir, lazy)?;
+        // (not before: after STOPPING=1 systemd kills a daemon that has not
+        // exited within TimeoutStopSec, and a busy mount stays)
+        crate::os::systemd::stopping(&format!("unmounted {}; saving the tracking state", self.dir.display()));
+        Ok(())
     }
 }
 
