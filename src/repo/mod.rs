@@ -699,13 +699,19 @@ fn is_corruption(e: &sled::Error) -> bool {
     matches!(e, sled::Error::Corruption { .. } | sled::Error::Unsupported(_) | sled::Error::ReportableBug(_))
 }
 
+/// The memory sled may keep for its pages (its default is 1 GiB, which a
+/// repository of a million objects filled: the daemon's peak RSS was
+/// 1.67 GiB after a full snapshot of a million files; see
+/// `scripts/bench-million`). The kernel's page cache still holds the file.
+const SLED_CACHE: u64 = 64 << 20;
+
 /// Open a sled database. sled releases its file lock a moment after the
 /// last handle is dropped (its threads hold it), so a lock conflict is
 /// retried for up to two seconds before it is reported as "in use".
 pub fn open_sled(path: &Path) -> Result<sled::Db, RepoError> {
     let t0 = std::time::Instant::now();
     loop {
-        match sled::Config::new().path(path).flush_every_ms(None).open() {
+        match sled::Config::new().path(path).flush_every_ms(None).cache_capacity(SLED_CACHE).open() {
             Ok(db) => return Ok(db),
             Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
                 if t0.elapsed() > std::time::Duration::from_secs(2) {
