@@ -39,6 +39,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("settle", "--settle"),
     ("threads", "--threads"),
     ("flush-ms", "--flush-ms"),
+    ("metrics", "--metrics"),
     ("password-file", "--password-file"),
     ("key-file", "--key-file"),
 ];
@@ -332,6 +333,7 @@ mod tests {
                 "max-dirty" => "=1G",
                 "threads" | "flush-ms" => "=2",
                 "host" => "=h1",
+                "metrics" => "=127.0.0.1:9708",
                 "no-writeback" | "nowriteback" => "",
                 _ => "=/x",
             };
