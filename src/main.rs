@@ -418,15 +418,19 @@ enum ReplicaCmd {
 }
 
 fn main() -> ExitCode {
-    init_logging();
-    // (first, while this is the only thread: no child, such as a
-    // --password-command, may notify systemd in the daemon's name)
-    snapfs::os::systemd::take_notify_socket();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.first().is_some_and(|a| cli::mount_helper::is_helper(a)) {
+        init_logging(false);
+        snapfs::os::systemd::take_notify_socket();
         return cli::mount_helper::main(args);
     }
     let cli = Cli::parse_from(args);
+    // The daemons log what they do (info); a command run by hand says only
+    // what went wrong (warn), its result is on stdout. RUST_LOG overrides.
+    init_logging(matches!(cli.cmd, Cmd::Mount { .. } | Cmd::Browse { .. }));
+    // (still the only thread: no child, such as a --password-command, may
+    // notify systemd in the daemon's name)
+    snapfs::os::systemd::take_notify_socket();
     if !matches!(cli.cmd, Cmd::Mount { .. } | Cmd::Browse { .. }) {
         // A reader that goes away (`snapfs list | head`) ends us quietly,
         // as it does other Unix tools, instead of a panic in println!.
@@ -446,9 +450,9 @@ fn main() -> ExitCode {
 /// Log lines on stderr: with a timestamp, except when stderr is the
 /// journal, which stamps each line itself and takes its priority from a
 /// `<N>` prefix (`journalctl -p warning` then finds the warnings).
-fn init_logging() {
-    let mut b =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,fuser::session=error"));
+fn init_logging(daemon: bool) {
+    let default = if daemon { "info,fuser::session=error" } else { "warn,fuser::session=error" };
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
     if snapfs::os::systemd::stderr_is_journal() {
         b.format(|buf, r| {
             use std::io::Write;
