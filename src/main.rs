@@ -44,6 +44,8 @@ enum Cmd {
         /// OLD's key file, if it is encrypted.
         #[arg(long, value_name = "FILE", requires = "copy_from", conflicts_with = "from_password_file")]
         from_key_file: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
         repo: String,
     },
     /// An encrypted repository's key slots: list, add (--write-only for
@@ -128,6 +130,8 @@ enum Cmd {
         full: bool,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        out: cli::progress::ProgressArgs,
         dir: PathBuf,
     },
     /// List the snapshots of a directory or a repository.
@@ -184,6 +188,8 @@ enum Cmd {
         heal_from: Vec<String>,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        out: cli::progress::ProgressArgs,
         /// [DIR] SNAPSHOT[:PATH] TARGET (DIR when not --repo)
         #[arg(num_args = 2..=3)]
         args: Vec<String>,
@@ -228,6 +234,8 @@ enum Cmd {
         jobs: Option<usize>,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        out: cli::progress::ProgressArgs,
         dir: Option<PathBuf>,
     },
     /// Remove snapshots: by name, or all but those the keep rules keep.
@@ -258,6 +266,8 @@ enum Cmd {
         prune: bool,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        out: cli::progress::ProgressArgs,
         /// [DIR] [NAME...] (DIR unless --repo)
         args: Vec<String>,
     },
@@ -278,6 +288,8 @@ enum Cmd {
         grace: Option<u64>,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        out: cli::progress::ProgressArgs,
         dir: Option<PathBuf>,
     },
     /// Copies of a mounted directory's repository elsewhere (a bucket,
@@ -400,6 +412,8 @@ enum ReplicaCmd {
     Sync {
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        out: cli::progress::ProgressArgs,
         dir: PathBuf,
     },
     /// Each replica and how far behind it is.
