@@ -299,6 +299,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             })
         }
         Cmd::Restore { repo, jobs, overwrite, heal_from, json, out, args } => {
+            let show = out.show(json); // (before anything logs: --quiet mutes that)
             let (dir, spec, target) = match (repo.is_some(), args.as_slice()) {
                 (true, [s, t]) => (None, s.clone(), PathBuf::from(t)),
                 (false, [d, s, t]) => (Some(PathBuf::from(d)), s.clone(), PathBuf::from(t)),
@@ -321,7 +322,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             let watch = std::sync::Arc::new(snapfs::ops::restore::RestoreProgress::default());
             let opts = snapfs::ops::restore::RestoreOptions { jobs, overwrite, progress: Some(watch.clone()) };
             let stats = progress::run(
-                out.show(json),
+                show,
                 "restore",
                 || Some(progress::Tick::of_restore(&watch)),
                 || snapfs::ops::restore::restore(&objects, snap, sub, &target, &opts),
@@ -418,7 +419,12 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
                 "replica-sync",
                 poll,
                 || control::call(&d, &req, Duration::from_secs(30 * 86400)),
-                progress::Final::of_reply,
+                |r| match r {
+                    Ok(snapfs::control::Reply { ok: true, replicas: Some(list), .. }) => {
+                        progress::Final::Tick(progress::Tick::of_synced(list))
+                    }
+                    _ => progress::Final::AsSeen,
+                },
             )
             .with_context(|| format!("asking the daemon of {}", d.display()))?;
             let list = r.answer("replica list", |r| r.replicas)?;

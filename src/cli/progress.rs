@@ -394,4 +394,18 @@ impl Tick {
             items: "replicas",
         }
     }
+
+    /// A finished `replica sync`: every replica had its round (the bytes
+    /// those rounds copied).
+    pub fn of_synced(list: &[snapfs::ops::replica::ReplicaStatus]) -> Tick {
+        let copied = list.iter().filter_map(|s| s.last_sync.as_ref()).map(|r| r.bytes_copied).sum();
+        Tick {
+            phase: "copying".into(),
+            bytes_done: copied,
+            bytes_total: Some(copied),
+            items_done: list.len() as u64,
+            items_total: Some(list.len() as u64),
+            items: "replicas",
+        }
+    }
 }
