@@ -44,6 +44,7 @@ enum Cmd {
         /// OLD's key file, if it is encrypted.
         #[arg(long, value_name = "FILE", requires = "copy_from", conflicts_with = "from_password_file")]
         from_key_file: Option<PathBuf>,
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
         repo: String,
@@ -109,6 +110,7 @@ enum Cmd {
         /// No more automatic snapshots.
         #[arg(long, conflicts_with_all = ["every", "max_dirty", "max_age", "settle", "keep"])]
         off: bool,
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
         dir: PathBuf,
@@ -128,6 +130,7 @@ enum Cmd {
         /// Re-read and re-hash every file instead of trusting the tracker.
         #[arg(long)]
         full: bool,
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -141,6 +144,7 @@ enum Cmd {
         /// Only the snapshots of this host (repeatable).
         #[arg(long = "host", value_name = "NAME")]
         hosts: Vec<String>,
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
         dir: Option<PathBuf>,
@@ -149,6 +153,7 @@ enum Cmd {
     Diff {
         #[arg(long)]
         repo: Option<String>,
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
         /// DIR A B, or with --repo just A B.
@@ -186,6 +191,7 @@ enum Cmd {
         /// heal from, beside the replicas kept with it; repeatable.
         #[arg(long, value_name = "REPO")]
         heal_from: Vec<String>,
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -197,6 +203,7 @@ enum Cmd {
     /// Revert a mounted directory (or PATH in it) to a snapshot, in place,
     /// after taking a safety snapshot; only what differs is written.
     Rollback {
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
         dir: PathBuf,
@@ -232,6 +239,7 @@ enum Cmd {
         /// Parallel pack readers (default: the number of cores).
         #[arg(short = 'j', long)]
         jobs: Option<usize>,
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -264,6 +272,7 @@ enum Cmd {
         /// Prune afterwards.
         #[arg(long)]
         prune: bool,
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -286,6 +295,7 @@ enum Cmd {
         /// than the lag of the store's listings, twice over.
         #[arg(long, value_name = "DURATION", value_parser = snapfs::ops::schedule::parse_duration)]
         grace: Option<u64>,
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -300,6 +310,7 @@ enum Cmd {
     },
     /// Show the mount, the repository and the dirty set.
     Status {
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
         /// List dirty files with their dirty block ranges.
@@ -350,6 +361,7 @@ enum KeyCmd {
     List {
         #[arg(long)]
         repo: Option<String>,
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
         dir: Option<PathBuf>,
@@ -401,6 +413,7 @@ enum ReplicaCmd {
     /// Make URL a replica (a path or s3:https://HOST/BUCKET/PREFIX); the
     /// history is copied in the background (`replica sync` waits for it).
     Add {
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
         dir: PathBuf,
@@ -410,6 +423,7 @@ enum ReplicaCmd {
     Remove { dir: PathBuf, url: String },
     /// Copy what each replica lacks now, and wait.
     Sync {
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -418,6 +432,7 @@ enum ReplicaCmd {
     },
     /// Each replica and how far behind it is.
     List {
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
         dir: PathBuf,

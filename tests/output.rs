@@ -78,6 +78,18 @@ fn every_command_s_json_holds_the_fields_the_readme_lists() {
     assert!(v["key_file"].is_null() && v["copied"].is_null(), "{v}");
     c.check("init", &v);
 
+    // an encrypted one: init says so, and its key slots
+    let pw = t.path().join("pw");
+    fs::write(&pw, "correct horse battery\n").unwrap();
+    let sealed = t.path().join("sealed");
+    let cheap = ["--kdf-memory", "8", "--kdf-iterations", "1"];
+    let (ok, v) = json_of(&[&["init", "--json", "--password-file", s(&pw)][..], &cheap, &[s(&sealed)]].concat());
+    assert!(ok && v["encrypted"] == true, "{v}");
+    c.check("init", &v);
+    let (ok, v) = json_of(&["key", "list", "--json", "--password-file", s(&pw), "--repo", s(&sealed)]);
+    assert!(ok && v[0]["current"] == true, "{v}");
+    c.check("key list", &v);
+
     let d = t.path().join("d");
     fs::create_dir_all(d.join("sub")).unwrap();
     fs::write(d.join("a.txt"), b"one").unwrap();
