@@ -265,6 +265,36 @@ fn progress_is_json_lines_on_request_and_nothing_without_a_terminal() {
     m.umount();
 }
 
+/// On a terminal (a pty from util-linux's `script`), a restore draws a
+/// bar on stderr, clears it, and then prints its report.
+#[test]
+fn a_restore_on_a_terminal_shows_a_bar_then_its_report() {
+    let t = open_tempdir();
+    let d = t.path().join("d");
+    fs::create_dir(&d).unwrap();
+    for i in 0..3 {
+        fs::write(d.join(format!("f{i}")), noise(i, 4 << 20)).unwrap();
+    }
+    let m = Mounted::new(&d);
+    snap(&m.dir, "s1");
+    let target = t.path().join("r");
+    let cmd = format!("{} restore {} s1 {}", bin().display(), m.dir.display(), target.display());
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("SNAPFS_PROGRESS_AFTER_MS", "0") // the bar at once, however quick the restore
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux) runs the restore on a pty");
+    let screen = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{screen}");
+    assert!(screen.contains("restore files") || screen.contains("restore directories"), "no bar: {screen:?}");
+    let report = screen.find("restored s1 to ").unwrap_or_else(|| panic!("no report: {screen:?}"));
+    assert!(!screen[report..].contains("restore files"), "the bar is drawn after the report: {screen:?}");
+    assert_eq!(fs::read(target.join("f2")).unwrap(), noise(2, 4 << 20));
+    m.umount();
+}
+
 #[test]
 fn a_reader_that_goes_away_after_one_line_ends_list_quietly() {
     let t = open_tempdir();

@@ -178,6 +178,11 @@ fn watch(
         Show::Json => (Duration::from_secs(1), Duration::from_secs(1)),
         _ => (Duration::from_millis(400), Duration::from_millis(200)),
     };
+    // (tests show it at once: SNAPFS_PROGRESS_AFTER_MS=0)
+    let first = std::env::var("SNAPFS_PROGRESS_AFTER_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(first, Duration::from_millis);
     let mut seen = None;
     let mut wait = first;
     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
@@ -223,10 +228,11 @@ impl Shape {
 
     fn style(self) -> ProgressStyle {
         let template = match self {
+            // (the bar takes the width the rest leaves: one line, never wrapped)
             Shape::Bytes => {
-                "{prefix} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}, ETA {eta} {msg}"
+                "{prefix} {binary_bytes}/{binary_total_bytes}, {binary_bytes_per_sec}, ETA {eta}, {msg} [{wide_bar}]"
             }
-            Shape::Items => "{prefix} [{bar:30}] {pos}/{len} {msg}, ETA {eta}",
+            Shape::Items => "{prefix} {pos}/{len} {msg}, ETA {eta} [{wide_bar}]",
             Shape::FlowingBytes => "{spinner} {prefix}: {binary_bytes} ({binary_bytes_per_sec}) {msg}, {elapsed}",
             Shape::Counts => "{spinner} {prefix}: {msg}, {elapsed}",
         };
@@ -262,47 +268,48 @@ impl Display {
     }
 
     fn draw(&mut self, t: &Tick) {
-        let bar = self.bar.get_or_insert_with(|| ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()));
         let shape = Shape::of(t);
-        if self.style.as_ref() != Some(&(t.phase.clone(), shape)) {
-            // a new phase: its rate and ETA count from what it has done so far
-            bar.reset();
-            bar.set_style(shape.style());
-            bar.set_prefix(format!("{} {}", self.task, t.phase));
-            bar.set_position(match shape {
-                Shape::Items => t.items_done,
-                _ => t.bytes_done,
-            });
-            bar.reset_eta();
-            bar.enable_steady_tick(Duration::from_millis(200));
-            self.style = Some((t.phase.clone(), shape));
-        }
         let counted = match (t.items_total, t.items) {
             (_, "") => String::new(),
             (Some(n), what) => format!("{}/{n} {what}", t.items_done),
             (None, what) => format!("{} {what}", t.items_done),
         };
-        match shape {
-            Shape::Bytes => {
-                bar.set_length(t.bytes_total.unwrap_or(0));
-                bar.set_position(t.bytes_done);
-                bar.set_message(counted);
-            }
+        let (len, pos, msg) = match shape {
+            Shape::Bytes => (t.bytes_total, t.bytes_done, counted),
             Shape::Items => {
-                bar.set_length(t.items_total.unwrap_or(0));
-                bar.set_position(t.items_done);
                 let bytes = match t.bytes_done {
                     0 => String::new(),
                     n => format!(", {}", snapfs::util::human_bytes(n)),
                 };
-                bar.set_message(format!("{}{bytes}", t.items));
+                (t.items_total, t.items_done, format!("{}{bytes}", t.items))
             }
-            Shape::FlowingBytes => {
-                bar.set_position(t.bytes_done);
-                bar.set_message(counted);
+            Shape::FlowingBytes => (None, t.bytes_done, counted),
+            Shape::Counts => (None, 0, counted),
+        };
+        if self.style.as_ref() != Some(&(t.phase.clone(), shape)) {
+            // a new phase, a new bar: made whole before it is drawn, its
+            // rate and ETA counted from what the phase has done so far
+            if let Some(old) = self.bar.take() {
+                old.finish_and_clear();
             }
-            Shape::Counts => bar.set_message(counted),
+            let bar = ProgressBar::hidden().with_style(shape.style()).with_prefix(format!("{} {}", self.task, t.phase));
+            if let Some(len) = len {
+                bar.set_length(len);
+            }
+            bar.set_position(pos);
+            bar.set_message(msg.clone());
+            bar.reset_eta();
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+            bar.enable_steady_tick(Duration::from_millis(200));
+            self.bar = Some(bar);
+            self.style = Some((t.phase.clone(), shape));
         }
+        let Some(bar) = &self.bar else { return };
+        if let Some(len) = len {
+            bar.set_length(len);
+        }
+        bar.set_position(pos);
+        bar.set_message(msg);
     }
 
     /// The work is over: a last JSON line, or the bar cleared (the
