@@ -420,7 +420,13 @@ enum ReplicaCmd {
         url: String,
     },
     /// Stop replicating to URL (its copy stays as it is).
-    Remove { dir: PathBuf, url: String },
+    Remove {
+        /// Print the result as JSON (README, "JSON output").
+        #[arg(long)]
+        json: bool,
+        dir: PathBuf,
+        url: String,
+    },
     /// Copy what each replica lacks now, and wait.
     Sync {
         /// Print the result as JSON (README, "JSON output").

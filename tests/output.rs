@@ -159,6 +159,11 @@ fn every_command_s_json_holds_the_fields_the_readme_lists() {
     c.check("replica sync", &v);
     let (_, v) = json_of(&["replica", "list", "--json", dir]);
     c.check("replica list", &v);
+    let other = t.path().join("replica2");
+    run_ok(&["replica", "add", dir, s(&other)]);
+    let (ok, v) = json_of(&["replica", "remove", "--json", dir, s(&other)]);
+    assert!(ok && v.as_array().unwrap().len() == 1, "{v}");
+    c.check("replica remove", &v);
 
     // the repository read offline gives the same shapes
     m.umount();

@@ -389,8 +389,8 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
                 ReplicaCmd::Add { json, dir, url } => {
                     (dir, Request::Replica { add: Some(url), remove: None, sync: false }, json)
                 }
-                ReplicaCmd::Remove { dir, url } => {
-                    (dir, Request::Replica { add: None, remove: Some(url), sync: false }, false)
+                ReplicaCmd::Remove { json, dir, url } => {
+                    (dir, Request::Replica { add: None, remove: Some(url), sync: false }, json)
                 }
                 ReplicaCmd::Sync { json, out: o, dir } => {
                     out = o;
