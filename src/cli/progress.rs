@@ -108,6 +108,23 @@ pub enum Final {
 }
 
 impl Final {
+    /// The last line's numbers, given the last ones polled.
+    fn tick(self, seen: Option<Tick>) -> Tick {
+        let seen = || seen.unwrap_or_else(|| Tick { phase: "starting".into(), ..Default::default() });
+        match self {
+            Final::Tick(t) => t,
+            Final::AsSeen => seen(),
+            Final::Completed => {
+                let t = seen();
+                Tick {
+                    bytes_done: t.bytes_total.unwrap_or(t.bytes_done),
+                    items_done: t.items_total.unwrap_or(t.items_done),
+                    ..t
+                }
+            }
+        }
+    }
+
     /// `Completed` for a daemon's reply that says it is done, else `AsSeen`.
     pub fn of_reply<E>(r: &Result<snapfs::control::Reply, E>) -> Final {
         match r {
@@ -142,20 +159,7 @@ pub fn run<T>(
         let r = work();
         drop(stop);
         let (mut display, seen) = watcher.join().unwrap_or_else(|_| (Display::new(show, task, t0), None));
-        let seen = || seen.unwrap_or_else(|| Tick { phase: "starting".into(), ..Default::default() });
-        let end = match last(&r) {
-            Final::Tick(t) => t,
-            Final::AsSeen => seen(),
-            Final::Completed => {
-                let t = seen();
-                Tick {
-                    bytes_done: t.bytes_total.unwrap_or(t.bytes_done),
-                    items_done: t.items_total.unwrap_or(t.items_done),
-                    ..t
-                }
-            }
-        };
-        display.finish(&end);
+        display.finish(&last(&r).tick(seen));
         r
     });
     log::set_max_level(log_level);
@@ -414,5 +418,87 @@ impl Tick {
             items_total: Some(list.len() as u64),
             items: "replicas",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use snapfs::ops::verify::ProgressView;
+
+    fn view(phase: &str) -> ProgressView {
+        ProgressView {
+            phase: phase.into(),
+            packs_total: 10,
+            packs_done: 4,
+            bytes_total: 1000,
+            bytes_done: 400,
+            snapshots_total: 3,
+            snapshots_done: 1,
+        }
+    }
+
+    #[test]
+    fn each_phase_of_a_verify_or_prune_counts_what_it_does() {
+        let t = Tick::of_task(&view("data"));
+        assert_eq!((t.bytes_done, t.bytes_total, t.items_done, t.items_total), (400, Some(1000), 4, Some(10)));
+        assert_eq!((t.items, Shape::of(&t)), ("packs", Shape::Bytes));
+        let t = Tick::of_task(&view("packs"));
+        assert_eq!((t.bytes_total, t.items_done, t.items_total, Shape::of(&t)), (None, 4, Some(10), Shape::Items));
+        let t = Tick::of_task(&view("snapshots"));
+        assert_eq!((t.items, t.items_done, t.items_total), ("snapshots", 1, Some(3)));
+        let t = Tick::of_task(&view("deleting"));
+        assert_eq!((t.bytes_total, t.items_total, Shape::of(&t)), (None, None, Shape::Counts));
+    }
+
+    #[test]
+    fn a_snapshot_has_no_total_and_spins_with_its_rate() {
+        let st = snapfs::snapshot::SnapshotStats { files_read: 7, read_bytes: 5 << 20, ..Default::default() };
+        let t = Tick::of_snapshot(&st);
+        assert_eq!((t.bytes_done, t.bytes_total, t.items_done, t.items), (5 << 20, None, 7, "files"));
+        assert_eq!(Shape::of(&t), Shape::FlowingBytes);
+        assert_eq!(Shape::of(&Tick { bytes_done: 0, ..t }), Shape::Counts);
+    }
+
+    #[test]
+    fn the_last_line_is_the_result_or_the_last_seen_completed_or_not() {
+        let seen = Tick {
+            phase: "copying".into(),
+            bytes_done: 10,
+            bytes_total: Some(50),
+            items_done: 0,
+            items_total: Some(2),
+            items: "replicas",
+        };
+        let done = Final::Completed.tick(Some(seen.clone()));
+        assert_eq!((done.bytes_done, done.items_done, done.phase.as_str()), (50, 2, "copying"));
+        assert_eq!(Final::AsSeen.tick(Some(seen.clone())), seen);
+        let given = Tick { phase: "reading".into(), ..Default::default() };
+        assert_eq!(Final::Tick(given.clone()).tick(Some(seen)), given);
+        // nothing polled before it ended: the totals stay unknown
+        let none = Final::Completed.tick(None);
+        assert_eq!((none.phase.as_str(), none.bytes_total, none.items_total), ("starting", None, None));
+    }
+
+    #[test]
+    fn a_json_line_holds_every_field_even_unknown_totals() {
+        let t = Tick { phase: "reading".into(), bytes_done: 3, items_done: 1, items: "files", ..Default::default() };
+        let line = Line { kind: "progress", task: "snapshot", tick: &t, elapsed_sec: 1.5, done: false };
+        let v: serde_json::Value = serde_json::to_value(&line).unwrap();
+        let want = serde_json::json!({
+            "type": "progress", "task": "snapshot", "phase": "reading", "bytes_done": 3, "bytes_total": null,
+            "items_done": 1, "items_total": null, "items": "files", "elapsed_sec": 1.5, "done": false
+        });
+        assert_eq!(v, want);
+    }
+
+    #[test]
+    fn quiet_and_json_output_turn_the_bar_off_but_not_json_lines() {
+        let args = |progress, quiet| ProgressArgs { progress, quiet };
+        assert_eq!(args(When::Auto, false).show(true), Show::Nothing);
+        assert_eq!(args(When::None, false).show(false), Show::Nothing);
+        assert_eq!(args(When::Json, false).show(true), Show::Json);
+        assert_eq!(args(When::Json, true).show(false), Show::Json);
+        assert_eq!(args(When::Auto, true).show(false), Show::Nothing);
     }
 }
