@@ -326,7 +326,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
                 "restore",
                 || Some(progress::Tick::of_restore(&watch)),
                 || snapfs::ops::restore::restore(&objects, snap, sub, &target, &opts),
-                |_| progress::Final::Tick(progress::Tick::of_restored(&watch)),
+                |_| progress::Final::Tick(progress::Tick::of_restore(&watch)),
             )?;
             if out.quiet {
                 return Ok(());

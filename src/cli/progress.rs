@@ -50,9 +50,10 @@ pub enum Show {
 
 impl ProgressArgs {
     /// What to show, for a command whose result goes out as JSON (`json`)
-    /// or as text. With --quiet, info logs are muted too.
+    /// or as text. With --quiet or --progress json, info logs are muted
+    /// too (stderr then holds the progress lines, warnings and errors).
     pub fn show(&self, json: bool) -> Show {
-        if self.quiet {
+        if self.quiet || self.progress == When::Json {
             mute_info_logs();
         }
         match self.progress {
@@ -148,11 +149,9 @@ pub fn run<T>(
         return work();
     }
     let t0 = Instant::now();
-    // info lines written under a bar would tear it
+    // info lines written under a bar would tear it (and are not JSON lines)
     let log_level = log::max_level();
-    if show == Show::Bar {
-        mute_info_logs();
-    }
+    mute_info_logs();
     let r = std::thread::scope(|s| {
         let (stop, stopped) = mpsc::channel::<()>();
         let watcher = s.spawn(move || watch(show, task, t0, poll, stopped));
@@ -359,35 +358,22 @@ impl Tick {
         Tick { phase, bytes_done, bytes_total, items_done, items_total, items }
     }
 
-    /// A restore (`RestoreProgress`).
+    /// A restore (`RestoreProgress`): the directories made, then the
+    /// files written or found right, then their metadata and the links.
     pub fn of_restore(p: &snapfs::ops::restore::RestoreProgress) -> Tick {
         let v = p.view();
         match v.phase {
             "directories" => {
                 Tick { phase: v.phase.into(), items_done: v.dirs, items: "directories", ..Default::default() }
             }
-            // (the directories' metadata, the hard links: no bytes flow)
-            "finishing" => Tick {
-                phase: v.phase.into(),
+            phase => Tick {
+                phase: phase.into(),
+                bytes_done: v.bytes_done,
+                bytes_total: Some(v.bytes_total),
                 items_done: v.files_done,
                 items_total: Some(v.files_total),
                 items: "files",
-                ..Default::default()
             },
-            _ => Tick::of_restored(p),
-        }
-    }
-
-    /// The files of a restore: written or found right, of all.
-    pub fn of_restored(p: &snapfs::ops::restore::RestoreProgress) -> Tick {
-        let v = p.view();
-        Tick {
-            phase: "files".into(),
-            bytes_done: v.bytes_done,
-            bytes_total: Some(v.bytes_total),
-            items_done: v.files_done,
-            items_total: Some(v.files_total),
-            items: "files",
         }
     }
 
