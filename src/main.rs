@@ -44,6 +44,9 @@ enum Cmd {
         /// OLD's key file, if it is encrypted.
         #[arg(long, value_name = "FILE", requires = "copy_from", conflicts_with = "from_password_file")]
         from_key_file: Option<PathBuf>,
+        /// Print the result as JSON (README, "JSON output").
+        #[arg(long)]
+        json: bool,
         repo: String,
     },
     /// An encrypted repository's key slots: list, add (--write-only for
@@ -108,6 +111,7 @@ enum Cmd {
         /// No more automatic snapshots.
         #[arg(long, conflicts_with_all = ["every", "max_dirty", "max_age", "settle", "keep"])]
         off: bool,
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
         dir: PathBuf,
@@ -127,8 +131,11 @@ enum Cmd {
         /// Re-read and re-hash every file instead of trusting the tracker.
         #[arg(long)]
         full: bool,
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        out: cli::progress::ProgressArgs,
         dir: PathBuf,
     },
     /// List the snapshots of a directory or a repository.
@@ -138,6 +145,7 @@ enum Cmd {
         /// Only the snapshots of this host (repeatable).
         #[arg(long = "host", value_name = "NAME")]
         hosts: Vec<String>,
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
         dir: Option<PathBuf>,
@@ -146,6 +154,7 @@ enum Cmd {
     Diff {
         #[arg(long)]
         repo: Option<String>,
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
         /// DIR A B, or with --repo just A B.
@@ -183,8 +192,11 @@ enum Cmd {
         /// heal from, beside the replicas kept with it; repeatable.
         #[arg(long, value_name = "REPO")]
         heal_from: Vec<String>,
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        out: cli::progress::ProgressArgs,
         /// [DIR] SNAPSHOT[:PATH] TARGET (DIR when not --repo)
         #[arg(num_args = 2..=3)]
         args: Vec<String>,
@@ -192,6 +204,7 @@ enum Cmd {
     /// Revert a mounted directory (or PATH in it) to a snapshot, in place,
     /// after taking a safety snapshot; only what differs is written.
     Rollback {
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
         dir: PathBuf,
@@ -227,8 +240,11 @@ enum Cmd {
         /// Parallel pack readers (default: the number of cores).
         #[arg(short = 'j', long)]
         jobs: Option<usize>,
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        out: cli::progress::ProgressArgs,
         dir: Option<PathBuf>,
     },
     /// Remove snapshots: by name, or all but those the keep rules keep.
@@ -257,8 +273,11 @@ enum Cmd {
         /// Prune afterwards.
         #[arg(long)]
         prune: bool,
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        out: cli::progress::ProgressArgs,
         /// [DIR] [NAME...] (DIR unless --repo)
         args: Vec<String>,
     },
@@ -277,8 +296,11 @@ enum Cmd {
         /// than the lag of the store's listings, twice over.
         #[arg(long, value_name = "DURATION", value_parser = snapfs::ops::schedule::parse_duration)]
         grace: Option<u64>,
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        out: cli::progress::ProgressArgs,
         dir: Option<PathBuf>,
     },
     /// Copies of a mounted directory's repository elsewhere (a bucket,
@@ -289,6 +311,7 @@ enum Cmd {
     },
     /// Show the mount, the repository and the dirty set.
     Status {
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
         /// List dirty files with their dirty block ranges.
@@ -345,6 +368,7 @@ enum KeyCmd {
     List {
         #[arg(long)]
         repo: Option<String>,
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
         dir: Option<PathBuf>,
@@ -396,21 +420,32 @@ enum ReplicaCmd {
     /// Make URL a replica (a path or s3:https://HOST/BUCKET/PREFIX); the
     /// history is copied in the background (`replica sync` waits for it).
     Add {
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
         dir: PathBuf,
         url: String,
     },
     /// Stop replicating to URL (its copy stays as it is).
-    Remove { dir: PathBuf, url: String },
-    /// Copy what each replica lacks now, and wait.
-    Sync {
+    Remove {
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
+        dir: PathBuf,
+        url: String,
+    },
+    /// Copy what each replica lacks now, and wait.
+    Sync {
+        /// Print the result as JSON (README, "JSON output").
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        out: cli::progress::ProgressArgs,
         dir: PathBuf,
     },
     /// Each replica and how far behind it is.
     List {
+        /// Print the result as JSON (README, "JSON output").
         #[arg(long)]
         json: bool,
         dir: PathBuf,

@@ -201,36 +201,6 @@ pub fn show_path(p: &[u8]) -> String {
     )
 }
 
-/// Keep one progress line on stderr up to date until `done`: from `after`
-/// on, every `every`, the line `line` makes (given the time since the start;
-/// `None`: nothing to show yet); a newline at the end if anything was shown.
-pub fn progress_line(
-    done: &std::sync::atomic::AtomicBool,
-    after: std::time::Duration,
-    every: std::time::Duration,
-    mut line: impl FnMut(std::time::Duration) -> Option<String>,
-) {
-    use std::io::Write;
-    let t0 = std::time::Instant::now();
-    let mut shown = false;
-    let mut last: Option<std::time::Instant> = None;
-    while !done.load(std::sync::atomic::Ordering::SeqCst) {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        if t0.elapsed() < after || last.is_some_and(|l| l.elapsed() < every) {
-            continue;
-        }
-        last = Some(std::time::Instant::now());
-        if let Some(l) = line(t0.elapsed()) {
-            eprint!("\r  {l}   ");
-            let _ = std::io::stderr().flush();
-            shown = true;
-        }
-    }
-    if shown {
-        eprintln!();
-    }
-}
-
 /// Locks that carry on after a thread panicked while holding them: the
 /// data they guard stays consistent step by step (each critical section
 /// leaves it whole or not at all), and one panicking request must not stop

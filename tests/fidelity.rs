@@ -384,7 +384,7 @@ fn damaged_records_are_shown_named_and_give_eio() {
     assert_eq!(out.status.code(), Some(1), "restore: {}", String::from_utf8_lossy(&out.stderr));
     // (and restore given such a record directly refuses it too)
     let objects = Objects::open(Arc::new(LocalStore::new(&repo)), None).unwrap();
-    let opts = snapfs::ops::restore::RestoreOptions { jobs: 1, overwrite: false, progress: false };
+    let opts = snapfs::ops::restore::RestoreOptions { jobs: 1, overwrite: false, progress: None };
     let info = snapshot::SnapshotInfo { id: SnapshotId::parse(&huge).unwrap(), record: rec, damaged: None };
     let err = snapfs::ops::restore::restore(&objects, &info, "", &target, &opts).unwrap_err();
     assert!(format!("{err:#}").contains("block size"), "{err:#}");

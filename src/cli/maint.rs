@@ -1,86 +1,30 @@
 //! Client side of the maintenance commands: verify, forget, prune.
 
-use std::io::IsTerminal;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use snapfs::control::{self, Request};
 use snapfs::ops::health::Health;
 use snapfs::ops::maint::{self, ForgetReport, Policy, PruneOptions, PruneReport};
-use snapfs::ops::verify::{self, ProgressView, VerifyOptions, VerifyProgress, VerifyReport};
+use snapfs::ops::verify::{self, VerifyOptions, VerifyProgress, VerifyReport};
 use snapfs::repo::objstore::Objects;
 use snapfs::repo::{Repo, RepoError};
 use snapfs::util;
 
 use super::mounted;
+use super::progress::{self, Final, ProgressArgs, Show, Tick};
 
-/// `[#####.....]`
-fn bar(done: u64, total: u64) -> String {
-    const W: usize = 24;
-    let frac = if total == 0 { 0.0 } else { (done as f64 / total as f64).min(1.0) };
-    let n = (frac * W as f64) as usize;
-    format!("[{}{}] {:>3.0}%", "#".repeat(n), ".".repeat(W - n), frac * 100.0)
+/// The daemon's progress of the verify or prune it runs for us.
+fn daemon_task(d: &Path) -> Option<Tick> {
+    let v = control::call(d, &Request::Progress, Duration::from_secs(5)).ok()?.task?;
+    Some(Tick::of_task(&v))
 }
 
-fn task_line(v: &ProgressView, t0: Instant) -> String {
-    let secs = t0.elapsed().as_secs();
-    match v.phase.as_str() {
-        "packs" => {
-            format!("{} pack trailers {}/{}, {secs} s", bar(v.packs_done, v.packs_total), v.packs_done, v.packs_total)
-        }
-        "data" => format!(
-            "{} reading data {}/{} ({} of {} packs), {secs} s",
-            bar(v.bytes_done, v.bytes_total),
-            util::human_bytes(v.bytes_done),
-            util::human_bytes(v.bytes_total),
-            v.packs_done,
-            v.packs_total
-        ),
-        "snapshots" => format!(
-            "{} snapshots {}/{}, {secs} s",
-            bar(v.snapshots_done, v.snapshots_total),
-            v.snapshots_done,
-            v.snapshots_total
-        ),
-        "copying" => format!(
-            "{} copying objects in use {}/{}, {secs} s",
-            bar(v.bytes_done, v.bytes_total),
-            util::human_bytes(v.bytes_done),
-            util::human_bytes(v.bytes_total)
-        ),
-        "live" => format!(
-            "{} live files {}/{}, {secs} s",
-            bar(v.bytes_done, v.bytes_total),
-            util::human_bytes(v.bytes_done),
-            util::human_bytes(v.bytes_total)
-        ),
-        other => format!("{other}, {secs} s"),
-    }
-}
-
-/// Show a progress bar on stderr (a terminal only) until `done`.
-fn show_task(done: &AtomicBool, get: impl Fn() -> Option<ProgressView>) {
-    let t0 = Instant::now();
-    util::progress_line(done, Duration::from_millis(500), Duration::from_millis(100), |_| {
-        get().map(|v| task_line(&v, t0))
-    })
-}
-
-/// Run `work` while a progress bar shows what `get` reports.
-fn with_progress<T>(quiet: bool, get: impl Fn() -> Option<ProgressView> + Send, work: impl FnOnce() -> T) -> T {
-    if quiet || !std::io::stderr().is_terminal() {
-        return work();
-    }
-    let done = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        s.spawn(|| show_task(&done, get));
-        let r = work();
-        done.store(true, Ordering::SeqCst);
-        r
-    })
+/// Run `work` while `p` shows how far it is.
+fn with_task<T>(show: Show, task: &'static str, p: &VerifyProgress, work: impl FnOnce() -> T) -> T {
+    progress::run(show, task, || Some(Tick::of_task(&p.view())), work, |_| Final::Tick(Tick::of_task(&p.view())))
 }
 
 /// Open an unmounted repository for exclusive maintenance.
@@ -109,6 +53,7 @@ pub struct VerifyArgs<'a> {
     pub from: &'a [String],
     pub jobs: Option<usize>,
     pub json: bool,
+    pub out: &'a ProgressArgs,
 }
 
 pub fn verify(a: VerifyArgs) -> Result<()> {
@@ -121,6 +66,7 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
         }
     }
     let jobs = a.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)).max(1);
+    let show = a.out.show(a.json);
     let report: VerifyReport = if let Some(d) = mounted(a.dir, a.repo) {
         let req = Request::Verify {
             read_data: a.read_data,
@@ -133,8 +79,8 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
                 .map(|u| snapfs::repo::Location::parse_canonical(u).map(|l| l.to_string()))
                 .collect::<Result<_, _>>()?,
         };
-        let get = || control::call(&d, &Request::Progress, Duration::from_secs(5)).ok().and_then(|r| r.task);
-        let r = with_progress(a.json, get, || control::call(&d, &req, Duration::from_secs(30 * 86400)))
+        let work = || control::call(&d, &req, Duration::from_secs(30 * 86400));
+        let r = progress::run(show, "verify", || daemon_task(&d), work, Final::of_reply)
             .with_context(|| format!("asking the daemon of {}", d.display()))?;
         r.answer("verify report", |r| r.verify)?
     } else {
@@ -155,13 +101,11 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
             for url in a.from {
                 sources.push(snapfs::ops::replica::source(url, &r.config.id, r.store().keys())?);
             }
-            with_progress(
-                a.json,
-                || Some(p.view()),
-                || snapfs::ops::repair::verify_and_repair(&objects, &opts, &health, &p, &sources),
-            )?
+            with_task(show, "verify", &p, || {
+                snapfs::ops::repair::verify_and_repair(&objects, &opts, &health, &p, &sources)
+            })?
         } else {
-            with_progress(a.json, || Some(p.view()), || verify::run(&objects, &opts, &health, &p))?
+            with_task(show, "verify", &p, || verify::run(&objects, &opts, &health, &p))?
         };
         if a.rebuild_index && !report.index_problems.is_empty() {
             let n = objects.rebuild_index()?;
@@ -171,8 +115,11 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
+    } else if !a.out.quiet {
         print!("{}", verify::render(&report));
+    } else if !report.ok {
+        // quiet: what is damaged is the error
+        eprint!("{}", verify::render(&report));
     }
     if let Ok(r) = super::locate_repo(a.dir, a.repo) {
         let exposed = snapfs::os::private::exposure(&r.path);
@@ -199,20 +146,25 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
 }
 
 /// `snapfs verify DIR --live`.
-pub fn verify_live(dir: &Path, json: bool) -> Result<()> {
+pub fn verify_live(dir: &Path, json: bool, out: &ProgressArgs) -> Result<()> {
     let Some(d) = mounted(Some(dir), None) else {
         bail!("{} is not a snapfs mount: --live compares a mounted directory with its dirty set", dir.display());
     };
     // what the kernel still holds goes to the daemon (and so to the tracker)
     snapfs::daemon::syncfs(&d);
-    let get = || control::call(&d, &Request::Progress, Duration::from_secs(5)).ok().and_then(|r| r.task);
-    let r = with_progress(json, get, || control::call(&d, &Request::VerifyLive, Duration::from_secs(30 * 86400)))
+    let work = || control::call(&d, &Request::VerifyLive, Duration::from_secs(30 * 86400));
+    let r = progress::run(out.show(json), "verify-live", || daemon_task(&d), work, Final::of_reply)
         .with_context(|| format!("asking the daemon of {}", d.display()))?;
     let report = r.answer("verify --live report", |r| r.live)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", snapfs::ops::verify_live::render(&report));
+    } else if !out.quiet || !report.ok {
+        let text = snapfs::ops::verify_live::render(&report);
+        if out.quiet {
+            eprint!("{text}");
+        } else {
+            print!("{text}");
+        }
     }
     if !report.ok {
         bail!("the tracker missed {} changes: the next snapshot should be taken with --full", report.missed_count);
@@ -228,9 +180,11 @@ pub struct ForgetArgs<'a> {
     pub dry_run: bool,
     pub prune: bool,
     pub json: bool,
+    pub out: &'a ProgressArgs,
 }
 
 pub fn forget(a: ForgetArgs) -> Result<()> {
+    a.out.show(a.json); // (--quiet mutes the logs too)
     let report: ForgetReport = if let Some(d) = mounted(a.dir, a.repo) {
         let req = Request::Forget { names: a.names.clone(), policy: a.policy.clone(), dry_run: a.dry_run };
         let r = control::call(&d, &req, Duration::from_secs(3600))
@@ -242,7 +196,7 @@ pub fn forget(a: ForgetArgs) -> Result<()> {
     };
     if a.json && !a.prune {
         println!("{}", serde_json::to_string_pretty(&report)?);
-    } else if !a.json {
+    } else if !a.json && !a.out.quiet {
         let verb = if report.dry_run { "would remove" } else { "removed" };
         for s in &report.kept {
             let why = if s.reasons.is_empty() { String::new() } else { format!(" ({})", s.reasons.join(", ")) };
@@ -254,41 +208,46 @@ pub fn forget(a: ForgetArgs) -> Result<()> {
         println!("{verb} {} snapshots, kept {}", report.removed.len(), report.kept.len());
     }
     if a.prune && a.dry_run {
-        eprintln!("snapfs: --dry-run: not pruning (a prune now would not see these snapshots gone)");
+        if !a.out.quiet {
+            eprintln!("snapfs: --dry-run: not pruning (a prune now would not see these snapshots gone)");
+        }
     } else if a.prune {
         let p = prune_report(&PruneArgs {
             dir: a.dir,
             repo: a.repo,
             dry_run: a.dry_run,
+            max_unused: None,
+            grace_secs: None,
             json: a.json,
-            ..Default::default()
+            out: a.out,
         })?;
         if a.json {
             println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "forget": report, "prune": p }))?);
-        } else {
+        } else if !a.out.quiet {
             print_prune(&p);
         }
     }
     Ok(())
 }
 
-#[derive(Default, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct PruneArgs<'a> {
     pub dir: Option<&'a Path>,
     pub repo: Option<&'a str>,
     pub dry_run: bool,
     pub max_unused: Option<f64>,
     pub grace_secs: Option<u64>,
-    /// (JSON out: no progress bar either)
     pub json: bool,
+    pub out: &'a ProgressArgs,
 }
 
 fn prune_report(a: &PruneArgs) -> Result<PruneReport> {
-    let PruneArgs { dir, repo, dry_run, max_unused, grace_secs, json: quiet } = *a;
+    let PruneArgs { dir, repo, dry_run, max_unused, grace_secs, json, out } = *a;
+    let show = out.show(json);
     if let Some(d) = mounted(dir, repo) {
         let req = Request::Prune { dry_run, max_unused, grace_secs };
-        let get = || control::call(&d, &Request::Progress, Duration::from_secs(5)).ok().and_then(|r| r.task);
-        let r = with_progress(quiet, get, || control::call(&d, &req, Duration::from_secs(30 * 86400)))
+        let work = || control::call(&d, &req, Duration::from_secs(30 * 86400));
+        let r = progress::run(show, "prune", || daemon_task(&d), work, Final::of_reply)
             .with_context(|| format!("asking the daemon of {}", d.display()))?;
         return Ok(r.answer("prune report", |r| r.prune)?);
     }
@@ -306,7 +265,7 @@ fn prune_report(a: &PruneArgs) -> Result<PruneReport> {
         max_unused: max_unused.unwrap_or(d.max_unused),
         grace_secs: grace_secs.unwrap_or(d.grace_secs),
     };
-    Ok(with_progress(quiet, || Some(p.view()), || maint::run_prune(&objects, &opts, &health, &p))?)
+    Ok(with_task(show, "prune", &p, || maint::run_prune(&objects, &opts, &health, &p))?)
 }
 
 fn print_prune(p: &PruneReport) {
@@ -342,7 +301,7 @@ pub fn prune(a: PruneArgs) -> Result<()> {
     let p = prune_report(&a)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&p)?);
-    } else {
+    } else if !a.out.quiet {
         print_prune(&p);
     }
     Ok(())

@@ -7,11 +7,11 @@ pub mod generate;
 pub mod keys;
 pub mod maint;
 pub mod mount_helper;
+pub mod progress;
 pub mod recovery;
 pub mod snapshots;
 pub mod status;
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             copy_from,
             from_password_file,
             from_key_file,
+            json,
             repo,
         } => {
             let mut bs =
@@ -86,26 +87,45 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             let enc = src.as_ref().map(|source| repo::Encryption { source, kdf });
             let r = Repo::init_at(&loc, bs, None, enc.as_ref())?;
             let how = if r.is_encrypted() { "encrypted" } else { "NOT encrypted" };
-            println!(
-                "created repository {} (id {}, block size {}, {how})",
-                r.location,
-                r.config.id,
-                util::human_bytes(bs)
-            );
-            if let Some(p) = made {
-                println!("key file {} made: keep a copy elsewhere, it opens the repository", p.display());
+            if !json {
+                println!(
+                    "created repository {} (id {}, block size {}, {how})",
+                    r.location,
+                    r.config.id,
+                    util::human_bytes(bs)
+                );
+                if let Some(p) = &made {
+                    println!("key file {} made: keep a copy elsewhere, it opens the repository", p.display());
+                }
             }
-            if let Some(o) = old {
-                let from = snapfs::repo::objstore::Objects::open(o.store(), None)?;
-                let to = snapfs::repo::objstore::Objects::open(r.store(), None)?;
-                let rep = snapfs::ops::copy::copy_history(&from, &to, |s, rep| {
-                    println!(
-                        "copied {} ({} objects, {} so far)",
-                        s.record.name,
-                        rep.objects,
-                        util::human_bytes(rep.bytes)
-                    )
-                })?;
+            let copied = match &old {
+                None => None,
+                Some(o) => {
+                    let from = snapfs::repo::objstore::Objects::open(o.store(), None)?;
+                    let to = snapfs::repo::objstore::Objects::open(r.store(), None)?;
+                    Some(snapfs::ops::copy::copy_history(&from, &to, |s, rep| {
+                        if !json {
+                            println!(
+                                "copied {} ({} objects, {} so far)",
+                                s.record.name,
+                                rep.objects,
+                                util::human_bytes(rep.bytes)
+                            )
+                        }
+                    })?)
+                }
+            };
+            if json {
+                let out = serde_json::json!({
+                    "repository": r.location.to_string(),
+                    "id": r.config.id,
+                    "block_size": bs,
+                    "encrypted": r.is_encrypted(),
+                    "key_file": made.as_ref().map(|p| p.display().to_string()),
+                    "copied": copied,
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else if let (Some(o), Some(rep)) = (old, copied) {
                 println!(
                     "copied {} snapshots of {} ({} objects, {}){}",
                     rep.snapshots,
@@ -227,6 +247,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             dry_run,
             prune,
             json,
+            out,
             args,
         } => {
             let (dir, names) = match repo {
@@ -252,18 +273,20 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
                 dry_run,
                 prune,
                 json,
+                out: &out,
             })
         }
-        Cmd::Prune { repo, dry_run, max_unused, grace, json, dir } => cli_maint::prune(cli_maint::PruneArgs {
+        Cmd::Prune { repo, dry_run, max_unused, grace, json, out, dir } => cli_maint::prune(cli_maint::PruneArgs {
             dir: dir.as_deref(),
             repo: repo.as_deref(),
             dry_run,
             max_unused: max_unused.map(|p| p / 100.0),
             grace_secs: grace,
             json,
+            out: &out,
         }),
-        Cmd::Verify { live: true, json, dir: Some(dir), .. } => cli_maint::verify_live(&dir, json),
-        Cmd::Verify { repo, read_data, subset, rebuild_index, repair, from, jobs, json, dir, .. } => {
+        Cmd::Verify { live: true, json, out, dir: Some(dir), .. } => cli_maint::verify_live(&dir, json, &out),
+        Cmd::Verify { repo, read_data, subset, rebuild_index, repair, from, jobs, json, out, dir, .. } => {
             cli_maint::verify(cli_maint::VerifyArgs {
                 dir: dir.as_deref(),
                 repo: repo.as_deref(),
@@ -274,9 +297,11 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
                 from: &from,
                 jobs,
                 json,
+                out: &out,
             })
         }
-        Cmd::Restore { repo, jobs, overwrite, heal_from, json, args } => {
+        Cmd::Restore { repo, jobs, overwrite, heal_from, json, out, args } => {
+            let show = out.show(json); // (before anything logs: --quiet mutes that)
             let (dir, spec, target) = match (repo.is_some(), args.as_slice()) {
                 (true, [s, t]) => (None, s.clone(), PathBuf::from(t)),
                 (false, [d, s, t]) => (Some(PathBuf::from(d)), s.clone(), PathBuf::from(t)),
@@ -296,12 +321,18 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             };
             let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
             let t0 = Instant::now();
-            let opts = snapfs::ops::restore::RestoreOptions {
-                jobs,
-                overwrite,
-                progress: !json && std::io::stderr().is_terminal(),
-            };
-            let stats = snapfs::ops::restore::restore(&objects, snap, sub, &target, &opts)?;
+            let watch = std::sync::Arc::new(snapfs::ops::restore::RestoreProgress::default());
+            let opts = snapfs::ops::restore::RestoreOptions { jobs, overwrite, progress: Some(watch.clone()) };
+            let stats = progress::run(
+                show,
+                "restore",
+                || Some(progress::Tick::of_restore(&watch)),
+                || snapfs::ops::restore::restore(&objects, snap, sub, &target, &opts),
+                |_| progress::Final::Tick(progress::Tick::of_restore(&watch)),
+            )?;
+            if out.quiet {
+                return Ok(());
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
@@ -327,7 +358,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             let key = cli.keys.for_repo(|| repo::Location::parse_canonical(&repo).ok())?;
             daemon::browse(daemon::BrowseArgs { repo, mnt, snapshot, heal_from, foreground, ready_fd, key })
         }
-        Cmd::Snapshot { name, full, json, dir } => take_snapshot(&dir, name, full, json),
+        Cmd::Snapshot { name, full, json, out, dir } => take_snapshot(&dir, name, full, json, &out),
         Cmd::List { repo, hosts, json, dir } => {
             let mut all = list(dir.as_deref(), repo.as_deref())?;
             if !hosts.is_empty() {
@@ -355,14 +386,18 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Replica { what } => {
+            let mut out = progress::ProgressArgs { progress: progress::When::None, quiet: false };
             let (dir, req, json) = match what {
                 ReplicaCmd::Add { json, dir, url } => {
                     (dir, Request::Replica { add: Some(url), remove: None, sync: false }, json)
                 }
-                ReplicaCmd::Remove { dir, url } => {
-                    (dir, Request::Replica { add: None, remove: Some(url), sync: false }, false)
+                ReplicaCmd::Remove { json, dir, url } => {
+                    (dir, Request::Replica { add: None, remove: Some(url), sync: false }, json)
                 }
-                ReplicaCmd::Sync { json, dir } => (dir, Request::Replica { add: None, remove: None, sync: true }, json),
+                ReplicaCmd::Sync { json, out: o, dir } => {
+                    out = o;
+                    (dir, Request::Replica { add: None, remove: None, sync: true }, json)
+                }
                 ReplicaCmd::List { json, dir } => {
                     (dir, Request::Replica { add: None, remove: None, sync: false }, json)
                 }
@@ -376,12 +411,28 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             if matches!(req, Request::Replica { sync: true, .. }) {
                 daemon::syncfs(&d);
             }
-            let r = control::call(&d, &req, Duration::from_secs(30 * 86400))
-                .with_context(|| format!("asking the daemon of {}", d.display()))?;
+            let list_now = Request::Replica { add: None, remove: None, sync: false };
+            let poll = || {
+                let r = control::call(&d, &list_now, Duration::from_secs(5)).ok()?;
+                Some(progress::Tick::of_replicas(r.replicas.as_deref()?))
+            };
+            let r = progress::run(
+                out.show(json),
+                "replica-sync",
+                poll,
+                || control::call(&d, &req, Duration::from_secs(30 * 86400)),
+                |r| match r {
+                    Ok(snapfs::control::Reply { ok: true, replicas: Some(list), .. }) => {
+                        progress::Final::Tick(progress::Tick::of_synced(list))
+                    }
+                    _ => progress::Final::AsSeen,
+                },
+            )
+            .with_context(|| format!("asking the daemon of {}", d.display()))?;
             let list = r.answer("replica list", |r| r.replicas)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
-            } else {
+            } else if !out.quiet {
                 if list.is_empty() {
                     println!("no replicas");
                 }
@@ -458,20 +509,6 @@ pub(crate) fn umount(dir: &Path, lazy: bool) -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// A progress line on stderr while a long snapshot runs.
-pub(crate) fn show_progress(dir: &Path, done: &std::sync::atomic::AtomicBool) {
-    util::progress_line(done, Duration::from_secs(2), Duration::from_millis(250), |t| {
-        let p = control::call(dir, &Request::Progress, Duration::from_secs(5)).ok()?.progress?;
-        Some(format!(
-            "{} files read, {} directories, {} read, {:.0} s",
-            p.files_read,
-            p.dirs_walked,
-            util::human_bytes(p.read_bytes),
-            t.as_secs_f64()
-        ))
-    })
 }
 
 /// The repository of DIR (mounted or not) or given with --repo, reachable

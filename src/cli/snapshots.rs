@@ -1,6 +1,5 @@
 //! `snapshot`, `list`, `diff`.
 
-use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Duration;
 
@@ -12,27 +11,38 @@ use snapfs::util;
 
 use super::*;
 
-pub(crate) fn take_snapshot(dir: &Path, name: Option<String>, full: bool, json: bool) -> Result<()> {
+pub(crate) fn take_snapshot(
+    dir: &Path,
+    name: Option<String>,
+    full: bool,
+    json: bool,
+    out: &progress::ProgressArgs,
+) -> Result<()> {
     let dir = daemon::canonical(dir);
     if daemon::snapfs_mount_at(&dir).is_none() {
         bail!("{} is not a snapfs mount; mount it first (`snapfs mount {}`)", dir.display(), dir.display());
     }
     // Every write acknowledged so far reaches the daemon before it seals.
     daemon::syncfs(&dir);
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watcher = if json || !std::io::stderr().is_terminal() {
-        None
-    } else {
-        let (dir, done) = (dir.clone(), done.clone());
-        Some(std::thread::spawn(move || show_progress(&dir, &done)))
+    let poll = || {
+        let p = control::call(&dir, &Request::Progress, Duration::from_secs(5)).ok()?.progress?;
+        Some(progress::Tick::of_snapshot(&p))
     };
-    let r = control::call(&dir, &Request::Snapshot { name, full }, Duration::from_secs(7 * 86400));
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
-    if let Some(w) = watcher {
-        let _ = w.join();
-    }
+    let r = progress::run(
+        out.show(json),
+        "snapshot",
+        poll,
+        || control::call(&dir, &Request::Snapshot { name, full }, Duration::from_secs(7 * 86400)),
+        |r| match r.as_ref().map(|r| r.snapshot.as_ref()) {
+            Ok(Some(i)) => progress::Final::Tick(progress::Tick::of_snapshot(&i.record.stats)),
+            _ => progress::Final::AsSeen,
+        },
+    );
     let r = r.with_context(|| format!("asking the daemon of {}", dir.display()))?;
     let Some(info) = r.snapshot else { bail!("{}", r.error.unwrap_or_else(|| "snapshot failed".into())) };
+    if out.quiet {
+        return Ok(());
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else {

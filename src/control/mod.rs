@@ -403,11 +403,11 @@ fn denied() -> std::io::Error {
 
 /// Send one request and read the reply.
 pub fn call(mountpoint: &Path, req: &Request, timeout: Duration) -> std::io::Result<Reply> {
-    let mut s = connect(mountpoint)?;
+    let s = connect(mountpoint)?;
     s.set_read_timeout(Some(timeout))?;
     let mut line = serde_json::to_string(req).map_err(std::io::Error::other)?;
     line.push('\n');
-    s.write_all(line.as_bytes())?;
+    send_all(&s, line.as_bytes())?;
     let mut out = String::new();
     // a reply is bounded too (a status listing every dirty file is the largest)
     BufReader::new(s).take(MAX_REPLY).read_line(&mut out)?;
@@ -415,6 +415,25 @@ pub fn call(mountpoint: &Path, req: &Request, timeout: Duration) -> std::io::Res
         return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "daemon closed the control connection"));
     }
     serde_json::from_str(&out).map_err(std::io::Error::other)
+}
+
+/// Write all of `buf` to the daemon without raising SIGPIPE: a command
+/// ends on SIGPIPE (a closed stdout), but a daemon that hangs up is an
+/// error to report, not a reason to die without a word.
+fn send_all(s: &UnixStream, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: the pointer and length describe `buf`, which outlives the call; the result is checked.
+        let n = unsafe { libc::send(s.as_raw_fd(), buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
 }
 
 /// The process at the other end of a Unix socket.

@@ -53,7 +53,8 @@ pub const MARKER: &str = ".snapfs-restore";
 pub struct RestoreOptions {
     pub jobs: usize,
     pub overwrite: bool,
-    pub progress: bool,
+    /// Counters the restore keeps up to date, for whoever shows its progress.
+    pub progress: Option<Arc<RestoreProgress>>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, Clone)]
@@ -68,11 +69,54 @@ pub struct RestoreStats {
     pub kept: u64,
 }
 
-#[derive(Default)]
-pub(crate) struct Counters {
+/// Live counters of a restore (give one in [`RestoreOptions::progress`]
+/// to watch it).
+#[derive(Debug, Default)]
+pub struct RestoreProgress {
+    /// 0: making the directories, 1: writing the files, 2: hard links and
+    /// the directories' metadata.
+    phase: AtomicU64,
+    dirs: AtomicU64,
+    files_total: AtomicU64,
+    bytes_total: AtomicU64,
     pub(crate) files: AtomicU64,
     pub(crate) written: AtomicU64,
     pub(crate) kept: AtomicU64,
+    /// Bytes of holes already there (past the file's old end): neither
+    /// read nor written.
+    holes: AtomicU64,
+}
+
+/// What a restore has done, read from its [`RestoreProgress`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreView {
+    /// "directories", "files" or "finishing".
+    pub phase: &'static str,
+    pub dirs: u64,
+    pub files_done: u64,
+    pub files_total: u64,
+    /// Bytes of the files dealt with (written, found right, or holes).
+    pub bytes_done: u64,
+    /// The sum of the files' sizes.
+    pub bytes_total: u64,
+}
+
+impl RestoreProgress {
+    pub fn view(&self) -> RestoreView {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RestoreView {
+            phase: match l(&self.phase) {
+                0 => "directories",
+                1 => "files",
+                _ => "finishing",
+            },
+            dirs: l(&self.dirs),
+            files_done: l(&self.files),
+            files_total: l(&self.files_total),
+            bytes_done: l(&self.written) + l(&self.kept) + l(&self.holes),
+            bytes_total: l(&self.bytes_total),
+        }
+    }
 }
 
 /// A file to write: its directory (relative to the target) and entry; or
@@ -125,7 +169,7 @@ impl Job {
         self.part.as_ref().is_none_or(|p| p.blocks.start == 0)
     }
 
-    fn run(&self, objects: &Objects, bs: u64, dir: BorrowedFd<'_>, c: &Counters, path: &[u8]) -> OpResult<()> {
+    fn run(&self, objects: &Objects, bs: u64, dir: BorrowedFd<'_>, c: &RestoreProgress, path: &[u8]) -> OpResult<()> {
         let Some(part) = &self.part else {
             return write_file(objects, bs, dir, &self.entry, c, path);
         };
@@ -388,7 +432,7 @@ pub(crate) fn write_file(
     bs: u64,
     dir: BorrowedFd<'_>,
     e: &Entry,
-    c: &Counters,
+    c: &RestoreProgress,
     path: &[u8],
 ) -> OpResult<()> {
     let (fd, size_now) = open_file(dir, e, path)?;
@@ -442,7 +486,7 @@ fn write_blocks(
     e: &Entry,
     size_now: u64,
     blocks: std::ops::Range<u64>,
-    c: &Counters,
+    c: &RestoreProgress,
     path: &[u8],
 ) -> OpResult<()> {
     let mut buf = vec![0u8; bs as usize];
@@ -451,7 +495,12 @@ fn write_blocks(
     snapshot::visit_blocks(objects, e, bs, |first, count, id| -> OpResult<()> {
         for b in first.max(blocks.start)..(first + count).min(blocks.end) {
             let off = b * bs;
-            if off >= e.size || (id.is_zero() && off >= size_now) {
+            if off >= e.size {
+                break;
+            }
+            if id.is_zero() && off >= size_now {
+                let end = ((first + count).min(blocks.end) * bs).min(e.size);
+                c.holes.fetch_add(end - off, Ordering::Relaxed);
                 break;
             }
             let len = bs.min(e.size - off) as usize;
@@ -476,7 +525,7 @@ fn write_blocks(
 }
 
 /// A file's metadata, once its data is all written.
-fn finish_file(dir: BorrowedFd<'_>, e: &Entry, c: &Counters, path: &[u8]) -> OpResult<()> {
+fn finish_file(dir: BorrowedFd<'_>, e: &Entry, c: &RestoreProgress, path: &[u8]) -> OpResult<()> {
     set_meta(dir, &cname(&e.name), e).with_what(|| show(path))?;
     c.files.fetch_add(1, Ordering::Relaxed);
     Ok(())
@@ -654,6 +703,7 @@ pub fn restore(
     let overwrite = opts.overwrite || resuming;
 
     // 1. directories and everything but regular files
+    let c = opts.progress.clone().unwrap_or_default();
     let mut stats = RestoreStats::default();
     let mut jobs: Vec<Job> = Vec::new();
     let mut dirs: Vec<(Vec<u8>, Entry)> = Vec::new(); // (path, entry) in creation order
@@ -711,6 +761,7 @@ pub fn restore(
                     Err(err) => return Err(OpError::sys(show(&p), err)),
                 }
                 dirs.push((p.clone(), e.clone()));
+                c.dirs.store(dirs.len() as u64, Ordering::Relaxed);
                 stack.push((p, e.clone(), Some((fd.clone(), depth + 1))));
             } else {
                 place(fd.as_fd(), &path, e, overwrite, bs, &mut jobs, &mut links, &mut first_path, &mut stats)?;
@@ -723,17 +774,13 @@ pub fn restore(
     let t_files = std::time::Instant::now();
     objects.expect_readers(opts.jobs.max(1));
     // 2. files, in parallel
-    let total = jobs.iter().filter(|j| j.starts_a_file()).count() as u64;
-    let c = Arc::new(Counters::default());
+    let starts = || jobs.iter().filter(|j| j.starts_a_file());
+    c.files_total.store(starts().count() as u64, Ordering::Relaxed);
+    c.bytes_total.store(starts().map(|j| j.entry.size).sum(), Ordering::Relaxed);
+    c.phase.store(1, Ordering::Relaxed);
     let queue = Mutex::new(jobs);
     let failed: Mutex<Option<OpError>> = Mutex::new(None);
-    let done = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
-        if opts.progress {
-            let c = c.clone();
-            let done = &done;
-            s.spawn(move || progress(&c, total, done));
-        }
         let workers: Vec<_> = (0..opts.jobs.max(1))
             .map(|_| {
                 s.spawn(|| {
@@ -764,7 +811,6 @@ pub fn restore(
         for w in workers {
             let _ = w.join();
         }
-        done.store(true, Ordering::SeqCst);
     });
     if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
         return Err(e.within("restore stopped; run it again to continue"));
@@ -772,6 +818,7 @@ pub fn restore(
     stats.files += c.files.load(Ordering::Relaxed);
     stats.written = c.written.load(Ordering::Relaxed);
     stats.kept = c.kept.load(Ordering::Relaxed);
+    c.phase.store(2, Ordering::Relaxed);
 
     log::info!("restore: {} files written in {} ms", stats.files, t_files.elapsed().as_millis());
     // 3. the other names of hard-linked files
@@ -903,18 +950,6 @@ pub(crate) fn place(
     Ok(())
 }
 
-pub(crate) fn progress(c: &Counters, total: u64, done: &std::sync::atomic::AtomicBool) {
-    let (after, every) = (std::time::Duration::from_secs(2), std::time::Duration::from_millis(250));
-    util::progress_line(done, after, every, |t| {
-        Some(format!(
-            "restoring: {}/{total} files, {} written, {:.0} s",
-            c.files.load(Ordering::Relaxed),
-            util::human_bytes(c.written.load(Ordering::Relaxed)),
-            t.as_secs_f64()
-        ))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -950,7 +985,7 @@ mod tests {
             damaged: None,
         };
         let target = t.path().join("target");
-        let opts = RestoreOptions { jobs: 1, overwrite: false, progress: false };
+        let opts = RestoreOptions { jobs: 1, overwrite: false, progress: None };
         let err = restore(&objects, &snap, "", &target, &opts).unwrap_err().to_string();
         assert!(err.contains("more than 16384 directory levels deep") && err.contains("d/d/d"), "{err}");
         assert!(err.len() < 4000, "{} bytes", err.len());

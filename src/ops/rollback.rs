@@ -208,7 +208,7 @@ fn sync_entry(
                 // linked since: patching the shared inode would change its
                 // other names too; this name gets a file of its own
                 remove_any(dir, &n)?;
-                let c = Counters::default();
+                let c = RestoreProgress::default();
                 write_file(objects, bs, dir, w, &c, &p)?;
                 st.written += c.written.load(Ordering::Relaxed);
                 st.restored += 1;
@@ -233,7 +233,7 @@ fn sync_entry(
             }
         }
         (EntryKind::File, None) => {
-            let c = Counters::default();
+            let c = RestoreProgress::default();
             write_file(objects, bs, dir, w, &c, &p)?;
             st.written += c.written.load(Ordering::Relaxed);
             st.restored += 1;
