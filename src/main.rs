@@ -44,7 +44,7 @@ enum Cmd {
         /// OLD's key file, if it is encrypted.
         #[arg(long, value_name = "FILE", requires = "copy_from", conflicts_with = "from_password_file")]
         from_key_file: Option<PathBuf>,
-        /// Print the result as JSON (README, "JSON output").
+        /// Print the result as JSON (doc/USAGE.md, "JSON output").
         #[arg(long)]
         json: bool,
         repo: String,
@@ -111,7 +111,7 @@ enum Cmd {
         /// No more automatic snapshots.
         #[arg(long, conflicts_with_all = ["every", "max_dirty", "max_age", "settle", "keep"])]
         off: bool,
-        /// Print the result as JSON (README, "JSON output").
+        /// Print the result as JSON (doc/USAGE.md, "JSON output").
         #[arg(long)]
         json: bool,
         dir: PathBuf,
@@ -131,7 +131,7 @@ enum Cmd {
         /// Re-read and re-hash every file instead of trusting the tracker.
         #[arg(long)]
         full: bool,
-        /// Print the result as JSON (README, "JSON output").
+        /// Print the result as JSON (doc/USAGE.md, "JSON output").
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -145,7 +145,7 @@ enum Cmd {
         /// Only the snapshots of this host (repeatable).
         #[arg(long = "host", value_name = "NAME")]
         hosts: Vec<String>,
-        /// Print the result as JSON (README, "JSON output").
+        /// Print the result as JSON (doc/USAGE.md, "JSON output").
         #[arg(long)]
         json: bool,
         dir: Option<PathBuf>,
@@ -154,7 +154,7 @@ enum Cmd {
     Diff {
         #[arg(long)]
         repo: Option<String>,
-        /// Print the result as JSON (README, "JSON output").
+        /// Print the result as JSON (doc/USAGE.md, "JSON output").
         #[arg(long)]
         json: bool,
         /// DIR A B, or with --repo just A B.
@@ -192,7 +192,7 @@ enum Cmd {
         /// heal from, beside the replicas kept with it; repeatable.
         #[arg(long, value_name = "REPO")]
         heal_from: Vec<String>,
-        /// Print the result as JSON (README, "JSON output").
+        /// Print the result as JSON (doc/USAGE.md, "JSON output").
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -204,7 +204,7 @@ enum Cmd {
     /// Revert a mounted directory (or PATH in it) to a snapshot, in place,
     /// after taking a safety snapshot; only what differs is written.
     Rollback {
-        /// Print the result as JSON (README, "JSON output").
+        /// Print the result as JSON (doc/USAGE.md, "JSON output").
         #[arg(long)]
         json: bool,
         dir: PathBuf,
@@ -240,7 +240,7 @@ enum Cmd {
         /// Parallel pack readers (default: the number of cores).
         #[arg(short = 'j', long)]
         jobs: Option<usize>,
-        /// Print the result as JSON (README, "JSON output").
+        /// Print the result as JSON (doc/USAGE.md, "JSON output").
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -273,7 +273,7 @@ enum Cmd {
         /// Prune afterwards.
         #[arg(long)]
         prune: bool,
-        /// Print the result as JSON (README, "JSON output").
+        /// Print the result as JSON (doc/USAGE.md, "JSON output").
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -296,7 +296,7 @@ enum Cmd {
         /// than the lag of the store's listings, twice over.
         #[arg(long, value_name = "DURATION", value_parser = snapfs::ops::schedule::parse_duration)]
         grace: Option<u64>,
-        /// Print the result as JSON (README, "JSON output").
+        /// Print the result as JSON (doc/USAGE.md, "JSON output").
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -311,7 +311,7 @@ enum Cmd {
     },
     /// Show the mount, the repository and the dirty set.
     Status {
-        /// Print the result as JSON (README, "JSON output").
+        /// Print the result as JSON (doc/USAGE.md, "JSON output").
         #[arg(long)]
         json: bool,
         /// List dirty files with their dirty block ranges.
@@ -368,7 +368,7 @@ enum KeyCmd {
     List {
         #[arg(long)]
         repo: Option<String>,
-        /// Print the result as JSON (README, "JSON output").
+        /// Print the result as JSON (doc/USAGE.md, "JSON output").
         #[arg(long)]
         json: bool,
         dir: Option<PathBuf>,
@@ -420,7 +420,7 @@ enum ReplicaCmd {
     /// Make URL a replica (a path or s3:https://HOST/BUCKET/PREFIX); the
     /// history is copied in the background (`replica sync` waits for it).
     Add {
-        /// Print the result as JSON (README, "JSON output").
+        /// Print the result as JSON (doc/USAGE.md, "JSON output").
         #[arg(long)]
         json: bool,
         dir: PathBuf,
@@ -428,7 +428,7 @@ enum ReplicaCmd {
     },
     /// Stop replicating to URL (its copy stays as it is).
     Remove {
-        /// Print the result as JSON (README, "JSON output").
+        /// Print the result as JSON (doc/USAGE.md, "JSON output").
         #[arg(long)]
         json: bool,
         dir: PathBuf,
@@ -436,7 +436,7 @@ enum ReplicaCmd {
     },
     /// Copy what each replica lacks now, and wait.
     Sync {
-        /// Print the result as JSON (README, "JSON output").
+        /// Print the result as JSON (doc/USAGE.md, "JSON output").
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -445,7 +445,7 @@ enum ReplicaCmd {
     },
     /// Each replica and how far behind it is.
     List {
-        /// Print the result as JSON (README, "JSON output").
+        /// Print the result as JSON (doc/USAGE.md, "JSON output").
         #[arg(long)]
         json: bool,
         dir: PathBuf,

@@ -1,5 +1,5 @@
 //! What the commands print for scripts: `--json` of every command against
-//! the README's table ("JSON output"), `--progress json` lines, no
+//! doc/USAGE.md's table ("JSON output"), `--progress json` lines, no
 //! progress without a terminal, `--quiet`, and a reader that goes away.
 
 mod common;
@@ -13,10 +13,10 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
-/// The README's "JSON output" table: command -> (value, top-level fields).
+/// doc/USAGE.md's "JSON output" table: command -> (value, top-level fields).
 fn documented() -> BTreeMap<String, (String, Vec<String>)> {
-    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let table = readme.split("### JSON output").nth(1).expect("a JSON output section in the README");
+    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("doc/USAGE.md")).unwrap();
+    let table = readme.split("## JSON output").nth(1).expect("a JSON output section in doc/USAGE.md");
     let mut doc = BTreeMap::new();
     for row in table.lines().skip_while(|l| !l.starts_with("| ---")).skip(1).take_while(|l| l.starts_with('|')) {
         let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
