@@ -88,7 +88,12 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { writeback: false, attr_ttl: Duration::from_secs(10), entry_ttl: Duration::from_secs(10) }
+        // Long: the mount is the only writer of the backing tree, so the
+        // kernel's entries and attributes stay right (it updates them for
+        // every change it passes through). A listing the kernel serves from
+        // its cache refreshes no entry; with 10 s, a `du` after it paid a
+        // lookup per file (scripts/bench-meta).
+        Options { writeback: false, attr_ttl: Duration::from_secs(300), entry_ttl: Duration::from_secs(300) }
     }
 }
 
