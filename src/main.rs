@@ -325,6 +325,10 @@ enum Cmd {
         /// textfile collector); with the request counters when mounted.
         #[arg(long, conflicts_with_all = ["json", "ops", "files"])]
         prometheus: bool,
+        /// A monitoring check (Nagios plugin conventions): one line, exit 0
+        /// ok, 1 warning, 2 critical, 3 unknown.
+        #[arg(long, conflicts_with_all = ["json", "ops", "files", "prometheus"])]
+        check: bool,
         /// Repository, when DIR is not mounted and the repository is not DIR/.snapfs.
         #[arg(long)]
         repo: Option<String>,

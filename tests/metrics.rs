@@ -163,7 +163,12 @@ fn the_endpoint_is_scraped_during_a_snapshot_and_everything_the_rules_use_exists
     check_metrics(&text).unwrap_or_else(|e| panic!("promtool: {e}\n{text}"));
     assert_eq!(value(&text, "snapfs_snapshots"), Some(1.0), "{text}");
     assert_eq!(get(&addr, "/").0, "HTTP/1.1 404 Not Found");
+    // the monitoring check: snapshot, verify and replica fine
+    let (code, line) = check_of(&dir, None);
+    assert!(code == 0 && line.starts_with("SNAPFS OK - "), "{code} {line}");
     m.umount();
+    let (code, line) = check_of(d.to_str().unwrap(), Some(&repo));
+    assert!(code == 2 && line.contains("CRITICAL") && line.contains("not mounted"), "{code} {line}");
 
     // unmounted: the repository's side, mounted 0
     let text = run_ok(&["status", "--prometheus", "--repo", repo.to_str().unwrap(), d.to_str().unwrap()]);
@@ -202,4 +207,38 @@ fn a_metrics_address_that_cannot_be_used_fails_the_mount() {
     assert!(!is_mounted(&d), "nothing mounted");
     let out = snapfs(&["mount", "--metrics", "not-an-address", d.to_str().unwrap()]);
     assert!(!out.status.success());
+}
+
+/// `snapfs status --check DIR`: (exit code, the line).
+fn check_of(dir: &str, repo: Option<&Path>) -> (i32, String) {
+    let mut args = vec!["status", "--check"];
+    if let Some(r) = repo {
+        args.extend(["--repo", r.to_str().unwrap()]);
+    }
+    args.push(dir);
+    let out = snapfs(&args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(text.lines().count(), 1, "one line: {text:?} {}", String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap(), text.trim().to_string())
+}
+
+#[test]
+fn the_check_says_unknown_critical_or_warning_with_nagios_exit_codes() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("d");
+    fs::create_dir(&d).unwrap();
+    // nothing there: unknown
+    let (code, line) = check_of(d.to_str().unwrap(), None);
+    assert!(code == 3 && line.starts_with("SNAPFS UNKNOWN - "), "{code} {line}");
+    // mounted, nothing backed up yet: critical
+    let m = Mounted::new(&d);
+    let dir = m.dir.to_str().unwrap().to_string();
+    let (code, line) = check_of(&dir, None);
+    assert!(code == 2 && line.contains("no snapshot"), "{code} {line}");
+    // a snapshot, never verified, the only repository on the data's disk: a warning
+    snap(&m.dir, "s1");
+    let (code, line) = check_of(&dir, None);
+    assert!(code == 1 && line.starts_with("SNAPFS WARNING - ") && line.contains("never verified"), "{code} {line}");
+    assert!(!line.contains("CRITICAL") && !line.contains("no snapshot"), "{line}");
+    m.umount();
 }

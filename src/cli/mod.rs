@@ -447,7 +447,26 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Status { json, files, ops, prometheus, repo, dir } => {
+        Cmd::Status { check: true, repo, dir, .. } => {
+            use snapfs::ops::metrics::Check;
+            let (code, line) = match status(&dir, false, false, repo.as_deref()) {
+                Ok(report) => {
+                    let (c, why) = snapfs::ops::metrics::check(&report);
+                    let word = match c {
+                        Check::Ok => "OK",
+                        Check::Warning => "WARNING",
+                        Check::Critical => "CRITICAL",
+                    };
+                    let detail = if why.is_empty() { String::new() } else { format!(": {}", why.join("; ")) };
+                    (c as i32, format!("SNAPFS {word} - {}{detail}", report.mountpoint))
+                }
+                Err(e) => (3, format!("SNAPFS UNKNOWN - {}: {e:#}", dir.display())),
+            };
+            println!("{line}");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            std::process::exit(code);
+        }
+        Cmd::Status { json, files, ops, prometheus, repo, dir, .. } => {
             let report = status(&dir, files, ops || prometheus, repo.as_deref())?;
             if prometheus {
                 print!("{}", snapfs::ops::metrics::render(&report));

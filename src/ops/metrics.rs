@@ -222,6 +222,72 @@ fn fuse_ops(o: &mut Out, ops: &OpsReport) {
     }
 }
 
+/// What `snapfs status --check` says (Nagios plugin conventions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Check {
+    Ok = 0,
+    Warning = 1,
+    Critical = 2,
+}
+
+/// The state of a protected directory for a monitoring check, and why:
+/// critical when changes are not tracked (not mounted), snapshots or the
+/// tracking state fail, the last verify found damage or nothing is backed
+/// up; a warning when the last snapshot is older than twice the schedule's
+/// bound (a day without a schedule), no verify ran in 8 days, a replica
+/// lags by more than an hour or failed, or status carries a warning (the
+/// only repository on the data's own device).
+pub fn check(s: &StatusReport) -> (Check, Vec<String>) {
+    let mut out: Vec<(Check, String)> = Vec::new();
+    if !s.mounted {
+        out.push((Check::Critical, "not mounted: changes are not tracked".into()));
+    }
+    if let Some(h) = &s.health {
+        if let Some(f) = &h.failing {
+            out.push((Check::Critical, format!("snapshots failing: {f}")));
+        }
+        if let Some(f) = &h.state_failing {
+            out.push((Check::Critical, format!("tracking state not saved since {}: {}", f.since, f.error)));
+        }
+        match &h.last_verify {
+            Some(v) if !v.ok => out.push((Check::Critical, format!("last verify found {} damaged", v.damage))),
+            Some(v) if crate::util::unix_now() - v.time_sec > 8 * 86_400 => {
+                out.push((Check::Warning, format!("last verify {} ago", age(crate::util::unix_now() - v.time_sec))))
+            }
+            Some(_) => {}
+            None => out.push((Check::Warning, "never verified".into())),
+        }
+        let bound = h.schedule.as_ref().and_then(|sc| sc.worst_case_sec).map_or(86_400, |w| 2 * w as i64);
+        match h.last_snapshot_age_sec {
+            None => out.push((Check::Critical, "no snapshot".into())),
+            Some(a) if a > bound => out.push((Check::Warning, format!("last snapshot {} ago", age(a)))),
+            Some(_) => {}
+        }
+    }
+    for r in &s.replicas {
+        if let Some(e) = &r.last_error {
+            out.push((Check::Warning, format!("replica {}: {e}", redact(&r.url))));
+        } else if r.oldest_change_not_copied_age_sec.is_some_and(|a| a > 3600) {
+            out.push((Check::Warning, format!("replica {} lacks changes older than an hour", redact(&r.url))));
+        }
+    }
+    for w in &s.warnings {
+        out.push((Check::Warning, w.clone()));
+    }
+    let worst = out.iter().map(|o| o.0).max().unwrap_or(Check::Ok);
+    out.sort_by_key(|o| std::cmp::Reverse(o.0));
+    (worst, out.into_iter().map(|o| o.1).collect())
+}
+
+fn age(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86_400),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +324,40 @@ mod tests {
                 assert!(declared.contains(fam) || declared.contains(name), "{line}");
             }
         }
+    }
+
+    #[test]
+    fn a_check_is_as_bad_as_its_worst_finding() {
+        use crate::ops::health::{HealthReport, VerifySummary};
+        let now = crate::util::unix_now();
+        let good = || StatusReport {
+            mounted: true,
+            health: Some(HealthReport {
+                last_snapshot_age_sec: Some(60),
+                last_verify: Some(VerifySummary { ok: true, time_sec: now - 3600, ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(check(&good()), (Check::Ok, vec![]));
+        let mut s = good();
+        s.health.as_mut().unwrap().last_snapshot_age_sec = Some(3 * 86_400);
+        let (c, why) = check(&s);
+        assert_eq!(c, Check::Warning);
+        assert_eq!(why, ["last snapshot 3 days ago"]);
+        s.mounted = false;
+        s.health.as_mut().unwrap().last_verify.as_mut().unwrap().ok = false;
+        s.health.as_mut().unwrap().last_verify.as_mut().unwrap().damage = 2;
+        let (c, why) = check(&s);
+        assert_eq!(c, Check::Critical);
+        assert_eq!(why.len(), 3, "{why:?}");
+        assert!(why[0].starts_with("not mounted") || why[0].starts_with("last verify found"), "{why:?}");
+        assert_eq!(why[2], "last snapshot 3 days ago", "warnings after the critical findings");
+        let mut s = good();
+        s.health.as_mut().unwrap().last_verify = None;
+        s.health.as_mut().unwrap().last_snapshot_age_sec = None;
+        let (c, why) = check(&s);
+        assert_eq!((c, why.len()), (Check::Critical, 2), "{why:?}");
     }
 
     #[test]
