@@ -84,7 +84,9 @@ pub(crate) fn print_replica(s: &snapfs::ops::replica::ReplicaStatus) {
         println!("               copying: {} of {}", util::human_bytes(done), util::human_bytes(total));
     }
     match (&s.oldest_change_not_copied, s.oldest_change_not_copied_age_sec) {
-        (Some(t), Some(age)) => println!("               oldest change not copied: {t} ({} ago)", age_text(age as i64)),
+        (Some(t), Some(age)) => {
+            println!("               oldest change not copied: {t} ({} ago)", util::age_text(age as i64))
+        }
         _ if s.copied_before_us.is_some() => println!("               every change copied"),
         _ => {}
     }
@@ -106,7 +108,7 @@ pub(crate) fn print_schedule(s: &snapfs::ops::schedule::ScheduleStatus) {
     match s.worst_case_sec {
         Some(w) => println!(
             "               a change stays unprotected at most {} (and the time a snapshot takes)",
-            age_text(w as i64)
+            util::age_text(w as i64)
         ),
         None => println!("               no bound in time: a snapshot only when the dirty data reaches the size"),
     }
@@ -126,7 +128,7 @@ pub(crate) fn print_schedule(s: &snapfs::ops::schedule::ScheduleStatus) {
 pub(crate) fn print_health(h: &snapfs::ops::health::HealthReport) {
     match (&h.last_snapshot, &h.last_snapshot_time, h.last_snapshot_age_sec) {
         (Some(n), Some(t), Some(age)) => {
-            println!("  last snapshot: {n} at {t} ({} ago), {} in all", age_text(age), h.snapshots)
+            println!("  last snapshot: {n} at {t} ({} ago), {} in all", util::age_text(age), h.snapshots)
         }
         _ => println!("  last snapshot: none"),
     }
@@ -165,15 +167,6 @@ pub(crate) fn print_health(h: &snapfs::ops::health::HealthReport) {
         for e in h.errors.iter().rev().take(5) {
             println!("    {} {}: {}", e.time, e.during, e.error);
         }
-    }
-}
-
-pub(crate) fn age_text(secs: i64) -> String {
-    match secs {
-        s if s < 120 => format!("{s} s"),
-        s if s < 7200 => format!("{} min", s / 60),
-        s if s < 172_800 => format!("{} h", s / 3600),
-        s => format!("{} days", s / 86_400),
     }
 }
 
@@ -222,14 +215,14 @@ pub(crate) fn print_status(s: &StatusReport) {
         (Some(t), Some(age)) if d.no_snapshot => {
             println!(
                 "  at risk:     all of it: no snapshot holds this directory yet (since {t}, {} ago)",
-                age_text(age as i64)
+                util::age_text(age as i64)
             )
         }
         (Some(t), Some(age)) => println!(
             "  at risk:     {} in {} files; oldest change {t} ({} ago){}",
             util::human_bytes(d.bytes),
             d.files,
-            age_text(age as i64),
+            util::age_text(age as i64),
             d.last_change.as_deref().map(|l| format!(", latest {l}")).unwrap_or_default()
         ),
         _ => println!("  at risk:     nothing (every change is in a snapshot)"),

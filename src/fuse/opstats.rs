@@ -262,32 +262,6 @@ impl OpLine {
     pub fn mean_ns(&self) -> u64 {
         self.total_ns.checked_div(self.count).unwrap_or(0)
     }
-
-    /// What was counted between `before` and this (a workload's share:
-    /// `scripts/bench-meta`).
-    pub fn minus(&self, before: Option<&OpLine>) -> OpLine {
-        let Some(b) = before else { return self.clone() };
-        let hist = self
-            .hist
-            .iter()
-            .map(|&(ub, n)| (ub, n.saturating_sub(b.hist.iter().find(|h| h.0 == ub).map_or(0, |h| h.1))))
-            .filter(|h| h.1 > 0)
-            .collect();
-        OpLine::new(&self.op, self.count.saturating_sub(b.count), self.total_ns.saturating_sub(b.total_ns), hist)
-    }
-}
-
-impl OpsReport {
-    /// What was counted between `before` and this.
-    pub fn minus(&self, before: &OpsReport) -> OpsReport {
-        let ops = self
-            .ops
-            .iter()
-            .map(|l| l.minus(before.ops.iter().find(|b| b.op == l.op)))
-            .filter(|l| l.count > 0)
-            .collect();
-        OpsReport { since: before.since.clone(), ops }
-    }
 }
 
 /// The latency below which a fraction `f` of the requests fall.
@@ -344,19 +318,5 @@ mod tests {
         assert!(l.p99_ns >= 100_000 && l.p99_ns < 125_000, "{l:?}");
         assert_eq!(l.mean_ns(), 26_500);
         assert_eq!(r.ops[1].op, "read");
-    }
-
-    #[test]
-    fn a_difference_is_what_happened_between() {
-        let s = OpStats::new();
-        OpStats::record(&s.cells[Op::Getattr as usize], 1_000);
-        let before = s.report();
-        OpStats::record(&s.cells[Op::Getattr as usize], 50_000);
-        OpStats::record(&s.cells[Op::Mkdir as usize], 7_000);
-        let d = s.report().minus(&before);
-        let g = d.ops.iter().find(|l| l.op == "getattr").unwrap();
-        assert_eq!((g.count, g.total_ns), (1, 50_000));
-        assert!(g.p50_ns > 50_000, "{g:?}");
-        assert_eq!(d.ops.len(), 2);
     }
 }

@@ -239,6 +239,7 @@ pub enum Check {
 /// only repository on the data's own device).
 pub fn check(s: &StatusReport) -> (Check, Vec<String>) {
     let mut out: Vec<(Check, String)> = Vec::new();
+    let now = crate::util::unix_now();
     if !s.mounted {
         out.push((Check::Critical, "not mounted: changes are not tracked".into()));
     }
@@ -251,8 +252,8 @@ pub fn check(s: &StatusReport) -> (Check, Vec<String>) {
         }
         match &h.last_verify {
             Some(v) if !v.ok => out.push((Check::Critical, format!("last verify found {} damaged", v.damage))),
-            Some(v) if crate::util::unix_now() - v.time_sec > 8 * 86_400 => {
-                out.push((Check::Warning, format!("last verify {} ago", age(crate::util::unix_now() - v.time_sec))))
+            Some(v) if now - v.time_sec > 8 * 86_400 => {
+                out.push((Check::Warning, format!("last verify {} ago", crate::util::age_text(now - v.time_sec))))
             }
             Some(_) => {}
             None => out.push((Check::Warning, "never verified".into())),
@@ -260,7 +261,9 @@ pub fn check(s: &StatusReport) -> (Check, Vec<String>) {
         let bound = h.schedule.as_ref().and_then(|sc| sc.worst_case_sec).map_or(86_400, |w| 2 * w as i64);
         match h.last_snapshot_age_sec {
             None => out.push((Check::Critical, "no snapshot".into())),
-            Some(a) if a > bound => out.push((Check::Warning, format!("last snapshot {} ago", age(a)))),
+            Some(a) if a > bound => {
+                out.push((Check::Warning, format!("last snapshot {} ago", crate::util::age_text(a))))
+            }
             Some(_) => {}
         }
     }
@@ -277,15 +280,6 @@ pub fn check(s: &StatusReport) -> (Check, Vec<String>) {
     let worst = out.iter().map(|o| o.0).max().unwrap_or(Check::Ok);
     out.sort_by_key(|o| std::cmp::Reverse(o.0));
     (worst, out.into_iter().map(|o| o.1).collect())
-}
-
-fn age(secs: i64) -> String {
-    match secs {
-        s if s < 120 => format!("{s} s"),
-        s if s < 7200 => format!("{} min", s / 60),
-        s if s < 172_800 => format!("{} h", s / 3600),
-        s => format!("{} days", s / 86_400),
-    }
 }
 
 #[cfg(test)]
