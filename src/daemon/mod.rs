@@ -451,12 +451,10 @@ fn setup_and_serve(args: MountArgs) -> Result<()> {
     config.acl = fuser::SessionACL::All;
     config.n_threads = Some(args.threads.max(1));
     // the metrics address is taken before mounting: a bad one fails the mount
-    let metrics = match args.metrics {
-        Some(addr) => {
-            Some(std::net::TcpListener::bind(addr).with_context(|| format!("--metrics {addr}: cannot listen there"))?)
-        }
-        None => None,
-    };
+    let metrics = args
+        .metrics
+        .map(|addr| std::net::TcpListener::bind(addr).with_context(|| format!("--metrics {addr}: cannot listen there")))
+        .transpose()?;
     let session = fuser::Session::new(crate::fuse::Guarded(fs), &dir, &config)
         .with_context(|| format!("mounting {}", dir.display()))?;
     log::info!("mounted {} (last session: {})", dir.display(), last_name(&last));
