@@ -542,12 +542,32 @@ fn output_to_a_closed_pipe_ends_quietly() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!err.contains("panicked") && o.status.code() != Some(101), "{args:?}: {:?} {err}", o.status);
     }
-    // and through a shell pipeline: head's status, nothing on stderr
+    // a reader that goes away after one line
+    let mut c = Command::new(bin())
+        .args(["list", m.dir.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(c.stdout.take().unwrap()), &mut first).unwrap(); // and the pipe closes
+    assert!(first.starts_with("NAME"), "{first}");
+    let o = c.wait_with_output().unwrap();
+    // the rest fit in the pipe (exit 0) or met the closed end (SIGPIPE, as `ls` does): never an error
+    assert!(
+        o.status.success() || std::os::unix::process::ExitStatusExt::signal(&o.status) == Some(libc::SIGPIPE),
+        "{:?}: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
+    // and through a shell pipeline: head's status, one line, nothing on stderr
     let o = Command::new("sh")
         .arg("-c")
         .arg(format!("{} list {} | head -1", bin().display(), m.dir.display()))
         .output()
         .unwrap();
     assert!(o.status.success() && o.stderr.is_empty(), "{}", out_text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 1);
     m.umount();
 }
