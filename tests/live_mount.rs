@@ -595,24 +595,21 @@ fn a_large_directory_lists_whole_and_resumes_where_it_was_told() {
         for _ in 0..1500 {
             first.push(name_of(libc::readdir(dir)));
         }
+        // every name from where the stream stands to its end
+        let to_end = || {
+            let mut names = Vec::new();
+            loop {
+                let e = libc::readdir(dir);
+                if e.is_null() {
+                    return names;
+                }
+                names.push(name_of(e));
+            }
+        };
         let mark = libc::telldir(dir);
-        let mut rest = Vec::new();
-        loop {
-            let e = libc::readdir(dir);
-            if e.is_null() {
-                break;
-            }
-            rest.push(name_of(e));
-        }
+        let rest = to_end();
         libc::seekdir(dir, mark);
-        let mut again = Vec::new();
-        loop {
-            let e = libc::readdir(dir);
-            if e.is_null() {
-                break;
-            }
-            again.push(name_of(e));
-        }
+        let again = to_end();
         libc::closedir(dir);
         assert_eq!(rest, again, "resumed at the mark");
         let mut all: Vec<String> = first.into_iter().chain(rest).filter(|n| n != "." && n != "..").collect();
