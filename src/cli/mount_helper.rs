@@ -71,7 +71,7 @@ mount(8)'s helper for snapfs: protects DIR in place, as `snapfs mount` does
 (the directory is named twice). OPTIONS are snapfs mount's flags without
 their dashes (repo=REPO, every=15m, max-age=5m, settle=10s, max-dirty=1G,
 replica=URL, host=NAME, cache=DIR, password-file=FILE, key-file=FILE,
-threads=N, flush-ms=N, no-writeback; keep=hourly=24:daily=7 or
+threads=N, flush-ms=N, metrics=ADDR, no-writeback; keep=hourly=24:daily=7 or
 keep-daily=7); defaults, nofail, noauto, _netdev, x-* and other options for
 mount(8) and systemd are ignored. -f: check only, -v: show the command,
 -s: ignore unknown options. See snapfs-mount(1).";
