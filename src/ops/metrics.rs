@@ -162,26 +162,25 @@ pub fn render(s: &StatusReport) -> String {
         }
     }
     if !s.replicas.is_empty() {
-        let fams: [(&str, &str, &str); 4] = [
-            ("snapfs_replica_snapshots_behind", "gauge", "Snapshots the replica lacks."),
-            ("snapfs_replica_bytes_behind", "gauge", "Bytes of packs the replica lacks."),
-            ("snapfs_replica_last_success_timestamp_seconds", "gauge", "When the replica was last brought up to date."),
+        type Get = fn(&crate::ops::replica::ReplicaStatus) -> Option<f64>;
+        let gauges: [(&str, &str, Get); 4] = [
+            ("snapfs_replica_snapshots_behind", "Snapshots the replica lacks.", |r| {
+                Some(r.lag.snapshots_behind as f64)
+            }),
+            ("snapfs_replica_bytes_behind", "Bytes of packs the replica lacks.", |r| Some(r.lag.bytes_behind as f64)),
+            ("snapfs_replica_last_success_timestamp_seconds", "When the replica was last brought up to date.", |r| {
+                r.last_success_sec.map(|t| t as f64)
+            }),
             (
                 "snapfs_replica_oldest_change_not_copied_age_seconds",
-                "gauge",
                 "Age of the oldest change not yet on the replica.",
+                |r| r.oldest_change_not_copied_age_sec.map(|t| t as f64),
             ),
         ];
-        for (i, (name, kind, help)) in fams.iter().enumerate() {
-            o.family(name, kind, help);
+        for (name, help, get) in gauges {
+            o.family(name, "gauge", help);
             for r in &s.replicas {
-                let v = match i {
-                    0 => Some(r.lag.snapshots_behind as f64),
-                    1 => Some(r.lag.bytes_behind as f64),
-                    2 => r.last_success_sec.map(|t| t as f64),
-                    _ => r.oldest_change_not_copied_age_sec.map(|t| t as f64),
-                };
-                if let Some(v) = v {
+                if let Some(v) = get(r) {
                     o.sample(name, &format!("replica=\"{}\"", label(&redact(&r.url))), v);
                 }
             }
